@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Run the Kastell DICOMweb conformance suite against a freshly started server.
+#
+#   conformance/run_suite.sh [extra pytest args...]
+#
+# Env: KASTELL_BIN (default $HOME/.cache/kastell-target/debug/kastell),
+#      KASTELL_PORT (default: a free loopback port), KEEP_TMP=1 keeps the temp dir.
+# Exit code: pytest's.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+bin="${KASTELL_BIN:-$HOME/.cache/kastell-target/debug/kastell}"
+if [[ ! -x "$bin" ]]; then
+    echo "run_suite: server binary not found or not executable: $bin" >&2
+    exit 2
+fi
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/kastell-conf.XXXXXX")"
+server_pid=""
+cleanup() {
+    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill "$server_pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$server_pid" 2>/dev/null || true
+    fi
+    if [[ "${KEEP_TMP:-0}" != "1" ]]; then rm -rf "$tmp"; else echo "run_suite: kept $tmp" >&2; fi
+}
+trap cleanup EXIT INT TERM
+
+port="${KASTELL_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')}"
+mkdir -p "$tmp/data"
+"$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" >"$tmp/server.log" 2>&1 &
+server_pid=$!
+
+python3 "$here/fixtures.py" "$tmp/fixtures" >/dev/null
+
+health="http://127.0.0.1:$port/healthz"
+for i in $(seq 1 150); do
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+        echo "run_suite: server exited early; log follows" >&2
+        cat "$tmp/server.log" >&2
+        exit 3
+    fi
+    if python3 -c "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('$health', timeout=1).status == 200 else 1)" 2>/dev/null; then
+        break
+    fi
+    if [[ $i -eq 150 ]]; then
+        echo "run_suite: server not healthy after 30s; log follows" >&2
+        cat "$tmp/server.log" >&2
+        exit 3
+    fi
+    sleep 0.2
+done
+
+export KASTELL_URL="http://127.0.0.1:$port/dicomweb"
+export KASTELL_FIXTURES="$tmp/fixtures"
+cd "$repo"
+set +e
+python3 -m pytest -q -p no:cacheprovider conformance/suite "$@"
+rc=$?
+set -e
+if [[ $rc -ne 0 && "${SHOW_SERVER_LOG:-0}" == "1" ]]; then
+    echo "---- server log (tail) ----" >&2
+    tail -n 200 "$tmp/server.log" >&2
+fi
+exit $rc

@@ -1,0 +1,348 @@
+//! One typed configuration, layered: built-in defaults → TOML file (`--config`) →
+//! environment (`KASTELL__SECTION__KEY`) → command-line flags.
+//!
+//! Every key is listed, with its default and environment variable, in
+//! `kastell.example.toml` at the top of the repository.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable that sets a config key.
+pub const ENV_PREFIX: &str = "KASTELL__";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub index: IndexConfig,
+    pub dicomweb: DicomWebConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds to.
+    pub listen: SocketAddr,
+    /// Number of HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Largest request body accepted, in bytes; larger requests get 413.
+    pub max_request_bytes: u64,
+    /// How long in-flight requests may take to finish on shutdown, in seconds.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the embedded defaults: the SQLite index and the local blob store.
+    pub data_dir: PathBuf,
+    /// Where blobs live; empty means `file://<data_dir>/blobs`.
+    pub blob_url: String,
+    /// Upload part size for blob writes, in bytes. Bounds memory per upload.
+    pub upload_part_bytes: usize,
+    /// Upload parts in flight per blob.
+    pub upload_concurrency: usize,
+    /// Largest DICOM header (everything before Pixel Data) kept in memory for parsing.
+    pub max_header_bytes: usize,
+    /// Blobs not referenced by the index and older than this many seconds are
+    /// removed by the orphan sweep at start-up (left-overs of a crash mid-upload).
+    pub orphan_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Index database; empty means `sqlite://<data_dir>/index.sqlite`.
+    pub url: String,
+    /// Connections in the index pool (also bounds concurrent index work).
+    pub pool_size: u32,
+    /// How long a write waits for a locked database, in milliseconds.
+    pub busy_timeout_ms: u64,
+    /// How long a request waits for a free connection, in milliseconds.
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomWebConfig {
+    /// Path under which the DICOMweb services are served.
+    pub path_prefix: String,
+    /// Absolute base URL clients reach the server at (e.g. behind a proxy). Empty
+    /// means: derive it from `Host` / `X-Forwarded-*` of each request.
+    pub public_base_url: String,
+    /// Largest number of results one QIDO response carries (the server maximum).
+    pub qido_max_results: u32,
+    /// Accept a new object under an existing SOP Instance UID and replace the old one.
+    pub overwrite_existing: bool,
+    /// Name used in `Warning: 299 <service>` headers.
+    pub warning_agent: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `kastell=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
+            max_request_bytes: 16 * 1024 * 1024 * 1024,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("kastell-data"),
+            blob_url: String::new(),
+            upload_part_bytes: 8 * 1024 * 1024,
+            upload_concurrency: 2,
+            max_header_bytes: 64 * 1024 * 1024,
+            orphan_grace_secs: 24 * 3600,
+        }
+    }
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            pool_size: 8,
+            busy_timeout_ms: 10_000,
+            acquire_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for DicomWebConfig {
+    fn default() -> Self {
+        Self {
+            path_prefix: "/dicomweb".into(),
+            public_base_url: String::new(),
+            qido_max_results: 1000,
+            overwrite_existing: false,
+            warning_agent: "kastell".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            index: IndexConfig::default(),
+            dicomweb: DicomWebConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub blob_url: Option<String>,
+    pub index_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+}
+
+impl Config {
+    /// Loads the layered configuration.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").lowercase(true));
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        if let Some(listen) = overrides.listen {
+            config.server.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.storage.data_dir = dir.clone();
+        }
+        if let Some(url) = &overrides.blob_url {
+            config.storage.blob_url = url.clone();
+        }
+        if let Some(url) = &overrides.index_url {
+            config.index.url = url.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let prefix = &self.dicomweb.path_prefix;
+        if !prefix.starts_with('/') || (prefix.len() > 1 && prefix.ends_with('/')) {
+            return Err(ConfigError::Rule(format!(
+                "dicomweb.path_prefix must start with '/' and not end with one, got {prefix:?}"
+            )));
+        }
+        if self.storage.upload_part_bytes < 5 * 1024 * 1024 {
+            return Err(ConfigError::Rule(
+                "storage.upload_part_bytes must be at least 5 MiB (the S3 minimum part size)"
+                    .into(),
+            ));
+        }
+        if self.index.pool_size == 0 || self.dicomweb.qido_max_results == 0 {
+            return Err(ConfigError::Rule(
+                "index.pool_size and dicomweb.qido_max_results must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The blob store URL with the embedded default filled in.
+    pub fn effective_blob_url(&self) -> String {
+        if self.storage.blob_url.is_empty() {
+            format!(
+                "file://{}",
+                absolute(&self.storage.data_dir.join("blobs")).display()
+            )
+        } else {
+            self.storage.blob_url.clone()
+        }
+    }
+
+    /// The index database URL with the embedded default filled in.
+    pub fn effective_index_url(&self) -> String {
+        if self.index.url.is_empty() {
+            format!(
+                "sqlite://{}",
+                absolute(&self.storage.data_dir.join("index.sqlite")).display()
+            )
+        } else {
+            self.index.url.clone()
+        }
+    }
+
+    /// The effective configuration as TOML, with secrets (passwords in URLs) redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.storage.blob_url = redact_url(&self.effective_blob_url());
+        shown.index.url = redact_url(&self.effective_index_url());
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let config = Config::default();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.dicomweb.path_prefix, "/dicomweb");
+        assert!(config.effective_index_url().starts_with("sqlite://"));
+        assert!(config
+            .effective_index_url()
+            .ends_with("kastell-data/index.sqlite"));
+        assert!(config.effective_blob_url().ends_with("kastell-data/blobs"));
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "k.toml",
+                "[server]\nlisten = \"127.0.0.1:9000\"\n[dicomweb]\nqido_max_results = 50\n",
+            )?;
+            jail.set_env("KASTELL__DICOMWEB__QIDO_MAX_RESULTS", "70");
+            let overrides = Overrides {
+                data_dir: Some(PathBuf::from("/tmp/x")),
+                ..Default::default()
+            };
+            let config = Config::load(Some(Path::new("k.toml")), &overrides).expect("loads");
+            assert_eq!(config.server.listen.port(), 9000);
+            assert_eq!(config.dicomweb.qido_max_results, 70);
+            assert_eq!(config.storage.data_dir, PathBuf::from("/tmp/x"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("k.toml", "[server]\nlistne = \"x\"\n")?;
+            assert!(Config::load(Some(Path::new("k.toml")), &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://kastell:secret@db:5432/k"),
+            "postgres://kastell:***@db:5432/k"
+        );
+        assert_eq!(redact_url("sqlite:///a/b"), "sqlite:///a/b");
+    }
+}

@@ -1,0 +1,96 @@
+//! Parsing the header of one stored instance (everything before Pixel Data) into a
+//! data set, reading attribute values as text, and re-encoding a whole instance.
+
+use dicom_core::value::Value;
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::file::ReadPreamble;
+use dicom_object::{InMemDicomObject, OpenFileOptions};
+
+use super::header::FileMeta;
+use super::text::trim_value;
+use super::DicomError;
+
+/// The data set of an instance without its Pixel Data, plus the identifying UIDs.
+#[derive(Debug, Clone)]
+pub struct ParsedHeader {
+    pub dataset: InMemDicomObject,
+    pub transfer_syntax: String,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+}
+
+/// Parses `bytes`: a PS3.10 stream from its start, cut before the top-level Pixel
+/// Data element (or the whole stream if it has none).
+pub fn parse_header(bytes: &[u8], meta: &FileMeta) -> Result<ParsedHeader, DicomError> {
+    let source = &bytes[meta.magic_offset..];
+    let object = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Never)
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(source)
+        .map_err(|e| DicomError::Malformed(e.to_string()))?;
+    let transfer_syntax = meta.transfer_syntax.clone();
+    let dataset = object.into_inner();
+    let required = |tag: Tag, name: &'static str| -> Result<String, DicomError> {
+        text(&dataset, tag)
+            .filter(|v| !v.is_empty())
+            .ok_or(DicomError::MissingAttribute(name))
+    };
+    Ok(ParsedHeader {
+        sop_class_uid: required(tags::SOP_CLASS_UID, "SOPClassUID (0008,0016)")?,
+        sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOPInstanceUID (0008,0018)")?,
+        study_instance_uid: required(tags::STUDY_INSTANCE_UID, "StudyInstanceUID (0020,000D)")?,
+        series_instance_uid: required(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID (0020,000E)")?,
+        transfer_syntax,
+        dataset,
+    })
+}
+
+/// Whether leading spaces are significant in values of this VR (PS3.5 §6.2).
+pub fn keeps_leading_spaces(vr: VR) -> bool {
+    matches!(vr, VR::LT | VR::ST | VR::UT | VR::UR)
+}
+
+/// The value of a top-level attribute as DICOM text: values joined by `\`, padding
+/// trimmed. `None` if absent or not a primitive value.
+pub fn text(dataset: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let element = dataset.get(tag)?;
+    let Value::Primitive(value) = element.value() else {
+        return None;
+    };
+    let keep_leading = keeps_leading_spaces(element.vr());
+    let values = value.to_multi_str();
+    let joined = values
+        .iter()
+        .map(|v| trim_value(v, keep_leading))
+        .collect::<Vec<_>>()
+        .join("\\");
+    Some(joined)
+}
+
+/// The items of a top-level sequence.
+pub fn items(dataset: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
+    match dataset.get(tag).map(|e| e.value()) {
+        Some(Value::Sequence(sequence)) => sequence.items(),
+        _ => &[],
+    }
+}
+
+/// Re-encodes a whole PS3.10 file in Explicit VR Little Endian. Only for natively
+/// encoded objects (the pixel data bytes are kept, byte-swapped where needed).
+pub fn reencode_explicit_le(file: &[u8], meta: &FileMeta) -> Result<Vec<u8>, DicomError> {
+    let mut object = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Never)
+        .from_reader(&file[meta.magic_offset..])
+        .map_err(|e| DicomError::Malformed(e.to_string()))?;
+    object.meta_mut().set_transfer_syntax(
+        &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+    );
+    let mut out = Vec::with_capacity(file.len() + 1024);
+    object
+        .write_all(&mut out)
+        .map_err(|e| DicomError::Encode(e.to_string()))?;
+    Ok(out)
+}

@@ -1,0 +1,30 @@
+//! DICOM handling as pure functions: locating the header of a PS3.10 stream, extracting
+//! the attributes the index needs, the DICOM JSON model (PS3.18 Annex F), transfer
+//! syntax rules, and the text rules of matching (PN folding, DA/TM normalisation).
+
+pub mod attributes;
+pub mod header;
+pub mod instance;
+pub mod json;
+pub mod text;
+pub mod transfer_syntax;
+
+pub use dicom_core::Tag;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DicomError {
+    #[error("not a DICOM PS3.10 stream: {0}")]
+    NotDicom(&'static str),
+    #[error("the DICOM stream is truncated")]
+    Truncated,
+    #[error("malformed DICOM data: {0}")]
+    Malformed(String),
+    #[error("the DICOM header (everything before Pixel Data) exceeds {0} bytes")]
+    HeaderTooLarge(usize),
+    #[error("required attribute {0} is missing or empty")]
+    MissingAttribute(&'static str),
+    #[error("unsupported transfer syntax {0}")]
+    UnsupportedTransferSyntax(String),
+    #[error("cannot encode the object: {0}")]
+    Encode(String),
+}

@@ -1,0 +1,91 @@
+//! The one place errors become HTTP answers. 4xx bodies explain what was wrong;
+//! 5xx bodies say nothing internal (the details go to the log).
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::index::IndexError;
+use crate::service::ServiceError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body exceeds the configured limit of {0} bytes")]
+    PayloadTooLarge(u64),
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl ApiError {
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::Service(ServiceError::NotFound(what)) => format!("{what} not found"),
+            ApiError::Service(ServiceError::NotAcceptable(why)) => why.clone(),
+            ApiError::Service(ServiceError::Index(IndexError::Query(e))) => e.to_string(),
+            ApiError::Service(ServiceError::Index(IndexError::Pool(_))) => {
+                "the index is busy; retry later".to_string()
+            }
+            ApiError::Service(_) => "internal server error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Service(error) => match error {
+                ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+                ServiceError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+                ServiceError::Index(IndexError::Query(_)) => StatusCode::BAD_REQUEST,
+                ServiceError::Index(IndexError::Pool(_)) => StatusCode::SERVICE_UNAVAILABLE,
+                ServiceError::Store(StoreError::NotFound) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut response = HttpResponse::build(status);
+        if let ApiError::MethodNotAllowed(allow) = self {
+            response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+        }
+        response
+            .content_type("text/html; charset=utf-8")
+            .body(status_report(status, &self.public_message()))
+    }
+}
+
+/// A minimal HTML Status Report (PS3.18 §8.6.3).
+pub fn status_report(status: StatusCode, message: &str) -> String {
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!(
+        "<!DOCTYPE html><html><head><title>{code}</title></head><body><h1>{code} {reason}</h1><p>{escaped}</p></body></html>\n",
+        code = status.as_u16(),
+        reason = status.canonical_reason().unwrap_or(""),
+    )
+}

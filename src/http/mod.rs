@@ -1,0 +1,193 @@
+//! The HTTP face of Kastell: the route table, one module per DICOMweb service, and
+//! the helpers they share. The only module that knows actix.
+
+pub mod accept;
+pub mod error;
+pub mod multipart;
+mod qido;
+mod stow;
+mod wado;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use percent_encoding::percent_decode_str;
+
+use crate::service::Services;
+use error::ApiError;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Services,
+    pub path_prefix: String,
+    pub public_base_url: String,
+    pub max_request_bytes: u64,
+    pub warning_agent: String,
+}
+
+impl AppState {
+    /// The absolute DICOMweb base URL as this client reached us: the configured
+    /// public URL, else scheme and host from `Forwarded` / `X-Forwarded-*` / `Host`.
+    pub fn base_url(&self, request: &HttpRequest) -> String {
+        if !self.public_base_url.is_empty() {
+            return format!(
+                "{}{}",
+                self.public_base_url.trim_end_matches('/'),
+                self.path_prefix
+            );
+        }
+        let info = request.connection_info();
+        let forwarded = ["forwarded", "x-forwarded-host"]
+            .iter()
+            .any(|h| request.headers().contains_key(*h));
+        let host = info.host();
+        // Some clients (dicomweb-client among them) send `Host` without the port.
+        // When nothing in between rewrote the host, the port they reached is ours.
+        let port = request.app_config().local_addr().port();
+        let default_port = if info.scheme() == "https" { 443 } else { 80 };
+        if !forwarded && !has_port(host) && port != default_port {
+            return format!("{}://{}:{}{}", info.scheme(), host, port, self.path_prefix);
+        }
+        format!("{}://{}{}", info.scheme(), host, self.path_prefix)
+    }
+
+    /// A `Warning` header value (PS3.18 §8.3.4.4.1 form).
+    pub fn warning(&self, text: &str) -> String {
+        format!("299 {}: {}", self.warning_agent, text)
+    }
+}
+
+fn has_port(host: &str) -> bool {
+    match host.rsplit_once(':') {
+        // `[::1]:8080` has a port, `[::1]` has none.
+        Some((_, tail)) => !tail.ends_with(']') && tail.bytes().all(|b| b.is_ascii_digit()),
+        None => false,
+    }
+}
+
+/// Query parameters in order, percent-decoded. `+` stays a `+` (it is literal in
+/// DICOMweb, e.g. in time zone offsets), unlike HTML form decoding.
+pub fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs = Vec::new();
+    for piece in request.query_string().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+        let decode = |s: &str| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| {
+                    ApiError::BadRequest(format!("query parameter {s:?} is not valid UTF-8"))
+                })
+        };
+        pairs.push((decode(name)?, decode(value)?));
+    }
+    Ok(pairs)
+}
+
+/// Resources with their allowed methods; anything else answers 405 with `Allow`.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+    }))
+}
+
+/// Registers every DICOMweb route under the configured prefix.
+pub fn configure(config: &mut web::ServiceConfig, prefix: &str) {
+    config.service(
+        web::scope(prefix)
+            .service(
+                resource("/studies", "GET, POST")
+                    .route(web::get().to(qido::search_studies))
+                    .route(web::post().to(stow::store)),
+            )
+            .service(resource("/series", "GET").route(web::get().to(qido::search_all_series)))
+            .service(resource("/instances", "GET").route(web::get().to(qido::search_all_instances)))
+            .service(
+                resource("/studies/{study}", "GET, POST")
+                    .route(web::get().to(wado::retrieve_study))
+                    .route(web::post().to(stow::store_in_study)),
+            )
+            .service(
+                resource("/studies/{study}/metadata", "GET")
+                    .route(web::get().to(wado::study_metadata)),
+            )
+            .service(
+                resource("/studies/{study}/series", "GET")
+                    .route(web::get().to(qido::search_study_series)),
+            )
+            .service(
+                resource("/studies/{study}/instances", "GET")
+                    .route(web::get().to(qido::search_study_instances)),
+            )
+            .service(
+                resource("/studies/{study}/series/{series}", "GET")
+                    .route(web::get().to(wado::retrieve_series)),
+            )
+            .service(
+                resource("/studies/{study}/series/{series}/metadata", "GET")
+                    .route(web::get().to(wado::series_metadata)),
+            )
+            .service(
+                resource("/studies/{study}/series/{series}/instances", "GET")
+                    .route(web::get().to(qido::search_series_instances)),
+            )
+            .service(
+                resource(
+                    "/studies/{study}/series/{series}/instances/{instance}",
+                    "GET",
+                )
+                .route(web::get().to(wado::retrieve_instance)),
+            )
+            .service(
+                resource(
+                    "/studies/{study}/series/{series}/instances/{instance}/metadata",
+                    "GET",
+                )
+                .route(web::get().to(wado::instance_metadata)),
+            )
+            .service(
+                resource(
+                    "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path:.*}",
+                    "GET",
+                )
+                .route(web::get().to(wado::bulkdata)),
+            ),
+    );
+    config.service(web::resource("/healthz").route(web::get().to(healthz)));
+    config.service(web::resource("/readyz").route(web::get().to(readyz)));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let services = state.services.clone();
+    let index_ok = services.with_index(|index| index.probe()).await.is_ok();
+    let store_ok = services.store.probe().await.is_ok();
+    if index_ok && store_ok {
+        HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n")
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!(
+                "index: {}\nblob store: {}\n",
+                ok(index_ok),
+                ok(store_ok)
+            ))
+    }
+}
+
+fn ok(flag: bool) -> &'static str {
+    if flag {
+        "ok"
+    } else {
+        "unavailable"
+    }
+}
+
+/// Answers unknown paths with a DICOMweb status report.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such resource".into()))
+}

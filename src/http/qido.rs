@@ -1,0 +1,258 @@
+//! QIDO-RS (PS3.18 §10.6): the six search resources.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::accept::{acceptable, accepts_dicom_json};
+use super::error::ApiError;
+use super::{query_pairs, AppState};
+use crate::dicom::attributes;
+use crate::index::qido::{IncludeField, MatchKey, Resource, SearchRequest};
+use crate::service::qido;
+
+pub async fn search_studies(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    search(state, request, Resource::Studies).await
+}
+
+pub async fn search_all_series(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    search(state, request, Resource::Series).await
+}
+
+pub async fn search_all_instances(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    search(state, request, Resource::Instances).await
+}
+
+pub async fn search_study_series(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    search(
+        state,
+        request,
+        Resource::StudySeries {
+            study: path.into_inner(),
+        },
+    )
+    .await
+}
+
+pub async fn search_study_instances(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    search(
+        state,
+        request,
+        Resource::StudyInstances {
+            study: path.into_inner(),
+        },
+    )
+    .await
+}
+
+pub async fn search_series_instances(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (study, series) = path.into_inner();
+    search(state, request, Resource::SeriesInstances { study, series }).await
+}
+
+/// A parsed search: the request plus what the HTTP layer itself ignored.
+struct ParsedSearch {
+    request: SearchRequest,
+    accept: Vec<String>,
+    ignored: Vec<String>,
+    unsupported_flags: Vec<&'static str>,
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ApiError::BadRequest(format!(
+            "{name} must be true or false, got {value:?}"
+        ))),
+    }
+}
+
+fn parse_search(
+    pairs: Vec<(String, String)>,
+    resource: Resource,
+) -> Result<ParsedSearch, ApiError> {
+    let mut request = SearchRequest {
+        resource,
+        matches: vec![],
+        include: vec![],
+        fuzzy: false,
+        limit: None,
+        offset: 0,
+    };
+    let mut accept = Vec::new();
+    let mut ignored = Vec::new();
+    let mut unsupported_flags = Vec::new();
+    for (name, value) in pairs {
+        match name.as_str() {
+            "limit" => {
+                request.limit = Some(value.parse().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "limit must be a non-negative integer, got {value:?}"
+                    ))
+                })?)
+            }
+            "offset" => {
+                request.offset = value.parse().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "offset must be a non-negative integer, got {value:?}"
+                    ))
+                })?
+            }
+            "fuzzymatching" => request.fuzzy = parse_bool(&name, &value)?,
+            "emptyvaluematching" => {
+                if parse_bool(&name, &value)? {
+                    unsupported_flags.push("emptyvaluematching");
+                }
+            }
+            "multiplevaluematching" => {
+                if parse_bool(&name, &value)? {
+                    unsupported_flags.push("multiplevaluematching");
+                }
+            }
+            "includefield" => {
+                for field in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                    if field == "all" {
+                        request.include.push(IncludeField::All);
+                    } else {
+                        match attributes::resolve_path(field) {
+                            Some(path) => request.include.push(IncludeField::Path {
+                                name: field.to_string(),
+                                path,
+                            }),
+                            None => ignored.push(field.to_string()),
+                        }
+                    }
+                }
+            }
+            "accept" => accept.push(value),
+            "charset" => {}
+            _ => match attributes::resolve_path(&name) {
+                Some(path) => request.matches.push(MatchKey { name, path, value }),
+                None => ignored.push(name),
+            },
+        }
+    }
+    Ok(ParsedSearch {
+        request,
+        accept,
+        ignored,
+        unsupported_flags,
+    })
+}
+
+async fn search(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    resource: Resource,
+) -> Result<HttpResponse, ApiError> {
+    let parsed = parse_search(query_pairs(&request)?, resource)?;
+    let header_accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    if !accepts_dicom_json(&acceptable(&parsed.accept, header_accept)) {
+        return Err(ApiError::NotAcceptable(
+            "search results are available as application/dicom+json only".into(),
+        ));
+    }
+    let base_url = state.base_url(&request);
+    let page = qido::search(&state.services, parsed.request, &base_url).await?;
+
+    let mut ignored = parsed.ignored;
+    ignored.extend(page.ignored);
+    let mut warnings = Vec::new();
+    if !ignored.is_empty() {
+        warnings.push(state.warning(&format!(
+            "The following query parameters are not supported and were ignored: {}",
+            ignored.join(", ")
+        )));
+    }
+    for flag in parsed.unsupported_flags {
+        warnings.push(state.warning(&format!(
+            "The {flag} parameter is not supported. Only literal matching has been performed."
+        )));
+    }
+    if page.remaining > 0 {
+        warnings.push(state.warning(&format!(
+            "There are {} additional results that can be requested",
+            page.remaining
+        )));
+    }
+    let mut response = if page.results.is_empty() {
+        HttpResponse::NoContent()
+    } else {
+        HttpResponse::Ok()
+    };
+    for warning in warnings {
+        response.append_header((header::WARNING, warning));
+    }
+    if page.results.is_empty() {
+        return Ok(response.finish());
+    }
+    let body =
+        serde_json::to_vec(&page.results).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(response.content_type("application/dicom+json").body(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_ohif_study_list_query() {
+        let parsed = parse_search(
+            pairs(&[
+                ("limit", "101"),
+                ("offset", "0"),
+                ("fuzzymatching", "false"),
+                ("includefield", "00081030,00080060"),
+                ("PatientName", "*Doe*"),
+                ("00100020", "X1"),
+                ("Nonsense", "1"),
+            ]),
+            Resource::Studies,
+        )
+        .unwrap();
+        assert_eq!(parsed.request.limit, Some(101));
+        assert_eq!(parsed.request.include.len(), 2);
+        assert_eq!(parsed.request.matches.len(), 2);
+        assert_eq!(parsed.ignored, vec!["Nonsense".to_string()]);
+    }
+
+    #[test]
+    fn rejects_invalid_values() {
+        for (name, value) in [("limit", "abc"), ("offset", "-1"), ("fuzzymatching", "yes")] {
+            assert!(
+                parse_search(pairs(&[(name, value)]), Resource::Studies).is_err(),
+                "{name}={value}"
+            );
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! STOW-RS (PS3.18 §10.5): `POST /studies[/{study}]`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+
+use super::error::ApiError;
+use super::multipart::{parse_related_content_type, ContentTypeError};
+use super::AppState;
+use crate::service::stow::StowSession;
+
+pub async fn store(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    run(state, request, body, None).await
+}
+
+pub async fn store_in_study(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Payload,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    run(state, request, body, Some(path.into_inner())).await
+}
+
+async fn run(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Payload,
+    target_study: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let content_type = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let related = parse_related_content_type(content_type).map_err(|e| match e {
+        ContentTypeError::Unsupported(m) => ApiError::UnsupportedMediaType(m),
+        ContentTypeError::Malformed(m) => ApiError::BadRequest(m),
+    })?;
+    if related.related_type != "application/dicom" {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "STOW-RS accepts multipart/related; type=\"application/dicom\"; got type={:?}",
+            related.related_type
+        )));
+    }
+    let limit = state.max_request_bytes;
+    let declared_length = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|l| l > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+
+    let stream = sendable(body);
+    let constraints =
+        multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit));
+    let mut multipart = multer::Multipart::with_constraints(stream, related.boundary, constraints);
+    let mut session = StowSession::new(state.services.clone(), target_study);
+    let mut parts = 0usize;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(error) => return Err(multipart_error(error, limit)),
+        };
+        parts += 1;
+        let acceptable = field
+            .content_type()
+            .is_none_or(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"));
+        let mut field = field;
+        let mut part = session.begin_part(acceptable).await?;
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => part.write(chunk).await?,
+                Ok(None) => break,
+                Err(error) => return Err(multipart_error(error, limit)),
+            }
+        }
+        session.finish_part(part).await?;
+    }
+    if parts == 0 {
+        return Err(ApiError::BadRequest(
+            "the multipart body has no parts".into(),
+        ));
+    }
+    let outcome = session.commit().await?;
+    let status = match (outcome.stored_count(), outcome.failed_count()) {
+        (_, 0) => StatusCode::OK,
+        (0, _) => StatusCode::CONFLICT,
+        _ => StatusCode::ACCEPTED,
+    };
+    let base_url = state.base_url(&request);
+    let mut response = HttpResponse::build(status);
+    if let Some(study) = outcome.single_study() {
+        response.insert_header(("Content-Location", format!("{base_url}/studies/{study}")));
+    }
+    if outcome.failed_count() > 0 {
+        response.append_header((
+            "Warning",
+            state.warning(&format!(
+                "{} of {} instances were not stored",
+                outcome.failed_count(),
+                parts
+            )),
+        ));
+    }
+    Ok(response
+        .content_type("application/dicom+json")
+        .body(outcome.response(&base_url).to_string()))
+}
+
+fn multipart_error(error: multer::Error, limit: u64) -> ApiError {
+    match error {
+        multer::Error::StreamSizeExceeded { .. } => ApiError::PayloadTooLarge(limit),
+        other => ApiError::BadRequest(format!("malformed multipart body: {other}")),
+    }
+}
+
+/// multer needs a `Send` stream and actix's payload is not: forward the chunks
+/// through a small bounded channel (which also gives back-pressure).
+fn sendable(
+    mut body: web::Payload,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    actix_web::rt::spawn(async move {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+            let failed = chunk.is_err();
+            if sender.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
+}

@@ -1,0 +1,753 @@
+//! The relational index: studies, series and instances with the attributes QIDO
+//! matches and returns, and where each instance's blob is. Diesel over SQLite (the
+//! embedded default). Every call here is blocking; the service layer runs them on
+//! tokio's blocking pool, bounded by the connection pool size.
+
+pub mod catalog;
+pub mod qido;
+pub mod sql;
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use diesel::connection::SimpleConnection;
+use diesel::query_builder::BoxedSqlQuery;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sqlite::Sqlite;
+use diesel::{Connection, QueryableByName, RunQueryDsl, SqliteConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use catalog::{Attr, InstanceRow, Kind, Level, SeriesRow, StudyRow};
+use qido::{QueryError, SearchRequest};
+use sql::{Bind, SqlBuilder};
+
+/// The SQLite migrations in `schema/sqlite/`, compiled into the binary.
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("schema/sqlite");
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("unsupported index URL {0:?}: expected sqlite://PATH")]
+    UnsupportedUrl(String),
+    #[error("index database error: {0}")]
+    Database(#[from] diesel::result::Error),
+    #[error("no index connection available: {0}")]
+    Pool(String),
+    #[error("index migration failed: {0}")]
+    Migration(String),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("index I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Pool and timeout settings.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexOptions {
+    pub pool_size: u32,
+    pub busy_timeout: Duration,
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct SqlitePragmas {
+    busy_timeout: Duration,
+}
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        // WAL lets readers run beside the writer; FULL sync because an acknowledged
+        // STOW must survive a power cut; case-sensitive LIKE because DICOM string
+        // matching is case-sensitive (person names are matched on folded copies).
+        conn.batch_execute(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+             PRAGMA busy_timeout = {}; PRAGMA case_sensitive_like = ON;",
+            self.busy_timeout.as_millis()
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// One instance to add to the index, with its blob already durable.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax_uid: String,
+    pub blob_key: String,
+    pub blob_size: i64,
+    pub content_sha256: String,
+    pub header_length: i64,
+    pub pixel_data_offset: Option<i64>,
+    pub pixel_data_length: Option<i64>,
+    /// Values of the catalog attributes stored from the header, as DICOM text
+    /// (the Request Attributes Sequence as DICOM JSON).
+    pub values: Vec<(&'static Attr, Option<String>)>,
+    /// (ScheduledProcedureStepID, RequestedProcedureID) of each request item.
+    pub request_items: Vec<(Option<String>, Option<String>)>,
+}
+
+/// What happened to one instance of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOutcome {
+    Stored,
+    /// The same bytes were stored before: nothing changed.
+    AlreadyStored,
+    /// Overwrite is enabled and the instance replaced an older object.
+    Replaced {
+        old_blob_key: String,
+    },
+    /// A different object is stored under this SOP Instance UID.
+    Conflict,
+    /// The series exists, but in another study.
+    SeriesInOtherStudy,
+}
+
+/// Where a stored instance is, for retrieval.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct StoredInstance {
+    #[diesel(sql_type = Text)]
+    pub study_instance_uid: String,
+    #[diesel(sql_type = Text)]
+    pub series_instance_uid: String,
+    #[diesel(sql_type = Text)]
+    pub sop_instance_uid: String,
+    #[diesel(sql_type = Text)]
+    pub sop_class_uid: String,
+    #[diesel(sql_type = Text)]
+    pub transfer_syntax_uid: String,
+    #[diesel(sql_type = Text)]
+    pub blob_key: String,
+    #[diesel(sql_type = BigInt)]
+    pub blob_size: i64,
+    #[diesel(sql_type = BigInt)]
+    pub header_length: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub pixel_data_offset: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub pixel_data_length: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub number_of_frames: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub bits_allocated: Option<i64>,
+}
+
+/// Which instances a retrieval covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Study {
+        study: String,
+    },
+    Series {
+        study: String,
+        series: String,
+    },
+    Instance {
+        study: String,
+        series: String,
+        instance: String,
+    },
+}
+
+/// One QIDO match with the rows of its levels.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub study: StudyRow,
+    pub series: Option<SeriesRow>,
+    pub instance: Option<InstanceRow>,
+}
+
+#[derive(Debug)]
+pub struct SearchResult {
+    pub hits: Vec<Hit>,
+    /// Matches beyond this page.
+    pub remaining: u64,
+    pub requested: Vec<&'static Attr>,
+    pub ignored: Vec<String>,
+}
+
+#[derive(QueryableByName)]
+struct SeriesHit {
+    #[diesel(embed)]
+    study: StudyRow,
+    #[diesel(embed)]
+    series: SeriesRow,
+}
+
+#[derive(QueryableByName)]
+struct InstanceHit {
+    #[diesel(embed)]
+    study: StudyRow,
+    #[diesel(embed)]
+    series: SeriesRow,
+    #[diesel(embed)]
+    instance: InstanceRow,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+#[derive(QueryableByName)]
+struct Pk {
+    #[diesel(sql_type = BigInt)]
+    pk: i64,
+}
+
+#[derive(QueryableByName)]
+struct ExistingSeries {
+    #[diesel(sql_type = BigInt)]
+    study_fk: i64,
+}
+
+#[derive(QueryableByName)]
+struct ExistingInstance {
+    #[diesel(sql_type = BigInt)]
+    instance_pk: i64,
+    #[diesel(sql_type = Text)]
+    content_sha256: String,
+    #[diesel(sql_type = Text)]
+    blob_key: String,
+}
+
+#[derive(QueryableByName)]
+struct BlobKeyRow {
+    #[diesel(sql_type = Text)]
+    blob_key: String,
+}
+
+type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
+
+#[derive(Clone)]
+pub struct Index {
+    pool: SqlitePool,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("backend", &"sqlite").finish()
+    }
+}
+
+fn boxed(
+    sql: &str,
+    binds: &[Bind],
+) -> BoxedSqlQuery<'static, Sqlite, diesel::query_builder::SqlQuery> {
+    let mut query = diesel::sql_query(sql.to_string()).into_boxed::<Sqlite>();
+    for bind in binds {
+        query = match bind.clone() {
+            Bind::Text(v) => query.bind::<Text, _>(v),
+            Bind::Int(v) => query.bind::<BigInt, _>(v),
+            Bind::NullableText(v) => query.bind::<Nullable<Text>, _>(v),
+            Bind::NullableInt(v) => query.bind::<Nullable<BigInt>, _>(v),
+        };
+    }
+    query
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+/// The SQLite file of a `sqlite://` URL.
+pub fn sqlite_path(url: &str) -> Result<&str, IndexError> {
+    url.strip_prefix("sqlite://")
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| IndexError::UnsupportedUrl(url.to_string()))
+}
+
+impl Index {
+    /// Opens the index at `url`, creating the database and running pending migrations.
+    pub fn open(url: &str, options: IndexOptions) -> Result<Self, IndexError> {
+        let path = sqlite_path(url)?;
+        if let Some(parent) = Path::new(path).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        Self::migrate(url)?;
+        let manager = ConnectionManager::<SqliteConnection>::new(path);
+        let pool = Pool::builder()
+            .max_size(options.pool_size)
+            .connection_timeout(options.acquire_timeout)
+            .connection_customizer(Box::new(SqlitePragmas {
+                busy_timeout: options.busy_timeout,
+            }))
+            .build(manager)
+            .map_err(|e| IndexError::Pool(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// Runs pending migrations; returns the names of those applied.
+    pub fn migrate(url: &str) -> Result<Vec<String>, IndexError> {
+        let path = sqlite_path(url)?;
+        let mut conn =
+            SqliteConnection::establish(path).map_err(|e| IndexError::Pool(e.to_string()))?;
+        conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000;")?;
+        let applied = conn
+            .run_pending_migrations(SQLITE_MIGRATIONS)
+            .map_err(|e| IndexError::Migration(e.to_string()))?;
+        Ok(applied.iter().map(|v| v.to_string()).collect())
+    }
+
+    fn conn(
+        &self,
+    ) -> Result<diesel::r2d2::PooledConnection<ConnectionManager<SqliteConnection>>, IndexError>
+    {
+        self.pool.get().map_err(|e| IndexError::Pool(e.to_string()))
+    }
+
+    /// Checks the database answers.
+    pub fn probe(&self) -> Result<(), IndexError> {
+        let mut conn = self.conn()?;
+        conn.batch_execute("SELECT 1")?;
+        Ok(())
+    }
+
+    /// Adds a batch of instances in one transaction and refreshes the counts and
+    /// ModalitiesInStudy / SOPClassesInStudy of every study and series touched.
+    pub fn store_instances(
+        &self,
+        batch: &[NewInstance],
+        overwrite: bool,
+    ) -> Result<Vec<StoreOutcome>, IndexError> {
+        let mut conn = self.conn()?;
+        conn.immediate_transaction(|conn| {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut studies = BTreeSet::new();
+            let mut series_touched = BTreeSet::new();
+            for instance in batch {
+                let outcome =
+                    store_one(conn, instance, overwrite, &mut studies, &mut series_touched)?;
+                outcomes.push(outcome);
+            }
+            refresh_aggregates(conn, &studies, &series_touched)?;
+            Ok(outcomes)
+        })
+    }
+
+    /// Runs a QIDO search.
+    pub fn search(
+        &self,
+        request: &SearchRequest,
+        max_results: u64,
+    ) -> Result<SearchResult, IndexError> {
+        let plan = qido::plan(request)?;
+        let limit = match request.limit {
+            Some(0) | None => max_results,
+            Some(limit) => limit.min(max_results),
+        };
+        let (select, order) = match plan.level {
+            Level::Study => ("SELECT st.* ", " ORDER BY st.study_pk"),
+            Level::Series => ("SELECT st.*, se.* ", " ORDER BY se.series_pk"),
+            Level::Instance => ("SELECT st.*, se.*, i.* ", " ORDER BY i.instance_pk"),
+        };
+        let mut sql = SqlBuilder::new();
+        sql.push(select)
+            .push(plan.from_where.sql())
+            .push(order)
+            .push(" LIMIT ");
+        let mut binds = plan.from_where.binds().to_vec();
+        sql.push(&format!("{limit} OFFSET {}", request.offset));
+        binds.extend(sql.binds().iter().cloned());
+        let mut conn = self.conn()?;
+        let hits: Vec<Hit> = match plan.level {
+            Level::Study => boxed(sql.sql(), &binds)
+                .load::<StudyRow>(&mut conn)?
+                .into_iter()
+                .map(|study| Hit {
+                    study,
+                    series: None,
+                    instance: None,
+                })
+                .collect(),
+            Level::Series => boxed(sql.sql(), &binds)
+                .load::<SeriesHit>(&mut conn)?
+                .into_iter()
+                .map(|h| Hit {
+                    study: h.study,
+                    series: Some(h.series),
+                    instance: None,
+                })
+                .collect(),
+            Level::Instance => boxed(sql.sql(), &binds)
+                .load::<InstanceHit>(&mut conn)?
+                .into_iter()
+                .map(|h| Hit {
+                    study: h.study,
+                    series: Some(h.series),
+                    instance: Some(h.instance),
+                })
+                .collect(),
+        };
+        let remaining = if hits.len() as u64 == limit {
+            let count_sql = format!("SELECT COUNT(*) AS count {}", plan.from_where.sql());
+            let total = boxed(&count_sql, plan.from_where.binds())
+                .get_result::<Count>(&mut conn)?
+                .count as u64;
+            total.saturating_sub(request.offset + hits.len() as u64)
+        } else {
+            0
+        };
+        Ok(SearchResult {
+            hits,
+            remaining,
+            requested: plan.requested,
+            ignored: plan.ignored,
+        })
+    }
+
+    /// The instances of a study, series or instance, in a stable order.
+    pub fn instances(&self, scope: &Scope) -> Result<Vec<StoredInstance>, IndexError> {
+        let mut sql = SqlBuilder::new();
+        sql.push(
+            "SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, \
+             i.transfer_syntax_uid, i.blob_key, i.blob_size, i.header_length, i.pixel_data_offset, \
+             i.pixel_data_length, i.number_of_frames, i.bits_allocated \
+             FROM instances i JOIN series se ON se.series_pk = i.series_fk \
+             JOIN studies st ON st.study_pk = se.study_fk WHERE st.study_instance_uid = ",
+        );
+        match scope {
+            Scope::Study { study } => {
+                sql.bind(Bind::Text(study.clone()));
+            }
+            Scope::Series { study, series } => {
+                sql.bind(Bind::Text(study.clone()));
+                sql.push(" AND se.series_instance_uid = ")
+                    .bind(Bind::Text(series.clone()));
+            }
+            Scope::Instance {
+                study,
+                series,
+                instance,
+            } => {
+                sql.bind(Bind::Text(study.clone()));
+                sql.push(" AND se.series_instance_uid = ")
+                    .bind(Bind::Text(series.clone()));
+                sql.push(" AND i.sop_instance_uid = ")
+                    .bind(Bind::Text(instance.clone()));
+            }
+        }
+        sql.push(" ORDER BY se.series_pk, i.instance_number, i.instance_pk");
+        let mut conn = self.conn()?;
+        Ok(boxed(sql.sql(), sql.binds()).load::<StoredInstance>(&mut conn)?)
+    }
+
+    /// Which of `keys` the index references.
+    pub fn referenced_blob_keys(&self, keys: &[String]) -> Result<HashSet<String>, IndexError> {
+        let mut conn = self.conn()?;
+        let mut found = HashSet::new();
+        for chunk in keys.chunks(500) {
+            let mut sql = SqlBuilder::new();
+            sql.push("SELECT blob_key FROM instances WHERE blob_key IN (");
+            for (i, key) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(Bind::Text(key.clone()));
+            }
+            sql.push(")");
+            for row in boxed(sql.sql(), sql.binds()).load::<BlobKeyRow>(&mut conn)? {
+                found.insert(row.blob_key);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The columns (and bound values) that store one catalog attribute.
+fn attribute_columns(attr: &Attr, value: &Option<String>, out: &mut Vec<(String, Bind)>) {
+    let column = attr.column.to_string();
+    match attr.kind {
+        Kind::PersonName => {
+            let norm = value.as_deref().map(qido::normalize_person_name);
+            let words = value.as_deref().map(crate::dicom::text::person_name_words);
+            out.push((column.clone(), Bind::NullableText(value.clone())));
+            out.push((format!("{column}_norm"), Bind::NullableText(norm)));
+            out.push((format!("{column}_words"), Bind::NullableText(words)));
+        }
+        Kind::Time => {
+            let norm = value.as_deref().and_then(|v| {
+                crate::dicom::text::normalize_time(v, crate::dicom::text::Bound::Lower)
+            });
+            out.push((column.clone(), Bind::NullableText(value.clone())));
+            out.push((format!("{column}_norm"), Bind::NullableText(norm)));
+        }
+        Kind::Date => {
+            let normalized = value
+                .as_deref()
+                .map(|v| crate::dicom::text::normalize_date(v).unwrap_or_else(|| v.to_string()));
+            out.push((column, Bind::NullableText(normalized)));
+        }
+        Kind::Int => {
+            let number = value
+                .as_deref()
+                .and_then(|v| v.split('\\').next())
+                .and_then(|v| v.trim().parse::<i64>().ok());
+            out.push((column, Bind::NullableInt(number)));
+        }
+        Kind::Uid | Kind::Text | Kind::RequestSequence => {
+            out.push((column, Bind::NullableText(value.clone())));
+        }
+        Kind::ModalitiesInStudy | Kind::SopClassesInStudy | Kind::Count => {}
+    }
+}
+
+fn level_columns(instance: &NewInstance, level: Level) -> Vec<(String, Bind)> {
+    let mut columns = Vec::new();
+    for (attr, value) in &instance.values {
+        if attr.level == level {
+            attribute_columns(attr, value, &mut columns);
+        }
+    }
+    columns
+}
+
+fn upsert_sql(
+    table: &str,
+    key_column: &str,
+    key: &str,
+    mut columns: Vec<(String, Bind)>,
+    extra: Vec<(String, Bind)>,
+) -> SqlBuilder {
+    columns.retain(|(c, _)| c != key_column);
+    let timestamp = now();
+    let mut sql = SqlBuilder::new();
+    sql.push(&format!("INSERT INTO {table} ({key_column}"));
+    for (column, _) in columns.iter().chain(extra.iter()) {
+        sql.push(", ").push(column);
+    }
+    sql.push(", created_at, updated_at) VALUES (")
+        .bind(Bind::Text(key.to_string()));
+    for (_, value) in columns.iter().chain(extra.iter()) {
+        sql.push(", ").bind(value.clone());
+    }
+    sql.push(", ")
+        .bind(Bind::Text(timestamp.clone()))
+        .push(", ")
+        .bind(Bind::Text(timestamp))
+        .push(")");
+    // A later instance of the same study or series fills in what the first lacked;
+    // it never overwrites what is there.
+    sql.push(&format!(
+        " ON CONFLICT ({key_column}) DO UPDATE SET updated_at = excluded.updated_at"
+    ));
+    for (column, _) in &columns {
+        sql.push(&format!(
+            ", {column} = COALESCE({table}.{column}, excluded.{column})"
+        ));
+    }
+    let pk = if table == "studies" {
+        "study_pk"
+    } else {
+        "series_pk"
+    };
+    sql.push(&format!(" RETURNING {pk} AS pk"));
+    sql
+}
+
+fn store_one(
+    conn: &mut SqliteConnection,
+    instance: &NewInstance,
+    overwrite: bool,
+    studies: &mut BTreeSet<i64>,
+    series_touched: &mut BTreeSet<i64>,
+) -> Result<StoreOutcome, diesel::result::Error> {
+    let existing = boxed(
+        "SELECT instance_pk, content_sha256, blob_key FROM instances WHERE sop_instance_uid = ?",
+        &[Bind::Text(instance.sop_instance_uid.clone())],
+    )
+    .load::<ExistingInstance>(conn)?
+    .pop();
+    let mut replaced = None;
+    if let Some(existing) = existing {
+        if existing.content_sha256 == instance.content_sha256 {
+            return Ok(StoreOutcome::AlreadyStored);
+        }
+        if !overwrite {
+            return Ok(StoreOutcome::Conflict);
+        }
+        let series_fk = boxed(
+            "DELETE FROM instances WHERE instance_pk = ? RETURNING series_fk AS pk",
+            &[Bind::Int(existing.instance_pk)],
+        )
+        .get_result::<Pk>(conn)?
+        .pk;
+        series_touched.insert(series_fk);
+        replaced = Some(existing.blob_key);
+    }
+
+    let study_sql = upsert_sql(
+        "studies",
+        "study_instance_uid",
+        &instance.study_instance_uid,
+        level_columns(instance, Level::Study),
+        vec![],
+    );
+    let study_pk = boxed(study_sql.sql(), study_sql.binds())
+        .get_result::<Pk>(conn)?
+        .pk;
+
+    let existing_series = boxed(
+        "SELECT study_fk FROM series WHERE series_instance_uid = ?",
+        &[Bind::Text(instance.series_instance_uid.clone())],
+    )
+    .load::<ExistingSeries>(conn)?
+    .pop();
+    if let Some(series) = &existing_series {
+        if series.study_fk != study_pk {
+            return Ok(StoreOutcome::SeriesInOtherStudy);
+        }
+    }
+    let series_sql = upsert_sql(
+        "series",
+        "series_instance_uid",
+        &instance.series_instance_uid,
+        level_columns(instance, Level::Series),
+        vec![("study_fk".into(), Bind::Int(study_pk))],
+    );
+    let series_pk = boxed(series_sql.sql(), series_sql.binds())
+        .get_result::<Pk>(conn)?
+        .pk;
+    if existing_series.is_none() {
+        for (step, procedure) in &instance.request_items {
+            boxed(
+                "INSERT INTO series_requests (series_fk, scheduled_procedure_step_id, requested_procedure_id) VALUES (?, ?, ?)",
+                &[Bind::Int(series_pk), Bind::NullableText(step.clone()), Bind::NullableText(procedure.clone())],
+            )
+            .execute(conn)?;
+        }
+    }
+
+    let mut columns = level_columns(instance, Level::Instance);
+    columns.retain(|(c, _)| c != "sop_instance_uid" && c != "sop_class_uid");
+    columns.extend([
+        ("series_fk".to_string(), Bind::Int(series_pk)),
+        (
+            "sop_class_uid".to_string(),
+            Bind::Text(instance.sop_class_uid.clone()),
+        ),
+        (
+            "transfer_syntax_uid".to_string(),
+            Bind::Text(instance.transfer_syntax_uid.clone()),
+        ),
+        (
+            "blob_key".to_string(),
+            Bind::Text(instance.blob_key.clone()),
+        ),
+        ("blob_size".to_string(), Bind::Int(instance.blob_size)),
+        (
+            "content_sha256".to_string(),
+            Bind::Text(instance.content_sha256.clone()),
+        ),
+        (
+            "header_length".to_string(),
+            Bind::Int(instance.header_length),
+        ),
+        (
+            "pixel_data_offset".to_string(),
+            Bind::NullableInt(instance.pixel_data_offset),
+        ),
+        (
+            "pixel_data_length".to_string(),
+            Bind::NullableInt(instance.pixel_data_length),
+        ),
+        ("created_at".to_string(), Bind::Text(now())),
+    ]);
+    let mut sql = SqlBuilder::new();
+    sql.push("INSERT INTO instances (sop_instance_uid");
+    for (column, _) in &columns {
+        sql.push(", ").push(column);
+    }
+    sql.push(") VALUES (")
+        .bind(Bind::Text(instance.sop_instance_uid.clone()));
+    for (_, value) in &columns {
+        sql.push(", ").bind(value.clone());
+    }
+    sql.push(")");
+    boxed(sql.sql(), sql.binds()).execute(conn)?;
+    studies.insert(study_pk);
+    series_touched.insert(series_pk);
+    Ok(match replaced {
+        Some(old_blob_key) => StoreOutcome::Replaced { old_blob_key },
+        None => StoreOutcome::Stored,
+    })
+}
+
+fn refresh_aggregates(
+    conn: &mut SqliteConnection,
+    studies: &BTreeSet<i64>,
+    series: &BTreeSet<i64>,
+) -> Result<(), diesel::result::Error> {
+    let mut all_studies = studies.clone();
+    for series_pk in series {
+        boxed(
+            "UPDATE series SET number_of_series_related_instances = \
+             (SELECT COUNT(*) FROM instances WHERE series_fk = ?) WHERE series_pk = ?",
+            &[Bind::Int(*series_pk), Bind::Int(*series_pk)],
+        )
+        .execute(conn)?;
+        if let Some(study) = boxed(
+            "SELECT study_fk AS pk FROM series WHERE series_pk = ?",
+            &[Bind::Int(*series_pk)],
+        )
+        .load::<Pk>(conn)?
+        .pop()
+        {
+            all_studies.insert(study.pk);
+        }
+    }
+    for study_pk in all_studies {
+        let pk = Bind::Int(study_pk);
+        boxed(
+            "UPDATE studies SET \
+             number_of_study_related_series = (SELECT COUNT(*) FROM series WHERE study_fk = ?), \
+             number_of_study_related_instances = (SELECT COUNT(*) FROM instances i JOIN series s \
+                 ON s.series_pk = i.series_fk WHERE s.study_fk = ?), \
+             modalities_in_study = (SELECT group_concat(modality, '\\') FROM (SELECT DISTINCT modality \
+                 FROM series WHERE study_fk = ? AND modality IS NOT NULL AND modality <> '' ORDER BY modality)), \
+             sop_classes_in_study = (SELECT group_concat(sop_class_uid, '\\') FROM (SELECT DISTINCT i.sop_class_uid \
+                 FROM instances i JOIN series s ON s.series_pk = i.series_fk WHERE s.study_fk = ? \
+                 ORDER BY i.sop_class_uid)) \
+             WHERE study_pk = ?",
+            &[pk.clone(), pk.clone(), pk.clone(), pk.clone(), pk],
+        )
+        .execute(conn)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_reverts_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.sqlite");
+        let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        conn.run_pending_migrations(SQLITE_MIGRATIONS).unwrap();
+        conn.revert_all_migrations(SQLITE_MIGRATIONS).unwrap();
+        #[derive(QueryableByName)]
+        struct Name {
+            #[diesel(sql_type = Text)]
+            name: String,
+        }
+        let left: Vec<String> = diesel::sql_query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND name <> '__diesel_schema_migrations'",
+        )
+        .load::<Name>(&mut conn)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+        assert!(left.is_empty(), "tables left after revert: {left:?}");
+        conn.run_pending_migrations(SQLITE_MIGRATIONS).unwrap();
+    }
+}

@@ -1,0 +1,596 @@
+//! QIDO-RS search: from a typed search request to SQL, following the matching rules
+//! of PS3.4 C.2.2.2 as PS3.18 §8.3.4 applies them.
+
+use dicom_core::Tag;
+
+use super::catalog::{self, Attr, Kind, Level};
+use super::sql::{Bind, SqlBuilder};
+use crate::dicom::text::{self, Bound};
+
+/// The six QIDO resources (PS3.18 Table 10.6.1-1), with the UIDs of their path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    Studies,
+    StudySeries { study: String },
+    StudyInstances { study: String },
+    Series,
+    SeriesInstances { study: String, series: String },
+    Instances,
+}
+
+impl Resource {
+    /// The level whose entities are returned.
+    pub fn level(&self) -> Level {
+        match self {
+            Resource::Studies => Level::Study,
+            Resource::StudySeries { .. } | Resource::Series => Level::Series,
+            _ => Level::Instance,
+        }
+    }
+
+    /// The levels whose attributes each result carries (PS3.18 §10.6.3.3).
+    pub fn result_levels(&self) -> &'static [Level] {
+        match self {
+            Resource::Studies => &[Level::Study],
+            Resource::StudySeries { .. } => &[Level::Series],
+            Resource::Series => &[Level::Study, Level::Series],
+            Resource::StudyInstances { .. } => &[Level::Series, Level::Instance],
+            Resource::SeriesInstances { .. } => &[Level::Instance],
+            Resource::Instances => &[Level::Study, Level::Series, Level::Instance],
+        }
+    }
+}
+
+/// One `attribute=value` query parameter, attribute already resolved to a tag path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchKey {
+    pub name: String,
+    pub path: Vec<Tag>,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncludeField {
+    All,
+    Path { name: String, path: Vec<Tag> },
+}
+
+/// A search as the HTTP layer parsed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchRequest {
+    pub resource: Resource,
+    pub matches: Vec<MatchKey>,
+    pub include: Vec<IncludeField>,
+    pub fuzzy: bool,
+    pub limit: Option<u64>,
+    pub offset: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueryError {
+    #[error("invalid value {value:?} for {name}: {reason}")]
+    InvalidValue {
+        name: String,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// A search ready to run.
+#[derive(Debug)]
+pub struct Plan {
+    pub from_where: SqlBuilder,
+    pub level: Level,
+    /// Attributes the results carry (beyond those always present at their level).
+    pub requested: Vec<&'static Attr>,
+    /// Match keys and includefields that were ignored, for the 299 warning.
+    pub ignored: Vec<String>,
+}
+
+/// Turns a request into SQL (`FROM ... WHERE ...`, without SELECT and ORDER BY).
+pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
+    let level = request.resource.level();
+    let mut sql = SqlBuilder::new();
+    match level {
+        Level::Study => sql.push("FROM studies st WHERE 1=1"),
+        Level::Series => {
+            sql.push("FROM series se JOIN studies st ON st.study_pk = se.study_fk WHERE 1=1")
+        }
+        Level::Instance => sql.push(
+            "FROM instances i JOIN series se ON se.series_pk = i.series_fk \
+             JOIN studies st ON st.study_pk = se.study_fk WHERE 1=1",
+        ),
+    };
+    match &request.resource {
+        Resource::StudySeries { study } | Resource::StudyInstances { study } => {
+            sql.push(" AND st.study_instance_uid = ")
+                .bind(Bind::Text(study.clone()));
+        }
+        Resource::SeriesInstances { study, series } => {
+            sql.push(" AND st.study_instance_uid = ")
+                .bind(Bind::Text(study.clone()));
+            sql.push(" AND se.series_instance_uid = ")
+                .bind(Bind::Text(series.clone()));
+        }
+        _ => {}
+    }
+
+    let mut requested: Vec<&'static Attr> = Vec::new();
+    let mut ignored = Vec::new();
+    let mut sequence_keys: Vec<(&MatchKey, Tag)> = Vec::new();
+    let date = request
+        .matches
+        .iter()
+        .find(|m| m.path == [Tag(0x0008, 0x0020)]);
+    let time = request
+        .matches
+        .iter()
+        .find(|m| m.path == [Tag(0x0008, 0x0030)]);
+    let combined = combined_date_time(date, time)?;
+    if let Some((low, high)) = &combined {
+        let expr = "(st.study_date || COALESCE(st.study_time_norm, '000000.000000'))";
+        if let Some(low) = low {
+            sql.push(&format!(" AND {expr} >= "))
+                .bind(Bind::Text(low.clone()));
+        }
+        if let Some(high) = high {
+            sql.push(&format!(" AND {expr} <= "))
+                .bind(Bind::Text(high.clone()));
+        }
+    }
+
+    for key in &request.matches {
+        let Some(attr) = catalog::find(key.path[0]) else {
+            ignored.push(key.name.clone());
+            continue;
+        };
+        if attr.level > level {
+            ignored.push(key.name.clone());
+            continue;
+        }
+        if key.path.len() > 1 {
+            let nested_ok = attr.kind == Kind::RequestSequence
+                && key.path.len() == 2
+                && [
+                    catalog::SCHEDULED_PROCEDURE_STEP_ID,
+                    catalog::REQUESTED_PROCEDURE_ID,
+                ]
+                .contains(&key.path[1]);
+            if !nested_ok {
+                ignored.push(key.name.clone());
+                continue;
+            }
+            push_unique(&mut requested, attr);
+            sequence_keys.push((key, key.path[1]));
+            continue;
+        }
+        push_unique(&mut requested, attr);
+        if combined.is_some() && (attr.column == "study_date" || attr.column == "study_time") {
+            continue;
+        }
+        add_condition(&mut sql, attr, key, request.fuzzy)?;
+    }
+    if !sequence_keys.is_empty() {
+        // All keys of one sequence must match the same item (PS3.4 C.2.2.2.6).
+        sql.push(" AND EXISTS (SELECT 1 FROM series_requests r WHERE r.series_fk = se.series_pk");
+        for (key, item_tag) in sequence_keys {
+            let column = if item_tag == catalog::SCHEDULED_PROCEDURE_STEP_ID {
+                "r.scheduled_procedure_step_id"
+            } else {
+                "r.requested_procedure_id"
+            };
+            if let Some(values) = any_of(&key.value, true) {
+                sql.push(" AND (");
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    string_match(&mut sql, column, v);
+                }
+                sql.push(")");
+            }
+        }
+        sql.push(")");
+    }
+
+    for include in &request.include {
+        match include {
+            IncludeField::All => {
+                for attr in catalog::ATTRIBUTES {
+                    if request.resource.result_levels().contains(&attr.level) {
+                        push_unique(&mut requested, attr);
+                    }
+                }
+            }
+            IncludeField::Path { name, path } => match catalog::find(path[0]) {
+                Some(attr) if attr.level <= level && path.len() == 1 => {
+                    push_unique(&mut requested, attr)
+                }
+                Some(attr) if attr.level <= level && attr.kind == Kind::RequestSequence => {
+                    push_unique(&mut requested, attr)
+                }
+                _ => ignored.push(name.clone()),
+            },
+        }
+    }
+    Ok(Plan {
+        from_where: sql,
+        level,
+        requested,
+        ignored,
+    })
+}
+
+fn push_unique(list: &mut Vec<&'static Attr>, attr: &'static Attr) {
+    if !list.iter().any(|a| a.tag == attr.tag) {
+        list.push(attr);
+    }
+}
+
+fn qualified(attr: &Attr, suffix: &str) -> String {
+    let alias = match attr.level {
+        Level::Study => "st",
+        Level::Series => "se",
+        Level::Instance => "i",
+    };
+    format!("{alias}.{}{suffix}", attr.column)
+}
+
+/// Splits a comma list into its values; `None` when the key matches universally
+/// (empty value, or `*` where wildcards apply).
+fn any_of(value: &str, wildcards_apply: bool) -> Option<Vec<&str>> {
+    if value.is_empty() || (wildcards_apply && value.chars().all(|c| c == '*')) {
+        return None;
+    }
+    Some(value.split(',').collect())
+}
+
+fn invalid(key: &MatchKey, reason: &'static str) -> QueryError {
+    QueryError::InvalidValue {
+        name: key.name.clone(),
+        value: key.value.clone(),
+        reason,
+    }
+}
+
+fn has_wildcard(value: &str) -> bool {
+    value.contains('*') || value.contains('?')
+}
+
+/// A LIKE pattern for a DICOM wildcard value: `*` → `%`, `?` → `_`, LIKE's own
+/// special characters escaped with `\`.
+pub fn like_pattern(value: &str) -> String {
+    let mut pattern = String::with_capacity(value.len() + 4);
+    for c in value.chars() {
+        match c {
+            '*' => pattern.push('%'),
+            '?' => pattern.push('_'),
+            '%' | '_' | '\\' => {
+                pattern.push('\\');
+                pattern.push(c);
+            }
+            c => pattern.push(c),
+        }
+    }
+    pattern
+}
+
+fn string_match(sql: &mut SqlBuilder, column: &str, value: &str) {
+    if has_wildcard(value) {
+        sql.push(&format!("{column} LIKE "))
+            .bind(Bind::Text(like_pattern(value)))
+            .push(" ESCAPE '\\'");
+    } else {
+        sql.push(&format!("{column} = "))
+            .bind(Bind::Text(value.to_string()));
+    }
+}
+
+fn add_condition(
+    sql: &mut SqlBuilder,
+    attr: &Attr,
+    key: &MatchKey,
+    fuzzy: bool,
+) -> Result<(), QueryError> {
+    let column = qualified(attr, "");
+    match attr.kind {
+        Kind::Count | Kind::RequestSequence => {
+            // Returned, not matched: a value here only asks for the attribute.
+        }
+        Kind::Uid => {
+            if let Some(values) = any_of(&key.value, true) {
+                if values
+                    .iter()
+                    .any(|v| v.is_empty() || v.contains(['*', '?']))
+                {
+                    return Err(invalid(key, "UID lists take exact UIDs"));
+                }
+                sql.push(&format!(" AND {column} IN ("));
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(Bind::Text(v.to_string()));
+                }
+                sql.push(")");
+            }
+        }
+        Kind::Text => {
+            if let Some(values) = any_of(&key.value, true) {
+                sql.push(" AND (");
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    string_match(sql, &column, v);
+                }
+                sql.push(")");
+            }
+        }
+        Kind::PersonName => {
+            if let Some(values) = any_of(&key.value, true) {
+                sql.push(" AND (");
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    let folded = normalize_person_name(v);
+                    if fuzzy && !has_wildcard(&folded) {
+                        // Fuzzy: the start of any name component.
+                        let words = text::person_name_words(&folded);
+                        let pattern = format!("% {}%", like_pattern(words.trim()));
+                        sql.push(&format!("{} LIKE ", qualified(attr, "_words")))
+                            .bind(Bind::Text(pattern))
+                            .push(" ESCAPE '\\'");
+                    } else {
+                        string_match(sql, &qualified(attr, "_norm"), &folded);
+                    }
+                }
+                sql.push(")");
+            }
+        }
+        Kind::Date => {
+            if let Some(values) = any_of(&key.value, false) {
+                sql.push(" AND (");
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    let (low, high) = date_range(key, v)?;
+                    range_condition(sql, &column, low, high);
+                }
+                sql.push(")");
+            }
+        }
+        Kind::Time => {
+            if let Some(values) = any_of(&key.value, false) {
+                sql.push(" AND (");
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    let (low, high) = time_range(key, v)?;
+                    range_condition(sql, &qualified(attr, "_norm"), low, high);
+                }
+                sql.push(")");
+            }
+        }
+        Kind::Int => {
+            if let Some(values) = any_of(&key.value, false) {
+                let numbers = values
+                    .iter()
+                    .map(|v| {
+                        v.trim()
+                            .parse::<i64>()
+                            .map_err(|_| invalid(key, "expected an integer"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                sql.push(&format!(" AND {column} IN ("));
+                for (i, n) in numbers.into_iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(Bind::Int(n));
+                }
+                sql.push(")");
+            }
+        }
+        Kind::ModalitiesInStudy => {
+            if let Some(values) = any_of(&key.value, true) {
+                sql.push(
+                    " AND EXISTS (SELECT 1 FROM series m WHERE m.study_fk = st.study_pk AND (",
+                );
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    string_match(sql, "m.modality", v);
+                }
+                sql.push("))");
+            }
+        }
+        Kind::SopClassesInStudy => {
+            if let Some(values) = any_of(&key.value, false) {
+                sql.push(
+                    " AND EXISTS (SELECT 1 FROM instances c JOIN series cs ON cs.series_pk = c.series_fk \
+                     WHERE cs.study_fk = st.study_pk AND c.sop_class_uid IN (",
+                );
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(Bind::Text(v.to_string()));
+                }
+                sql.push("))");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The folded form person names are stored and matched in: upper case, no accents,
+/// no trailing empty components.
+pub fn normalize_person_name(value: &str) -> String {
+    let folded = text::fold_person_name(value);
+    folded
+        .split('=')
+        .map(|group| group.trim_end_matches(['^', ' ']))
+        .collect::<Vec<_>>()
+        .join("=")
+        .trim_end_matches('=')
+        .to_string()
+}
+
+fn range_condition(sql: &mut SqlBuilder, column: &str, low: Option<String>, high: Option<String>) {
+    sql.push("(1=1");
+    if let Some(low) = low {
+        sql.push(&format!(" AND {column} >= "))
+            .bind(Bind::Text(low));
+    }
+    if let Some(high) = high {
+        sql.push(&format!(" AND {column} <= "))
+            .bind(Bind::Text(high));
+    }
+    sql.push(")");
+}
+
+type Range = (Option<String>, Option<String>);
+
+fn date_range(key: &MatchKey, value: &str) -> Result<Range, QueryError> {
+    let date = |v: &str| {
+        text::normalize_date(v).ok_or_else(|| invalid(key, "expected a date YYYYMMDD or a range"))
+    };
+    match value.split_once('-') {
+        None => {
+            let d = date(value)?;
+            Ok((Some(d.clone()), Some(d)))
+        }
+        Some(("", "")) => Err(invalid(key, "a range needs at least one end")),
+        Some((low, high)) => Ok((
+            (!low.is_empty()).then(|| date(low)).transpose()?,
+            (!high.is_empty()).then(|| date(high)).transpose()?,
+        )),
+    }
+}
+
+fn time_range(key: &MatchKey, value: &str) -> Result<Range, QueryError> {
+    let time = |v: &str, bound| {
+        text::normalize_time(v, bound)
+            .ok_or_else(|| invalid(key, "expected a time HHMMSS.FFFFFF or a range"))
+    };
+    match value.split_once('-') {
+        None => Ok((
+            Some(time(value, Bound::Lower)?),
+            Some(time(value, Bound::Upper)?),
+        )),
+        Some(("", "")) => Err(invalid(key, "a range needs at least one end")),
+        Some((low, high)) => Ok((
+            (!low.is_empty())
+                .then(|| time(low, Bound::Lower))
+                .transpose()?,
+            (!high.is_empty())
+                .then(|| time(high, Bound::Upper))
+                .transpose()?,
+        )),
+    }
+}
+
+/// StudyDate and StudyTime both given as ranges match as one date-time range
+/// (PS3.4 C.2.2.2.5.4). Returns the bounds over `date || time_norm`.
+fn combined_date_time(
+    date: Option<&MatchKey>,
+    time: Option<&MatchKey>,
+) -> Result<Option<Range>, QueryError> {
+    let (Some(date), Some(time)) = (date, time) else {
+        return Ok(None);
+    };
+    if !date.value.contains('-')
+        || !time.value.contains('-')
+        || date.value.contains(',')
+        || time.value.contains(',')
+    {
+        return Ok(None);
+    }
+    let (date_low, date_high) = date_range(date, &date.value)?;
+    let (time_low, time_high) = time_range(time, &time.value)?;
+    let low =
+        date_low.map(|d| format!("{d}{}", time_low.unwrap_or_else(|| "000000.000000".into())));
+    let high =
+        date_high.map(|d| format!("{d}{}", time_high.unwrap_or_else(|| "235959.999999".into())));
+    Ok(Some((low, high)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, value: &str) -> MatchKey {
+        MatchKey {
+            name: name.into(),
+            path: crate::dicom::attributes::resolve_path(name).unwrap(),
+            value: value.into(),
+        }
+    }
+
+    fn request(matches: Vec<MatchKey>) -> SearchRequest {
+        SearchRequest {
+            resource: Resource::Studies,
+            matches,
+            include: vec![],
+            fuzzy: false,
+            limit: None,
+            offset: 0,
+        }
+    }
+
+    #[test]
+    fn wildcards_become_like_patterns() {
+        assert_eq!(like_pattern("Do?e*"), "Do_e%");
+        assert_eq!(like_pattern("50%_x\\"), "50\\%\\_x\\\\");
+    }
+
+    #[test]
+    fn malformed_values_are_rejected() {
+        for (name, value) in [
+            ("StudyDate", "2024"),
+            ("StudyDate", "-"),
+            ("StudyTime", "99"),
+            ("SeriesNumber", "x"),
+            ("StudyInstanceUID", "1.2.*"),
+        ] {
+            let mut r = request(vec![key(name, value)]);
+            r.resource = Resource::Series;
+            assert!(plan(&r).is_err(), "{name}={value} accepted");
+        }
+    }
+
+    #[test]
+    fn lower_level_and_unknown_keys_are_ignored() {
+        let p = plan(&request(vec![
+            key("SOPInstanceUID", "1.2"),
+            key("PatientAge", "040Y"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.ignored,
+            vec!["SOPInstanceUID".to_string(), "PatientAge".to_string()]
+        );
+        assert!(p.from_where.binds().is_empty());
+    }
+
+    #[test]
+    fn combined_date_time_range() {
+        let p = plan(&request(vec![
+            key("StudyDate", "20240101-20240102"),
+            key("StudyTime", "1000-1100"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.from_where.binds(),
+            &[
+                Bind::Text("20240101100000.000000".into()),
+                Bind::Text("20240102110059.999999".into())
+            ]
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! Kastell: a sovereign DICOMweb archive.
+//!
+//! Dependency direction: `http` → `service` → (`index`, `store`, `dicom`); `app`
+//! is the only place concrete backends are built. See `STYLE.md` in the team notes.
+
+pub mod app;
+pub mod config;
+pub mod dicom;
+pub mod http;
+pub mod index;
+pub mod service;
+pub mod store;
+pub mod telemetry;

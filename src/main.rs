@@ -1,0 +1,101 @@
+//! The `kastell` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use kastell::config::{Config, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(name = "kastell", version, about = "A sovereign DICOMweb archive")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve DICOMweb (the default).
+    Serve(ServeArgs),
+    /// Create or upgrade the index schema, then exit.
+    Migrate(CommonArgs),
+    /// Print the effective configuration, secrets redacted.
+    Config(ServeArgs),
+}
+
+#[derive(Args, Debug, Default, Clone)]
+struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "KASTELL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded SQLite index and local blob store.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Index database URL, e.g. sqlite:///var/lib/kastell/index.sqlite.
+    #[arg(long, global = true)]
+    index_url: Option<String>,
+    /// Blob store URL, e.g. file:///var/lib/kastell/blobs or memory://.
+    #[arg(long, global = true)]
+    blob_url: Option<String>,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn load(common: &CommonArgs, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+    let overrides = Overrides {
+        listen,
+        data_dir: common.data_dir.clone(),
+        blob_url: common.blob_url.clone(),
+        index_url: common.index_url.clone(),
+    };
+    Config::load(common.config.as_deref(), &overrides).context("loading the configuration")
+}
+
+/// Flags may come before or after the subcommand; the later one wins.
+fn merge(outer: &CommonArgs, inner: &CommonArgs) -> CommonArgs {
+    CommonArgs {
+        config: inner.config.clone().or_else(|| outer.config.clone()),
+        data_dir: inner.data_dir.clone().or_else(|| outer.data_dir.clone()),
+        index_url: inner.index_url.clone().or_else(|| outer.index_url.clone()),
+        blob_url: inner.blob_url.clone().or_else(|| outer.blob_url.clone()),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    match command {
+        Command::Serve(args) => {
+            let config = load(&merge(&cli.common, &args.common), args.listen)?;
+            kastell::telemetry::init(&config.log);
+            actix_web::rt::System::new().block_on(kastell::app::run(config))
+        }
+        Command::Migrate(args) => {
+            let config = load(&merge(&cli.common, &args), None)?;
+            kastell::telemetry::init(&config.log);
+            let applied = kastell::index::Index::migrate(&config.effective_index_url())?;
+            if applied.is_empty() {
+                println!("the index schema is up to date");
+            }
+            for name in applied {
+                println!("applied {name}");
+            }
+            Ok(())
+        }
+        Command::Config(args) => {
+            let config = load(&merge(&cli.common, &args.common), args.listen)?;
+            print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+    }
+}

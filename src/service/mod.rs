@@ -1,0 +1,85 @@
+//! The pipelines behind the DICOMweb transactions: store (validate → write blob →
+//! index), search, retrieve. No HTTP here: handlers call these with typed inputs.
+
+pub mod qido;
+pub mod stow;
+pub mod wado;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dicom::DicomError;
+use crate::index::{Index, IndexError};
+use crate::store::{BlobStore, StoreError};
+
+/// Settings the pipelines need.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub max_header_bytes: usize,
+    pub overwrite_existing: bool,
+    pub qido_max_results: u64,
+    pub orphan_grace: Duration,
+}
+
+/// What every pipeline works with; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub index: Index,
+    pub store: BlobStore,
+    pub settings: Arc<ServiceSettings>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Dicom(#[from] DicomError),
+    #[error("the requested representation cannot be produced: {0}")]
+    NotAcceptable(String),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl Services {
+    /// Runs blocking index work on the blocking pool.
+    pub async fn with_index<T, F>(&self, work: F) -> Result<T, ServiceError>
+    where
+        F: FnOnce(&Index) -> Result<T, IndexError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || work(&index))
+            .await
+            .map_err(|e| ServiceError::Task(e.to_string()))?
+            .map_err(ServiceError::from)
+    }
+
+    /// Removes blobs that no index row references and that are older than the grace
+    /// period: what a crash in the middle of a STOW left behind. Returns how many.
+    pub async fn sweep_orphans(&self) -> Result<usize, ServiceError> {
+        let candidates = self
+            .store
+            .instance_keys_older_than(self.settings.orphan_grace)
+            .await?;
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let names: Vec<String> = candidates.iter().map(|k| k.as_str().to_string()).collect();
+        let referenced = self
+            .with_index(move |index| index.referenced_blob_keys(&names))
+            .await?;
+        let mut removed = 0;
+        for key in candidates {
+            if !referenced.contains(key.as_str()) {
+                self.store.delete(&key).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,510 @@
+//! STOW-RS: each part streams into a new blob while its header is scanned and kept;
+//! when the part ends the blob is durable and the header is parsed; when the request
+//! ends every accepted instance is indexed in one transaction. A session dropped
+//! before `commit` (the client went away, the request failed) deletes its blobs.
+
+use bytes::{Bytes, BytesMut};
+use ring::digest;
+use serde_json::{json, Map, Value as Json};
+
+use super::{ServiceError, Services};
+use crate::dicom::header::{FileMeta, HeaderScanner, Scan};
+use crate::dicom::instance::{self, ParsedHeader};
+use crate::dicom::{json as dicom_json, DicomError};
+use crate::index::catalog::{self, Level};
+use crate::index::{NewInstance, StoreOutcome};
+use crate::store::{BlobKey, BlobKind, BlobWriter};
+
+/// Failure reasons of the Store Instances Response (PS3.18 Table I.2-2 and ours, as
+/// documented in the Conformance Statement).
+pub mod reason {
+    /// 0110: processing failure (a storage or index error).
+    pub const PROCESSING_FAILURE: u16 = 0x0110;
+    /// 0111: a different object is already stored under this SOP Instance UID.
+    pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
+    /// C000: the part cannot be understood (not DICOM, truncated, missing UIDs).
+    pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+    /// C001: the header before Pixel Data is larger than the server accepts.
+    pub const HEADER_TOO_LARGE: u16 = 0xC001;
+    /// C002: the series already exists in another study.
+    pub const SERIES_IN_OTHER_STUDY: u16 = 0xC002;
+    /// A901: the StudyInstanceUID differs from the study in the request URL.
+    pub const STUDY_MISMATCH: u16 = 0xA901;
+    /// C122 (PS3.18): the part's media type is not supported.
+    pub const UNSUPPORTED_MEDIA: u16 = 0xC122;
+}
+
+#[derive(Debug, Clone)]
+struct Failure {
+    sop_class_uid: String,
+    sop_instance_uid: String,
+    reason: u16,
+}
+
+#[derive(Debug, Clone)]
+struct Referenced {
+    study_uid: String,
+    series_uid: String,
+    sop_class_uid: String,
+    sop_instance_uid: String,
+}
+
+/// The outcome of a whole STOW request.
+#[derive(Debug)]
+pub struct StowOutcome {
+    referenced: Vec<Referenced>,
+    failed: Vec<Failure>,
+}
+
+impl StowOutcome {
+    pub fn stored_count(&self) -> usize {
+        self.referenced.len()
+    }
+
+    pub fn failed_count(&self) -> usize {
+        self.failed.len()
+    }
+
+    /// The study URL when everything stored belongs to one study.
+    pub fn single_study(&self) -> Option<&str> {
+        let first = self.referenced.first()?;
+        self.referenced
+            .iter()
+            .all(|r| r.study_uid == first.study_uid)
+            .then_some(first.study_uid.as_str())
+    }
+
+    /// The Store Instances Response Module (PS3.18 Annex I) as DICOM JSON.
+    pub fn response(&self, base_url: &str) -> Json {
+        let mut body = Map::new();
+        let retrieve_url = self
+            .single_study()
+            .map(|s| format!("{base_url}/studies/{s}"));
+        body.insert(
+            "00081190".into(),
+            dicom_json::attribute(dicom_core::VR::UR, retrieve_url.map(|u| vec![json!(u)])),
+        );
+        if !self.failed.is_empty() {
+            let items: Vec<Json> = self
+                .failed
+                .iter()
+                .map(|f| {
+                    json!({
+                        "00081150": uid(&f.sop_class_uid),
+                        "00081155": uid(&f.sop_instance_uid),
+                        "00081197": {"vr": "US", "Value": [f.reason]},
+                    })
+                })
+                .collect();
+            body.insert("00081198".into(), json!({"vr": "SQ", "Value": items}));
+        }
+        if !self.referenced.is_empty() {
+            let items: Vec<Json> = self
+                .referenced
+                .iter()
+                .map(|r| {
+                    json!({
+                        "00081150": uid(&r.sop_class_uid),
+                        "00081155": uid(&r.sop_instance_uid),
+                        "00081190": {"vr": "UR", "Value": [format!(
+                            "{base_url}/studies/{}/series/{}/instances/{}",
+                            r.study_uid, r.series_uid, r.sop_instance_uid
+                        )]},
+                    })
+                })
+                .collect();
+            body.insert("00081199".into(), json!({"vr": "SQ", "Value": items}));
+        }
+        Json::Object(body)
+    }
+}
+
+fn uid(value: &str) -> Json {
+    dicom_json::attribute(
+        dicom_core::VR::UI,
+        (!value.is_empty()).then(|| vec![json!(value)]),
+    )
+}
+
+struct Pending {
+    record: NewInstance,
+    key: BlobKey,
+}
+
+/// One STOW request in progress.
+pub struct StowSession {
+    services: Services,
+    target_study: Option<String>,
+    pending: Vec<Pending>,
+    failed: Vec<Failure>,
+    /// Blobs written by this session and not (yet) referenced by the index.
+    uncommitted: Vec<BlobKey>,
+}
+
+impl StowSession {
+    pub fn new(services: Services, target_study: Option<String>) -> Self {
+        Self {
+            services,
+            target_study,
+            pending: Vec::new(),
+            failed: Vec::new(),
+            uncommitted: Vec::new(),
+        }
+    }
+
+    /// Starts a part. `acceptable` is false when the part's media type is not
+    /// `application/dicom`; the part is then read and discarded, and fails.
+    pub async fn begin_part(&mut self, acceptable: bool) -> Result<PartWriter, ServiceError> {
+        if !acceptable {
+            return Ok(PartWriter::rejected(reason::UNSUPPORTED_MEDIA));
+        }
+        let key = BlobKey::new(BlobKind::Instance);
+        let writer = self.services.store.writer(key.clone()).await?;
+        self.uncommitted.push(key);
+        Ok(PartWriter {
+            writer: Some(writer),
+            scanner: HeaderScanner::new(),
+            prefix: BytesMut::new(),
+            header_end: None,
+            deflated: false,
+            hasher: digest::Context::new(&digest::SHA256),
+            max_header: self.services.settings.max_header_bytes,
+            error: None,
+            scan_position: 0,
+        })
+    }
+
+    /// Ends a part: the blob is made durable and the header parsed.
+    pub async fn finish_part(&mut self, mut part: PartWriter) -> Result<(), ServiceError> {
+        if let Some(reason) = part.error.take().map(|e| e.reason()) {
+            let known = part.known_uids();
+            if let Some(writer) = part.writer.take() {
+                self.forget(writer.key().clone());
+                writer.abort().await;
+            }
+            self.failed.push(Failure {
+                sop_class_uid: known.0,
+                sop_instance_uid: known.1,
+                reason,
+            });
+            return Ok(());
+        }
+        let writer = part.writer.take().expect("accepted part has a writer");
+        let key = writer.key().clone();
+        let size = writer.finish().await?;
+        match part.parse(size) {
+            Ok((header, header_length, pixel)) => {
+                if let Some(target) = &self.target_study {
+                    if &header.study_instance_uid != target {
+                        self.fail(key, &header, reason::STUDY_MISMATCH).await;
+                        return Ok(());
+                    }
+                }
+                let digest = part.hasher.finish();
+                let record = new_instance(
+                    &header,
+                    &key,
+                    size,
+                    hex::encode(digest.as_ref()),
+                    header_length,
+                    pixel,
+                );
+                self.pending.push(Pending { record, key });
+            }
+            Err(error) => {
+                tracing::info!(%error, "STOW part rejected");
+                let known = part.known_uids();
+                self.forget(key.clone());
+                self.services.store.delete(&key).await?;
+                self.failed.push(Failure {
+                    sop_class_uid: known.0,
+                    sop_instance_uid: known.1,
+                    reason: reason_for(&error),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn forget(&mut self, key: BlobKey) {
+        self.uncommitted.retain(|k| k != &key);
+    }
+
+    async fn fail(&mut self, key: BlobKey, header: &ParsedHeader, reason: u16) {
+        self.forget(key.clone());
+        if let Err(error) = self.services.store.delete(&key).await {
+            tracing::warn!(blob = %key, %error, "could not remove a rejected blob");
+        }
+        self.failed.push(Failure {
+            sop_class_uid: header.sop_class_uid.clone(),
+            sop_instance_uid: header.sop_instance_uid.clone(),
+            reason,
+        });
+    }
+
+    /// Indexes every accepted instance in one transaction.
+    pub async fn commit(mut self) -> Result<StowOutcome, ServiceError> {
+        let pending = std::mem::take(&mut self.pending);
+        let records: Vec<NewInstance> = pending.iter().map(|p| p.record.clone()).collect();
+        let overwrite = self.services.settings.overwrite_existing;
+        let outcomes = if records.is_empty() {
+            Vec::new()
+        } else {
+            self.services
+                .with_index(move |index| index.store_instances(&records, overwrite))
+                .await?
+        };
+        let mut referenced = Vec::new();
+        let mut unreferenced = Vec::new();
+        for (pending, outcome) in pending.into_iter().zip(outcomes) {
+            let record = &pending.record;
+            let failure = |reason| Failure {
+                sop_class_uid: record.sop_class_uid.clone(),
+                sop_instance_uid: record.sop_instance_uid.clone(),
+                reason,
+            };
+            match outcome {
+                StoreOutcome::Stored => self.forget(pending.key.clone()),
+                StoreOutcome::Replaced { old_blob_key } => {
+                    self.forget(pending.key.clone());
+                    if let Ok(old) = BlobKey::parse(&old_blob_key) {
+                        unreferenced.push(old);
+                    }
+                }
+                StoreOutcome::AlreadyStored => {}
+                StoreOutcome::Conflict => {
+                    self.failed.push(failure(reason::DUPLICATE_SOP_INSTANCE));
+                    continue;
+                }
+                StoreOutcome::SeriesInOtherStudy => {
+                    self.failed.push(failure(reason::SERIES_IN_OTHER_STUDY));
+                    continue;
+                }
+            }
+            referenced.push(Referenced {
+                study_uid: record.study_instance_uid.clone(),
+                series_uid: record.series_instance_uid.clone(),
+                sop_class_uid: record.sop_class_uid.clone(),
+                sop_instance_uid: record.sop_instance_uid.clone(),
+            });
+        }
+        // What is still uncommitted now (duplicates, conflicts) is removed by Drop.
+        self.services.store.delete_detached(unreferenced);
+        Ok(StowOutcome {
+            referenced,
+            failed: std::mem::take(&mut self.failed),
+        })
+    }
+}
+
+impl Drop for StowSession {
+    fn drop(&mut self) {
+        self.services
+            .store
+            .delete_detached(std::mem::take(&mut self.uncommitted));
+    }
+}
+
+fn reason_for(error: &DicomError) -> u16 {
+    match error {
+        DicomError::HeaderTooLarge(_) => reason::HEADER_TOO_LARGE,
+        _ => reason::CANNOT_UNDERSTAND,
+    }
+}
+
+/// The index record of a parsed instance.
+fn new_instance(
+    header: &ParsedHeader,
+    key: &BlobKey,
+    size: u64,
+    sha256: String,
+    header_length: u64,
+    pixel: Option<(u64, Option<u64>)>,
+) -> NewInstance {
+    let dataset = &header.dataset;
+    let mut values = Vec::new();
+    for level in [Level::Study, Level::Series, Level::Instance] {
+        for attr in catalog::stored_from_header(level) {
+            let value = if attr.tag == catalog::REQUEST_ATTRIBUTES_SEQUENCE {
+                let items = instance::items(dataset, attr.tag);
+                (!items.is_empty()).then(|| {
+                    let json: Vec<Json> = items
+                        .iter()
+                        .map(|item| {
+                            Json::Object(dicom_json::dataset_to_json(item, &|_| String::new()))
+                        })
+                        .collect();
+                    Json::Array(json).to_string()
+                })
+            } else {
+                instance::text(dataset, attr.tag).filter(|v| !v.is_empty())
+            };
+            values.push((attr, value));
+        }
+    }
+    let request_items = instance::items(dataset, catalog::REQUEST_ATTRIBUTES_SEQUENCE)
+        .iter()
+        .map(|item| {
+            (
+                instance::text(item, catalog::SCHEDULED_PROCEDURE_STEP_ID)
+                    .filter(|v| !v.is_empty()),
+                instance::text(item, catalog::REQUESTED_PROCEDURE_ID).filter(|v| !v.is_empty()),
+            )
+        })
+        .collect();
+    NewInstance {
+        study_instance_uid: header.study_instance_uid.clone(),
+        series_instance_uid: header.series_instance_uid.clone(),
+        sop_instance_uid: header.sop_instance_uid.clone(),
+        sop_class_uid: header.sop_class_uid.clone(),
+        transfer_syntax_uid: header.transfer_syntax.clone(),
+        blob_key: key.as_str().to_string(),
+        blob_size: size as i64,
+        content_sha256: sha256,
+        header_length: header_length as i64,
+        pixel_data_offset: pixel.map(|(offset, _)| offset as i64),
+        pixel_data_length: pixel.and_then(|(_, length)| length).map(|l| l as i64),
+        values,
+        request_items,
+    }
+}
+
+/// One part being received.
+pub struct PartWriter {
+    writer: Option<BlobWriter>,
+    scanner: HeaderScanner,
+    /// The bytes up to Pixel Data (or the whole part, if it has none).
+    prefix: BytesMut,
+    /// Set once the top-level Pixel Data element is found.
+    header_end: Option<(u64, u64, Option<u64>)>,
+    deflated: bool,
+    hasher: digest::Context,
+    max_header: usize,
+    error: Option<PartError>,
+    scan_position: usize,
+}
+
+#[derive(Debug)]
+enum PartError {
+    Rejected(u16),
+    Dicom(DicomError),
+}
+
+impl PartError {
+    fn reason(&self) -> u16 {
+        match self {
+            PartError::Rejected(reason) => *reason,
+            PartError::Dicom(error) => reason_for(error),
+        }
+    }
+}
+
+impl PartWriter {
+    fn rejected(reason: u16) -> Self {
+        Self {
+            writer: None,
+            scanner: HeaderScanner::new(),
+            prefix: BytesMut::new(),
+            header_end: None,
+            deflated: false,
+            hasher: digest::Context::new(&digest::SHA256),
+            max_header: 0,
+            error: Some(PartError::Rejected(reason)),
+            scan_position: 0,
+        }
+    }
+
+    /// Takes the next chunk of the part.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), ServiceError> {
+        if self.error.is_some() {
+            return Ok(()); // the part has failed; drain it
+        }
+        self.hasher.update(&chunk);
+        if self.header_end.is_none() {
+            self.prefix.extend_from_slice(&chunk);
+            self.scan_more();
+        }
+        if let Some(writer) = self.writer.as_mut() {
+            writer.write(chunk).await?;
+        }
+        Ok(())
+    }
+
+    fn scan_more(&mut self) {
+        if self.deflated {
+            if self.prefix.len() > self.max_header {
+                self.error = Some(PartError::Dicom(DicomError::HeaderTooLarge(
+                    self.max_header,
+                )));
+            }
+            return;
+        }
+        match self.scanner.scan(&self.prefix) {
+            Ok(Scan::PixelData(location)) => {
+                self.header_end = Some((
+                    location.element_offset,
+                    location.value_offset,
+                    location.value_length,
+                ));
+                // Only the header is kept; pixel data goes to the blob alone.
+                self.prefix.truncate(location.element_offset as usize);
+            }
+            Ok(Scan::Deflated) => self.deflated = true,
+            Ok(Scan::NeedMore { resume_at }) => {
+                self.scan_position = resume_at;
+                if self.prefix.len() > self.max_header {
+                    self.error = Some(PartError::Dicom(DicomError::HeaderTooLarge(
+                        self.max_header,
+                    )));
+                }
+            }
+            Err(error) => self.error = Some(PartError::Dicom(error)),
+        }
+    }
+
+    fn meta(&self) -> Option<&FileMeta> {
+        self.scanner.meta()
+    }
+
+    /// Parses the kept header once the part is complete.
+    fn parse(
+        &mut self,
+        size: u64,
+    ) -> Result<(ParsedHeader, u64, Option<(u64, Option<u64>)>), DicomError> {
+        let meta = self
+            .meta()
+            .cloned()
+            .ok_or(DicomError::NotDicom("the part is too short to be DICOM"))?;
+        match self.header_end {
+            Some((element_offset, value_offset, value_length)) => {
+                if let Some(length) = value_length {
+                    if value_offset + length > size {
+                        return Err(DicomError::Truncated);
+                    }
+                }
+                let header = instance::parse_header(&self.prefix, &meta)?;
+                Ok((header, element_offset, Some((value_offset, value_length))))
+            }
+            None => {
+                // No Pixel Data: the data set must end exactly at the end of the part.
+                if !self.deflated && self.scan_position != self.prefix.len() {
+                    return Err(DicomError::Truncated);
+                }
+                let header = instance::parse_header(&self.prefix, &meta)?;
+                Ok((header, size, None))
+            }
+        }
+    }
+
+    /// SOP Class and Instance UIDs, if the header got far enough to tell.
+    fn known_uids(&self) -> (String, String) {
+        let Some(meta) = self.meta() else {
+            return Default::default();
+        };
+        let end = self.prefix.len();
+        let Ok(header) = instance::parse_header(&self.prefix[..end], meta) else {
+            return Default::default();
+        };
+        (header.sop_class_uid, header.sop_instance_uid)
+    }
+}

@@ -1,0 +1,352 @@
+//! WADO-RS: locating instances, streaming them as stored (or re-encoded when the
+//! stored encoding may not go on the wire), their metadata, and their bulk data.
+
+use bytes::Bytes;
+use dicom_core::value::Value;
+use dicom_core::Tag;
+use dicom_object::InMemDicomObject;
+use futures_util::stream::{self, BoxStream};
+use futures_util::StreamExt;
+use serde_json::{Map, Value as Json};
+
+use super::{ServiceError, Services};
+use crate::dicom::header::parse_file_meta;
+use crate::dicom::{instance, json as dicom_json, transfer_syntax, DicomError};
+use crate::index::{Scope, StoredInstance};
+use crate::store::{BlobKey, StoreError};
+
+/// How an instance is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Representation {
+    /// The stored bytes, unchanged.
+    AsStored,
+    /// Re-encoded in Explicit VR Little Endian (native pixel data only).
+    ExplicitLittleEndian,
+}
+
+pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
+
+/// The instances in a scope; `NotFound` when there are none.
+pub async fn locate(
+    services: &Services,
+    scope: Scope,
+) -> Result<Vec<StoredInstance>, ServiceError> {
+    let what = match scope {
+        Scope::Study { .. } => "study",
+        Scope::Series { .. } => "series",
+        Scope::Instance { .. } => "instance",
+    };
+    let instances = services
+        .with_index(move |index| index.instances(&scope))
+        .await?;
+    if instances.is_empty() {
+        return Err(ServiceError::NotFound(what));
+    }
+    Ok(instances)
+}
+
+fn blob_key(instance: &StoredInstance) -> Result<BlobKey, ServiceError> {
+    Ok(BlobKey::parse(&instance.blob_key)?)
+}
+
+/// Which representations of a stored instance can be produced for a requested
+/// transfer syntax (`*` = any).
+pub fn representation_for(stored_syntax: &str, requested: &str) -> Option<Representation> {
+    let forbidden = transfer_syntax::is_forbidden_on_the_wire(stored_syntax);
+    match requested {
+        "*" if forbidden => Some(Representation::ExplicitLittleEndian),
+        "*" => Some(Representation::AsStored),
+        r if r == stored_syntax && !forbidden => Some(Representation::AsStored),
+        transfer_syntax::EXPLICIT_VR_LE if transfer_syntax::is_native(stored_syntax) => {
+            Some(Representation::ExplicitLittleEndian)
+        }
+        _ => None,
+    }
+}
+
+/// The transfer syntax a representation of an instance is in.
+pub fn syntax_of(instance: &StoredInstance, representation: Representation) -> &str {
+    match representation {
+        Representation::AsStored => &instance.transfer_syntax_uid,
+        Representation::ExplicitLittleEndian => transfer_syntax::EXPLICIT_VR_LE,
+    }
+}
+
+/// The bytes of one instance in the chosen representation.
+pub async fn instance_body(
+    services: &Services,
+    instance: &StoredInstance,
+    representation: Representation,
+) -> Result<ByteStream, ServiceError> {
+    let key = blob_key(instance)?;
+    if representation == Representation::AsStored
+        || instance.transfer_syntax_uid == transfer_syntax::EXPLICIT_VR_LE
+    {
+        return Ok(services.store.read_stream(&key).await?);
+    }
+    // Re-encoding needs the whole object; this holds one instance, never a study.
+    let file = services.store.read_all(&key).await?;
+    let reencoded = tokio::task::spawn_blocking(move || {
+        let meta = parse_file_meta(&file)?.ok_or(DicomError::Truncated)?;
+        instance::reencode_explicit_le(&file, &meta)
+    })
+    .await
+    .map_err(|e| ServiceError::Task(e.to_string()))??;
+    Ok(stream::once(async move { Ok(Bytes::from(reencoded)) }).boxed())
+}
+
+/// The URL of an instance under `base_url`.
+pub fn instance_url(base_url: &str, instance: &StoredInstance) -> String {
+    format!(
+        "{base_url}/studies/{}/series/{}/instances/{}",
+        instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
+    )
+}
+
+async fn read_header(
+    services: &Services,
+    instance: &StoredInstance,
+) -> Result<InMemDicomObject, ServiceError> {
+    let key = blob_key(instance)?;
+    let bytes = services
+        .store
+        .read_range(&key, 0..instance.header_length as u64)
+        .await?;
+    let dataset = tokio::task::spawn_blocking(move || {
+        let meta = parse_file_meta(&bytes)?.ok_or(DicomError::Truncated)?;
+        instance::parse_header(&bytes, &meta).map(|h| h.dataset)
+    })
+    .await
+    .map_err(|e| ServiceError::Task(e.to_string()))??;
+    Ok(dataset)
+}
+
+/// The DICOM JSON metadata of one instance: every attribute but the file meta
+/// group, bulk values (and Pixel Data) as BulkDataURIs.
+pub async fn metadata(
+    services: &Services,
+    instance: &StoredInstance,
+    base_url: &str,
+) -> Result<Json, ServiceError> {
+    let dataset = read_header(services, instance).await?;
+    let url = instance_url(base_url, instance);
+    let mut json: Map<String, Json> =
+        dicom_json::dataset_to_json(&dataset, &|path| format!("{url}/bulkdata/{path}"));
+    if instance.pixel_data_offset.is_some() {
+        let vr = if transfer_syntax::is_native(&instance.transfer_syntax_uid)
+            && instance.bits_allocated.unwrap_or(8) > 8
+        {
+            "OW"
+        } else {
+            "OB"
+        };
+        json.insert(
+            "7FE00010".into(),
+            serde_json::json!({"vr": vr, "BulkDataURI": format!("{url}/bulkdata/7FE00010")}),
+        );
+    }
+    Ok(Json::Object(json))
+}
+
+/// The metadata of many instances, fetched a few at a time, in order.
+pub fn metadata_stream(
+    services: Services,
+    instances: Vec<StoredInstance>,
+    base_url: String,
+) -> BoxStream<'static, Result<Json, ServiceError>> {
+    stream::iter(instances)
+        .map(move |instance| {
+            let services = services.clone();
+            let base_url = base_url.clone();
+            async move { metadata(&services, &instance, &base_url).await }
+        })
+        .buffered(8)
+        .boxed()
+}
+
+/// A bulk data value, ready to send.
+pub enum BulkBody {
+    /// Native pixel data or another value, streamed from the blob.
+    Stream { length: u64, body: ByteStream },
+    /// A value taken from the header.
+    Bytes(Bytes),
+    /// Encapsulated pixel data: one compressed frame per part.
+    Frames {
+        media_type: &'static str,
+        transfer_syntax: String,
+        frames: Vec<Bytes>,
+    },
+}
+
+/// Parses a bulk data path `GGGGEEEE[/item/GGGGEEEE...]`.
+pub fn parse_bulk_path(path: &str) -> Option<(Vec<(Tag, usize)>, Tag)> {
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.len() % 2 == 0 {
+        return None;
+    }
+    let tag = |s: &str| crate::dicom::attributes::resolve(s).filter(|_| s.len() == 8);
+    let mut steps = Vec::new();
+    for pair in parts[..parts.len() - 1].chunks(2) {
+        steps.push((tag(pair[0])?, pair[1].parse().ok()?));
+    }
+    Some((steps, tag(parts[parts.len() - 1])?))
+}
+
+pub async fn bulkdata(
+    services: &Services,
+    instance: &StoredInstance,
+    path: &str,
+) -> Result<BulkBody, ServiceError> {
+    let (steps, tag) = parse_bulk_path(path).ok_or(ServiceError::NotFound("bulk data"))?;
+    let key = blob_key(instance)?;
+    if steps.is_empty() && tag == Tag(0x7FE0, 0x0010) {
+        let offset = instance
+            .pixel_data_offset
+            .ok_or(ServiceError::NotFound("pixel data"))? as u64;
+        if let Some(length) = instance.pixel_data_length {
+            let range = offset..offset + length as u64;
+            let body = if length as u64 > 8 * 1024 * 1024 {
+                // Large: stream the range in chunks rather than buffering it.
+                chunked_range(services.clone(), key, range)
+            } else {
+                let bytes = services.store.read_range(&key, range).await?;
+                stream::once(async move { Ok(bytes) }).boxed()
+            };
+            return Ok(BulkBody::Stream {
+                length: length as u64,
+                body,
+            });
+        }
+        let value = services
+            .store
+            .read_range(&key, offset..instance.blob_size as u64)
+            .await?;
+        let frames = split_frames(
+            &value,
+            instance.number_of_frames.unwrap_or(1).max(1) as usize,
+        )?;
+        let media_type = transfer_syntax::compressed_media_type(&instance.transfer_syntax_uid)
+            .unwrap_or("application/octet-stream");
+        return Ok(BulkBody::Frames {
+            media_type,
+            transfer_syntax: instance.transfer_syntax_uid.clone(),
+            frames,
+        });
+    }
+    let dataset = read_header(services, instance).await?;
+    let mut current = &dataset;
+    for (sequence, item) in &steps {
+        current = instance::items(current, *sequence)
+            .get(*item)
+            .ok_or(ServiceError::NotFound("bulk data"))?;
+    }
+    let element = current
+        .get(tag)
+        .ok_or(ServiceError::NotFound("bulk data"))?;
+    match element.value() {
+        Value::Primitive(value) => Ok(BulkBody::Bytes(Bytes::copy_from_slice(&value.to_bytes()))),
+        Value::PixelSequence(sequence) => {
+            let fragments: Vec<u8> = sequence
+                .fragments()
+                .iter()
+                .flat_map(|f| f.iter().copied())
+                .collect();
+            Ok(BulkBody::Bytes(Bytes::from(fragments)))
+        }
+        Value::Sequence(_) => Err(ServiceError::NotFound("bulk data")),
+    }
+}
+
+fn chunked_range(services: Services, key: BlobKey, range: std::ops::Range<u64>) -> ByteStream {
+    const CHUNK: u64 = 4 * 1024 * 1024;
+    let starts: Vec<u64> = (range.start..range.end).step_by(CHUNK as usize).collect();
+    stream::iter(starts)
+        .map(move |start| {
+            let services = services.clone();
+            let key = key.clone();
+            let end = (start + CHUNK).min(range.end);
+            async move { services.store.read_range(&key, start..end).await }
+        })
+        .buffered(2)
+        .boxed()
+}
+
+/// Splits an encapsulated Pixel Data value (items after the element header) into
+/// frames, using the Basic Offset Table when there is one.
+pub fn split_frames(value: &[u8], number_of_frames: usize) -> Result<Vec<Bytes>, DicomError> {
+    let mut items: Vec<(usize, &[u8])> = Vec::new(); // (offset from first item, data)
+    let mut pos = 0;
+    while pos + 8 <= value.len() {
+        let group = u16::from_le_bytes([value[pos], value[pos + 1]]);
+        let element = u16::from_le_bytes([value[pos + 2], value[pos + 3]]);
+        let length = u32::from_le_bytes([
+            value[pos + 4],
+            value[pos + 5],
+            value[pos + 6],
+            value[pos + 7],
+        ]) as usize;
+        match (group, element) {
+            (0xFFFE, 0xE0DD) => break,
+            (0xFFFE, 0xE000) => {
+                let start = pos + 8;
+                let end = start
+                    .checked_add(length)
+                    .filter(|e| *e <= value.len())
+                    .ok_or(DicomError::Truncated)?;
+                items.push((pos, &value[start..end]));
+                pos = end;
+            }
+            _ => {
+                return Err(DicomError::Malformed(
+                    "unexpected element in encapsulated pixel data".into(),
+                ))
+            }
+        }
+    }
+    let Some(((_, offset_table), fragments)) = items.split_first() else {
+        return Err(DicomError::Malformed(
+            "encapsulated pixel data without items".into(),
+        ));
+    };
+    if fragments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let first_fragment = fragments[0].0;
+    let concat = |fs: &[(usize, &[u8])]| {
+        Bytes::from(
+            fs.iter()
+                .flat_map(|(_, d)| d.iter().copied())
+                .collect::<Vec<u8>>(),
+        )
+    };
+    if number_of_frames <= 1 {
+        return Ok(vec![concat(fragments)]);
+    }
+    if fragments.len() == number_of_frames {
+        return Ok(fragments
+            .iter()
+            .map(|(_, d)| Bytes::copy_from_slice(d))
+            .collect());
+    }
+    if offset_table.len() >= 4 * number_of_frames {
+        let offsets: Vec<usize> = offset_table
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
+            .collect();
+        let mut frames = Vec::with_capacity(number_of_frames);
+        for (i, start) in offsets.iter().enumerate() {
+            let end = offsets.get(i + 1).copied().unwrap_or(usize::MAX);
+            let in_frame: Vec<(usize, &[u8])> = fragments
+                .iter()
+                .filter(|(p, _)| {
+                    let relative = p - first_fragment;
+                    relative >= *start && relative < end
+                })
+                .copied()
+                .collect();
+            frames.push(concat(&in_frame));
+        }
+        return Ok(frames);
+    }
+    Ok(vec![concat(fragments)])
+}
