@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Prefix of every environment variable that sets a config key.
 pub const ENV_PREFIX: &str = "KASTELL__";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -156,18 +156,6 @@ impl Default for LogConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            index: IndexConfig::default(),
-            dicomweb: DicomWebConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 /// Values given on the command line; they win over every other layer.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -293,6 +281,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
 

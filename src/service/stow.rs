@@ -369,6 +369,10 @@ fn new_instance(
     }
 }
 
+/// A parsed part: its header, the header's length, and the Pixel Data value's
+/// offset and length (`None` length: undefined, i.e. encapsulated).
+type ParsedPart = (ParsedHeader, u64, Option<(u64, Option<u64>)>);
+
 /// One part being received.
 pub struct PartWriter {
     writer: Option<BlobWriter>,
@@ -467,10 +471,7 @@ impl PartWriter {
     }
 
     /// Parses the kept header once the part is complete.
-    fn parse(
-        &mut self,
-        size: u64,
-    ) -> Result<(ParsedHeader, u64, Option<(u64, Option<u64>)>), DicomError> {
+    fn parse(&mut self, size: u64) -> Result<ParsedPart, DicomError> {
         let meta = self
             .meta()
             .cloned()

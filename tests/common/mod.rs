@@ -1,0 +1,357 @@
+//! Shared harness of the integration tests: start the real `kastell` binary on a
+//! loopback port with a fresh data directory, build DICOM files, talk HTTP.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts the server with extra environment variables (`KASTELL__...`).
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let mut server = Self::spawn(&data_dir, env);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on an existing data directory.
+    pub fn spawn(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kastell"));
+        command
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("start kastell");
+        let server = Server {
+            child,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            _dir: None,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::blocking::get(format!("http://127.0.0.1:{}/healthz", self.port))
+            {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("kastell did not become healthy");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/dicomweb{}", self.port, path)
+    }
+
+    pub fn stop(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.data_dir.clone()
+    }
+
+    /// Instance blobs present on disk.
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        let dir = self.data_dir.join("blobs").join("instances");
+        match std::fs::read_dir(dir) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// What a generated test instance looks like.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub study: String,
+    pub series: String,
+    pub instance: String,
+    pub patient_name: String,
+    pub patient_id: String,
+    pub study_date: String,
+    pub study_time: String,
+    pub modality: String,
+    pub accession: String,
+    pub series_number: i32,
+    pub instance_number: i32,
+    pub transfer_syntax: String,
+    pub charset: Option<String>,
+}
+
+impl Spec {
+    pub fn new(study: &str, series: &str, instance: &str) -> Self {
+        Spec {
+            study: study.into(),
+            series: series.into(),
+            instance: instance.into(),
+            patient_name: "Doe^John".into(),
+            patient_id: "PID-1".into(),
+            study_date: "20240115".into(),
+            study_time: "101500".into(),
+            modality: "CT".into(),
+            accession: "ACC-1".into(),
+            series_number: 1,
+            instance_number: 1,
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            charset: None,
+        }
+    }
+}
+
+pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
+
+/// A PS3.10 file for `spec`, with 4x4 16-bit pixel data.
+pub fn dicom_file(spec: &Spec) -> Vec<u8> {
+    let mut obj = InMemDicomObject::new_empty();
+    let mut put = |tag, vr, value: PrimitiveValue| obj.put(DataElement::new(tag, vr, value));
+    if let Some(charset) = &spec.charset {
+        put(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            PrimitiveValue::from(charset.as_str()),
+        );
+    }
+    put(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        PrimitiveValue::from(SECONDARY_CAPTURE),
+    );
+    put(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from(spec.instance.as_str()),
+    );
+    put(
+        tags::STUDY_DATE,
+        VR::DA,
+        PrimitiveValue::from(spec.study_date.as_str()),
+    );
+    put(
+        tags::STUDY_TIME,
+        VR::TM,
+        PrimitiveValue::from(spec.study_time.as_str()),
+    );
+    put(
+        tags::ACCESSION_NUMBER,
+        VR::SH,
+        PrimitiveValue::from(spec.accession.as_str()),
+    );
+    put(
+        tags::MODALITY,
+        VR::CS,
+        PrimitiveValue::from(spec.modality.as_str()),
+    );
+    put(
+        tags::REFERRING_PHYSICIAN_NAME,
+        VR::PN,
+        PrimitiveValue::from(""),
+    );
+    put(
+        tags::PATIENT_NAME,
+        VR::PN,
+        PrimitiveValue::from(spec.patient_name.as_str()),
+    );
+    put(
+        tags::PATIENT_ID,
+        VR::LO,
+        PrimitiveValue::from(spec.patient_id.as_str()),
+    );
+    put(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from(spec.study.as_str()),
+    );
+    put(
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from(spec.series.as_str()),
+    );
+    put(tags::STUDY_ID, VR::SH, PrimitiveValue::from("S1"));
+    put(
+        tags::SERIES_NUMBER,
+        VR::IS,
+        PrimitiveValue::from(spec.series_number.to_string()),
+    );
+    put(
+        tags::INSTANCE_NUMBER,
+        VR::IS,
+        PrimitiveValue::from(spec.instance_number.to_string()),
+    );
+    put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1_u16));
+    put(
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        PrimitiveValue::from("MONOCHROME2"),
+    );
+    put(tags::ROWS, VR::US, PrimitiveValue::from(4_u16));
+    put(tags::COLUMNS, VR::US, PrimitiveValue::from(4_u16));
+    put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16_u16));
+    put(tags::BITS_STORED, VR::US, PrimitiveValue::from(12_u16));
+    put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11_u16));
+    put(
+        tags::PIXEL_REPRESENTATION,
+        VR::US,
+        PrimitiveValue::from(0_u16),
+    );
+    let pixels: Vec<u16> = (0..16)
+        .map(|i| i * 100 + spec.instance_number as u16)
+        .collect();
+    put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into()));
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(spec.transfer_syntax.as_str())
+                .media_storage_sop_class_uid(SECONDARY_CAPTURE)
+                .media_storage_sop_instance_uid(spec.instance.as_str()),
+        )
+        .expect("file meta");
+    let mut bytes = Vec::new();
+    file.write_all(&mut bytes).expect("write file");
+    bytes
+}
+
+/// A multipart/related body of `application/dicom` parts; returns (content type, body).
+pub fn multipart(parts: &[Vec<u8>]) -> (String, Vec<u8>) {
+    multipart_typed(
+        parts
+            .iter()
+            .map(|p| ("application/dicom", p.clone()))
+            .collect(),
+    )
+}
+
+pub fn multipart_typed(parts: Vec<(&str, Vec<u8>)>) -> (String, Vec<u8>) {
+    let boundary = "test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (content_type, part) in parts {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: {content_type}\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(&part);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (
+        format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
+        body,
+    )
+}
+
+/// POSTs instances; returns (status, JSON body).
+pub fn store(server: &Server, path: &str, parts: &[Vec<u8>]) -> (u16, serde_json::Value) {
+    let (content_type, body) = multipart(parts);
+    let response = client()
+        .post(server.url(path))
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let json = response.json().unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// Splits a multipart body into its parts' (headers, body).
+pub fn split_multipart(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let boundary = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))
+        .expect("boundary")
+        .trim_matches('"')
+        .to_string();
+    let delimiter = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut rest = body;
+    while let Some(start) = find(rest, delimiter.as_bytes()) {
+        rest = &rest[start + delimiter.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        rest = &rest[2..]; // CRLF
+        let header_end = find(rest, b"\r\n\r\n").expect("part headers");
+        let headers = String::from_utf8_lossy(&rest[..header_end]).to_string();
+        rest = &rest[header_end + 4..];
+        let end = find(rest, format!("\r\n{delimiter}").as_bytes()).expect("part end");
+        parts.push((headers, rest[..end].to_vec()));
+        rest = &rest[end + 2..];
+    }
+    parts
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Values of a DICOM JSON attribute.
+pub fn values<'a>(item: &'a serde_json::Value, tag: &str) -> Vec<&'a serde_json::Value> {
+    item.get(tag)
+        .and_then(|a| a.get("Value"))
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+pub fn first_string(item: &serde_json::Value, tag: &str) -> Option<String> {
+    values(item, tag)
+        .first()
+        .and_then(|v| v.as_str())
+        .map(String::from)
+}

@@ -1,0 +1,147 @@
+//! WADO-RS against the real binary: instances, metadata, bulk data, negotiation.
+
+mod common;
+
+use common::*;
+
+fn stored() -> (Server, Vec<Vec<u8>>) {
+    let server = Server::start();
+    let one = dicom_file(&Spec::new("3.1", "3.1.1", "3.1.1.1"));
+    let mut spec = Spec::new("3.1", "3.1.1", "3.1.1.2");
+    spec.instance_number = 2;
+    spec.transfer_syntax = "1.2.840.10008.1.2".into(); // Implicit VR LE
+    let two = dicom_file(&spec);
+    assert_eq!(
+        store(&server, "/studies", &[one.clone(), two.clone()]).0,
+        200
+    );
+    (server, vec![one, two])
+}
+
+#[test]
+fn retrieves_a_study_as_stored_multipart() {
+    let (server, files) = stored();
+    let response = client()
+        .get(server.url("/studies/3.1"))
+        .header(
+            "Accept",
+            "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(content_type.starts_with("multipart/related; type=\"application/dicom\""));
+    let parts = split_multipart(&content_type, &response.bytes().unwrap());
+    assert_eq!(parts.len(), 2);
+    assert!(parts[0].0.contains("Content-Location: http://127.0.0.1:"));
+    assert!(parts[0].0.contains("transfer-syntax=1.2.840.10008.1.2.1"));
+    assert_eq!(parts[0].1, files[0], "Explicit VR LE is sent byte for byte");
+    // Implicit VR LE never goes on the wire: it comes back as Explicit VR LE.
+    assert!(parts[1].0.contains("transfer-syntax=1.2.840.10008.1.2.1"));
+    let reencoded = dicom_object::from_reader(&parts[1].1[128..]).unwrap();
+    assert_eq!(reencoded.meta().transfer_syntax(), "1.2.840.10008.1.2.1");
+    let original = dicom_object::from_reader(&files[1][128..]).unwrap();
+    let pixels = |o: &dicom_object::DefaultDicomObject| {
+        o.element(dicom_dictionary_std::tags::PIXEL_DATA)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(pixels(&reencoded), pixels(&original));
+}
+
+#[test]
+fn negotiation_and_missing_resources() {
+    let (server, _) = stored();
+    let http = client();
+    let get = |path: &str, accept: Option<&str>| {
+        let mut request = http.get(server.url(path));
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        request.send().unwrap().status().as_u16()
+    };
+    assert_eq!(get("/studies/3.1", None), 200, "no Accept means */*");
+    assert_eq!(get("/studies/3.1", Some("image/png")), 406);
+    assert_eq!(
+        get(
+            "/studies/3.1?accept=multipart%2Frelated%3B%20type%3D%22application%2Fdicom%22",
+            Some("image/png")
+        ),
+        200,
+        "the accept query parameter counts"
+    );
+    assert_eq!(get("/studies/3.1", Some("multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2.4.50")), 406);
+    assert_eq!(
+        get(
+            "/studies/3.1/series/3.1.1/instances/3.1.1.1",
+            Some("application/dicom")
+        ),
+        200
+    );
+    assert_eq!(
+        get("/studies/3.1", Some("application/dicom")),
+        406,
+        "single part only for one instance"
+    );
+    assert_eq!(get("/studies/9.9", None), 404);
+    assert_eq!(get("/studies/3.1/series/9.9", None), 404);
+    assert_eq!(
+        get("/studies/3.1/series/3.1.1/instances/9.9/metadata", None),
+        404
+    );
+    assert_eq!(
+        get("/studies/3.1/metadata", Some("application/dicom+xml")),
+        406
+    );
+}
+
+#[test]
+fn metadata_is_complete_and_bulk_data_resolves() {
+    let (server, _) = stored();
+    let response = client()
+        .get(server.url("/studies/3.1/series/3.1.1/metadata"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "application/dicom+json");
+    let metadata: serde_json::Value = response.json().unwrap();
+    let items = metadata.as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    for item in items {
+        let object = item.as_object().unwrap();
+        assert!(
+            object.keys().all(|k| !k.starts_with("0002")),
+            "no file meta group"
+        );
+        assert_eq!(item["00280010"]["Value"][0], 4);
+        assert_eq!(first_string(item, "0020000D").as_deref(), Some("3.1"));
+        let uri = item["7FE00010"]["BulkDataURI"].as_str().unwrap();
+        let response = client()
+            .get(uri)
+            .header(
+                "Accept",
+                "multipart/related; type=\"application/octet-stream\"",
+            )
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let parts = split_multipart(&content_type, &response.bytes().unwrap());
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].0.contains(&format!("Content-Location: {uri}")));
+        let instance_number = item["00200013"]["Value"][0].as_u64().unwrap() as u16;
+        let expected: Vec<u8> = (0..16u16)
+            .flat_map(|i| (i * 100 + instance_number).to_le_bytes())
+            .collect();
+        assert_eq!(parts[0].1, expected);
+    }
+}
