@@ -335,3 +335,16 @@ mod tests {
         assert_eq!(redact_url("sqlite:///a/b"), "sqlite:///a/b");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The example file documents every key: it must parse and equal the defaults.
+    #[test]
+    fn example_file_lists_the_defaults() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kastell.example.toml")).unwrap();
+        let parsed: Config = toml::from_str(&text).expect("example parses");
+        assert_eq!(parsed, Config::default());
+    }
+}
