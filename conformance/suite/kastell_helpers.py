@@ -12,7 +12,7 @@ import os
 import re
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote, urlencode, urljoin, urlsplit
@@ -535,7 +535,8 @@ def _norm_scalar(vr: str, v):
     if vr == "AT":
         return str(v).upper()
     if isinstance(v, str):
-        return v.rstrip(" \x00")
+        v = v.rstrip(" \x00")
+        return v if v != "" else None  # JSON writes an empty value inside a multi-value as null
     return v
 
 

@@ -171,6 +171,12 @@ def test_empty_value_is_universal_and_returns_attribute(api, A):
     assert first(res[0], "00081030") == "Kastell synthetic study A", res[0].get("00081030")
 
 
+def test_empty_uid_value_is_universal(api, A):
+    resp, res = kh.qido(api, "/studies", params={"PatientID": "KST-PAT-001", "StudyInstanceUID": ""})
+    assert resp.status_code == 200, describe(resp)
+    assert [first(r, STUDY_UID) for r in res] == [A["study_instance_uid"]]
+
+
 def test_empty_value_matches_study_with_empty_attribute(api, B):
     """B's ReferringPhysicianName is zero-length; universal matching still matches."""
     resp, res = kh.qido(api, "/studies", params={"PatientID": "KST-PAT-002", "ReferringPhysicianName": ""})
@@ -268,6 +274,11 @@ def test_time_single_and_ranges(api, A, B, AB):
     expect(api, {"StudyTime": "1000-1100"}, AB, {a}, "TM range with HHMM bounds")
 
 
+def test_time_range_never_crosses_midnight(api, AB):
+    """Rule 70: an inverted TM range (110000-090000) does not wrap around midnight."""
+    expect(api, {"StudyTime": "110000-090000"}, AB, set())
+
+
 def test_time_single_value_matches_by_meaning(api, A, AB):
     """Rule 67: TM single values match by meaning (101530.000 == 101530)."""
     expect(api, {"StudyTime": "101530.000"}, AB, {A["study_instance_uid"]})
@@ -358,6 +369,14 @@ def test_series_uid_of_other_study_does_not_match(api, A, B):
 def test_all_series_with_study_level_key(api, A):
     _, res = _series(api, "/series", {"PatientID": "KST-PAT-001", "Modality": "MR"})
     assert [first(r, SERIES_UID) for r in res] == [A["series_instance_uids"][1]]
+
+
+def test_series_uid_match_key(api, A, B):
+    wanted = [A["series_instance_uids"][0], B["series_instance_uids"][0]]
+    _, res = _series(api, "/series", {"SeriesInstanceUID": ",".join(wanted)})
+    assert sorted(first(r, SERIES_UID) for r in res) == sorted(wanted)
+    _, res = _series(api, "/instances", {"SeriesInstanceUID": A["series_instance_uids"][1]})
+    assert len(res) == 3
 
 
 def test_instance_keys(api, manifest, A):

@@ -5,11 +5,10 @@ import uuid
 
 import pydicom
 import pytest
-import requests
 
 import kastell_helpers as kh
 from kastell_helpers import (FAILURE_REASON, REF_SOP_CLASS, REF_SOP_INSTANCE, RETRIEVE_URL,
-                             describe, failed, failed_by_uid, first, referenced, store_response, values)
+                             describe, failed, failed_by_uid, first, referenced, store_response)
 
 NOT_DICOM = 49152          # 0xC000
 STUDY_MISMATCH = 43265     # 0xA901
@@ -87,6 +86,16 @@ def test_fixture_store_response_items(stored, api):
     top = first(doc, RETRIEVE_URL)
     assert RETRIEVE_URL in doc, "top-level RetrieveURL (Type 2) must be present"
     assert top and top.endswith(f"/studies/{req['study']}"), f"study RetrieveURL {top!r}"
+    assert doc[RETRIEVE_URL]["vr"] == "UR"
+
+
+def test_fixture_multi_study_response_has_retrieve_url(stored):
+    """RetrieveURL (0008,1190) is Type 2: present even when several studies were stored."""
+    req = stored.requests[1]
+    resp = req["response"]
+    assert not isinstance(resp, Exception), resp
+    doc = store_response(resp)
+    assert RETRIEVE_URL in doc, f"top-level 00081190 missing: {sorted(doc)}"
     assert doc[RETRIEVE_URL]["vr"] == "UR"
 
 

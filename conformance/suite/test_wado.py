@@ -1,10 +1,8 @@
 """WADO-RS instance/series/study retrieval (rules 8, 10-20, 25, 85, 98 and the contract)."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
-import pydicom
 import pytest
 
 import kastell_helpers as kh

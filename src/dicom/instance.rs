@@ -94,3 +94,13 @@ pub fn reencode_explicit_le(file: &[u8], meta: &FileMeta) -> Result<Vec<u8>, Dic
         .map_err(|e| DicomError::Encode(e.to_string()))?;
     Ok(out)
 }
+
+/// Parses the elements stored after Pixel Data (trailing padding, digital
+/// signatures): a bare data set fragment in `transfer_syntax`.
+pub fn parse_trailer(bytes: &[u8], transfer_syntax: &str) -> Result<InMemDicomObject, DicomError> {
+    use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(transfer_syntax)
+        .ok_or_else(|| DicomError::UnsupportedTransferSyntax(transfer_syntax.to_string()))?;
+    InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| DicomError::Malformed(e.to_string()))
+}

@@ -129,6 +129,7 @@ pub async fn metadata(
     base_url: &str,
 ) -> Result<Json, ServiceError> {
     let dataset = read_header(services, instance).await?;
+    let trailer = read_trailer(services, instance).await?;
     let url = instance_url(base_url, instance);
     let mut json: Map<String, Json> =
         dicom_json::dataset_to_json(&dataset, &|path| format!("{url}/bulkdata/{path}"));
@@ -145,7 +146,40 @@ pub async fn metadata(
             serde_json::json!({"vr": vr, "BulkDataURI": format!("{url}/bulkdata/7FE00010")}),
         );
     }
+    if let Some(trailer) = trailer {
+        json.extend(dicom_json::dataset_to_json(&trailer, &|path| {
+            format!("{url}/bulkdata/{path}")
+        }));
+    }
     Ok(Json::Object(json))
+}
+
+/// The elements after native Pixel Data, if the object has any. (After encapsulated
+/// Pixel Data the end of the value is not indexed yet; such trailers are not shown.)
+async fn read_trailer(
+    services: &Services,
+    instance: &StoredInstance,
+) -> Result<Option<InMemDicomObject>, ServiceError> {
+    let (Some(offset), Some(length)) = (instance.pixel_data_offset, instance.pixel_data_length) else {
+        return Ok(None);
+    };
+    let end = (offset + length) as u64;
+    if end >= instance.blob_size as u64 {
+        return Ok(None);
+    }
+    let key = blob_key(instance)?;
+    let bytes = services.store.read_range(&key, end..instance.blob_size as u64).await?;
+    let syntax = instance.transfer_syntax_uid.clone();
+    let trailer = tokio::task::spawn_blocking(move || instance::parse_trailer(&bytes, &syntax))
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?;
+    match trailer {
+        Ok(trailer) => Ok(Some(trailer)),
+        Err(error) => {
+            tracing::warn!(%error, "unreadable elements after Pixel Data are left out of metadata");
+            Ok(None)
+        }
+    }
 }
 
 /// The metadata of many instances, fetched a few at a time, in order.
@@ -212,6 +246,15 @@ pub async fn bulkdata(
                 let bytes = services.store.read_range(&key, range).await?;
                 stream::once(async move { Ok(bytes) }).boxed()
             };
+            // Bulk data is always little endian (PS3.18 §8.7.3.3): swap words of
+            // pixel data stored big endian. Chunks start at even offsets of the value.
+            let body = match (instance.transfer_syntax_uid.as_str(), instance.bits_allocated) {
+                (transfer_syntax::EXPLICIT_VR_BE, Some(bits)) if bits > 8 => {
+                    let width = (bits as usize).div_ceil(8);
+                    body.map(move |chunk| chunk.map(|c| swap_words(&c, width))).boxed()
+                }
+                _ => body,
+            };
             return Ok(BulkBody::Stream {
                 length: length as u64,
                 body,
@@ -233,7 +276,12 @@ pub async fn bulkdata(
             frames,
         });
     }
-    let dataset = read_header(services, instance).await?;
+    let mut dataset = read_header(services, instance).await?;
+    if let Some(trailer) = read_trailer(services, instance).await? {
+        for element in trailer {
+            dataset.put(element);
+        }
+    }
     let mut current = &dataset;
     for (sequence, item) in &steps {
         current = instance::items(current, *sequence)
@@ -255,6 +303,15 @@ pub async fn bulkdata(
         }
         Value::Sequence(_) => Err(ServiceError::NotFound("bulk data")),
     }
+}
+
+/// Reverses the bytes of each `width`-byte word.
+fn swap_words(chunk: &[u8], width: usize) -> Bytes {
+    let mut out = chunk.to_vec();
+    for word in out.chunks_exact_mut(width) {
+        word.reverse();
+    }
+    Bytes::from(out)
 }
 
 fn chunked_range(services: Services, key: BlobKey, range: std::ops::Range<u64>) -> ByteStream {
