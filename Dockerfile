@@ -5,6 +5,9 @@
 #   docker build -t kastell .
 #   docker run --rm -p 8080:8080 -v kastell-data:/var/lib/kastell kastell
 #
+# The server runs as uid/gid 10001. A named volume inherits the ownership of
+# /var/lib/kastell; for a bind mount, `chown 10001:10001` the host directory first.
+#
 # Requires BuildKit (the default builder since Docker 23) for the cache mounts.
 
 ############################

@@ -17,8 +17,9 @@ Requirements: Python >= 3.11, requests, pydicom (3.x), numpy.
     python3 benches/load.py                      # full run
     python3 benches/load.py --instances 200 --big-mib 64   # quick smoke run
 
-The server binary is ${KASTELL_BIN:-$HOME/.cache/kastell-target/release/kastell}
-unless --bin is given.  See benches/README.md for what each figure means.
+The server binary is --bin, else $KASTELL_BIN, else the first existing of
+~/.cache/kastell-target/release/kastell, $CARGO_TARGET_DIR/release/kastell and
+<repo>/target/release/kastell.  See benches/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -885,15 +886,26 @@ def markdown(results: dict) -> str:
 # --------------------------------------------------------------------------
 
 def default_bin() -> str:
-    return os.environ.get("KASTELL_BIN") or os.path.expanduser(
-        "~/.cache/kastell-target/release/kastell")
+    """$KASTELL_BIN, else the first existing release build among the usual target dirs."""
+    if os.environ.get("KASTELL_BIN"):
+        return os.environ["KASTELL_BIN"]
+    primary = os.path.expanduser("~/.cache/kastell-target/release/kastell")
+    candidates = [primary]
+    if os.environ.get("CARGO_TARGET_DIR"):
+        candidates.append(os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "kastell"))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidates.append(os.path.join(repo, "target", "release", "kastell"))
+    for c in candidates:
+        if os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return primary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--bin", default=default_bin(),
-                   help="server binary ($KASTELL_BIN, else the release build)")
+                   help="server binary ($KASTELL_BIN, else the first existing release build)")
     p.add_argument("--instances", type=int, default=2000, help="small instances to STOW")
     p.add_argument("--studies", type=int, default=100, help="studies to spread them over")
     p.add_argument("--series-per-study", type=int, default=2)

@@ -53,6 +53,7 @@ for i in $(seq 1 150); do
     sleep 0.2
 done
 
+export PYTHONDONTWRITEBYTECODE=1
 export KASTELL_URL="http://127.0.0.1:$port/dicomweb"
 export KASTELL_FIXTURES="$tmp/fixtures"
 cd "$repo"

@@ -19,6 +19,11 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import numpy as np
 import pydicom
+import pydicom.config
+
+# Compare with what the file says: pydicom would otherwise re-type elements stored
+# as UN from its private dictionaries, which a server does not (and should not) do.
+pydicom.config.replace_un_with_known_vr = False
 import requests
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.datadict import dictionary_VR

@@ -343,7 +343,9 @@ mod example_file {
     /// The example file documents every key: it must parse and equal the defaults.
     #[test]
     fn example_file_lists_the_defaults() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kastell.example.toml")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kastell.example.toml"))
+                .unwrap();
         let parsed: Config = toml::from_str(&text).expect("example parses");
         assert_eq!(parsed, Config::default());
     }

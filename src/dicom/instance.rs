@@ -25,14 +25,8 @@ pub struct ParsedHeader {
 /// Parses `bytes`: a PS3.10 stream from its start, cut before the top-level Pixel
 /// Data element (or the whole stream if it has none).
 pub fn parse_header(bytes: &[u8], meta: &FileMeta) -> Result<ParsedHeader, DicomError> {
-    let source = &bytes[meta.magic_offset..];
-    let object = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Never)
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(source)
-        .map_err(|e| DicomError::Malformed(e.to_string()))?;
+    let dataset = parse_dataset(bytes, meta)?;
     let transfer_syntax = meta.transfer_syntax.clone();
-    let dataset = object.into_inner();
     let required = |tag: Tag, name: &'static str| -> Result<String, DicomError> {
         text(&dataset, tag)
             .filter(|v| !v.is_empty())
@@ -46,6 +40,24 @@ pub fn parse_header(bytes: &[u8], meta: &FileMeta) -> Result<ParsedHeader, Dicom
         transfer_syntax,
         dataset,
     })
+}
+
+/// Parses the data set of `bytes` (a PS3.10 stream from its start) up to Pixel Data,
+/// with text decoded to UTF-8, without requiring any attribute.
+pub fn parse_dataset(bytes: &[u8], meta: &FileMeta) -> Result<InMemDicomObject, DicomError> {
+    let source = &bytes[meta.magic_offset..];
+    let mut options = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
+    // A deflated data set is kept whole (its byte offsets mean nothing), Pixel Data
+    // included; otherwise `bytes` end before Pixel Data anyway.
+    if !meta.encoding.deflated {
+        options = options.read_until(tags::PIXEL_DATA);
+    }
+    let object = options
+        .from_reader(source)
+        .map_err(|e| DicomError::Malformed(e.to_string()))?;
+    let mut dataset = object.into_inner();
+    super::charset::fix_code_extensions(&mut dataset);
+    Ok(dataset)
 }
 
 /// Whether leading spaces are significant in values of this VR (PS3.5 §6.2).
@@ -102,5 +114,6 @@ pub fn parse_trailer(bytes: &[u8], transfer_syntax: &str) -> Result<InMemDicomOb
     let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(transfer_syntax)
         .ok_or_else(|| DicomError::UnsupportedTransferSyntax(transfer_syntax.to_string()))?;
-    InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| DicomError::Malformed(e.to_string()))
+    InMemDicomObject::read_dataset_with_ts(bytes, ts)
+        .map_err(|e| DicomError::Malformed(e.to_string()))
 }

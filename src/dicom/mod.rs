@@ -3,6 +3,7 @@
 //! syntax rules, and the text rules of matching (PN folding, DA/TM normalisation).
 
 pub mod attributes;
+pub mod charset;
 pub mod header;
 pub mod instance;
 pub mod json;

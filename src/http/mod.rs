@@ -64,14 +64,17 @@ fn has_port(host: &str) -> bool {
     }
 }
 
-/// Query parameters in order, percent-decoded. `+` stays a `+` (it is literal in
-/// DICOMweb, e.g. in time zone offsets), unlike HTML form decoding.
+/// Query parameters in order, percent-decoded, `+` decoded as a space. PS3.18 does
+/// not say how `+` reads; the clients our users run (dicomweb-client through
+/// `requests`, browsers' form encoding) send spaces as `+` and a literal plus as
+/// `%2B`, so we follow them (documented in the Conformance Statement).
 pub fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
     let mut pairs = Vec::new();
     for piece in request.query_string().split('&').filter(|p| !p.is_empty()) {
         let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
         let decode = |s: &str| {
-            percent_decode_str(s)
+            let s = s.replace('+', " ");
+            percent_decode_str(&s)
                 .decode_utf8()
                 .map(|c| c.into_owned())
                 .map_err(|_| {
@@ -190,4 +193,32 @@ fn ok(flag: bool) -> &'static str {
 /// Answers unknown paths with a DICOMweb status report.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such resource".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_decode_plus_as_space() {
+        let request = actix_web::test::TestRequest::with_uri(
+            "/studies?StudyDescription=Head+and%20neck&TimezoneOffsetFromUTC=%2B0100&includefield",
+        )
+        .to_http_request();
+        let pairs = query_pairs(&request).unwrap();
+        assert_eq!(
+            pairs[0],
+            ("StudyDescription".to_string(), "Head and neck".to_string())
+        );
+        assert_eq!(pairs[1].1, "+0100");
+        assert_eq!(pairs[2], ("includefield".to_string(), String::new()));
+    }
+
+    #[test]
+    fn ports_are_recognised_in_hosts() {
+        assert!(has_port("example.org:8080"));
+        assert!(!has_port("example.org"));
+        assert!(has_port("[::1]:8080"));
+        assert!(!has_port("[::1]"));
+    }
 }

@@ -247,6 +247,7 @@ pub async fn bulkdata(
         bulk_path
     );
     let boundary = new_boundary();
+    let mut related_type = "application/octet-stream";
     let parts: Vec<Result<OutgoingPart, StoreError>> = match body {
         BulkBody::Stream { body, .. } => {
             if !choice.uncompressed {
@@ -283,6 +284,7 @@ pub async fn bulkdata(
                      request transfer-syntax=* or {media_type}"
                 )));
             }
+            related_type = media_type;
             frames
                 .into_iter()
                 .map(|frame| {
@@ -297,7 +299,7 @@ pub async fn bulkdata(
     };
     Ok(HttpResponse::Ok()
         .content_type(format!(
-            "multipart/related; type=\"application/octet-stream\"; boundary={boundary}"
+            "multipart/related; type=\"{related_type}\"; boundary={boundary}"
         ))
         .streaming(multipart_body(boundary, stream::iter(parts).boxed())))
 }

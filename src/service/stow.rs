@@ -245,14 +245,28 @@ impl StowSession {
     /// Indexes every accepted instance in one transaction.
     pub async fn commit(mut self) -> Result<StowOutcome, ServiceError> {
         let pending = std::mem::take(&mut self.pending);
+        // From here the blobs are no longer the drop guard's: if this future is
+        // dropped while the transaction runs, the transaction may still commit and
+        // its rows must find their blobs. Blobs of a transaction that did not commit
+        // are unreferenced and go in the start-up orphan sweep.
+        self.uncommitted.clear();
         let records: Vec<NewInstance> = pending.iter().map(|p| p.record.clone()).collect();
         let overwrite = self.services.settings.overwrite_existing;
         let outcomes = if records.is_empty() {
             Vec::new()
         } else {
-            self.services
+            match self
+                .services
                 .with_index(move |index| index.store_instances(&records, overwrite))
-                .await?
+                .await
+            {
+                Ok(outcomes) => outcomes,
+                Err(error) => {
+                    let written = pending.iter().map(|p| p.key.clone()).collect();
+                    self.services.store.delete_detached(written);
+                    return Err(error);
+                }
+            }
         };
         let mut referenced = Vec::new();
         let mut unreferenced = Vec::new();
@@ -264,19 +278,20 @@ impl StowSession {
                 reason,
             };
             match outcome {
-                StoreOutcome::Stored => self.forget(pending.key.clone()),
+                StoreOutcome::Stored => {}
                 StoreOutcome::Replaced { old_blob_key } => {
-                    self.forget(pending.key.clone());
                     if let Ok(old) = BlobKey::parse(&old_blob_key) {
                         unreferenced.push(old);
                     }
                 }
-                StoreOutcome::AlreadyStored => {}
+                StoreOutcome::AlreadyStored => unreferenced.push(pending.key.clone()),
                 StoreOutcome::Conflict => {
+                    unreferenced.push(pending.key.clone());
                     self.failed.push(failure(reason::DUPLICATE_SOP_INSTANCE));
                     continue;
                 }
                 StoreOutcome::SeriesInOtherStudy => {
+                    unreferenced.push(pending.key.clone());
                     self.failed.push(failure(reason::SERIES_IN_OTHER_STUDY));
                     continue;
                 }
@@ -288,7 +303,6 @@ impl StowSession {
                 sop_instance_uid: record.sop_instance_uid.clone(),
             });
         }
-        // What is still uncommitted now (duplicates, conflicts) is removed by Drop.
         self.services.store.delete_detached(unreferenced);
         Ok(StowOutcome {
             referenced,
@@ -502,10 +516,13 @@ impl PartWriter {
         let Some(meta) = self.meta() else {
             return Default::default();
         };
-        let end = self.prefix.len();
-        let Ok(header) = instance::parse_header(&self.prefix[..end], meta) else {
+        let Ok(dataset) = instance::parse_dataset(&self.prefix, meta) else {
             return Default::default();
         };
-        (header.sop_class_uid, header.sop_instance_uid)
+        let uid = |tag| instance::text(&dataset, tag).unwrap_or_default();
+        (
+            uid(dicom_dictionary_std::tags::SOP_CLASS_UID),
+            uid(dicom_dictionary_std::tags::SOP_INSTANCE_UID),
+        )
     }
 }

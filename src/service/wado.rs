@@ -160,7 +160,8 @@ async fn read_trailer(
     services: &Services,
     instance: &StoredInstance,
 ) -> Result<Option<InMemDicomObject>, ServiceError> {
-    let (Some(offset), Some(length)) = (instance.pixel_data_offset, instance.pixel_data_length) else {
+    let (Some(offset), Some(length)) = (instance.pixel_data_offset, instance.pixel_data_length)
+    else {
         return Ok(None);
     };
     let end = (offset + length) as u64;
@@ -168,7 +169,10 @@ async fn read_trailer(
         return Ok(None);
     }
     let key = blob_key(instance)?;
-    let bytes = services.store.read_range(&key, end..instance.blob_size as u64).await?;
+    let bytes = services
+        .store
+        .read_range(&key, end..instance.blob_size as u64)
+        .await?;
     let syntax = instance.transfer_syntax_uid.clone();
     let trailer = tokio::task::spawn_blocking(move || instance::parse_trailer(&bytes, &syntax))
         .await
@@ -233,7 +237,7 @@ pub async fn bulkdata(
 ) -> Result<BulkBody, ServiceError> {
     let (steps, tag) = parse_bulk_path(path).ok_or(ServiceError::NotFound("bulk data"))?;
     let key = blob_key(instance)?;
-    if steps.is_empty() && tag == Tag(0x7FE0, 0x0010) {
+    if steps.is_empty() && tag == Tag(0x7FE0, 0x0010) && instance.pixel_data_offset.is_some() {
         let offset = instance
             .pixel_data_offset
             .ok_or(ServiceError::NotFound("pixel data"))? as u64;
@@ -248,10 +252,14 @@ pub async fn bulkdata(
             };
             // Bulk data is always little endian (PS3.18 §8.7.3.3): swap words of
             // pixel data stored big endian. Chunks start at even offsets of the value.
-            let body = match (instance.transfer_syntax_uid.as_str(), instance.bits_allocated) {
+            let body = match (
+                instance.transfer_syntax_uid.as_str(),
+                instance.bits_allocated,
+            ) {
                 (transfer_syntax::EXPLICIT_VR_BE, Some(bits)) if bits > 8 => {
                     let width = (bits as usize).div_ceil(8);
-                    body.map(move |chunk| chunk.map(|c| swap_words(&c, width))).boxed()
+                    body.map(move |chunk| chunk.map(|c| swap_words(&c, width)))
+                        .boxed()
                 }
                 _ => body,
             };
