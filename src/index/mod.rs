@@ -265,11 +265,6 @@ impl Index {
     /// Opens the index at `url`, creating the database and running pending migrations.
     pub fn open(url: &str, options: IndexOptions) -> Result<Self, IndexError> {
         let path = sqlite_path(url)?;
-        if let Some(parent) = Path::new(path).parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent)?;
-            }
-        }
         Self::migrate(url)?;
         let manager = ConnectionManager::<SqliteConnection>::new(path);
         let pool = Pool::builder()
@@ -286,6 +281,11 @@ impl Index {
     /// Runs pending migrations; returns the names of those applied.
     pub fn migrate(url: &str) -> Result<Vec<String>, IndexError> {
         let path = sqlite_path(url)?;
+        if let Some(parent) = Path::new(path).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
         let mut conn =
             SqliteConnection::establish(path).map_err(|e| IndexError::Pool(e.to_string()))?;
         conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000;")?;
