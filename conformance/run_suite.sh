@@ -4,7 +4,17 @@
 #   conformance/run_suite.sh [extra pytest args...]
 #
 # Env: KASTELL_BIN (default $HOME/.cache/kastell-target/debug/kastell),
-#      KASTELL_PORT (default: a free loopback port), KEEP_TMP=1 keeps the temp dir.
+#      KASTELL_PORT (default: a free loopback port), KEEP_TMP=1 keeps the temp dir,
+#      KASTELL_BLOB_URL (default: the server's own, file://<data-dir>/blobs) is
+#      passed as --blob-url, e.g. s3://kastell-test/suite or az://kastell-test/suite
+#      with the AWS_* / AZURE_* variables that tests/backends/start_*.sh print
+#      (the whole environment reaches the server and pytest). The server makes
+#      its own development master key only for its default file store, so with
+#      KASTELL_BLOB_URL set and neither KASTELL__KEYS__MASTER_KEY nor
+#      KASTELL__KEYS__MASTER_KEY_FILE given, a random key for this run is
+#      written to the temp dir and passed as KASTELL__KEYS__MASTER_KEY_FILE.
+# pytest sees KASTELL_URL, KASTELL_FIXTURES, KASTELL_DATA_DIR and, when set,
+# KASTELL_BLOB_URL.
 # Exit code: pytest's.
 set -euo pipefail
 
@@ -30,7 +40,16 @@ trap cleanup EXIT INT TERM
 
 port="${KASTELL_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')}"
 mkdir -p "$tmp/data"
-"$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" >"$tmp/server.log" 2>&1 &
+blob_args=()
+if [[ -n "${KASTELL_BLOB_URL:-}" ]]; then
+    blob_args=(--blob-url "$KASTELL_BLOB_URL")
+    if [[ -z "${KASTELL__KEYS__MASTER_KEY:-}" && -z "${KASTELL__KEYS__MASTER_KEY_FILE:-}" ]]; then
+        (umask 077 && python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' \
+            >"$tmp/master.key")
+        export KASTELL__KEYS__MASTER_KEY_FILE="$tmp/master.key"
+    fi
+fi
+"$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" "${blob_args[@]}" >"$tmp/server.log" 2>&1 &
 server_pid=$!
 
 python3 "$here/fixtures.py" "$tmp/fixtures" >/dev/null
@@ -56,6 +75,10 @@ done
 export PYTHONDONTWRITEBYTECODE=1
 export KASTELL_URL="http://127.0.0.1:$port/dicomweb"
 export KASTELL_FIXTURES="$tmp/fixtures"
+export KASTELL_DATA_DIR="$tmp/data"
+if [[ -n "${KASTELL_BLOB_URL:-}" ]]; then
+    export KASTELL_BLOB_URL
+fi
 cd "$repo"
 set +e
 python3 -m pytest -q -p no:cacheprovider conformance/suite "$@"

@@ -7,10 +7,139 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::crypto::{
+    CryptoError, KeyId, KeyProvider, KeyRing, LocalMasterKey, SecretKey, TenantKeyLoader,
+    TenantKeyRecord, TenantKeyState,
+};
 use crate::http::{self, AppState};
 use crate::index::{Index, IndexOptions};
 use crate::service::{ServiceSettings, Services};
 use crate::store::{BlobStore, WriteOptions};
+
+/// File name of the generated development master key under the data directory.
+pub const DEVELOPMENT_KEY_FILE: &str = "development-master.key";
+
+/// Tenant keys persisted in the index database.
+struct IndexKeyLoader(Index);
+
+impl TenantKeyLoader for IndexKeyLoader {
+    fn load(&self, tenant: &str) -> Result<Vec<TenantKeyRecord>, CryptoError> {
+        let rows = self
+            .0
+            .tenant_keys(tenant)
+            .map_err(|e| CryptoError::KeyStore(e.to_string()))?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(TenantKeyRecord {
+                    id: KeyId {
+                        tenant: row.tenant,
+                        version: row.version as u32,
+                    },
+                    state: TenantKeyState::parse(&row.state)
+                        .ok_or(CryptoError::KeyStore("unknown key state".into()))?,
+                    wrapped: row.wrapped_key,
+                })
+            })
+            .collect()
+    }
+
+    fn add_active(&self, record: &TenantKeyRecord) -> Result<(), CryptoError> {
+        let wrapped = record
+            .wrapped
+            .as_deref()
+            .ok_or(CryptoError::KeyMaterial("a new key is wrapped"))?;
+        self.0
+            .add_active_tenant_key(&record.id.tenant, record.id.version as i64, wrapped)
+            .map_err(|e| CryptoError::KeyStore(e.to_string()))
+    }
+
+    fn shred(&self, tenant: &str) -> Result<(), CryptoError> {
+        self.0
+            .shred_tenant_keys(tenant)
+            .map(|_| ())
+            .map_err(|e| CryptoError::KeyStore(e.to_string()))
+    }
+}
+
+/// Decodes key text: 32 raw bytes, or their base64 or hex form.
+fn decode_key(bytes: &[u8]) -> anyhow::Result<SecretKey> {
+    use base64::Engine;
+    if bytes.len() == 32 {
+        return Ok(SecretKey::from_bytes(bytes)?);
+    }
+    let text = std::str::from_utf8(bytes)
+        .context("the master key is neither 32 bytes nor text")?
+        .trim();
+    let decoded = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text)?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .context("the master key is not valid base64")?
+    };
+    SecretKey::from_bytes(&decoded).context("the master key must be 32 bytes (256 bits)")
+}
+
+/// The master key provider: configured key, key file, or (embedded default only) a
+/// generated development key.
+pub fn master_key(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
+    if !config.keys.master_key.is_empty() {
+        let key = decode_key(config.keys.master_key.as_bytes())?;
+        return Ok(Arc::new(LocalMasterKey::new(
+            &key,
+            "configuration / environment",
+        )));
+    }
+    if !config.keys.master_key_file.is_empty() {
+        let path = &config.keys.master_key_file;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading the master key file {path}"))?;
+        let key = decode_key(&bytes)?;
+        return Ok(Arc::new(LocalMasterKey::new(&key, format!("file {path}"))));
+    }
+    if !config.keys.allow_development_key || !config.storage.blob_url.is_empty() {
+        anyhow::bail!(
+            "no master key is configured: set keys.master_key_file or KASTELL__KEYS__MASTER_KEY \
+             (a generated development key is only used with the embedded local blob store)"
+        );
+    }
+    let path = config.storage.data_dir.join(DEVELOPMENT_KEY_FILE);
+    if !path.exists() {
+        std::fs::create_dir_all(&config.storage.data_dir)?;
+        let key = SecretKey::generate()?;
+        write_private_file(&path, key.expose())?;
+    }
+    let key = decode_key(&std::fs::read(&path)?)?;
+    tracing::warn!(
+        key_file = %path.display(),
+        "!!! USING A GENERATED DEVELOPMENT MASTER KEY, stored next to the data it protects. \
+         Anyone with this directory can read every image. Configure keys.master_key_file for real use. !!!"
+    );
+    Ok(Arc::new(LocalMasterKey::new(
+        &key,
+        format!("development key {}", path.display()),
+    )))
+}
+
+fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
+}
+
+/// The key ring over the index's tenant keys, with the default tenant's key made.
+pub fn key_ring(config: &Config, index: &Index) -> anyhow::Result<Arc<KeyRing>> {
+    let ring = Arc::new(KeyRing::new(
+        master_key(config)?,
+        Arc::new(IndexKeyLoader(index.clone())),
+    ));
+    ring.ensure_tenant(&config.keys.default_tenant)
+        .with_context(|| format!("preparing the key of tenant {}", config.keys.default_tenant))?;
+    Ok(ring)
+}
 
 /// Opens the index and the blob store named by the configuration.
 pub fn build_services(config: &Config) -> anyhow::Result<Services> {
@@ -29,13 +158,23 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             crate::config::redact_url(&index_url)
         )
     })?;
+    let keys = key_ring(config, &index)?;
     let blob_url = config.effective_blob_url();
+    let options: Vec<(String, String)> = config
+        .storage
+        .blob_options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let store = BlobStore::from_url(
         &blob_url,
+        &options,
         WriteOptions {
             part_bytes: config.storage.upload_part_bytes,
             concurrency: config.storage.upload_concurrency,
         },
+        keys,
+        &config.keys.default_tenant,
     )
     .with_context(|| {
         format!(

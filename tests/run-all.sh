@@ -2,7 +2,9 @@
 # Kastell's whole test suite, the one command the README names and .ci/run calls.
 # Installs what it needs (Python packages for the black-box suite), checks
 # formatting and lints, runs the Rust unit and integration tests, then starts the
-# real server and runs the DICOMweb conformance suite against it.
+# real server and runs the DICOMweb conformance suite against it: on the local
+# file blob store, then on a real S3-compatible server (moto) and on Azure's
+# emulator (Azurite), both started on loopback by tests/backends/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,5 +31,10 @@ cargo test --locked
 
 step "DICOMweb conformance suite against the running server"
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" conformance/run_suite.sh
+
+# The same suite on emulated cloud blob stores, each on loopback and stopped by
+# a trap whatever happens: moto's S3 server, then Azurite (installed from npm
+# into ~/.cache/kastell-npm when missing). Prints its own ==> steps.
+KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/backends/run_suites.sh s3 azure
 
 step "all tests passed"

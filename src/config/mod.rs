@@ -21,6 +21,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub index: IndexConfig,
     pub dicomweb: DicomWebConfig,
+    pub keys: KeysConfig,
     pub log: LogConfig,
 }
 
@@ -44,6 +45,10 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Where blobs live; empty means `file://<data_dir>/blobs`.
     pub blob_url: String,
+    /// object_store settings of a cloud backend (`aws_endpoint`, `aws_region`,
+    /// `aws_virtual_hosted_style_request`, `azure_storage_account_name`, ...); they
+    /// win over the `AWS_*` / `AZURE_*` / `GOOGLE_*` environment variables.
+    pub blob_options: std::collections::BTreeMap<String, String>,
     /// Upload part size for blob writes, in bytes. Bounds memory per upload.
     pub upload_part_bytes: usize,
     /// Upload parts in flight per blob.
@@ -86,6 +91,21 @@ pub struct DicomWebConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// File holding the master key: 32 raw bytes, or their base64 or hex text.
+    pub master_key_file: String,
+    /// The master key as base64 text (a secret: prefer the file, or set it through
+    /// `KASTELL__KEYS__MASTER_KEY`).
+    pub master_key: String,
+    /// With no master key configured and the embedded blob store, generate a
+    /// development key under the data directory (with a loud warning).
+    pub allow_development_key: bool,
+    /// The tenant whose key encrypts new objects.
+    pub default_tenant: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `tracing` filter directive, e.g. `info` or `kastell=debug,info`.
     pub level: String,
@@ -116,6 +136,7 @@ impl Default for StorageConfig {
         Self {
             data_dir: PathBuf::from("kastell-data"),
             blob_url: String::new(),
+            blob_options: Default::default(),
             upload_part_bytes: 8 * 1024 * 1024,
             upload_concurrency: 2,
             max_header_bytes: 64 * 1024 * 1024,
@@ -143,6 +164,17 @@ impl Default for DicomWebConfig {
             qido_max_results: 1000,
             overwrite_existing: false,
             warning_agent: "kastell".into(),
+        }
+    }
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            master_key_file: String::new(),
+            master_key: String::new(),
+            allow_development_key: true,
+            default_tenant: "default".into(),
         }
     }
 }
@@ -216,6 +248,16 @@ impl Config {
                     .into(),
             ));
         }
+        let tenant = &self.keys.default_tenant;
+        if tenant.is_empty()
+            || !tenant
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::Rule(format!(
+                "keys.default_tenant must be letters, digits, '-' or '_', got {tenant:?}"
+            )));
+        }
         if self.index.pool_size == 0 || self.dicomweb.qido_max_results == 0 {
             return Err(ConfigError::Rule(
                 "index.pool_size and dicomweb.qido_max_results must be positive".into(),
@@ -251,8 +293,20 @@ impl Config {
     /// The effective configuration as TOML, with secrets (passwords in URLs) redacted.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
+        for (name, value) in shown.storage.blob_options.iter_mut() {
+            if name.contains("secret")
+                || name.contains("key")
+                || name.contains("token")
+                || name.contains("password")
+            {
+                *value = "***".into();
+            }
+        }
         shown.storage.blob_url = redact_url(&self.effective_blob_url());
         shown.index.url = redact_url(&self.effective_index_url());
+        if !shown.keys.master_key.is_empty() {
+            shown.keys.master_key = "***".into();
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}"))
     }
 }

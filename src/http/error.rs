@@ -36,6 +36,12 @@ impl ApiError {
             ApiError::Service(ServiceError::Index(IndexError::Pool(_))) => {
                 "the index is busy; retry later".to_string()
             }
+            ApiError::Service(ServiceError::Store(StoreError::Shredded)) => {
+                "this data was erased: its encryption key was destroyed".to_string()
+            }
+            ApiError::Service(ServiceError::Store(StoreError::Integrity(_))) => {
+                "the stored object failed its integrity check; the incident is logged".to_string()
+            }
             ApiError::Service(_) => "internal server error".to_string(),
             other => other.to_string(),
         }
@@ -56,7 +62,7 @@ impl ResponseError for ApiError {
                 ServiceError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
                 ServiceError::Index(IndexError::Query(_)) => StatusCode::BAD_REQUEST,
                 ServiceError::Index(IndexError::Pool(_)) => StatusCode::SERVICE_UNAVAILABLE,
-                ServiceError::Store(StoreError::NotFound) => StatusCode::INTERNAL_SERVER_ERROR,
+                ServiceError::Store(StoreError::Shredded) => StatusCode::GONE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }

@@ -4,6 +4,7 @@
 //! tokio's blocking pool, bounded by the connection pool size.
 
 pub mod catalog;
+pub mod keys;
 pub mod qido;
 pub mod sql;
 
@@ -234,7 +235,7 @@ impl std::fmt::Debug for Index {
     }
 }
 
-fn boxed(
+pub(crate) fn boxed(
     sql: &str,
     binds: &[Bind],
 ) -> BoxedSqlQuery<'static, Sqlite, diesel::query_builder::SqlQuery> {
@@ -250,7 +251,7 @@ fn boxed(
     query
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
 
@@ -295,7 +296,7 @@ impl Index {
         Ok(applied.iter().map(|v| v.to_string()).collect())
     }
 
-    fn conn(
+    pub(crate) fn conn(
         &self,
     ) -> Result<diesel::r2d2::PooledConnection<ConnectionManager<SqliteConnection>>, IndexError>
     {

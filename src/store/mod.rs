@@ -2,6 +2,10 @@
 //! every object name comes from [`BlobKey`]: names are opaque random ids, so nothing in
 //! a bucket listing identifies a patient, a study or an instance.
 //!
+//! Every byte goes through envelope encryption (see `crate::crypto::format`): what
+//! reaches the backend is a header with the wrapped data key and authenticated
+//! segments. A byte range is read by fetching only the segments it touches.
+//!
 //! This module knows nothing of DICOM or SQL.
 
 use std::ops::Range;
@@ -9,24 +13,49 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, WriteMultipart};
+use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
+
+use crate::crypto::format::{Header, Layout, Opener, Sealer, MAX_HEADER_LEN, SEGMENT_SIZE};
+use crate::crypto::{keys, CryptoError, KeyId, KeyRing, SecretKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("blob not found")]
     NotFound,
-    #[error("unsupported blob store URL {0:?}: expected file:///path or memory://")]
+    #[error("unsupported blob store URL {0:?}: expected file:///path, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or memory://")]
     UnsupportedUrl(String),
+    /// The object failed authentication: modified, truncated or swapped.
+    #[error("blob integrity check failed: {0}")]
+    Integrity(&'static str),
+    /// The key that protected the object was destroyed.
+    #[error("the key of this blob was shredded")]
+    Shredded,
+    #[error("key error: {0}")]
+    Key(CryptoError),
+    #[error("range {start}..{end} outside the blob's {len} bytes")]
+    OutOfRange { start: u64, end: u64, len: u64 },
     #[error("invalid blob key {0:?}")]
     InvalidKey(String),
     #[error("blob store failure: {0}")]
     Backend(#[source] object_store::Error),
     #[error("blob store I/O failure: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<CryptoError> for StoreError {
+    fn from(e: CryptoError) -> Self {
+        match e {
+            CryptoError::Integrity(what) => StoreError::Integrity(what),
+            CryptoError::Format(what) => StoreError::Integrity(what),
+            CryptoError::Shredded(_) => StoreError::Shredded,
+            other => StoreError::Key(other),
+        }
+    }
 }
 
 impl From<object_store::Error> for StoreError {
@@ -90,6 +119,16 @@ impl BlobKey {
     fn path(&self) -> ObjectPath {
         ObjectPath::from(self.0.as_str())
     }
+
+    /// The 16 random bytes of the name, which the encrypted object is bound to.
+    fn object_id(&self) -> [u8; 16] {
+        let hex = self.0.rsplit('/').next().unwrap_or_default();
+        let mut id = [0u8; 16];
+        if hex::decode_to_slice(hex, &mut id).is_err() {
+            unreachable!("keys are validated on creation");
+        }
+        id
+    }
 }
 
 impl std::fmt::Display for BlobKey {
@@ -112,6 +151,8 @@ pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     options: WriteOptions,
     description: String,
+    keys: Arc<KeyRing>,
+    tenant: String,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -122,27 +163,76 @@ impl std::fmt::Debug for BlobStore {
     }
 }
 
-impl BlobStore {
-    /// Builds the backend named by `url`: `file:///absolute/dir` or `memory://`.
-    pub fn from_url(url: &str, options: WriteOptions) -> Result<Self, StoreError> {
-        let inner: Arc<dyn ObjectStore> = if let Some(dir) = url.strip_prefix("file://") {
-            if dir.is_empty() || !dir.starts_with('/') {
-                return Err(StoreError::UnsupportedUrl(url.to_string()));
-            }
-            std::fs::create_dir_all(dir)?;
-            Arc::new(
-                object_store::local::LocalFileSystem::new_with_prefix(dir)?
-                    .with_automatic_cleanup(true),
-            )
-        } else if url == "memory://" || url == "memory:///" {
-            Arc::new(InMemory::new())
-        } else {
+/// The backend named by a URL: `file:///absolute/dir`, `memory://`, `s3://bucket/prefix`,
+/// `az://container/prefix` (also `azure://`, `abfs://`), `gs://bucket/prefix`. Cloud
+/// backends read their settings from `options` (object_store config keys such as
+/// `aws_endpoint`, `aws_region`, `aws_virtual_hosted_style_request`) and from the
+/// conventional environment variables (`AWS_*`, `AZURE_*`, `GOOGLE_*`).
+pub fn backend_from_url(
+    url: &str,
+    options: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    if let Some(dir) = url.strip_prefix("file://") {
+        if dir.is_empty() || !dir.starts_with('/') {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
-        };
+        }
+        std::fs::create_dir_all(dir)?;
+        return Ok(Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(dir)?
+                .with_automatic_cleanup(true),
+        ));
+    }
+    if url == "memory://" || url == "memory:///" {
+        return Ok(Arc::new(InMemory::new()));
+    }
+    let parsed = url::Url::parse(url).map_err(|_| StoreError::UnsupportedUrl(url.to_string()))?;
+    if !matches!(
+        parsed.scheme(),
+        "s3" | "s3a" | "az" | "azure" | "abfs" | "abfss" | "adl" | "gs"
+    ) {
+        return Err(StoreError::UnsupportedUrl(url.to_string()));
+    }
+    let mut settings: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("GOOGLE_")
+        })
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    settings.extend(options.iter().cloned());
+    let (store, prefix) = object_store::parse_url_opts(&parsed, settings)?;
+    let store: Arc<dyn ObjectStore> = Arc::from(store);
+    if prefix.as_ref().is_empty() {
+        Ok(store)
+    } else {
+        Ok(Arc::new(object_store::prefix::PrefixStore::new(
+            store, prefix,
+        )))
+    }
+}
+
+/// An object opened for reading: its layout and the means to decrypt it.
+struct Opened {
+    opener: Opener,
+    layout: Layout,
+}
+
+impl BlobStore {
+    /// Builds the blob store over the backend named by `url`; every object is
+    /// encrypted under `tenant`'s key from `keys`.
+    pub fn from_url(
+        url: &str,
+        options: &[(String, String)],
+        write: WriteOptions,
+        keys: Arc<KeyRing>,
+        tenant: &str,
+    ) -> Result<Self, StoreError> {
+        let inner = backend_from_url(url, options)?;
         Ok(Self::with_backend(
             inner,
-            options,
+            write,
             url.split("://").next().unwrap_or("?"),
+            keys,
+            tenant,
         ))
     }
 
@@ -150,49 +240,259 @@ impl BlobStore {
         inner: Arc<dyn ObjectStore>,
         options: WriteOptions,
         description: &str,
+        keys: Arc<KeyRing>,
+        tenant: &str,
     ) -> Self {
         Self {
             inner,
             options,
             description: description.to_string(),
+            keys,
+            tenant: tenant.to_string(),
         }
     }
 
-    /// Starts a streamed upload. Dropping the writer without `finish` aborts it.
+    /// Starts a streamed, encrypted upload. Dropping the writer without `finish`
+    /// aborts it.
     pub async fn writer(&self, key: BlobKey) -> Result<BlobWriter, StoreError> {
+        let (key_id, tenant_key) = self.keys.active(&self.tenant)?;
+        let data_key = SecretKey::generate()?;
+        let object_id = key.object_id();
+        let header = seal_header(&tenant_key, &data_key, &key_id, object_id)?;
         let upload = self.inner.put_multipart(&key.path()).await?;
+        let mut upload = WriteMultipart::new_with_chunk_size(upload, self.options.part_bytes);
+        upload.put(Bytes::from(header));
         Ok(BlobWriter {
-            upload: Some(WriteMultipart::new_with_chunk_size(
-                upload,
-                self.options.part_bytes,
-            )),
+            upload: Some(upload),
+            sealer: Some(Sealer::new(&data_key, object_id, SEGMENT_SIZE)),
             concurrency: self.options.concurrency.max(1),
             key,
             written: 0,
         })
     }
 
-    /// The whole blob as a stream of chunks.
+    /// Reads and checks an object's header; unwraps its data key.
+    async fn open(&self, key: &BlobKey) -> Result<Opened, StoreError> {
+        let result = self
+            .inner
+            .get_opts(
+                &key.path(),
+                GetOptions {
+                    range: Some(GetRange::Bounded(0..MAX_HEADER_LEN as u64)),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let result = match result {
+            Ok(result) => result,
+            // A range past the end of a short object: read it whole.
+            Err(object_store::Error::Generic { .. }) => self.inner.get(&key.path()).await?,
+            Err(e) => return Err(e.into()),
+        };
+        let total = result.meta.size;
+        let bytes = result.bytes().await?;
+        let header = Header::decode(&bytes)?
+            .ok_or(StoreError::Integrity("the object header is truncated"))?;
+        if header.object_id != key.object_id() {
+            self.incident(key, "the object belongs to another name (swapped)");
+            return Err(StoreError::Integrity("the object belongs to another name"));
+        }
+        let key_id = KeyId::parse(&header.key_id)?;
+        let tenant_key = self.keys.key(&key_id)?;
+        let prefix =
+            Header::authenticated_prefix(header.segment_size, &header.object_id, &header.key_id);
+        let data_key =
+            keys::unwrap(&tenant_key, &header.wrapped_data_key, &prefix).inspect_err(|_| {
+                self.incident(key, "the data key does not unwrap (header modified)");
+            })?;
+        let layout = Layout::from_ciphertext_len(header.len() as u64, header.segment_size, total)?;
+        Ok(Opened {
+            opener: Opener::new(&data_key, header.object_id, layout),
+            layout,
+        })
+    }
+
+    fn incident(&self, key: &BlobKey, what: &str) {
+        tracing::error!(blob = %key, incident = what, "blob integrity incident");
+    }
+
+    fn checked<T>(&self, key: &BlobKey, result: Result<T, CryptoError>) -> Result<T, StoreError> {
+        result.map_err(|e| {
+            if let CryptoError::Integrity(what) = &e {
+                self.incident(key, what);
+            }
+            StoreError::from(e)
+        })
+    }
+
+    /// The plaintext size of a blob.
+    pub async fn size(&self, key: &BlobKey) -> Result<u64, StoreError> {
+        Ok(self.open(key).await?.layout.plaintext_len)
+    }
+
+    /// The whole blob, decrypted, as a stream of segments.
     pub async fn read_stream(
         &self,
         key: &BlobKey,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-        let result = self.inner.get(&key.path()).await?;
-        Ok(result.into_stream().map_err(StoreError::from).boxed())
+        let opened = self.open(key).await?;
+        let layout = opened.layout;
+        let all = 0..layout.segments;
+        let range = layout.ciphertext_range(&all);
+        let body = self
+            .inner
+            .get_opts(
+                &key.path(),
+                GetOptions {
+                    range: Some(GetRange::Bounded(range.clone())),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let sealed_len = (layout.segment_size + crate::crypto::format::TAG_LEN) as usize;
+        let last_len =
+            (range.end - range.start) as usize - (layout.segments as usize - 1) * sealed_len;
+        let store = self.clone();
+        let key = key.clone();
+        let state = (body.into_stream(), BytesMut::new(), 0u64, opened.opener);
+        Ok(futures_util::stream::try_unfold(
+            state,
+            move |(mut inner, mut buffer, index, opener)| {
+                let store = store.clone();
+                let key = key.clone();
+                async move {
+                    let segments = opener.layout().segments;
+                    if index == segments {
+                        return Ok(None);
+                    }
+                    let need = if index + 1 == segments {
+                        last_len
+                    } else {
+                        sealed_len
+                    };
+                    while buffer.len() < need {
+                        match inner.next().await {
+                            Some(chunk) => buffer.extend_from_slice(&chunk?),
+                            None => {
+                                store.incident(&key, "the object is shorter than its layout");
+                                return Err(StoreError::Integrity("the object is truncated"));
+                            }
+                        }
+                    }
+                    let sealed = buffer.split_to(need);
+                    let plain = store.checked(&key, opener.open(index, &sealed))?;
+                    Ok(Some((
+                        Bytes::from(plain),
+                        (inner, buffer, index + 1, opener),
+                    )))
+                }
+            },
+        )
+        .boxed())
     }
 
-    /// One byte range of a blob; only that range is fetched from the backend.
+    /// One byte range of a blob's plaintext; only the segments it touches are
+    /// fetched from the backend (after the header).
     pub async fn read_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Bytes, StoreError> {
         if range.start == range.end {
             return Ok(Bytes::new());
         }
-        Ok(self.inner.get_range(&key.path(), range).await?)
+        let opened = self.open(key).await?;
+        let layout = opened.layout;
+        if range.end > layout.plaintext_len || range.start > range.end {
+            return Err(StoreError::OutOfRange {
+                start: range.start,
+                end: range.end,
+                len: layout.plaintext_len,
+            });
+        }
+        let segments = layout.segments_for(&range);
+        let sealed = self
+            .inner
+            .get_range(&key.path(), layout.ciphertext_range(&segments))
+            .await?;
+        let plain = self.checked(key, opened.opener.open(segments.start, &sealed))?;
+        let skip = (range.start - segments.start * layout.segment_size) as usize;
+        Ok(Bytes::from(plain).slice(skip..skip + (range.end - range.start) as usize))
     }
 
     /// The whole blob in memory. Only for single objects whose processing needs all
     /// of it (re-encoding one instance); never for a study.
     pub async fn read_all(&self, key: &BlobKey) -> Result<Bytes, StoreError> {
-        Ok(self.inner.get(&key.path()).await?.bytes().await?)
+        let mut stream = self.read_stream(key).await?;
+        let mut all = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            all.extend_from_slice(&chunk?);
+        }
+        Ok(all.freeze())
+    }
+
+    /// Re-wraps an object's data key under the tenant's active key: a new header on
+    /// the same ciphertext segments (nothing is re-encrypted). Returns false if the
+    /// object already uses the active key.
+    pub async fn rewrap(&self, key: &BlobKey) -> Result<bool, StoreError> {
+        let result = self
+            .inner
+            .get_opts(
+                &key.path(),
+                GetOptions {
+                    range: Some(GetRange::Bounded(0..MAX_HEADER_LEN as u64)),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let bytes = match result {
+            Ok(result) => result.bytes().await?,
+            Err(object_store::Error::Generic { .. }) => {
+                self.inner.get(&key.path()).await?.bytes().await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let header = Header::decode(&bytes)?
+            .ok_or(StoreError::Integrity("the object header is truncated"))?;
+        let (active_id, active_key) = self.keys.active(&self.tenant)?;
+        if header.key_id == active_id.to_string() {
+            return Ok(false);
+        }
+        let old_key = self.keys.key(&KeyId::parse(&header.key_id)?)?;
+        let prefix =
+            Header::authenticated_prefix(header.segment_size, &header.object_id, &header.key_id);
+        let data_key = self.checked(
+            key,
+            keys::unwrap(&old_key, &header.wrapped_data_key, &prefix),
+        )?;
+        let new_header = seal_header(&active_key, &data_key, &active_id, header.object_id)?;
+        // Stream the segments unchanged behind the new header.
+        let body = self
+            .inner
+            .get_opts(
+                &key.path(),
+                GetOptions {
+                    range: Some(GetRange::Offset(header.len() as u64)),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let upload = self.inner.put_multipart(&key.path()).await?;
+        let mut upload = WriteMultipart::new_with_chunk_size(upload, self.options.part_bytes);
+        upload.put(Bytes::from(new_header));
+        let mut stream = body.into_stream();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    upload
+                        .wait_for_capacity(self.options.concurrency.max(1))
+                        .await?;
+                    upload.put(chunk);
+                }
+                Err(e) => {
+                    let _ = upload.abort().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        upload.finish().await?;
+        Ok(true)
     }
 
     pub async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
@@ -251,9 +551,30 @@ impl BlobStore {
     }
 }
 
+/// The header of a new object: the data key wrapped by the tenant key, bound to
+/// everything before it.
+fn seal_header(
+    tenant_key: &SecretKey,
+    data_key: &SecretKey,
+    key_id: &KeyId,
+    object_id: [u8; 16],
+) -> Result<Vec<u8>, StoreError> {
+    let key_id = key_id.to_string();
+    let prefix = Header::authenticated_prefix(SEGMENT_SIZE, &object_id, &key_id);
+    let wrapped = keys::wrap(tenant_key, data_key, &prefix)?;
+    let header = Header {
+        segment_size: SEGMENT_SIZE,
+        object_id,
+        key_id,
+        wrapped_data_key: wrapped,
+    };
+    Ok(header.encode())
+}
+
 /// An upload in progress.
 pub struct BlobWriter {
     upload: Option<WriteMultipart>,
+    sealer: Option<Sealer>,
     concurrency: usize,
     key: BlobKey,
     written: u64,
@@ -264,23 +585,31 @@ impl BlobWriter {
         &self.key
     }
 
+    /// Plaintext bytes taken so far.
     pub fn bytes_written(&self) -> u64 {
         self.written
     }
 
-    /// Queues a chunk, waiting while too many parts are in flight (back-pressure:
-    /// a slow backend slows the client rather than filling memory).
+    /// Encrypts and queues a chunk, waiting while too many parts are in flight
+    /// (back-pressure: a slow backend slows the client rather than filling memory).
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        let upload = self.upload.as_mut().expect("writer used after finish");
-        upload.wait_for_capacity(self.concurrency).await?;
+        let sealer = self.sealer.as_mut().expect("writer used after finish");
+        let segments = sealer.push(&chunk);
         self.written += chunk.len() as u64;
-        upload.put(chunk);
+        let upload = self.upload.as_mut().expect("writer used after finish");
+        for segment in segments {
+            upload.wait_for_capacity(self.concurrency).await?;
+            upload.put(segment);
+        }
         Ok(())
     }
 
-    /// Completes the upload; the blob is durable when this returns.
+    /// Completes the upload; the blob is durable when this returns. Returns the
+    /// plaintext size.
     pub async fn finish(mut self) -> Result<u64, StoreError> {
-        let upload = self.upload.take().expect("writer finished twice");
+        let mut upload = self.upload.take().expect("writer finished twice");
+        let last = self.sealer.take().expect("writer finished twice").finish();
+        upload.put(last);
         upload.finish().await?;
         Ok(self.written)
     }
@@ -310,6 +639,9 @@ impl Drop for BlobWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use async_trait_free::CountingStore;
 
     fn options() -> WriteOptions {
         WriteOptions {
@@ -318,19 +650,57 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn write_then_read_whole_and_ranges() {
-        let store = BlobStore::from_url("memory://", options()).unwrap();
+    fn keyring() -> Arc<KeyRing> {
+        let ring = crate::crypto::keyring::tests::ring();
+        ring.ensure_tenant("default").unwrap();
+        Arc::new(ring)
+    }
+
+    fn memory_store() -> (BlobStore, Arc<CountingStore>) {
+        let counting = Arc::new(CountingStore {
+            inner: Arc::new(InMemory::new()),
+            fetched: AtomicU64::new(0),
+        });
+        let store =
+            BlobStore::with_backend(counting.clone(), options(), "memory", keyring(), "default");
+        (store, counting)
+    }
+
+    async fn put(store: &BlobStore, data: &[u8]) -> BlobKey {
         let key = BlobKey::new(BlobKind::Instance);
         let mut writer = store.writer(key.clone()).await.unwrap();
-        let data: Vec<u8> = (0..12_000_000u32).map(|i| (i % 251) as u8).collect();
         for chunk in data.chunks(1_000_003) {
             writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
         }
         assert_eq!(writer.finish().await.unwrap(), data.len() as u64);
+        key
+    }
+
+    async fn raw(counting: &CountingStore, key: &BlobKey) -> Vec<u8> {
+        counting
+            .inner
+            .get(&key.path())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn write_then_read_whole_and_ranges() {
+        let (store, _) = memory_store();
+        let data: Vec<u8> = (0..12_000_000u32).map(|i| (i % 251) as u8).collect();
+        let key = put(&store, &data).await;
         assert_eq!(store.read_all(&key).await.unwrap(), data);
+        assert_eq!(store.size(&key).await.unwrap(), data.len() as u64);
         let range = store.read_range(&key, 5_000_000..5_000_100).await.unwrap();
         assert_eq!(&range[..], &data[5_000_000..5_000_100]);
+        assert!(matches!(
+            store.read_range(&key, 0..12_000_001).await,
+            Err(StoreError::OutOfRange { .. })
+        ));
         store.delete(&key).await.unwrap();
         assert!(matches!(
             store.read_all(&key).await,
@@ -339,10 +709,121 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_backend_only_ever_sees_ciphertext() {
+        let (store, counting) = memory_store();
+        let secret = b"DICM Doe^John 1.2.840.113619.2.55.3.604688119";
+        let mut data = vec![0u8; 300_000];
+        data[..secret.len()].copy_from_slice(secret);
+        data[200_000..200_000 + secret.len()].copy_from_slice(secret);
+        let key = put(&store, &data).await;
+        let stored = raw(&counting, &key).await;
+        for needle in [&b"DICM"[..], b"Doe^John", b"1.2.840.113619"] {
+            assert!(
+                !stored.windows(needle.len()).any(|w| w == needle),
+                "plaintext {needle:?} in the blob"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_range_fetches_only_its_segments() {
+        let (store, counting) = memory_store();
+        let data = vec![7u8; 50 * 1024 * 1024];
+        let key = put(&store, &data).await;
+        counting.fetched.store(0, Ordering::SeqCst);
+        // A 100 KiB "frame" in the middle of a 50 MiB object.
+        let frame = store
+            .read_range(&key, 30_000_000..30_102_400)
+            .await
+            .unwrap();
+        assert_eq!(frame.len(), 102_400);
+        let fetched = counting.fetched.load(Ordering::SeqCst);
+        // The header read plus at most three 64 KiB segments.
+        assert!(
+            fetched <= MAX_HEADER_LEN as u64 + 3 * (64 * 1024 + 16),
+            "fetched {fetched} bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn tampering_and_swapping_are_detected() {
+        let (store, counting) = memory_store();
+        let data = vec![1u8; 200_000];
+        let a = put(&store, &data).await;
+        let b = put(&store, &data).await;
+        let original = raw(&counting, &a).await;
+        for position in [10usize, 40, 120, 100_000, original.len() - 1] {
+            let mut tampered = original.clone();
+            tampered[position] ^= 0x01;
+            counting
+                .inner
+                .put(&a.path(), tampered.into())
+                .await
+                .unwrap();
+            let whole = store.read_all(&a).await;
+            assert!(
+                matches!(whole, Err(StoreError::Integrity(_))),
+                "flip at {position}: {whole:?}"
+            );
+        }
+        // Truncated by one segment.
+        counting
+            .inner
+            .put(&a.path(), original[..original.len() - 1000].to_vec().into())
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.read_all(&a).await,
+            Err(StoreError::Integrity(_))
+        ));
+        // B's valid object under A's name.
+        let other = raw(&counting, &b).await;
+        counting.inner.put(&a.path(), other.into()).await.unwrap();
+        assert!(matches!(
+            store.read_all(&a).await,
+            Err(StoreError::Integrity(_))
+        ));
+        assert!(matches!(
+            store.read_range(&a, 0..10).await,
+            Err(StoreError::Integrity(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn rotation_rewraps_and_shredding_makes_blobs_unreadable() {
+        let (store, counting) = memory_store();
+        let data = vec![9u8; 100_000];
+        let key = put(&store, &data).await;
+        let before = raw(&counting, &key).await;
+        store.keys.rotate("default").unwrap();
+        assert!(store.rewrap(&key).await.unwrap());
+        assert!(
+            !store.rewrap(&key).await.unwrap(),
+            "already under the active key"
+        );
+        let after = raw(&counting, &key).await;
+        let header = Header::decode(&after).unwrap().unwrap();
+        assert_eq!(header.key_id, "default/2");
+        // Same segments: nothing was re-encrypted.
+        let old_header_len = Header::decode(&before).unwrap().unwrap().len();
+        assert_eq!(&after[header.len()..], &before[old_header_len..]);
+        assert_eq!(store.read_all(&key).await.unwrap(), data);
+        store.keys.shred("default").unwrap();
+        assert!(matches!(
+            store.read_all(&key).await,
+            Err(StoreError::Shredded)
+        ));
+        assert!(matches!(
+            store.writer(BlobKey::new(BlobKind::Instance)).await.err(),
+            Some(StoreError::Shredded)
+        ));
+    }
+
+    #[tokio::test]
     async fn filesystem_backend_aborted_upload_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
-        let store = BlobStore::from_url(&url, options()).unwrap();
+        let store = BlobStore::from_url(&url, &[], options(), keyring(), "default").unwrap();
         let key = BlobKey::new(BlobKind::Instance);
         let mut writer = store.writer(key.clone()).await.unwrap();
         writer
@@ -368,5 +849,89 @@ mod tests {
         assert_eq!(BlobKey::parse(key.as_str()).unwrap(), key);
         assert!(BlobKey::parse("instances/../etc/passwd").is_err());
         assert!(BlobKey::parse("1.2.840.1/abc").is_err());
+        assert!(matches!(
+            backend_from_url("ftp://x/y", &[]),
+            Err(StoreError::UnsupportedUrl(_))
+        ));
+        assert!(matches!(
+            backend_from_url("file://relative", &[]),
+            Err(StoreError::UnsupportedUrl(_))
+        ));
+    }
+
+    /// An object store that counts the bytes reads return.
+    mod async_trait_free {
+        use super::*;
+        use futures_util::stream::BoxStream;
+        use object_store::{
+            GetResult, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions, PutOptions,
+            PutPayload, PutResult,
+        };
+
+        #[derive(Debug)]
+        pub struct CountingStore {
+            pub inner: Arc<dyn ObjectStore>,
+            pub fetched: AtomicU64,
+        }
+
+        impl std::fmt::Display for CountingStore {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "CountingStore")
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl ObjectStore for CountingStore {
+            async fn put_opts(
+                &self,
+                location: &ObjectPath,
+                payload: PutPayload,
+                opts: PutOptions,
+            ) -> object_store::Result<PutResult> {
+                self.inner.put_opts(location, payload, opts).await
+            }
+            async fn put_multipart_opts(
+                &self,
+                location: &ObjectPath,
+                opts: PutMultipartOptions,
+            ) -> object_store::Result<Box<dyn MultipartUpload>> {
+                self.inner.put_multipart_opts(location, opts).await
+            }
+            async fn get_opts(
+                &self,
+                location: &ObjectPath,
+                options: GetOptions,
+            ) -> object_store::Result<GetResult> {
+                let result = self.inner.get_opts(location, options).await?;
+                self.fetched
+                    .fetch_add(result.range.end - result.range.start, Ordering::SeqCst);
+                Ok(result)
+            }
+            async fn delete(&self, location: &ObjectPath) -> object_store::Result<()> {
+                self.inner.delete(location).await
+            }
+            fn list(
+                &self,
+                prefix: Option<&ObjectPath>,
+            ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+                self.inner.list(prefix)
+            }
+            async fn list_with_delimiter(
+                &self,
+                prefix: Option<&ObjectPath>,
+            ) -> object_store::Result<ListResult> {
+                self.inner.list_with_delimiter(prefix).await
+            }
+            async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+                self.inner.copy(from, to).await
+            }
+            async fn copy_if_not_exists(
+                &self,
+                from: &ObjectPath,
+                to: &ObjectPath,
+            ) -> object_store::Result<()> {
+                self.inner.copy_if_not_exists(from, to).await
+            }
+        }
     }
 }

@@ -1,0 +1,25 @@
+-- Tenant key-encryption keys, wrapped by the master key. The unwrapped keys only
+-- ever exist in the server's memory. Shredding a tenant deletes `wrapped_key`:
+-- what it protected can never be read again.
+CREATE TABLE tenant_keys (
+    tenant TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('active', 'retired', 'shredded')),
+    wrapped_key BLOB,
+    created_at TEXT NOT NULL,
+    changed_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, version)
+);
+-- At most one active key per tenant.
+CREATE UNIQUE INDEX tenant_keys_one_active ON tenant_keys (tenant) WHERE state = 'active';
+
+-- Key operations (creation, rotation, shredding), append-only. Folded into the
+-- hash-chained audit trail when that lands.
+CREATE TABLE key_events (
+    event_pk INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    action TEXT NOT NULL,
+    key_version INTEGER,
+    detail TEXT
+);

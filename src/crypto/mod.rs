@@ -1,0 +1,33 @@
+//! Envelope encryption: the key hierarchy (master → tenant → data key) and the
+//! chunked authenticated blob format. Pure computation with `ring`: no network,
+//! database or files — key material comes in through [`KeyProvider`] and the
+//! tenant key loader the application injects.
+
+pub mod format;
+pub mod keyring;
+pub mod keys;
+
+pub use format::{Layout, Opener, Sealer, SEGMENT_SIZE};
+pub use keyring::{KeyId, KeyRing, TenantKeyLoader, TenantKeyRecord, TenantKeyState};
+pub use keys::{KeyProvider, LocalMasterKey, SecretKey};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum CryptoError {
+    /// Authentication failed: the object was modified, truncated, reordered, swapped
+    /// or encrypted under another key.
+    #[error("integrity check failed: {0}")]
+    Integrity(&'static str),
+    #[error("not an encrypted Kastell object: {0}")]
+    Format(&'static str),
+    #[error("unknown key {0}")]
+    UnknownKey(String),
+    /// The tenant key was destroyed (crypto-shredding): the data is gone for good.
+    #[error("key {0} was shredded")]
+    Shredded(String),
+    #[error("invalid key material: {0}")]
+    KeyMaterial(&'static str),
+    #[error("key store error: {0}")]
+    KeyStore(String),
+    #[error("the system random generator failed")]
+    Random,
+}

@@ -1,0 +1,138 @@
+//! Persistence of wrapped tenant keys and the log of key operations. The index
+//! stores key material only as the opaque wrapped bytes it is given.
+
+use diesel::sql_types::{BigInt, Binary, Nullable, Text};
+use diesel::{QueryableByName, RunQueryDsl};
+
+use super::sql::Bind;
+use super::{boxed, now, Index, IndexError};
+
+/// A stored tenant key: wrapped bytes (`None` once shredded) and its state.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct StoredTenantKey {
+    #[diesel(sql_type = Text)]
+    pub tenant: String,
+    #[diesel(sql_type = BigInt)]
+    pub version: i64,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub wrapped_key: Option<Vec<u8>>,
+}
+
+/// One key operation.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct KeyEvent {
+    #[diesel(sql_type = Text)]
+    pub at: String,
+    #[diesel(sql_type = Text)]
+    pub tenant: String,
+    #[diesel(sql_type = Text)]
+    pub action: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub key_version: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub detail: Option<String>,
+}
+
+impl Index {
+    pub fn tenant_keys(&self, tenant: &str) -> Result<Vec<StoredTenantKey>, IndexError> {
+        let mut conn = self.conn()?;
+        Ok(boxed(
+            "SELECT tenant, version, state, wrapped_key FROM tenant_keys WHERE tenant = ? ORDER BY version",
+            &[Bind::Text(tenant.to_string())],
+        )
+        .load::<StoredTenantKey>(&mut conn)?)
+    }
+
+    /// Adds a new active version, retiring the previous one, in one transaction.
+    pub fn add_active_tenant_key(
+        &self,
+        tenant: &str,
+        version: i64,
+        wrapped: &[u8],
+    ) -> Result<(), IndexError> {
+        let mut conn = self.conn()?;
+        conn.immediate_transaction(|conn| {
+            let at = now();
+            boxed(
+                "UPDATE tenant_keys SET state = 'retired', changed_at = ? WHERE tenant = ? AND state = 'active'",
+                &[Bind::Text(at.clone()), Bind::Text(tenant.to_string())],
+            )
+            .execute(conn)?;
+            diesel::sql_query(
+                "INSERT INTO tenant_keys (tenant, version, state, wrapped_key, created_at, changed_at) \
+                 VALUES (?, ?, 'active', ?, ?, ?)",
+            )
+            .bind::<Text, _>(tenant)
+            .bind::<BigInt, _>(version)
+            .bind::<Binary, _>(wrapped)
+            .bind::<Text, _>(&at)
+            .bind::<Text, _>(&at)
+            .execute(conn)?;
+            record_event(conn, tenant, if version == 1 { "key-created" } else { "key-rotated" }, Some(version), None)
+        })
+    }
+
+    /// Destroys every key of a tenant (crypto-shredding).
+    pub fn shred_tenant_keys(&self, tenant: &str) -> Result<usize, IndexError> {
+        let mut conn = self.conn()?;
+        conn.immediate_transaction(|conn| {
+            let shredded = boxed(
+                "UPDATE tenant_keys SET state = 'shredded', wrapped_key = NULL, changed_at = ? \
+                 WHERE tenant = ? AND state <> 'shredded'",
+                &[Bind::Text(now()), Bind::Text(tenant.to_string())],
+            )
+            .execute(conn)?;
+            record_event(
+                conn,
+                tenant,
+                "keys-shredded",
+                None,
+                Some(format!("{shredded} key versions destroyed")),
+            )?;
+            Ok(shredded)
+        })
+    }
+
+    /// Appends a key operation to the log.
+    pub fn record_key_event(
+        &self,
+        tenant: &str,
+        action: &str,
+        detail: Option<String>,
+    ) -> Result<(), IndexError> {
+        let mut conn = self.conn()?;
+        record_event(&mut conn, tenant, action, None, detail)
+    }
+
+    pub fn key_events(&self, tenant: &str) -> Result<Vec<KeyEvent>, IndexError> {
+        let mut conn = self.conn()?;
+        Ok(boxed(
+            "SELECT at, tenant, action, key_version, detail FROM key_events WHERE tenant = ? ORDER BY event_pk",
+            &[Bind::Text(tenant.to_string())],
+        )
+        .load::<KeyEvent>(&mut conn)?)
+    }
+}
+
+fn record_event(
+    conn: &mut diesel::SqliteConnection,
+    tenant: &str,
+    action: &str,
+    version: Option<i64>,
+    detail: Option<String>,
+) -> Result<(), IndexError> {
+    boxed(
+        "INSERT INTO key_events (at, tenant, action, key_version, detail) VALUES (?, ?, ?, ?, ?)",
+        &[
+            Bind::Text(now()),
+            Bind::Text(tenant.to_string()),
+            Bind::Text(action.to_string()),
+            Bind::NullableInt(version),
+            Bind::NullableText(detail),
+        ],
+    )
+    .execute(conn)?;
+    Ok(())
+}
