@@ -136,8 +136,19 @@ pub fn key_ring(config: &Config, index: &Index) -> anyhow::Result<Arc<KeyRing>> 
         master_key(config)?,
         Arc::new(IndexKeyLoader(index.clone())),
     ));
-    ring.ensure_tenant(&config.keys.default_tenant)
-        .with_context(|| format!("preparing the key of tenant {}", config.keys.default_tenant))?;
+    match ring.ensure_tenant(&config.keys.default_tenant) {
+        Ok(_) => {}
+        // A shredded tenant stays shredded: serve 410 for its data, store nothing new.
+        Err(CryptoError::Shredded(_)) => tracing::warn!(
+            tenant = %config.keys.default_tenant,
+            "the keys of this tenant were shredded: its images answer 410 Gone and nothing new can be stored"
+        ),
+        Err(error) => {
+            return Err(anyhow::Error::new(error)).with_context(|| {
+                format!("preparing the key of tenant {}", config.keys.default_tenant)
+            })
+        }
+    }
     Ok(ring)
 }
 
@@ -247,4 +258,123 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "kastell is serving"
     );
     server.run().await.context("running the HTTP server")
+}
+
+/// What `kastell keys rotate` did.
+#[derive(Debug)]
+pub struct RotationReport {
+    pub new_key: KeyId,
+    pub rewrapped: usize,
+    pub already_current: usize,
+    pub failed: Vec<(String, String)>,
+}
+
+/// Makes a new tenant key version and re-wraps the data key of every object of the
+/// tenant under it (new headers, the same encrypted segments).
+pub async fn rotate_tenant_key(config: &Config, tenant: &str) -> anyhow::Result<RotationReport> {
+    let services = build_services(config)?;
+    let store = services.store.for_tenant(tenant);
+    let new_key = store.keys().rotate(tenant)?;
+    let blobs = services.index.all_blobs()?;
+    let mut report = RotationReport {
+        new_key,
+        rewrapped: 0,
+        already_current: 0,
+        failed: Vec::new(),
+    };
+    for (name, _) in blobs {
+        let outcome = match crate::store::BlobKey::parse(&name) {
+            Ok(key) => store.rewrap(&key).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(true) => report.rewrapped += 1,
+            Ok(false) => report.already_current += 1,
+            Err(error) => report.failed.push((name, error)),
+        }
+    }
+    services.index.record_key_event(
+        tenant,
+        "data-keys-rewrapped",
+        Some(format!(
+            "{} re-wrapped under {}, {} failed",
+            report.rewrapped,
+            report.new_key,
+            report.failed.len()
+        )),
+    )?;
+    Ok(report)
+}
+
+/// Destroys every key of a tenant: its objects can never be read again.
+pub fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<()> {
+    let index = open_index(config)?;
+    let ring = KeyRing::new(master_key(config)?, Arc::new(IndexKeyLoader(index)));
+    ring.shred(tenant)?;
+    Ok(())
+}
+
+/// What `kastell verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub failed: Vec<(String, String)>,
+    pub orphans: Vec<String>,
+}
+
+/// Decrypts every indexed blob end to end, and lists blobs no index row references.
+pub async fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
+    use futures_util::StreamExt;
+    let services = build_services(config)?;
+    let blobs = services.index.all_blobs()?;
+    let mut report = VerifyReport::default();
+    let mut indexed = std::collections::HashSet::new();
+    for (name, size) in blobs {
+        indexed.insert(name.clone());
+        report.checked += 1;
+        let key = match crate::store::BlobKey::parse(&name) {
+            Ok(key) => key,
+            Err(e) => {
+                report.failed.push((name, e.to_string()));
+                continue;
+            }
+        };
+        let result = async {
+            let mut stream = services.store.read_stream(&key).await?;
+            let mut total = 0u64;
+            while let Some(chunk) = stream.next().await {
+                total += chunk?.len() as u64;
+            }
+            Ok::<u64, crate::store::StoreError>(total)
+        }
+        .await;
+        match result {
+            Ok(total) if total == size as u64 => {}
+            Ok(total) => report
+                .failed
+                .push((name, format!("{total} bytes, the index says {size}"))),
+            Err(error) => report.failed.push((name, error.to_string())),
+        }
+    }
+    for key in services
+        .store
+        .instance_keys_older_than(Duration::ZERO)
+        .await?
+    {
+        if !indexed.contains(key.as_str()) {
+            report.orphans.push(key.as_str().to_string());
+        }
+    }
+    Ok(report)
+}
+
+fn open_index(config: &Config) -> anyhow::Result<Index> {
+    Ok(Index::open(
+        &config.effective_index_url(),
+        IndexOptions {
+            pool_size: 2,
+            busy_timeout: Duration::from_millis(config.index.busy_timeout_ms),
+            acquire_timeout: Duration::from_millis(config.index.acquire_timeout_ms),
+        },
+    )?)
 }

@@ -24,6 +24,36 @@ enum Command {
     Migrate(CommonArgs),
     /// Print the effective configuration, secrets redacted.
     Config(ServeArgs),
+    /// Manage tenant keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Decrypt every indexed blob end to end and report failures and orphaned blobs.
+    Verify(CommonArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Make a new key version for a tenant and re-wrap its data keys (images are not
+    /// re-encrypted); older versions stay readable.
+    Rotate {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Destroy every key of a tenant: its images become unreadable for good
+    /// (crypto-shredding, the GDPR erasure path). Asks for --yes.
+    Shred {
+        #[arg(long)]
+        tenant: String,
+        /// Confirm that the data is to be destroyed.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -71,6 +101,12 @@ fn merge(outer: &CommonArgs, inner: &CommonArgs) -> CommonArgs {
     }
 }
 
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
@@ -96,6 +132,70 @@ fn main() -> anyhow::Result<()> {
             let config = load(&merge(&cli.common, &args.common), args.listen)?;
             print!("{}", config.to_redacted_toml());
             Ok(())
+        }
+        Command::Keys {
+            action: KeysAction::Rotate { tenant, common },
+        } => {
+            let config = load(&merge(&cli.common, &common), None)?;
+            kastell::telemetry::init(&config.log);
+            let report =
+                tokio_runtime()?.block_on(kastell::app::rotate_tenant_key(&config, &tenant))?;
+            println!(
+                "tenant {tenant}: new key {}; {} data keys re-wrapped, {} already current, {} failed",
+                report.new_key,
+                report.rewrapped,
+                report.already_current,
+                report.failed.len()
+            );
+            for (blob, error) in &report.failed {
+                println!("  failed {blob}: {error}");
+            }
+            if report.failed.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("some data keys were not re-wrapped; run the rotation again")
+            }
+        }
+        Command::Keys {
+            action:
+                KeysAction::Shred {
+                    tenant,
+                    yes,
+                    common,
+                },
+        } => {
+            let config = load(&merge(&cli.common, &common), None)?;
+            kastell::telemetry::init(&config.log);
+            if !yes {
+                anyhow::bail!(
+                    "shredding destroys every image of tenant {tenant} for good; repeat with --yes"
+                );
+            }
+            kastell::app::shred_tenant(&config, &tenant)?;
+            println!("tenant {tenant}: every key destroyed; its images can no longer be read");
+            Ok(())
+        }
+        Command::Verify(args) => {
+            let config = load(&merge(&cli.common, &args), None)?;
+            kastell::telemetry::init(&config.log);
+            let report = tokio_runtime()?.block_on(kastell::app::verify(&config))?;
+            println!(
+                "{} indexed blobs checked, {} failed, {} orphaned blobs",
+                report.checked,
+                report.failed.len(),
+                report.orphans.len()
+            );
+            for (blob, error) in &report.failed {
+                println!("  FAILED {blob}: {error}");
+            }
+            for blob in &report.orphans {
+                println!("  orphan {blob} (no index row references it)");
+            }
+            if report.failed.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("{} blobs failed verification", report.failed.len())
+            }
         }
     }
 }

@@ -117,25 +117,34 @@ async fn retrieve(
     }
 
     let boundary = new_boundary();
-    let parts: BoxStream<'static, Result<OutgoingPart, StoreError>> = stream::iter(plan)
-        .then(move |(instance, representation)| {
-            let services = services.clone();
-            let base_url = base_url.clone();
-            async move {
-                let body = wado::instance_body(&services, &instance, representation)
-                    .await
-                    .map_err(to_store_error)?;
-                Ok(OutgoingPart {
-                    content_type: format!(
-                        "application/dicom; transfer-syntax={}",
-                        wado::syntax_of(&instance, representation)
-                    ),
-                    content_location: Some(wado::instance_url(&base_url, &instance)),
-                    body,
-                })
-            }
-        })
-        .boxed();
+    let part = |instance: &StoredInstance, representation, base_url: &str, body| OutgoingPart {
+        content_type: format!(
+            "application/dicom; transfer-syntax={}",
+            wado::syntax_of(instance, representation)
+        ),
+        content_location: Some(wado::instance_url(base_url, instance)),
+        body,
+    };
+    // The first part is opened before answering, so a missing or damaged object
+    // gets a proper status instead of a broken stream.
+    let mut plan = plan.into_iter();
+    let (first, first_representation) = plan.next().expect("located at least one");
+    let first_body = wado::instance_body(&services, &first, first_representation).await?;
+    let first_part = part(&first, first_representation, &base_url, first_body);
+    let rest = stream::iter(plan).then(move |(instance, representation)| {
+        let services = services.clone();
+        let base_url = base_url.clone();
+        async move {
+            let body = wado::instance_body(&services, &instance, representation)
+                .await
+                .map_err(to_store_error)?;
+            Ok(part(&instance, representation, &base_url, body))
+        }
+    });
+    let parts: BoxStream<'static, Result<OutgoingPart, StoreError>> =
+        stream::once(async move { Ok(first_part) })
+            .chain(rest)
+            .boxed();
     Ok(HttpResponse::Ok()
         .content_type(format!(
             "multipart/related; type=\"application/dicom\"; boundary={boundary}"
@@ -207,8 +216,12 @@ async fn metadata(
     let instances = wado::locate(&state.services, scope).await?;
     let base_url = state.base_url(&request);
     // One JSON array, written as each instance's metadata arrives.
-    let items = wado::metadata_stream(state.services.clone(), instances, base_url);
-    let body = items
+    let mut items = wado::metadata_stream(state.services.clone(), instances, base_url);
+    // The first item is produced before answering, so an unreadable object gets a
+    // status (410, 500) rather than a cut-off array.
+    let first = items.next().await.expect("located at least one")?;
+    let body = stream::once(async move { Ok(first) })
+        .chain(items)
         .enumerate()
         .map(|(i, item)| {
             let item = item.map_err(to_store_error)?;

@@ -439,6 +439,26 @@ impl Index {
         Ok(boxed(sql.sql(), sql.binds()).load::<StoredInstance>(&mut conn)?)
     }
 
+    /// Every indexed blob with its plaintext size, in index order.
+    pub fn all_blobs(&self) -> Result<Vec<(String, i64)>, IndexError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            blob_key: String,
+            #[diesel(sql_type = BigInt)]
+            blob_size: i64,
+        }
+        let mut conn = self.conn()?;
+        Ok(boxed(
+            "SELECT blob_key, blob_size FROM instances ORDER BY instance_pk",
+            &[],
+        )
+        .load::<Row>(&mut conn)?
+        .into_iter()
+        .map(|r| (r.blob_key, r.blob_size))
+        .collect())
+    }
+
     /// Which of `keys` the index references.
     pub fn referenced_blob_keys(&self, keys: &[String]) -> Result<HashSet<String>, IndexError> {
         let mut conn = self.conn()?;

@@ -82,7 +82,14 @@ pub async fn instance_body(
     if representation == Representation::AsStored
         || instance.transfer_syntax_uid == transfer_syntax::EXPLICIT_VR_LE
     {
-        return Ok(services.store.read_stream(&key).await?);
+        // Decrypt the first segment now: a damaged object fails here, with a
+        // status, rather than after the response has started.
+        let mut stream = services.store.read_stream(&key).await?;
+        return Ok(match stream.next().await {
+            Some(Ok(first)) => stream::once(async move { Ok(first) }).chain(stream).boxed(),
+            Some(Err(error)) => return Err(error.into()),
+            None => stream::empty().boxed(),
+        });
     }
     // Re-encoding needs the whole object; this holds one instance, never a study.
     let file = services.store.read_all(&key).await?;

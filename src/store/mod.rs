@@ -252,6 +252,18 @@ impl BlobStore {
         }
     }
 
+    /// The same store, encrypting under another tenant's key.
+    pub fn for_tenant(&self, tenant: &str) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            ..self.clone()
+        }
+    }
+
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
     /// Starts a streamed, encrypted upload. Dropping the writer without `finish`
     /// aborts it.
     pub async fn writer(&self, key: BlobKey) -> Result<BlobWriter, StoreError> {
@@ -450,11 +462,12 @@ impl BlobStore {
         };
         let header = Header::decode(&bytes)?
             .ok_or(StoreError::Integrity("the object header is truncated"))?;
+        let old_id = KeyId::parse(&header.key_id)?;
         let (active_id, active_key) = self.keys.active(&self.tenant)?;
-        if header.key_id == active_id.to_string() {
+        if old_id == active_id || old_id.tenant != self.tenant {
             return Ok(false);
         }
-        let old_key = self.keys.key(&KeyId::parse(&header.key_id)?)?;
+        let old_key = self.keys.key(&old_id)?;
         let prefix =
             Header::authenticated_prefix(header.segment_size, &header.object_id, &header.key_id);
         let data_key = self.checked(

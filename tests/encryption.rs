@@ -1,0 +1,299 @@
+//! The encrypted blob layer seen from outside: what lands on disk, tampering,
+//! key rotation, crypto-shredding, `kastell verify`, and master key handling.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn kastell(args: &[&str], data_dir: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kastell"));
+    command
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run kastell");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+fn blob_bytes(server: &Server) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    server
+        .blob_files()
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+fn retrieve(server: &Server, path: &str) -> reqwest::blocking::Response {
+    client()
+        .get(server.url(path))
+        .header(
+            "Accept",
+            "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
+        )
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn disk_holds_only_ciphertext_under_opaque_names() {
+    let server = Server::start();
+    let mut spec = Spec::new(
+        "1.2.826.0.1.3680043.9.7777.1",
+        "1.2.826.0.1.3680043.9.7777.1.1",
+        "1.2.826.0.1.3680043.9.7777.1.1.1",
+    );
+    spec.patient_name = "Sovereign^Sophie".into();
+    spec.patient_id = "PATIENT-4242".into();
+    assert_eq!(store(&server, "/studies", &[dicom_file(&spec)]).0, 200);
+    let blobs = blob_bytes(&server);
+    assert_eq!(blobs.len(), 1);
+    for (path, bytes) in blobs {
+        let name = path.to_string_lossy().to_string();
+        for secret in [
+            &spec.study,
+            &spec.series,
+            &spec.instance,
+            &spec.patient_id,
+            &"Sovereign".to_string(),
+        ] {
+            assert!(
+                !name.contains(secret.as_str()),
+                "{secret} in the object name {name}"
+            );
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} in plaintext on disk"
+            );
+        }
+        assert!(
+            !bytes.windows(4).any(|w| w == b"DICM"),
+            "a DICOM preamble on disk"
+        );
+        assert_eq!(&bytes[..4], b"KSTL");
+    }
+}
+
+#[test]
+fn a_tampered_object_never_yields_its_data() {
+    let server = Server::start();
+    let spec = Spec::new("5.1", "5.1.1", "5.1.1.1");
+    assert_eq!(store(&server, "/studies", &[dicom_file(&spec)]).0, 200);
+    let (path, mut bytes) = blob_bytes(&server).pop().unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x04;
+    std::fs::write(&path, bytes).unwrap();
+    for resource in [
+        "/studies/5.1",
+        "/studies/5.1/series/5.1.1/instances/5.1.1.1",
+        "/studies/5.1/series/5.1.1/instances/5.1.1.1/metadata",
+    ] {
+        let response = client().get(server.url(resource)).send().unwrap();
+        assert_eq!(response.status().as_u16(), 500, "{resource}");
+        let body = response.text().unwrap();
+        assert!(body.contains("integrity"), "{resource}: {body}");
+    }
+    // verify names it.
+    let (ok, out) = kastell(&["verify"], &server.data_dir, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("1 failed"), "{out}");
+}
+
+#[test]
+fn rotation_rewraps_and_keeps_everything_readable() {
+    let server = Server::start();
+    let first = dicom_file(&Spec::new("6.1", "6.1.1", "6.1.1.1"));
+    assert_eq!(
+        store(&server, "/studies", std::slice::from_ref(&first)).0,
+        200
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::rename(&server.data_dir, &data).unwrap();
+    drop(server);
+    let before: Vec<u8> = std::fs::read_dir(data.join("blobs/instances"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .next()
+        .unwrap();
+    let (ok, out) = kastell(&["keys", "rotate", "--tenant", "default"], &data, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("new key default/2; 1 data keys re-wrapped"),
+        "{out}"
+    );
+    let server = Server::spawn(&data, &[]);
+    let (_, after) = blob_bytes(&server).pop().unwrap();
+    assert!(
+        after.windows(9).any(|w| w == b"default/2"),
+        "the header names the new key"
+    );
+    assert_eq!(before.len(), after.len());
+    assert_eq!(
+        before[before.len() - 200..],
+        after[after.len() - 200..],
+        "segments are not re-encrypted"
+    );
+    let response = client()
+        .get(server.url("/studies/6.1/series/6.1.1/instances/6.1.1.1"))
+        .header("Accept", "application/dicom")
+        .send()
+        .unwrap();
+    assert_eq!(response.bytes().unwrap().to_vec(), first);
+    // New objects go under the new key, old and new both read.
+    assert_eq!(
+        store(
+            &server,
+            "/studies",
+            &[dicom_file(&Spec::new("6.1", "6.1.1", "6.1.1.2"))]
+        )
+        .0,
+        200
+    );
+    assert_eq!(retrieve(&server, "/studies/6.1").status().as_u16(), 200);
+}
+
+#[test]
+fn shredding_a_tenant_makes_its_images_gone() {
+    let server = Server::start();
+    assert_eq!(
+        store(
+            &server,
+            "/studies",
+            &[dicom_file(&Spec::new("7.1", "7.1.1", "7.1.1.1"))]
+        )
+        .0,
+        200
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::rename(&server.data_dir, &data).unwrap();
+    drop(server);
+    let (ok, out) = kastell(&["keys", "shred", "--tenant", "default"], &data, &[]);
+    assert!(
+        !ok && out.contains("--yes"),
+        "shredding needs confirmation: {out}"
+    );
+    let (ok, out) = kastell(
+        &["keys", "shred", "--tenant", "default", "--yes"],
+        &data,
+        &[],
+    );
+    assert!(ok, "{out}");
+    let server = Server::spawn(&data, &[]);
+    for resource in [
+        "/studies/7.1",
+        "/studies/7.1/series/7.1.1/instances/7.1.1.1/metadata",
+    ] {
+        let response = client().get(server.url(resource)).send().unwrap();
+        assert_eq!(response.status().as_u16(), 410, "{resource}");
+    }
+    let bulk = client()
+        .get(server.url("/studies/7.1/series/7.1.1/instances/7.1.1.1/bulkdata/7FE00010"))
+        .send()
+        .unwrap();
+    assert_eq!(bulk.status().as_u16(), 410);
+    // Search still answers (the index keeps the UIDs so retrieval can say 410).
+    let search = client()
+        .get(server.url("/studies?StudyInstanceUID=7.1"))
+        .send()
+        .unwrap();
+    assert_eq!(search.status().as_u16(), 200);
+}
+
+#[test]
+fn verify_reports_orphans_and_passes_on_a_healthy_store() {
+    let server = Server::start();
+    assert_eq!(
+        store(
+            &server,
+            "/studies",
+            &[
+                dicom_file(&Spec::new("8.1", "8.1.1", "8.1.1.1")),
+                dicom_file(&Spec::new("8.1", "8.1.1", "8.1.1.2"))
+            ]
+        )
+        .0,
+        200
+    );
+    let (ok, out) = kastell(&["verify"], &server.data_dir, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("2 indexed blobs checked, 0 failed, 0 orphaned"),
+        "{out}"
+    );
+    std::fs::write(
+        server
+            .data_dir
+            .join("blobs/instances/00000000000000000000000000000001"),
+        b"stray",
+    )
+    .unwrap();
+    let (ok, out) = kastell(&["verify"], &server.data_dir, &[]);
+    assert!(ok, "orphans are reported, not fatal: {out}");
+    assert!(
+        out.contains("1 orphaned")
+            && out.contains("orphan instances/00000000000000000000000000000001"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_master_key_guards_everything() {
+    let key_a = "MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE="; // 32 × '1'
+    let key_b = "MjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjI="; // 32 × '2'
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let server = Server::spawn(&data, &[("KASTELL__KEYS__MASTER_KEY", key_a)]);
+        assert_eq!(
+            store(
+                &server,
+                "/studies",
+                &[dicom_file(&Spec::new("9.1", "9.1.1", "9.1.1.1"))]
+            )
+            .0,
+            200
+        );
+        assert!(
+            !data.join("development-master.key").exists(),
+            "no development key when one is configured"
+        );
+    }
+    // The wrong master key cannot open the tenant key: the server refuses to start.
+    let (ok, out) = kastell(&["verify"], &data, &[("KASTELL__KEYS__MASTER_KEY", key_b)]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("tenant"), "{out}");
+    // A key file works like the variable.
+    let key_file = dir.path().join("master.key");
+    std::fs::write(&key_file, key_a).unwrap();
+    let (ok, out) = kastell(
+        &["verify"],
+        &data,
+        &[("KASTELL__KEYS__MASTER_KEY_FILE", key_file.to_str().unwrap())],
+    );
+    assert!(ok, "{out}");
+    // A non-embedded blob store never gets a generated key.
+    let (ok, out) = kastell(
+        &["verify", "--blob-url", "memory://"],
+        &dir.path().join("other"),
+        &[],
+    );
+    assert!(!ok && out.contains("no master key"), "{out}");
+}
