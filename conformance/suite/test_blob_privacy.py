@@ -39,6 +39,7 @@ MIN_NAME_NEEDLE = 3
 # bytes: ciphertext is random, and with N bytes stored a needle of L bytes turns
 # up by chance about N / 256**L times (for the ~0.8 MB fixture set: ~5% for a
 # 3-byte needle, ~7e-7 for a 5-byte one).  Every UID is far longer than this.
+# DICM is looked for all the same: a false alarm on ciphertext is ~2e-4 per run.
 MIN_BYTES_NEEDLE = 5
 MAX_REPORTED = 25
 
@@ -61,6 +62,11 @@ def _split(url: str) -> tuple[str, str, str]:
     """scheme, bucket/container (netloc), prefix without leading slash."""
     p = urlsplit(url)
     return p.scheme.lower(), p.netloc, unquote(p.path).lstrip("/")
+
+
+def _without_prefix(url: str) -> str:
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc}/"
 
 
 def _read_file(url: str) -> list[tuple[str, bytes]]:
@@ -189,9 +195,17 @@ def test_blob_store_holds_the_stored_instances(blob_objects, stored):
     """Precondition of the two tests below: the objects read are the stored ones."""
     accepted = _accepted_sop_uids(stored)
     assert accepted, "the session fixture stored nothing (see test_fixture_set_stored)"
+    url = _blob_url()
+    scheme, _, prefix = _split(url)
+    hint = ""
+    if not blob_objects and scheme != "file" and prefix:
+        # Did the server write beside its prefix (e.g. at the bucket's root)?
+        names = [name for name, _ in READERS[scheme](_without_prefix(url))]
+        if names:
+            hint = (f"; the bucket/container holds {len(names)} objects outside the prefix "
+                    f"{prefix!r}, e.g. {names[:3]}: the server ignored the URL's path")
     assert len(blob_objects) >= len(accepted), (
-        f"{len(blob_objects)} objects in the blob store for {len(accepted)} stored instances: "
-        f"is the test reading the server's store ({_blob_url()})?")
+        f"{len(blob_objects)} objects under {url} for {len(accepted)} stored instances{hint}")
 
 
 def test_object_names_carry_no_identifiers(blob_objects, manifest):

@@ -128,11 +128,17 @@ fn aad(object_id: &[u8; 16], index: u64, last: bool) -> [u8; 25] {
 }
 
 /// Encrypts a stream: feed plaintext in any pieces, take sealed segments out.
+///
+/// Output comes as pieces to be written in order (each segment's ciphertext, then
+/// its tag). Owned input is encrypted in place: whole segments of it are never
+/// copied.
 pub struct Sealer {
     key: LessSafeKey,
     object_id: [u8; 16],
     segment_size: usize,
-    buffer: BytesMut,
+    /// The segment being filled, or a full one waiting to learn whether it is the
+    /// last (the final flag is part of its associated data).
+    pending: Option<BytesMut>,
     index: u64,
 }
 
@@ -142,16 +148,12 @@ impl Sealer {
             key: data_key.aead(),
             object_id,
             segment_size: segment_size as usize,
-            buffer: BytesMut::with_capacity(segment_size as usize + TAG_LEN as usize),
+            pending: None,
             index: 0,
         }
     }
 
-    fn seal_buffer(&mut self, last: bool) -> Bytes {
-        let mut segment = std::mem::replace(
-            &mut self.buffer,
-            BytesMut::with_capacity(self.segment_size + TAG_LEN as usize),
-        );
+    fn seal(&mut self, mut segment: BytesMut, last: bool, out: &mut Vec<Bytes>) {
         let tag = self
             .key
             .seal_in_place_separate_tag(
@@ -160,30 +162,43 @@ impl Sealer {
                 &mut segment,
             )
             .expect("sealing a segment cannot fail");
-        segment.extend_from_slice(tag.as_ref());
         self.index += 1;
-        segment.freeze()
+        out.push(segment.freeze());
+        out.push(Bytes::copy_from_slice(tag.as_ref()));
     }
 
-    /// Adds plaintext; returns the segments completed by it. A full segment is only
-    /// sealed once more data arrives, because the last segment is flagged final.
-    pub fn push(&mut self, mut plaintext: &[u8]) -> Vec<Bytes> {
-        let mut sealed = Vec::new();
-        while !plaintext.is_empty() {
-            if self.buffer.len() == self.segment_size {
-                sealed.push(self.seal_buffer(false));
+    /// Adds plaintext it may encrypt in place; returns the pieces completed by it.
+    pub fn push_owned(&mut self, mut chunk: BytesMut) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        if let Some(pending) = self.pending.as_mut() {
+            if pending.len() < self.segment_size {
+                let take = (self.segment_size - pending.len()).min(chunk.len());
+                pending.extend_from_slice(&chunk[..take]);
+                let _ = chunk.split_to(take);
             }
-            let room = self.segment_size - self.buffer.len();
-            let take = room.min(plaintext.len());
-            self.buffer.extend_from_slice(&plaintext[..take]);
-            plaintext = &plaintext[take..];
         }
-        sealed
+        while !chunk.is_empty() {
+            // More data follows, so the pending (full) segment is not the last.
+            if let Some(full) = self.pending.take() {
+                self.seal(full, false, &mut out);
+            }
+            let take = self.segment_size.min(chunk.len());
+            self.pending = Some(chunk.split_to(take));
+        }
+        out
+    }
+
+    /// Adds plaintext (copied once).
+    pub fn push(&mut self, plaintext: &[u8]) -> Vec<Bytes> {
+        self.push_owned(BytesMut::from(plaintext))
     }
 
     /// Seals the final segment.
-    pub fn finish(mut self) -> Bytes {
-        self.seal_buffer(true)
+    pub fn finish(mut self) -> Vec<Bytes> {
+        let last = self.pending.take().unwrap_or_default();
+        let mut out = Vec::with_capacity(2);
+        self.seal(last, true, &mut out);
+        out
     }
 }
 
@@ -266,6 +281,29 @@ impl Opener {
         &self.layout
     }
 
+    /// Decrypts one sealed segment in place (no copy): `segment` becomes its plaintext.
+    pub fn open_in_place(&self, index: u64, segment: &mut BytesMut) -> Result<(), CryptoError> {
+        if index >= self.layout.segments {
+            return Err(CryptoError::Integrity("more segments than the object has"));
+        }
+        let last = index == self.layout.segments - 1;
+        let full = (self.layout.segment_size + TAG_LEN) as usize;
+        if segment.len() < TAG_LEN as usize || (!last && segment.len() != full) {
+            return Err(CryptoError::Integrity("the object is truncated"));
+        }
+        let plain_len = self
+            .key
+            .open_in_place(
+                nonce(index),
+                Aad::from(aad(&self.object_id, index, last)),
+                segment,
+            )
+            .map_err(|_| CryptoError::Integrity("a segment failed authentication"))?
+            .len();
+        segment.truncate(plain_len);
+        Ok(())
+    }
+
     /// Decrypts consecutive sealed segments starting at `first`; `sealed` must hold
     /// whole segments. Returns their plaintext.
     pub fn open(&self, first: u64, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -313,7 +351,9 @@ pub(crate) mod tests {
                 out.extend_from_slice(&segment);
             }
         }
-        out.extend_from_slice(&sealer.finish());
+        for piece in sealer.finish() {
+            out.extend_from_slice(&piece);
+        }
         out
     }
 

@@ -199,7 +199,11 @@ pub fn backend_from_url(
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
     settings.extend(options.iter().cloned());
-    let (store, prefix) = object_store::parse_url_opts(&parsed, settings)?;
+    let (store, _) = object_store::parse_url_opts(&parsed, settings)?;
+    // The host is the bucket or container; the path is our prefix. (object_store's
+    // own split reads `az://` URLs as `az://account/container/...` and loses it.)
+    let prefix = ObjectPath::parse(parsed.path().trim_start_matches('/'))
+        .map_err(|_| StoreError::UnsupportedUrl(url.to_string()))?;
     let store: Arc<dyn ObjectStore> = Arc::from(store);
     if prefix.as_ref().is_empty() {
         Ok(store)
@@ -391,12 +395,9 @@ impl BlobStore {
                             }
                         }
                     }
-                    let sealed = buffer.split_to(need);
-                    let plain = store.checked(&key, opener.open(index, &sealed))?;
-                    Ok(Some((
-                        Bytes::from(plain),
-                        (inner, buffer, index + 1, opener),
-                    )))
+                    let mut segment = buffer.split_to(need);
+                    store.checked(&key, opener.open_in_place(index, &mut segment))?;
+                    Ok(Some((segment.freeze(), (inner, buffer, index + 1, opener))))
                 }
             },
         )
@@ -607,12 +608,16 @@ impl BlobWriter {
     /// (back-pressure: a slow backend slows the client rather than filling memory).
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         let sealer = self.sealer.as_mut().expect("writer used after finish");
-        let segments = sealer.push(&chunk);
         self.written += chunk.len() as u64;
+        // Encrypt in place when we own the only reference to the chunk.
+        let owned = chunk
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let pieces = sealer.push_owned(owned);
         let upload = self.upload.as_mut().expect("writer used after finish");
-        for segment in segments {
+        for piece in pieces {
             upload.wait_for_capacity(self.concurrency).await?;
-            upload.put(segment);
+            upload.put(piece);
         }
         Ok(())
     }
@@ -621,8 +626,9 @@ impl BlobWriter {
     /// plaintext size.
     pub async fn finish(mut self) -> Result<u64, StoreError> {
         let mut upload = self.upload.take().expect("writer finished twice");
-        let last = self.sealer.take().expect("writer finished twice").finish();
-        upload.put(last);
+        for piece in self.sealer.take().expect("writer finished twice").finish() {
+            upload.put(piece);
+        }
         upload.finish().await?;
         Ok(self.written)
     }

@@ -1,7 +1,9 @@
+# shellcheck shell=bash
 # Shared helpers of the emulator scripts in tests/backends/ (sourced, not run).
 # Every message goes to stderr: the start scripts print only `export` lines on
 # stdout, so that `eval "$(tests/backends/start_s3.sh)"` works.
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 backends_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-python3}"
 

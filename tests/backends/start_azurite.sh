@@ -15,6 +15,7 @@
 # they are missing.
 # Env: KASTELL_AZURE_CONTAINER (default kastell-test), KASTELL_NPM_CACHE.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 state="${1:-$(mktemp -d "${TMPDIR:-/tmp}/kastell-azurite.XXXXXX")}"
@@ -40,7 +41,7 @@ for attempt in 1 2 3; do # a free port can be taken between choosing and binding
     port="$(free_port)"
     if start_emulator "$state" azurite "http://127.0.0.1:$port/devstoreaccount1?comp=list" \
         "$azurite" --blobHost 127.0.0.1 --blobPort "$port" --location "$state/data" \
-        --skipApiVersionCheck --loose; then
+        --skipApiVersionCheck --loose --disableTelemetry; then
         started=1
         break
     fi

@@ -12,6 +12,7 @@
 # Installs moto[server] with pip when it is missing.
 # Env: KASTELL_S3_BUCKET (default kastell-test).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 state="${1:-$(mktemp -d "${TMPDIR:-/tmp}/kastell-s3.XXXXXX")}"

@@ -3,6 +3,7 @@
 # state dir:  tests/backends/stop.sh STATE_DIR   (KEEP_TMP=1 keeps the dir).
 # Safe to call twice, or on a dir whose emulator never started.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 state="${1:?usage: stop.sh STATE_DIR}"
