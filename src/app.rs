@@ -53,6 +53,16 @@ impl TenantKeyLoader for IndexKeyLoader {
             .map_err(|e| CryptoError::KeyStore(e.to_string()))
     }
 
+    fn retire(&self, id: &KeyId) -> Result<(), CryptoError> {
+        match self.0.retire_tenant_key(&id.tenant, id.version as i64) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(CryptoError::UnknownKey(format!(
+                "{id} is not a previous key version"
+            ))),
+            Err(e) => Err(CryptoError::KeyStore(e.to_string())),
+        }
+    }
+
     fn shred(&self, tenant: &str) -> Result<(), CryptoError> {
         self.0
             .shred_tenant_keys(tenant)
@@ -304,6 +314,32 @@ pub async fn rotate_tenant_key(config: &Config, tenant: &str) -> anyhow::Result<
         )),
     )?;
     Ok(report)
+}
+
+/// Destroys a superseded key version after checking that no indexed object's header
+/// still names it (a rotation re-wraps them all). Returns how many objects were checked.
+pub async fn retire_tenant_key(
+    config: &Config,
+    tenant: &str,
+    version: u32,
+) -> anyhow::Result<usize> {
+    let services = build_services(config)?;
+    let id = KeyId {
+        tenant: tenant.to_string(),
+        version,
+    };
+    let mut checked = 0;
+    for (name, _) in services.index.all_blobs()? {
+        let key = crate::store::BlobKey::parse(&name)?;
+        if services.store.key_id_of(&key).await? == id {
+            anyhow::bail!(
+                "blob {name} is still encrypted under {id}; run `kastell keys rotate` first"
+            );
+        }
+        checked += 1;
+    }
+    services.store.keys().retire(&id)?;
+    Ok(checked)
 }
 
 /// Destroys every key of a tenant: its objects can never be read again.

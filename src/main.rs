@@ -43,6 +43,15 @@ enum KeysAction {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Destroy one superseded key version once no object uses it any more.
+    Retire {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        version: u32,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
     /// Destroy every key of a tenant: its images become unreadable for good
     /// (crypto-shredding, the GDPR erasure path). Asks for --yes.
     Shred {
@@ -155,6 +164,21 @@ fn main() -> anyhow::Result<()> {
             } else {
                 anyhow::bail!("some data keys were not re-wrapped; run the rotation again")
             }
+        }
+        Command::Keys {
+            action:
+                KeysAction::Retire {
+                    tenant,
+                    version,
+                    common,
+                },
+        } => {
+            let config = load(&merge(&cli.common, &common), None)?;
+            kastell::telemetry::init(&config.log);
+            let checked = tokio_runtime()?
+                .block_on(kastell::app::retire_tenant_key(&config, &tenant, version))?;
+            println!("tenant {tenant}: key version {version} destroyed ({checked} objects checked, none used it)");
+            Ok(())
         }
         Command::Keys {
             action:

@@ -47,9 +47,11 @@ impl std::fmt::Display for KeyId {
 pub enum TenantKeyState {
     /// New objects are encrypted under it.
     Active,
-    /// Still opens older objects; no new ones.
+    /// Superseded by a rotation: still opens older objects, encrypts no new ones.
+    Previous,
+    /// Destroyed after every object was re-wrapped away from it.
     Retired,
-    /// Destroyed: what it protected is unreadable for good.
+    /// Destroyed with every other key of the tenant: its data is unreadable for good.
     Shredded,
 }
 
@@ -57,6 +59,7 @@ impl TenantKeyState {
     pub fn as_str(self) -> &'static str {
         match self {
             TenantKeyState::Active => "active",
+            TenantKeyState::Previous => "previous",
             TenantKeyState::Retired => "retired",
             TenantKeyState::Shredded => "shredded",
         }
@@ -65,6 +68,7 @@ impl TenantKeyState {
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "active" => Some(TenantKeyState::Active),
+            "previous" => Some(TenantKeyState::Previous),
             "retired" => Some(TenantKeyState::Retired),
             "shredded" => Some(TenantKeyState::Shredded),
             _ => None,
@@ -84,8 +88,10 @@ pub struct TenantKeyRecord {
 /// Persistence of wrapped tenant keys (the index database).
 pub trait TenantKeyLoader: Send + Sync {
     fn load(&self, tenant: &str) -> Result<Vec<TenantKeyRecord>, CryptoError>;
-    /// Stores a new active version and retires the others, atomically.
+    /// Stores a new active version; the active one becomes previous, atomically.
     fn add_active(&self, record: &TenantKeyRecord) -> Result<(), CryptoError>;
+    /// Destroys one non-active version.
+    fn retire(&self, id: &KeyId) -> Result<(), CryptoError>;
     /// Destroys every version of a tenant's keys.
     fn shred(&self, tenant: &str) -> Result<(), CryptoError>;
 }
@@ -151,7 +157,9 @@ impl KeyRing {
         };
         for record in records {
             match (record.state, record.wrapped) {
-                (TenantKeyState::Shredded, _) | (_, None) => keys.shredded.push(record.id.version),
+                (TenantKeyState::Shredded | TenantKeyState::Retired, _) | (_, None) => {
+                    keys.shredded.push(record.id.version)
+                }
                 (state, Some(wrapped)) => {
                     let key = self
                         .provider
@@ -257,6 +265,20 @@ impl KeyRing {
         Ok(id)
     }
 
+    /// Destroys a superseded version (never the active one). The caller makes sure
+    /// no object still needs it.
+    pub fn retire(&self, id: &KeyId) -> Result<(), CryptoError> {
+        let (active, _) = self.active(&id.tenant)?;
+        if active == *id {
+            return Err(CryptoError::KeyMaterial(
+                "the active key cannot be retired; rotate first",
+            ));
+        }
+        self.loader.retire(id)?;
+        self.forget(&id.tenant);
+        Ok(())
+    }
+
     /// Destroys every key of `tenant`.
     pub fn shred(&self, tenant: &str) -> Result<(), CryptoError> {
         self.loader.shred(tenant)?;
@@ -292,10 +314,17 @@ pub(crate) mod tests {
                 .filter(|r| r.id.tenant == record.id.tenant)
             {
                 if r.state == TenantKeyState::Active {
-                    r.state = TenantKeyState::Retired;
+                    r.state = TenantKeyState::Previous;
                 }
             }
             records.push(record.clone());
+            Ok(())
+        }
+        fn retire(&self, id: &KeyId) -> Result<(), CryptoError> {
+            for r in self.0.lock().unwrap().iter_mut().filter(|r| &r.id == id) {
+                r.state = TenantKeyState::Retired;
+                r.wrapped = None;
+            }
             Ok(())
         }
         fn shred(&self, tenant: &str) -> Result<(), CryptoError> {

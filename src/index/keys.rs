@@ -56,7 +56,7 @@ impl Index {
         conn.immediate_transaction(|conn| {
             let at = now();
             boxed(
-                "UPDATE tenant_keys SET state = 'retired', changed_at = ? WHERE tenant = ? AND state = 'active'",
+                "UPDATE tenant_keys SET state = 'previous', changed_at = ? WHERE tenant = ? AND state = 'active'",
                 &[Bind::Text(at.clone()), Bind::Text(tenant.to_string())],
             )
             .execute(conn)?;
@@ -71,6 +71,27 @@ impl Index {
             .bind::<Text, _>(&at)
             .execute(conn)?;
             record_event(conn, tenant, if version == 1 { "key-created" } else { "key-rotated" }, Some(version), None)
+        })
+    }
+
+    /// Destroys one superseded key version.
+    pub fn retire_tenant_key(&self, tenant: &str, version: i64) -> Result<bool, IndexError> {
+        let mut conn = self.conn()?;
+        conn.immediate_transaction(|conn| {
+            let changed = boxed(
+                "UPDATE tenant_keys SET state = 'retired', wrapped_key = NULL, changed_at = ? \
+                 WHERE tenant = ? AND version = ? AND state = 'previous'",
+                &[
+                    Bind::Text(now()),
+                    Bind::Text(tenant.to_string()),
+                    Bind::Int(version),
+                ],
+            )
+            .execute(conn)?;
+            if changed > 0 {
+                record_event(conn, tenant, "key-retired", Some(version), None)?;
+            }
+            Ok(changed > 0)
         })
     }
 

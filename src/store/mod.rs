@@ -295,30 +295,46 @@ impl BlobStore {
     /// Like `open`, fetching the first `prefetch` bytes in the same request (at
     /// least the header); returns the bytes fetched after the header, which for a
     /// small object are all of it.
-    async fn open_prefetching(&self, key: &BlobKey, prefetch: u64) -> Result<(Opened, Bytes), StoreError> {
+    async fn open_prefetching(
+        &self,
+        key: &BlobKey,
+        prefetch: u64,
+    ) -> Result<(Opened, Bytes), StoreError> {
         let result = self
             .inner
             .get_opts(
                 &key.path(),
-                GetOptions { range: Some(GetRange::Bounded(0..prefetch.max(MAX_HEADER_LEN as u64))), ..Default::default() },
+                GetOptions {
+                    range: Some(GetRange::Bounded(0..prefetch.max(MAX_HEADER_LEN as u64))),
+                    ..Default::default()
+                },
             )
             .await?;
         let total = result.meta.size;
         let bytes = result.bytes().await?;
-        let header = Header::decode(&bytes)?.ok_or(StoreError::Integrity("the object header is truncated"))?;
+        let header = Header::decode(&bytes)?
+            .ok_or(StoreError::Integrity("the object header is truncated"))?;
         if header.object_id != key.object_id() {
             self.incident(key, "the object belongs to another name (swapped)");
             return Err(StoreError::Integrity("the object belongs to another name"));
         }
         let key_id = KeyId::parse(&header.key_id)?;
         let tenant_key = self.keys.key(&key_id)?;
-        let prefix = Header::authenticated_prefix(header.segment_size, &header.object_id, &header.key_id);
-        let data_key = keys::unwrap(&tenant_key, &header.wrapped_data_key, &prefix).inspect_err(|_| {
-            self.incident(key, "the data key does not unwrap (header modified)");
-        })?;
+        let prefix =
+            Header::authenticated_prefix(header.segment_size, &header.object_id, &header.key_id);
+        let data_key =
+            keys::unwrap(&tenant_key, &header.wrapped_data_key, &prefix).inspect_err(|_| {
+                self.incident(key, "the data key does not unwrap (header modified)");
+            })?;
         let layout = Layout::from_ciphertext_len(header.len() as u64, header.segment_size, total)?;
         let after_header = bytes.slice(header.len().min(bytes.len())..);
-        Ok((Opened { opener: Opener::new(&data_key, header.object_id, layout), layout }, after_header))
+        Ok((
+            Opened {
+                opener: Opener::new(&data_key, header.object_id, layout),
+                layout,
+            },
+            after_header,
+        ))
     }
 
     fn incident(&self, key: &BlobKey, what: &str) {
@@ -334,6 +350,17 @@ impl BlobStore {
         })
     }
 
+    /// The key an object's header names (one small read; nothing is decrypted).
+    pub async fn key_id_of(&self, key: &BlobKey) -> Result<KeyId, StoreError> {
+        let bytes = self
+            .inner
+            .get_range(&key.path(), 0..MAX_HEADER_LEN as u64)
+            .await?;
+        let header = Header::decode(&bytes)?
+            .ok_or(StoreError::Integrity("the object header is truncated"))?;
+        Ok(KeyId::parse(&header.key_id)?)
+    }
+
     /// The plaintext size of a blob.
     pub async fn size(&self, key: &BlobKey) -> Result<u64, StoreError> {
         Ok(self.open(key).await?.layout.plaintext_len)
@@ -347,20 +374,31 @@ impl BlobStore {
         // One request brings the header and the first segment: a small object needs
         // no second one.
         let first_segment = (SEGMENT_SIZE as u64) + crate::crypto::format::TAG_LEN;
-        let (opened, prefetched) = self.open_prefetching(key, MAX_HEADER_LEN as u64 + first_segment).await?;
+        let (opened, prefetched) = self
+            .open_prefetching(key, MAX_HEADER_LEN as u64 + first_segment)
+            .await?;
         let layout = opened.layout;
         let all = 0..layout.segments;
         let range = layout.ciphertext_range(&all);
         let fetched_to = range.start + prefetched.len() as u64;
-        let rest: BoxStream<'static, Result<Bytes, object_store::Error>> = if fetched_to < range.end {
+        let rest: BoxStream<'static, Result<Bytes, object_store::Error>> = if fetched_to < range.end
+        {
             self.inner
-                .get_opts(&key.path(), GetOptions { range: Some(GetRange::Bounded(fetched_to..range.end)), ..Default::default() })
+                .get_opts(
+                    &key.path(),
+                    GetOptions {
+                        range: Some(GetRange::Bounded(fetched_to..range.end)),
+                        ..Default::default()
+                    },
+                )
                 .await?
                 .into_stream()
         } else {
             futures_util::stream::empty().boxed()
         };
-        let body = futures_util::stream::once(async move { Ok(prefetched) }).chain(rest).boxed();
+        let body = futures_util::stream::once(async move { Ok(prefetched) })
+            .chain(rest)
+            .boxed();
         let sealed_len = (layout.segment_size + crate::crypto::format::TAG_LEN) as usize;
         let last_len =
             (range.end - range.start) as usize - (layout.segments as usize - 1) * sealed_len;

@@ -1,10 +1,12 @@
 -- Tenant key-encryption keys, wrapped by the master key. The unwrapped keys only
--- ever exist in the server's memory. Shredding a tenant deletes `wrapped_key`:
--- what it protected can never be read again.
+-- ever exist in the server's memory. States: `active` (encrypts new objects),
+-- `previous` (superseded by a rotation, still opens older objects), `retired` (one
+-- version destroyed once no object needed it), `shredded` (every version destroyed:
+-- the tenant's data can never be read again). Destroying sets `wrapped_key` NULL.
 CREATE TABLE tenant_keys (
     tenant TEXT NOT NULL,
     version INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('active', 'retired', 'shredded')),
+    state TEXT NOT NULL CHECK (state IN ('active', 'previous', 'retired', 'shredded')),
     wrapped_key BLOB,
     created_at TEXT NOT NULL,
     changed_at TEXT NOT NULL,
