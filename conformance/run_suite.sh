@@ -5,6 +5,8 @@
 #
 # Env: KASTELL_BIN (default $HOME/.cache/kastell-target/debug/kastell),
 #      KASTELL_PORT (default: a free loopback port), KEEP_TMP=1 keeps the temp dir,
+#      KASTELL_INDEX_URL (default: SQLite under the data dir) is passed as --index-url,
+#      e.g. postgres://postgres@127.0.0.1/kastell_test_x (the database must exist).
 #      KASTELL_BLOB_URL (default: the server's own, file://<data-dir>/blobs) is
 #      passed as --blob-url, e.g. s3://kastell-test/suite or az://kastell-test/suite
 #      with the AWS_* / AZURE_* variables that tests/backends/start_*.sh print
@@ -49,7 +51,11 @@ if [[ -n "${KASTELL_BLOB_URL:-}" ]]; then
         export KASTELL__KEYS__MASTER_KEY_FILE="$tmp/master.key"
     fi
 fi
-"$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" "${blob_args[@]}" >"$tmp/server.log" 2>&1 &
+index_args=()
+if [[ -n "${KASTELL_INDEX_URL:-}" ]]; then
+    index_args=(--index-url "$KASTELL_INDEX_URL")
+fi
+"$bin" serve --listen "127.0.0.1:$port" --data-dir "$tmp/data" "${blob_args[@]}" "${index_args[@]}" >"$tmp/server.log" 2>&1 &
 server_pid=$!
 
 python3 "$here/fixtures.py" "$tmp/fixtures" >/dev/null

@@ -171,6 +171,7 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             pool_size: config.index.pool_size,
             busy_timeout: Duration::from_millis(config.index.busy_timeout_ms),
             acquire_timeout: Duration::from_millis(config.index.acquire_timeout_ms),
+            statement_timeout: Duration::from_millis(config.index.statement_timeout_ms),
         },
     )
     .with_context(|| {
@@ -411,6 +412,7 @@ fn open_index(config: &Config) -> anyhow::Result<Index> {
             pool_size: 2,
             busy_timeout: Duration::from_millis(config.index.busy_timeout_ms),
             acquire_timeout: Duration::from_millis(config.index.acquire_timeout_ms),
+            statement_timeout: Duration::from_millis(config.index.statement_timeout_ms),
         },
     )?)
 }

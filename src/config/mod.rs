@@ -63,7 +63,8 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndexConfig {
-    /// Index database; empty means `sqlite://<data_dir>/index.sqlite`.
+    /// Index database: `sqlite://PATH` or `postgres://user@host/db`; empty means
+    /// `sqlite://<data_dir>/index.sqlite`.
     pub url: String,
     /// Connections in the index pool (also bounds concurrent index work).
     pub pool_size: u32,
@@ -71,6 +72,8 @@ pub struct IndexConfig {
     pub busy_timeout_ms: u64,
     /// How long a request waits for a free connection, in milliseconds.
     pub acquire_timeout_ms: u64,
+    /// Longest a single statement may run on PostgreSQL, in milliseconds.
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -152,6 +155,7 @@ impl Default for IndexConfig {
             pool_size: 8,
             busy_timeout_ms: 10_000,
             acquire_timeout_ms: 30_000,
+            statement_timeout_ms: 30_000,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The relational index: studies, series and instances with the attributes QIDO
 //! matches and returns, and where each instance's blob is. Diesel over SQLite (the
-//! embedded default). Every call here is blocking; the service layer runs them on
-//! tokio's blocking pool, bounded by the connection pool size.
+//! embedded default) or PostgreSQL, chosen by the URL. Every call here is blocking;
+//! the service layer runs them on tokio's blocking pool, bounded by the pool size.
 
 pub mod catalog;
+pub mod conn;
 pub mod keys;
 pub mod qido;
 pub mod sql;
@@ -13,12 +14,13 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use diesel::connection::SimpleConnection;
-use diesel::query_builder::BoxedSqlQuery;
+use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::sqlite::Sqlite;
-use diesel::{Connection, QueryableByName, RunQueryDsl, SqliteConnection};
+use diesel::{Connection, QueryableByName, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use conn::{Dialect, IndexConn, PgSession};
 
 use catalog::{Attr, InstanceRow, Kind, Level, SeriesRow, StudyRow};
 use qido::{QueryError, SearchRequest};
@@ -26,10 +28,15 @@ use sql::{Bind, SqlBuilder};
 
 /// The SQLite migrations in `schema/sqlite/`, compiled into the binary.
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("schema/sqlite");
+/// The PostgreSQL migrations in `schema/postgres/`, compiled into the binary.
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("schema/postgres");
+/// Advisory lock held while migrating PostgreSQL, so processes starting together
+/// take turns ("KASTELL" in ASCII).
+const MIGRATION_LOCK: i64 = 0x4B41_5354_454C_4C;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("unsupported index URL {0:?}: expected sqlite://PATH")]
+    #[error("unsupported index URL {0:?}: expected sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     #[error("index database error: {0}")]
     Database(#[from] diesel::result::Error),
@@ -49,6 +56,8 @@ pub struct IndexOptions {
     pub pool_size: u32,
     pub busy_timeout: Duration,
     pub acquire_timeout: Duration,
+    /// PostgreSQL `statement_timeout`.
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -222,34 +231,41 @@ struct BlobKeyRow {
     blob_key: String,
 }
 
-type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
+enum IndexPool {
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Postgres(Pool<ConnectionManager<PgConnection>>),
+}
 
 #[derive(Clone)]
 pub struct Index {
-    pool: SqlitePool,
+    pool: std::sync::Arc<IndexPool>,
 }
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index").field("backend", &"sqlite").finish()
+        f.debug_struct("Index").field("backend", &self.dialect()).finish()
     }
 }
 
-pub(crate) fn boxed(
-    sql: &str,
-    binds: &[Bind],
-) -> BoxedSqlQuery<'static, Sqlite, diesel::query_builder::SqlQuery> {
-    let mut query = diesel::sql_query(sql.to_string()).into_boxed::<Sqlite>();
-    for bind in binds {
-        query = match bind.clone() {
-            Bind::Text(v) => query.bind::<Text, _>(v),
-            Bind::Int(v) => query.bind::<BigInt, _>(v),
-            Bind::NullableText(v) => query.bind::<Nullable<Text>, _>(v),
-            Bind::NullableInt(v) => query.bind::<Nullable<BigInt>, _>(v),
-        };
-    }
-    query
+/// Runs `$body` with `$conn` bound to a pooled connection of whichever database
+/// the index uses; the body is compiled once per database.
+macro_rules! with_conn {
+    ($index:expr, $conn:ident => $body:expr) => {
+        match &*$index.pool {
+            IndexPool::Sqlite(pool) => {
+                let mut pooled = pool.get().map_err(|e| IndexError::Pool(e.to_string()))?;
+                let $conn: &mut SqliteConnection = &mut pooled;
+                $body
+            }
+            IndexPool::Postgres(pool) => {
+                let mut pooled = pool.get().map_err(|e| IndexError::Pool(e.to_string()))?;
+                let $conn: &mut PgConnection = &mut pooled;
+                $body
+            }
+        }
+    };
 }
+pub(crate) use with_conn;
 
 pub(crate) fn now() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
@@ -262,51 +278,75 @@ pub fn sqlite_path(url: &str) -> Result<&str, IndexError> {
         .ok_or_else(|| IndexError::UnsupportedUrl(url.to_string()))
 }
 
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 impl Index {
     /// Opens the index at `url`, creating the database and running pending migrations.
     pub fn open(url: &str, options: IndexOptions) -> Result<Self, IndexError> {
-        let path = sqlite_path(url)?;
         Self::migrate(url)?;
-        let manager = ConnectionManager::<SqliteConnection>::new(path);
-        let pool = Pool::builder()
-            .max_size(options.pool_size)
-            .connection_timeout(options.acquire_timeout)
-            .connection_customizer(Box::new(SqlitePragmas {
-                busy_timeout: options.busy_timeout,
-            }))
-            .build(manager)
-            .map_err(|e| IndexError::Pool(e.to_string()))?;
-        Ok(Self { pool })
+        let pool = if is_postgres(url) {
+            let pool = Pool::builder()
+                .max_size(options.pool_size)
+                .connection_timeout(options.acquire_timeout)
+                .connection_customizer(Box::new(PgSession { statement_timeout: options.statement_timeout }))
+                .build(ConnectionManager::<PgConnection>::new(url))
+                .map_err(|e| IndexError::Pool(e.to_string()))?;
+            IndexPool::Postgres(pool)
+        } else {
+            let path = sqlite_path(url)?;
+            let pool = Pool::builder()
+                .max_size(options.pool_size)
+                .connection_timeout(options.acquire_timeout)
+                .connection_customizer(Box::new(SqlitePragmas { busy_timeout: options.busy_timeout }))
+                .build(ConnectionManager::<SqliteConnection>::new(path))
+                .map_err(|e| IndexError::Pool(e.to_string()))?;
+            IndexPool::Sqlite(pool)
+        };
+        Ok(Self { pool: std::sync::Arc::new(pool) })
     }
 
-    /// Runs pending migrations; returns the names of those applied.
-    pub fn migrate(url: &str) -> Result<Vec<String>, IndexError> {
-        let path = sqlite_path(url)?;
-        if let Some(parent) = Path::new(path).parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent)?;
-            }
+    pub fn dialect(&self) -> Dialect {
+        match &*self.pool {
+            IndexPool::Sqlite(_) => Dialect::Sqlite,
+            IndexPool::Postgres(_) => Dialect::Postgres,
         }
-        let mut conn =
-            SqliteConnection::establish(path).map_err(|e| IndexError::Pool(e.to_string()))?;
-        conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000;")?;
-        let applied = conn
-            .run_pending_migrations(SQLITE_MIGRATIONS)
-            .map_err(|e| IndexError::Migration(e.to_string()))?;
-        Ok(applied.iter().map(|v| v.to_string()).collect())
     }
 
-    pub(crate) fn conn(
-        &self,
-    ) -> Result<diesel::r2d2::PooledConnection<ConnectionManager<SqliteConnection>>, IndexError>
-    {
-        self.pool.get().map_err(|e| IndexError::Pool(e.to_string()))
+    /// Runs pending migrations; returns the names of those applied. On PostgreSQL
+    /// under an advisory lock, so that processes starting at once take turns.
+    pub fn migrate(url: &str) -> Result<Vec<String>, IndexError> {
+        let applied = if is_postgres(url) {
+            let mut conn = PgConnection::establish(url).map_err(|e| IndexError::Pool(e.to_string()))?;
+            conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
+            let applied = conn
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.iter().map(|m| m.to_string()).collect::<Vec<_>>())
+                .map_err(|e| IndexError::Migration(e.to_string()));
+            conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))?;
+            applied?
+        } else {
+            let path = sqlite_path(url)?;
+            if let Some(parent) = Path::new(path).parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent)?;
+                }
+            }
+            let mut conn = SqliteConnection::establish(path).map_err(|e| IndexError::Pool(e.to_string()))?;
+            conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000;")?;
+            conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                .map_err(|e| IndexError::Migration(e.to_string()))?
+                .iter()
+                .map(|v| v.to_string())
+                .collect()
+        };
+        Ok(applied)
     }
 
     /// Checks the database answers.
     pub fn probe(&self) -> Result<(), IndexError> {
-        let mut conn = self.conn()?;
-        conn.batch_execute("SELECT 1")?;
+        with_conn!(self, conn => conn.batch_execute("SELECT 1")?);
         Ok(())
     }
 
@@ -317,19 +357,20 @@ impl Index {
         batch: &[NewInstance],
         overwrite: bool,
     ) -> Result<Vec<StoreOutcome>, IndexError> {
-        let mut conn = self.conn()?;
-        conn.immediate_transaction(|conn| {
-            let mut outcomes = Vec::with_capacity(batch.len());
+        // Studies are written in UID order so that concurrent writers lock them in
+        // the same order (no deadlocks); outcomes go back in request order.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|a, b| batch[*a].study_instance_uid.cmp(&batch[*b].study_instance_uid));
+        with_conn!(self, conn => conn.write(|conn| {
+            let mut outcomes = vec![StoreOutcome::Stored; batch.len()];
             let mut studies = BTreeSet::new();
             let mut series_touched = BTreeSet::new();
-            for instance in batch {
-                let outcome =
-                    store_one(conn, instance, overwrite, &mut studies, &mut series_touched)?;
-                outcomes.push(outcome);
+            for &i in &order {
+                outcomes[i] = store_one(conn, &batch[i], overwrite, &mut studies, &mut series_touched)?;
             }
             refresh_aggregates(conn, &studies, &series_touched)?;
             Ok(outcomes)
-        })
+        }))
     }
 
     /// Runs a QIDO search.
@@ -356,51 +397,35 @@ impl Index {
         let mut binds = plan.from_where.binds().to_vec();
         sql.push(&format!("{limit} OFFSET {}", request.offset));
         binds.extend(sql.binds().iter().cloned());
-        let mut conn = self.conn()?;
-        let hits: Vec<Hit> = match plan.level {
-            Level::Study => boxed(sql.sql(), &binds)
-                .load::<StudyRow>(&mut conn)?
-                .into_iter()
-                .map(|study| Hit {
-                    study,
-                    series: None,
-                    instance: None,
-                })
-                .collect(),
-            Level::Series => boxed(sql.sql(), &binds)
-                .load::<SeriesHit>(&mut conn)?
-                .into_iter()
-                .map(|h| Hit {
-                    study: h.study,
-                    series: Some(h.series),
-                    instance: None,
-                })
-                .collect(),
-            Level::Instance => boxed(sql.sql(), &binds)
-                .load::<InstanceHit>(&mut conn)?
-                .into_iter()
-                .map(|h| Hit {
-                    study: h.study,
-                    series: Some(h.series),
-                    instance: Some(h.instance),
-                })
-                .collect(),
-        };
-        let remaining = if hits.len() as u64 == limit {
-            let count_sql = format!("SELECT COUNT(*) AS count {}", plan.from_where.sql());
-            let total = boxed(&count_sql, plan.from_where.binds())
-                .get_result::<Count>(&mut conn)?
-                .count as u64;
-            total.saturating_sub(request.offset + hits.len() as u64)
-        } else {
-            0
-        };
-        Ok(SearchResult {
-            hits,
-            remaining,
-            requested: plan.requested,
-            ignored: plan.ignored,
-        })
+        let (hits, total) = with_conn!(self, conn => {
+            let hits: Vec<Hit> = match plan.level {
+                Level::Study => conn
+                    .load::<StudyRow>(sql.sql(), &binds)?
+                    .into_iter()
+                    .map(|study| Hit { study, series: None, instance: None })
+                    .collect(),
+                Level::Series => conn
+                    .load::<SeriesHit>(sql.sql(), &binds)?
+                    .into_iter()
+                    .map(|h| Hit { study: h.study, series: Some(h.series), instance: None })
+                    .collect(),
+                Level::Instance => conn
+                    .load::<InstanceHit>(sql.sql(), &binds)?
+                    .into_iter()
+                    .map(|h| Hit { study: h.study, series: Some(h.series), instance: Some(h.instance) })
+                    .collect(),
+            };
+            // Counting the rest costs a second query, so only when the page is full.
+            let total = if hits.len() as u64 == limit {
+                let count_sql = format!("SELECT COUNT(*) AS count {}", plan.from_where.sql());
+                Some(conn.load_one::<Count>(&count_sql, plan.from_where.binds())?.count as u64)
+            } else {
+                None
+            };
+            (hits, total)
+        });
+        let remaining = total.map_or(0, |total| total.saturating_sub(request.offset + hits.len() as u64));
+        Ok(SearchResult { hits, remaining, requested: plan.requested, ignored: plan.ignored })
     }
 
     /// The instances of a study, series or instance, in a stable order.
@@ -435,8 +460,7 @@ impl Index {
             }
         }
         sql.push(" ORDER BY se.series_pk, i.instance_number, i.instance_pk");
-        let mut conn = self.conn()?;
-        Ok(boxed(sql.sql(), sql.binds()).load::<StoredInstance>(&mut conn)?)
+        Ok(with_conn!(self, conn => conn.load::<StoredInstance>(sql.sql(), sql.binds())?))
     }
 
     /// Every indexed blob with its plaintext size, in index order.
@@ -448,20 +472,12 @@ impl Index {
             #[diesel(sql_type = BigInt)]
             blob_size: i64,
         }
-        let mut conn = self.conn()?;
-        Ok(boxed(
-            "SELECT blob_key, blob_size FROM instances ORDER BY instance_pk",
-            &[],
-        )
-        .load::<Row>(&mut conn)?
-        .into_iter()
-        .map(|r| (r.blob_key, r.blob_size))
-        .collect())
+        let rows = with_conn!(self, conn => conn.load::<Row>("SELECT blob_key, blob_size FROM instances ORDER BY instance_pk", &[])?);
+        Ok(rows.into_iter().map(|r| (r.blob_key, r.blob_size)).collect())
     }
 
     /// Which of `keys` the index references.
     pub fn referenced_blob_keys(&self, keys: &[String]) -> Result<HashSet<String>, IndexError> {
-        let mut conn = self.conn()?;
         let mut found = HashSet::new();
         for chunk in keys.chunks(500) {
             let mut sql = SqlBuilder::new();
@@ -473,9 +489,8 @@ impl Index {
                 sql.bind(Bind::Text(key.clone()));
             }
             sql.push(")");
-            for row in boxed(sql.sql(), sql.binds()).load::<BlobKeyRow>(&mut conn)? {
-                found.insert(row.blob_key);
-            }
+            let rows = with_conn!(self, conn => conn.load::<BlobKeyRow>(sql.sql(), sql.binds())?);
+            found.extend(rows.into_iter().map(|row| row.blob_key));
         }
         Ok(found)
     }
@@ -572,19 +587,19 @@ fn upsert_sql(
     sql
 }
 
-fn store_one(
-    conn: &mut SqliteConnection,
+fn store_one<C: IndexConn>(
+    conn: &mut C,
     instance: &NewInstance,
     overwrite: bool,
     studies: &mut BTreeSet<i64>,
     series_touched: &mut BTreeSet<i64>,
-) -> Result<StoreOutcome, diesel::result::Error> {
-    let existing = boxed(
-        "SELECT instance_pk, content_sha256, blob_key FROM instances WHERE sop_instance_uid = ?",
-        &[Bind::Text(instance.sop_instance_uid.clone())],
-    )
-    .load::<ExistingInstance>(conn)?
-    .pop();
+) -> Result<StoreOutcome, IndexError> {
+    let existing = conn
+        .load::<ExistingInstance>(
+            "SELECT instance_pk, content_sha256, blob_key FROM instances WHERE sop_instance_uid = ?",
+            &[Bind::Text(instance.sop_instance_uid.clone())],
+        )?
+        .pop();
     let mut replaced = None;
     if let Some(existing) = existing {
         if existing.content_sha256 == instance.content_sha256 {
@@ -593,12 +608,12 @@ fn store_one(
         if !overwrite {
             return Ok(StoreOutcome::Conflict);
         }
-        let series_fk = boxed(
-            "DELETE FROM instances WHERE instance_pk = ? RETURNING series_fk AS pk",
-            &[Bind::Int(existing.instance_pk)],
-        )
-        .get_result::<Pk>(conn)?
-        .pk;
+        let series_fk = conn
+            .load_one::<Pk>(
+                "DELETE FROM instances WHERE instance_pk = ? RETURNING series_fk AS pk",
+                &[Bind::Int(existing.instance_pk)],
+            )?
+            .pk;
         series_touched.insert(series_fk);
         replaced = Some(existing.blob_key);
     }
@@ -610,16 +625,14 @@ fn store_one(
         level_columns(instance, Level::Study),
         vec![],
     );
-    let study_pk = boxed(study_sql.sql(), study_sql.binds())
-        .get_result::<Pk>(conn)?
-        .pk;
+    let study_pk = conn.load_one::<Pk>(study_sql.sql(), study_sql.binds())?.pk;
 
-    let existing_series = boxed(
-        "SELECT study_fk FROM series WHERE series_instance_uid = ?",
-        &[Bind::Text(instance.series_instance_uid.clone())],
-    )
-    .load::<ExistingSeries>(conn)?
-    .pop();
+    let existing_series = conn
+        .load::<ExistingSeries>(
+            "SELECT study_fk FROM series WHERE series_instance_uid = ?",
+            &[Bind::Text(instance.series_instance_uid.clone())],
+        )?
+        .pop();
     if let Some(series) = &existing_series {
         if series.study_fk != study_pk {
             return Ok(StoreOutcome::SeriesInOtherStudy);
@@ -632,16 +645,13 @@ fn store_one(
         level_columns(instance, Level::Series),
         vec![("study_fk".into(), Bind::Int(study_pk))],
     );
-    let series_pk = boxed(series_sql.sql(), series_sql.binds())
-        .get_result::<Pk>(conn)?
-        .pk;
+    let series_pk = conn.load_one::<Pk>(series_sql.sql(), series_sql.binds())?.pk;
     if existing_series.is_none() {
         for (step, procedure) in &instance.request_items {
-            boxed(
+            conn.run(
                 "INSERT INTO series_requests (series_fk, scheduled_procedure_step_id, requested_procedure_id) VALUES (?, ?, ?)",
                 &[Bind::Int(series_pk), Bind::NullableText(step.clone()), Bind::NullableText(procedure.clone())],
-            )
-            .execute(conn)?;
+            )?;
         }
     }
 
@@ -691,7 +701,7 @@ fn store_one(
         sql.push(", ").bind(value.clone());
     }
     sql.push(")");
-    boxed(sql.sql(), sql.binds()).execute(conn)?;
+    conn.run(sql.sql(), sql.binds())?;
     studies.insert(study_pk);
     series_touched.insert(series_pk);
     Ok(match replaced {
@@ -700,45 +710,42 @@ fn store_one(
     })
 }
 
-fn refresh_aggregates(
-    conn: &mut SqliteConnection,
+fn refresh_aggregates<C: IndexConn>(
+    conn: &mut C,
     studies: &BTreeSet<i64>,
     series: &BTreeSet<i64>,
-) -> Result<(), diesel::result::Error> {
+) -> Result<(), IndexError> {
     let mut all_studies = studies.clone();
     for series_pk in series {
-        boxed(
+        conn.run(
             "UPDATE series SET number_of_series_related_instances = \
              (SELECT COUNT(*) FROM instances WHERE series_fk = ?) WHERE series_pk = ?",
             &[Bind::Int(*series_pk), Bind::Int(*series_pk)],
-        )
-        .execute(conn)?;
-        if let Some(study) = boxed(
-            "SELECT study_fk AS pk FROM series WHERE series_pk = ?",
-            &[Bind::Int(*series_pk)],
-        )
-        .load::<Pk>(conn)?
-        .pop()
+        )?;
+        if let Some(study) =
+            conn.load::<Pk>("SELECT study_fk AS pk FROM series WHERE series_pk = ?", &[Bind::Int(*series_pk)])?.pop()
         {
             all_studies.insert(study.pk);
         }
     }
     for study_pk in all_studies {
         let pk = Bind::Int(study_pk);
-        boxed(
+        let dialect = conn.dialect();
+        let modalities = dialect.backslash_list("modality");
+        let sop_classes = dialect.backslash_list("sop_class_uid");
+        let sql = format!(
             "UPDATE studies SET \
              number_of_study_related_series = (SELECT COUNT(*) FROM series WHERE study_fk = ?), \
              number_of_study_related_instances = (SELECT COUNT(*) FROM instances i JOIN series s \
                  ON s.series_pk = i.series_fk WHERE s.study_fk = ?), \
-             modalities_in_study = (SELECT group_concat(modality, '\\') FROM (SELECT DISTINCT modality \
-                 FROM series WHERE study_fk = ? AND modality IS NOT NULL AND modality <> '' ORDER BY modality)), \
-             sop_classes_in_study = (SELECT group_concat(sop_class_uid, '\\') FROM (SELECT DISTINCT i.sop_class_uid \
+             modalities_in_study = (SELECT {modalities} FROM (SELECT DISTINCT modality \
+                 FROM series WHERE study_fk = ? AND modality IS NOT NULL AND modality <> '' ORDER BY modality) m), \
+             sop_classes_in_study = (SELECT {sop_classes} FROM (SELECT DISTINCT i.sop_class_uid \
                  FROM instances i JOIN series s ON s.series_pk = i.series_fk WHERE s.study_fk = ? \
-                 ORDER BY i.sop_class_uid)) \
-             WHERE study_pk = ?",
-            &[pk.clone(), pk.clone(), pk.clone(), pk.clone(), pk],
-        )
-        .execute(conn)?;
+                 ORDER BY i.sop_class_uid) c) \
+             WHERE study_pk = ?"
+        );
+        conn.run(&sql, &[pk.clone(), pk.clone(), pk.clone(), pk.clone(), pk])?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub enum Bind {
     Int(i64),
     NullableText(Option<String>),
     NullableInt(Option<i64>),
+    Bytes(Vec<u8>),
 }
 
 #[derive(Debug, Default)]

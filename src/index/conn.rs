@@ -1,0 +1,187 @@
+//! One index over two databases: the few operations the index needs, implemented
+//! for SQLite and PostgreSQL connections. Queries are written once with `?`
+//! placeholders; PostgreSQL gets them numbered.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::{Pg, PgConnection};
+use diesel::query_builder::BoxedSqlQuery;
+use diesel::result::{DatabaseErrorKind, Error as DieselError, QueryResult};
+use diesel::sql_types::{BigInt, Binary, Nullable, Text};
+use diesel::sqlite::{Sqlite, SqliteConnection};
+use diesel::{Connection, QueryableByName, RunQueryDsl};
+
+use super::sql::Bind;
+use super::IndexError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// `values` of a column joined by `\`, ordered, as one text value.
+    pub fn backslash_list(self, column: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("group_concat({column}, '\\')"),
+            Dialect::Postgres => format!("string_agg({column}, '\\' ORDER BY {column})"),
+        }
+    }
+}
+
+/// What the index asks of a database connection.
+pub trait IndexConn: Sized {
+    fn dialect(&self) -> Dialect;
+    fn load<T>(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<Vec<T>>
+    where
+        T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static;
+    fn run(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<usize>;
+    /// Runs `work` in a write transaction, retrying it when the database reports a
+    /// conflict with a concurrent writer (never shown to the client).
+    fn write<T, F>(&mut self, work: F) -> Result<T, IndexError>
+    where
+        F: FnMut(&mut Self) -> Result<T, IndexError>;
+
+    /// The first row, or `NotFound`.
+    fn load_one<T>(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<T>
+    where
+        T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static,
+    {
+        self.load::<T>(sql, binds)?.into_iter().next().ok_or(DieselError::NotFound)
+    }
+}
+
+macro_rules! bind_all {
+    ($query:expr, $binds:expr) => {{
+        let mut query = $query;
+        for bind in $binds {
+            query = match bind.clone() {
+                Bind::Text(v) => query.bind::<Text, _>(v),
+                Bind::Int(v) => query.bind::<BigInt, _>(v),
+                Bind::NullableText(v) => query.bind::<Nullable<Text>, _>(v),
+                Bind::NullableInt(v) => query.bind::<Nullable<BigInt>, _>(v),
+                Bind::Bytes(v) => query.bind::<Binary, _>(v),
+            };
+        }
+        query
+    }};
+}
+
+fn sqlite_query(sql: &str, binds: &[Bind]) -> BoxedSqlQuery<'static, Sqlite, diesel::query_builder::SqlQuery> {
+    bind_all!(diesel::sql_query(sql.to_string()).into_boxed::<Sqlite>(), binds)
+}
+
+/// `?` placeholders numbered `$1, $2, …` (our SQL has no `?` in literals).
+pub fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn pg_query(sql: &str, binds: &[Bind]) -> BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQuery> {
+    bind_all!(diesel::sql_query(numbered(sql)).into_boxed::<Pg>(), binds)
+}
+
+impl IndexConn for SqliteConnection {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn load<T>(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<Vec<T>>
+    where
+        T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static,
+    {
+        sqlite_query(sql, binds).load::<T>(self)
+    }
+
+    fn run(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<usize> {
+        sqlite_query(sql, binds).execute(self)
+    }
+
+    fn write<T, F>(&mut self, mut work: F) -> Result<T, IndexError>
+    where
+        F: FnMut(&mut Self) -> Result<T, IndexError>,
+    {
+        // IMMEDIATE takes the write lock up front: writers queue on the busy timeout
+        // instead of failing on a lock upgrade.
+        self.immediate_transaction(|conn| work(conn))
+    }
+}
+
+/// Errors worth running the transaction again for.
+fn is_transient(error: &IndexError) -> bool {
+    match error {
+        IndexError::Database(DieselError::DatabaseError(kind, info)) => {
+            matches!(kind, DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::UniqueViolation)
+                || info.message().contains("deadlock detected")
+        }
+        _ => false,
+    }
+}
+
+impl IndexConn for PgConnection {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn load<T>(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<Vec<T>>
+    where
+        T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static,
+    {
+        pg_query(sql, binds).load::<T>(self)
+    }
+
+    fn run(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<usize> {
+        pg_query(sql, binds).execute(self)
+    }
+
+    fn write<T, F>(&mut self, mut work: F) -> Result<T, IndexError>
+    where
+        F: FnMut(&mut Self) -> Result<T, IndexError>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.transaction(|conn| work(conn)) {
+                Err(error) if attempt < 8 && is_transient(&error) => {
+                    tracing::debug!(%error, attempt, "index write conflicted with a concurrent writer; retrying");
+                    std::thread::sleep(Duration::from_millis(5 * attempt as u64));
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+/// Settings applied to every new PostgreSQL connection.
+#[derive(Debug)]
+pub struct PgSession {
+    pub statement_timeout: Duration,
+}
+
+impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!("SET statement_timeout = {}", self.statement_timeout.as_millis()))
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        assert_eq!(numbered("a = ? AND b IN (?, ?)"), "a = $1 AND b IN ($2, $3)");
+    }
+}
