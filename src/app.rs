@@ -405,7 +405,8 @@ pub async fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
     Ok(report)
 }
 
-fn open_index(config: &Config) -> anyhow::Result<Index> {
+/// The index alone (for tools that need no blob store).
+pub fn open_index(config: &Config) -> anyhow::Result<Index> {
     Ok(Index::open(
         &config.effective_index_url(),
         IndexOptions {

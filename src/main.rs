@@ -31,6 +31,21 @@ enum Command {
     },
     /// Decrypt every indexed blob end to end and report failures and orphaned blobs.
     Verify(CommonArgs),
+    /// Fill the index with synthetic studies for scale tests and benches (index rows
+    /// only, no blobs: such an index is for searching, not retrieval).
+    Generate {
+        #[arg(long, default_value_t = 100_000)]
+        studies: u64,
+        #[arg(long, default_value_t = 2)]
+        series_per_study: u64,
+        #[arg(long, default_value_t = 5)]
+        instances_per_series: u64,
+        /// Varies names, dates and UIDs; runs with different seeds add up.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -197,6 +212,32 @@ fn main() -> anyhow::Result<()> {
             }
             kastell::app::shred_tenant(&config, &tenant)?;
             println!("tenant {tenant}: every key destroyed; its images can no longer be read");
+            Ok(())
+        }
+        Command::Generate { studies, series_per_study, instances_per_series, seed, common } => {
+            let config = load(&merge(&cli.common, &common), None)?;
+            kastell::telemetry::init(&config.log);
+            let index = kastell::app::open_index(&config)?;
+            let started = std::time::Instant::now();
+            let generated = kastell::index::generate::generate(
+                &index,
+                studies,
+                series_per_study,
+                instances_per_series,
+                seed,
+                &|done| {
+                    if done % 10_000 == 0 || done == studies {
+                        eprintln!("{done} / {studies} studies ({:.0} s)", started.elapsed().as_secs_f64());
+                    }
+                },
+            )?;
+            println!(
+                "generated {} studies, {} series, {} instances in {:.1} s",
+                generated.studies,
+                generated.series,
+                generated.instances,
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::Verify(args) => {

@@ -14,6 +14,7 @@ fn kastell(args: &[&str], data_dir: &Path, env: &[(&str, &str)]) -> (bool, Strin
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
+        .args(index_args(data_dir))
         .env("RUST_LOG", "warn");
     for (key, value) in env {
         command.env(key, value);

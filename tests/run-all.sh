@@ -4,7 +4,10 @@
 # formatting and lints, runs the Rust unit and integration tests, then starts the
 # real server and runs the DICOMweb conformance suite against it: on the local
 # file blob store, then on a real S3-compatible server (moto) and on Azure's
-# emulator (Azurite), both started on loopback by tests/backends/.
+# emulator (Azurite), both started on loopback by tests/backends/. The index runs
+# on SQLite and, for the integration tests and the suite once more, on PostgreSQL
+# (the local server, or one this script installs and starts), in databases made
+# for the run and dropped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,14 +26,39 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
+# Build dependencies of diesel's PostgreSQL backend.
+if ! command -v pg_config >/dev/null 2>&1; then
+    step "installing libpq-dev"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpq-dev
+fi
+
 step "cargo build"
 cargo build --locked
 
-step "cargo test (unit and integration tests)"
+step "PostgreSQL for the index tests"
+KASTELL_TEST_POSTGRES="$(tests/backends/start_postgres.sh)"
+export KASTELL_TEST_POSTGRES
+suite_db="kastell_suite_$$"
+drop_test_databases() {
+    psql "$KASTELL_TEST_POSTGRES/postgres" -qtAc \
+        "SELECT datname FROM pg_database WHERE datname LIKE 'kastell\_t\_%' OR datname = '$suite_db'" 2>/dev/null |
+        while read -r db; do psql "$KASTELL_TEST_POSTGRES/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true; done
+}
+trap drop_test_databases EXIT
+echo "using $KASTELL_TEST_POSTGRES"
+
+step "cargo test (unit and integration tests; index on SQLite)"
 cargo test --locked
 
-step "DICOMweb conformance suite against the running server"
+step "integration tests with the index on PostgreSQL"
+KASTELL_TEST_INDEX=postgres cargo test --locked --test '*'
+
+step "DICOMweb conformance suite against the running server (index on SQLite)"
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" conformance/run_suite.sh
+
+step "DICOMweb conformance suite with the index on PostgreSQL"
+psql "$KASTELL_TEST_POSTGRES/postgres" -qc "CREATE DATABASE $suite_db"
+KASTELL_INDEX_URL="$KASTELL_TEST_POSTGRES/$suite_db" KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" conformance/run_suite.sh
 
 # The same suite on emulated cloud blob stores, each on loopback and stopped by
 # a trap whatever happens: moto's S3 server, then Azurite (installed from npm

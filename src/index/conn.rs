@@ -49,7 +49,10 @@ pub trait IndexConn: Sized {
     where
         T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static,
     {
-        self.load::<T>(sql, binds)?.into_iter().next().ok_or(DieselError::NotFound)
+        self.load::<T>(sql, binds)?
+            .into_iter()
+            .next()
+            .ok_or(DieselError::NotFound)
     }
 }
 
@@ -69,8 +72,14 @@ macro_rules! bind_all {
     }};
 }
 
-fn sqlite_query(sql: &str, binds: &[Bind]) -> BoxedSqlQuery<'static, Sqlite, diesel::query_builder::SqlQuery> {
-    bind_all!(diesel::sql_query(sql.to_string()).into_boxed::<Sqlite>(), binds)
+fn sqlite_query(
+    sql: &str,
+    binds: &[Bind],
+) -> BoxedSqlQuery<'static, Sqlite, diesel::query_builder::SqlQuery> {
+    bind_all!(
+        diesel::sql_query(sql.to_string()).into_boxed::<Sqlite>(),
+        binds
+    )
 }
 
 /// `?` placeholders numbered `$1, $2, …` (our SQL has no `?` in literals).
@@ -88,7 +97,10 @@ pub fn numbered(sql: &str) -> String {
     out
 }
 
-fn pg_query(sql: &str, binds: &[Bind]) -> BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQuery> {
+fn pg_query(
+    sql: &str,
+    binds: &[Bind],
+) -> BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQuery> {
     bind_all!(diesel::sql_query(numbered(sql)).into_boxed::<Pg>(), binds)
 }
 
@@ -122,8 +134,10 @@ impl IndexConn for SqliteConnection {
 fn is_transient(error: &IndexError) -> bool {
     match error {
         IndexError::Database(DieselError::DatabaseError(kind, info)) => {
-            matches!(kind, DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::UniqueViolation)
-                || info.message().contains("deadlock detected")
+            matches!(
+                kind,
+                DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::UniqueViolation
+            ) || info.message().contains("deadlock detected")
         }
         _ => false,
     }
@@ -171,8 +185,11 @@ pub struct PgSession {
 
 impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(&format!("SET statement_timeout = {}", self.statement_timeout.as_millis()))
-            .map_err(diesel::r2d2::Error::QueryError)
+        conn.batch_execute(&format!(
+            "SET statement_timeout = {}",
+            self.statement_timeout.as_millis()
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -182,6 +199,9 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_for_postgres() {
-        assert_eq!(numbered("a = ? AND b IN (?, ?)"), "a = $1 AND b IN ($2, $3)");
+        assert_eq!(
+            numbered("a = ? AND b IN (?, ?)"),
+            "a = $1 AND b IN ($2, $3)"
+        );
     }
 }

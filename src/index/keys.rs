@@ -47,7 +47,12 @@ impl Index {
     }
 
     /// Adds a new active version; the active one becomes previous; one transaction.
-    pub fn add_active_tenant_key(&self, tenant: &str, version: i64, wrapped: &[u8]) -> Result<(), IndexError> {
+    pub fn add_active_tenant_key(
+        &self,
+        tenant: &str,
+        version: i64,
+        wrapped: &[u8],
+    ) -> Result<(), IndexError> {
         with_conn!(self, conn => conn.write(|conn| {
             let at = now();
             conn.run(
@@ -98,7 +103,12 @@ impl Index {
     }
 
     /// Appends a key operation to the log.
-    pub fn record_key_event(&self, tenant: &str, action: &str, detail: Option<String>) -> Result<(), IndexError> {
+    pub fn record_key_event(
+        &self,
+        tenant: &str,
+        action: &str,
+        detail: Option<String>,
+    ) -> Result<(), IndexError> {
         with_conn!(self, conn => record_event(conn, tenant, action, None, detail))
     }
 

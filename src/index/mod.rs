@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod conn;
+pub mod generate;
 pub mod keys;
 pub mod qido;
 pub mod sql;
@@ -32,7 +33,7 @@ pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("schema/sqli
 pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("schema/postgres");
 /// Advisory lock held while migrating PostgreSQL, so processes starting together
 /// take turns ("KASTELL" in ASCII).
-const MIGRATION_LOCK: i64 = 0x4B41_5354_454C_4C;
+const MIGRATION_LOCK: i64 = 0x004B_4153_5445_4C4C;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -243,7 +244,9 @@ pub struct Index {
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index").field("backend", &self.dialect()).finish()
+        f.debug_struct("Index")
+            .field("backend", &self.dialect())
+            .finish()
     }
 }
 
@@ -290,7 +293,9 @@ impl Index {
             let pool = Pool::builder()
                 .max_size(options.pool_size)
                 .connection_timeout(options.acquire_timeout)
-                .connection_customizer(Box::new(PgSession { statement_timeout: options.statement_timeout }))
+                .connection_customizer(Box::new(PgSession {
+                    statement_timeout: options.statement_timeout,
+                }))
                 .build(ConnectionManager::<PgConnection>::new(url))
                 .map_err(|e| IndexError::Pool(e.to_string()))?;
             IndexPool::Postgres(pool)
@@ -299,12 +304,16 @@ impl Index {
             let pool = Pool::builder()
                 .max_size(options.pool_size)
                 .connection_timeout(options.acquire_timeout)
-                .connection_customizer(Box::new(SqlitePragmas { busy_timeout: options.busy_timeout }))
+                .connection_customizer(Box::new(SqlitePragmas {
+                    busy_timeout: options.busy_timeout,
+                }))
                 .build(ConnectionManager::<SqliteConnection>::new(path))
                 .map_err(|e| IndexError::Pool(e.to_string()))?;
             IndexPool::Sqlite(pool)
         };
-        Ok(Self { pool: std::sync::Arc::new(pool) })
+        Ok(Self {
+            pool: std::sync::Arc::new(pool),
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -318,7 +327,8 @@ impl Index {
     /// under an advisory lock, so that processes starting at once take turns.
     pub fn migrate(url: &str) -> Result<Vec<String>, IndexError> {
         let applied = if is_postgres(url) {
-            let mut conn = PgConnection::establish(url).map_err(|e| IndexError::Pool(e.to_string()))?;
+            let mut conn =
+                PgConnection::establish(url).map_err(|e| IndexError::Pool(e.to_string()))?;
             conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
             let applied = conn
                 .run_pending_migrations(POSTGRES_MIGRATIONS)
@@ -333,7 +343,8 @@ impl Index {
                     std::fs::create_dir_all(parent)?;
                 }
             }
-            let mut conn = SqliteConnection::establish(path).map_err(|e| IndexError::Pool(e.to_string()))?;
+            let mut conn =
+                SqliteConnection::establish(path).map_err(|e| IndexError::Pool(e.to_string()))?;
             conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000;")?;
             conn.run_pending_migrations(SQLITE_MIGRATIONS)
                 .map_err(|e| IndexError::Migration(e.to_string()))?
@@ -360,7 +371,11 @@ impl Index {
         // Studies are written in UID order so that concurrent writers lock them in
         // the same order (no deadlocks); outcomes go back in request order.
         let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by(|a, b| batch[*a].study_instance_uid.cmp(&batch[*b].study_instance_uid));
+        order.sort_by(|a, b| {
+            batch[*a]
+                .study_instance_uid
+                .cmp(&batch[*b].study_instance_uid)
+        });
         with_conn!(self, conn => conn.write(|conn| {
             let mut outcomes = vec![StoreOutcome::Stored; batch.len()];
             let mut studies = BTreeSet::new();
@@ -424,8 +439,15 @@ impl Index {
             };
             (hits, total)
         });
-        let remaining = total.map_or(0, |total| total.saturating_sub(request.offset + hits.len() as u64));
-        Ok(SearchResult { hits, remaining, requested: plan.requested, ignored: plan.ignored })
+        let remaining = total.map_or(0, |total| {
+            total.saturating_sub(request.offset + hits.len() as u64)
+        });
+        Ok(SearchResult {
+            hits,
+            remaining,
+            requested: plan.requested,
+            ignored: plan.ignored,
+        })
     }
 
     /// The instances of a study, series or instance, in a stable order.
@@ -473,7 +495,10 @@ impl Index {
             blob_size: i64,
         }
         let rows = with_conn!(self, conn => conn.load::<Row>("SELECT blob_key, blob_size FROM instances ORDER BY instance_pk", &[])?);
-        Ok(rows.into_iter().map(|r| (r.blob_key, r.blob_size)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.blob_key, r.blob_size))
+            .collect())
     }
 
     /// Which of `keys` the index references.
@@ -645,7 +670,9 @@ fn store_one<C: IndexConn>(
         level_columns(instance, Level::Series),
         vec![("study_fk".into(), Bind::Int(study_pk))],
     );
-    let series_pk = conn.load_one::<Pk>(series_sql.sql(), series_sql.binds())?.pk;
+    let series_pk = conn
+        .load_one::<Pk>(series_sql.sql(), series_sql.binds())?
+        .pk;
     if existing_series.is_none() {
         for (step, procedure) in &instance.request_items {
             conn.run(
@@ -722,8 +749,12 @@ fn refresh_aggregates<C: IndexConn>(
              (SELECT COUNT(*) FROM instances WHERE series_fk = ?) WHERE series_pk = ?",
             &[Bind::Int(*series_pk), Bind::Int(*series_pk)],
         )?;
-        if let Some(study) =
-            conn.load::<Pk>("SELECT study_fk AS pk FROM series WHERE series_pk = ?", &[Bind::Int(*series_pk)])?.pop()
+        if let Some(study) = conn
+            .load::<Pk>(
+                "SELECT study_fk AS pk FROM series WHERE series_pk = ?",
+                &[Bind::Int(*series_pk)],
+            )?
+            .pop()
         {
             all_studies.insert(study.pk);
         }
@@ -756,6 +787,7 @@ mod tests {
 
     #[test]
     fn every_migration_reverts_cleanly() {
+        use diesel::RunQueryDsl;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("i.sqlite");
         let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
@@ -777,5 +809,57 @@ mod tests {
         .collect();
         assert!(left.is_empty(), "tables left after revert: {left:?}");
         conn.run_pending_migrations(SQLITE_MIGRATIONS).unwrap();
+    }
+
+    /// The same on PostgreSQL, against the server named by `KASTELL_TEST_POSTGRES`
+    /// (the test command always sets it) in a database made for the test.
+    #[test]
+    fn every_postgres_migration_reverts_cleanly() {
+        use diesel::RunQueryDsl;
+        let Ok(base) = std::env::var("KASTELL_TEST_POSTGRES") else {
+            eprintln!(
+                "KASTELL_TEST_POSTGRES is not set: the PostgreSQL half of this test did not run"
+            );
+            return;
+        };
+        let name = format!("kastell_t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::establish(&format!("{base}/postgres")).unwrap();
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .unwrap();
+        let url = format!("{base}/{name}");
+        // Two concurrent migrators: the advisory lock makes them take turns.
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || Index::migrate(&url))
+            })
+            .collect();
+        let applied: usize = runs
+            .into_iter()
+            .map(|r| r.join().unwrap().unwrap().len())
+            .sum();
+        assert_eq!(applied, 2, "each migration applied once");
+        let mut conn = PgConnection::establish(&url).unwrap();
+        conn.revert_all_migrations(POSTGRES_MIGRATIONS).unwrap();
+        #[derive(QueryableByName)]
+        struct Name {
+            #[diesel(sql_type = Text)]
+            tablename: String,
+        }
+        let left: Vec<String> = diesel::sql_query(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'",
+        )
+        .load::<Name>(&mut conn)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.tablename)
+        .collect();
+        assert!(left.is_empty(), "tables left after revert: {left:?}");
+        conn.run_pending_migrations(POSTGRES_MIGRATIONS).unwrap();
+        drop(conn);
+        diesel::sql_query(format!("DROP DATABASE {name}"))
+            .execute(&mut admin)
+            .unwrap();
     }
 }

@@ -45,6 +45,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(index_args(data_dir))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -101,6 +102,34 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `--index-url` for a data directory when the tests run on PostgreSQL
+/// (`KASTELL_TEST_INDEX=postgres` with `KASTELL_TEST_POSTGRES=postgres://user@host:port`):
+/// each data directory gets its
+/// own fresh database, remembered in a file inside it so a restarted server (or a
+/// CLI command) finds the same one. Empty on SQLite, the default.
+pub fn index_args(data_dir: &Path) -> Vec<String> {
+    if std::env::var("KASTELL_TEST_INDEX").as_deref() != Ok("postgres") {
+        return Vec::new();
+    }
+    let base = std::env::var("KASTELL_TEST_POSTGRES")
+        .expect("KASTELL_TEST_INDEX=postgres needs KASTELL_TEST_POSTGRES");
+    let marker = data_dir.join("test-index-url");
+    if let Ok(url) = std::fs::read_to_string(&marker) {
+        return vec!["--index-url".into(), url];
+    }
+    use diesel::{Connection, RunQueryDsl};
+    let name = format!("kastell_t_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = diesel::PgConnection::establish(&format!("{base}/postgres"))
+        .expect("PostgreSQL for the tests");
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .expect("create a test database");
+    let url = format!("{base}/{name}");
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(&marker, &url).unwrap();
+    vec!["--index-url".into(), url]
 }
 
 pub fn free_port() -> u16 {
