@@ -214,7 +214,13 @@ fn main() -> anyhow::Result<()> {
             println!("tenant {tenant}: every key destroyed; its images can no longer be read");
             Ok(())
         }
-        Command::Generate { studies, series_per_study, instances_per_series, seed, common } => {
+        Command::Generate {
+            studies,
+            series_per_study,
+            instances_per_series,
+            seed,
+            common,
+        } => {
             let config = load(&merge(&cli.common, &common), None)?;
             kastell::telemetry::init(&config.log);
             let index = kastell::app::open_index(&config)?;
@@ -227,7 +233,10 @@ fn main() -> anyhow::Result<()> {
                 seed,
                 &|done| {
                     if done % 10_000 == 0 || done == studies {
-                        eprintln!("{done} / {studies} studies ({:.0} s)", started.elapsed().as_secs_f64());
+                        eprintln!(
+                            "{done} / {studies} studies ({:.0} s)",
+                            started.elapsed().as_secs_f64()
+                        );
                     }
                 },
             )?;

@@ -15,6 +15,20 @@ use diesel::{Connection, QueryableByName, RunQueryDsl};
 use super::sql::Bind;
 use super::IndexError;
 
+thread_local! {
+    static STATEMENTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Statements this thread has sent to the index so far: lets tests check that
+/// building a response costs a bounded number of queries (no N+1).
+pub fn statements_on_this_thread() -> u64 {
+    STATEMENTS.with(|c| c.get())
+}
+
+fn count_statement() {
+    STATEMENTS.with(|c| c.set(c.get() + 1));
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
@@ -113,10 +127,12 @@ impl IndexConn for SqliteConnection {
     where
         T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static,
     {
+        count_statement();
         sqlite_query(sql, binds).load::<T>(self)
     }
 
     fn run(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<usize> {
+        count_statement();
         sqlite_query(sql, binds).execute(self)
     }
 
@@ -152,10 +168,12 @@ impl IndexConn for PgConnection {
     where
         T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static,
     {
+        count_statement();
         pg_query(sql, binds).load::<T>(self)
     }
 
     fn run(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<usize> {
+        count_statement();
         pg_query(sql, binds).execute(self)
     }
 

@@ -9,7 +9,7 @@ use diesel::QueryableByName;
 use super::conn::IndexConn;
 use super::sql::{Bind, SqlBuilder};
 use super::{now, with_conn, Index, IndexError, IndexPool};
-use crate::dicom::text::{person_name_words, normalize_time, Bound};
+use crate::dicom::text::{normalize_time, person_name_words, Bound};
 use diesel::{PgConnection, SqliteConnection};
 
 /// A small deterministic generator (xorshift), so runs are reproducible.
@@ -31,24 +31,99 @@ impl Rng {
 }
 
 const FAMILY: &[&str] = &[
-    "Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Meyer", "Wagner", "Becker", "Schulz", "Hoffmann",
-    "Dubois", "Martin", "Bernard", "Thomas", "Petit", "Robert", "Richard", "Durand", "Lefèvre", "Moreau",
-    "Rossi", "Russo", "Ferrari", "Esposito", "Bianchi", "Romano", "Colombo", "Ricci", "García", "Fernández",
-    "González", "Rodríguez", "López", "Martínez", "Sánchez", "Pérez", "de Vries", "Jansen", "Nowak", "Kowalski",
-    "Wiśniewski", "Novák", "Svoboda", "Nielsen", "Hansen", "Johansson", "Andersson", "Virtanen", "Smith", "Jones",
-    "Williams", "Brown", "Taylor", "Davies", "Evans", "O'Brien", "Murphy", "Kelly", "Papadopoulos", "Horváth",
+    "Müller",
+    "Schmidt",
+    "Schneider",
+    "Fischer",
+    "Weber",
+    "Meyer",
+    "Wagner",
+    "Becker",
+    "Schulz",
+    "Hoffmann",
+    "Dubois",
+    "Martin",
+    "Bernard",
+    "Thomas",
+    "Petit",
+    "Robert",
+    "Richard",
+    "Durand",
+    "Lefèvre",
+    "Moreau",
+    "Rossi",
+    "Russo",
+    "Ferrari",
+    "Esposito",
+    "Bianchi",
+    "Romano",
+    "Colombo",
+    "Ricci",
+    "García",
+    "Fernández",
+    "González",
+    "Rodríguez",
+    "López",
+    "Martínez",
+    "Sánchez",
+    "Pérez",
+    "de Vries",
+    "Jansen",
+    "Nowak",
+    "Kowalski",
+    "Wiśniewski",
+    "Novák",
+    "Svoboda",
+    "Nielsen",
+    "Hansen",
+    "Johansson",
+    "Andersson",
+    "Virtanen",
+    "Smith",
+    "Jones",
+    "Williams",
+    "Brown",
+    "Taylor",
+    "Davies",
+    "Evans",
+    "O'Brien",
+    "Murphy",
+    "Kelly",
+    "Papadopoulos",
+    "Horváth",
 ];
 const GIVEN: &[&str] = &[
-    "Anna", "Maria", "Sophie", "Emma", "Léa", "Chloé", "Giulia", "Sofia", "Lucía", "Eva", "Jan", "Lukas",
-    "Jonas", "Paul", "Louis", "Hugo", "Luca", "Marco", "Pablo", "Javier", "Jürgen", "Björn", "Søren", "Zoë",
-    "John", "James", "Oliver", "Noah", "Ella", "Mia", "Nikos", "Ákos", "Piotr", "Tomáš", "Mikko", "Aino",
+    "Anna", "Maria", "Sophie", "Emma", "Léa", "Chloé", "Giulia", "Sofia", "Lucía", "Eva", "Jan",
+    "Lukas", "Jonas", "Paul", "Louis", "Hugo", "Luca", "Marco", "Pablo", "Javier", "Jürgen",
+    "Björn", "Søren", "Zoë", "John", "James", "Oliver", "Noah", "Ella", "Mia", "Nikos", "Ákos",
+    "Piotr", "Tomáš", "Mikko", "Aino",
 ];
 /// Modalities with their weight (percent).
-const MODALITIES: &[(&str, u64)] =
-    &[("CT", 25), ("MR", 20), ("CR", 15), ("DX", 10), ("US", 10), ("MG", 6), ("PT", 5), ("NM", 4), ("XA", 3), ("SR", 2)];
+const MODALITIES: &[(&str, u64)] = &[
+    ("CT", 25),
+    ("MR", 20),
+    ("CR", 15),
+    ("DX", 10),
+    ("US", 10),
+    ("MG", 6),
+    ("PT", 5),
+    ("NM", 4),
+    ("XA", 3),
+    ("SR", 2),
+];
 const DESCRIPTIONS: &[&str] = &[
-    "CT HEAD W/O CONTRAST", "MR BRAIN", "CHEST PA AND LATERAL", "CT ABDOMEN PELVIS", "US ABDOMEN", "MAMMO SCREENING",
-    "MR KNEE LEFT", "PET CT WHOLE BODY", "CT THORAX", "XR HAND RIGHT", "MR SPINE LUMBAR", "ANGIO CORONARY",
+    "CT HEAD W/O CONTRAST",
+    "MR BRAIN",
+    "CHEST PA AND LATERAL",
+    "CT ABDOMEN PELVIS",
+    "US ABDOMEN",
+    "MAMMO SCREENING",
+    "MR KNEE LEFT",
+    "PET CT WHOLE BODY",
+    "CT THORAX",
+    "XR HAND RIGHT",
+    "MR SPINE LUMBAR",
+    "ANGIO CORONARY",
 ];
 
 fn modality(rng: &mut Rng) -> &'static str {
@@ -91,7 +166,11 @@ pub fn generate(
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let patients = (studies * 2 / 5).max(1);
     let batch = 500u64;
-    let mut done = Generated { studies: 0, series: 0, instances: 0 };
+    let mut done = Generated {
+        studies: 0,
+        series: 0,
+        instances: 0,
+    };
     let mut start = 0;
     while start < studies {
         let end = (start + batch).min(studies);
@@ -104,6 +183,16 @@ pub fn generate(
         progress(end);
         start = end;
         let _ = rng.next();
+    }
+    // Fresh statistics (and on PostgreSQL a visibility map for index-only scans), as
+    // the database's own maintenance would have by the time anyone searches.
+    match index.dialect() {
+        super::conn::Dialect::Sqlite => {
+            with_conn!(index, conn => diesel::connection::SimpleConnection::batch_execute(conn, "ANALYZE")?)
+        }
+        super::conn::Dialect::Postgres => {
+            with_conn!(index, conn => diesel::connection::SimpleConnection::batch_execute(conn, "VACUUM ANALYZE")?)
+        }
     }
     Ok(done)
 }
@@ -132,11 +221,21 @@ fn generate_batch<C: IndexConn>(
         let patient = rng.below(patients);
         let mut patient_rng = Rng((patient + 1).wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
         let name = format!("{}^{}", patient_rng.pick(FAMILY), patient_rng.pick(GIVEN));
-        let birth = format!("{:04}{:02}{:02}", 1930 + patient_rng.below(90), 1 + patient_rng.below(12), 1 + patient_rng.below(28));
+        let birth = format!(
+            "{:04}{:02}{:02}",
+            1930 + patient_rng.below(90),
+            1 + patient_rng.below(12),
+            1 + patient_rng.below(28)
+        );
         let sex = ["F", "M", "O"][patient_rng.below(3) as usize % 3];
         let day = rng.below(20 * 365);
         let (year, month, dom) = (2006 + day / 365, 1 + (day % 365) / 31 % 12, 1 + day % 28);
-        let time = format!("{:02}{:02}{:02}", 7 + rng.below(12), rng.below(60), rng.below(60));
+        let time = format!(
+            "{:02}{:02}{:02}",
+            7 + rng.below(12),
+            rng.below(60),
+            rng.below(60)
+        );
         let referring = format!("{}^{}", rng.pick(FAMILY), rng.pick(GIVEN));
         let modalities: Vec<&str> = {
             let mut m: Vec<&str> = (0..series_per_study).map(|_| modality(rng)).collect();
@@ -159,7 +258,10 @@ fn generate_batch<C: IndexConn>(
             Bind::Text(format!("{year:04}{month:02}{dom:02}")),
             Bind::Text(time.clone()),
             Bind::NullableText(normalize_time(&time, Bound::Lower)),
-            Bind::Text(format!("A{:08}", seed.wrapping_mul(1_000_003).wrapping_add(n) % 100_000_000)),
+            Bind::Text(format!(
+                "A{:08}",
+                seed.wrapping_mul(1_000_003).wrapping_add(n) % 100_000_000
+            )),
             Bind::Text(format!("{}", n % 10_000)),
             Bind::Text(rng.pick(DESCRIPTIONS).into()),
             Bind::Text(referring.clone()),
@@ -242,7 +344,10 @@ fn generate_batch<C: IndexConn>(
                     .push(", '1.2.840.10008.5.1.4.1.1.7', ")
                     .bind(Bind::Int(i as i64 + 1))
                     .push(", 512, 512, 16, 1, '1.2.840.10008.1.2.1', ")
-                    .bind(Bind::Text(format!("instances/{}", uuid::Uuid::new_v4().simple())))
+                    .bind(Bind::Text(format!(
+                        "instances/{}",
+                        uuid::Uuid::new_v4().simple()
+                    )))
                     .push(", 524288, 'synthetic', 1024, ")
                     .bind(Bind::Text(at.clone()))
                     .push(")");
@@ -251,5 +356,9 @@ fn generate_batch<C: IndexConn>(
         }
         conn.run(sql.sql(), sql.binds())?;
     }
-    Ok(Generated { studies: studies.len() as u64, series: series.len() as u64, instances: count })
+    Ok(Generated {
+        studies: studies.len() as u64,
+        series: series.len() as u64,
+        instances: count,
+    })
 }

@@ -862,4 +862,98 @@ mod tests {
             .execute(&mut admin)
             .unwrap();
     }
+
+    fn test_indexes() -> Vec<(Index, Option<String>)> {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let options = IndexOptions {
+            pool_size: 2,
+            busy_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        };
+        let mut indexes = vec![(
+            Index::open(&format!("sqlite://{}/i.sqlite", dir.display()), options).unwrap(),
+            None,
+        )];
+        if let Ok(base) = std::env::var("KASTELL_TEST_POSTGRES") {
+            use diesel::RunQueryDsl;
+            let name = format!("kastell_t_{}", uuid::Uuid::new_v4().simple());
+            let mut admin = PgConnection::establish(&format!("{base}/postgres")).unwrap();
+            diesel::sql_query(format!("CREATE DATABASE {name}"))
+                .execute(&mut admin)
+                .unwrap();
+            indexes.push((
+                Index::open(&format!("{base}/{name}"), options).unwrap(),
+                Some(name),
+            ));
+        }
+        indexes
+    }
+
+    /// A study of 2,000 instances: listing them, and finding them for metadata or
+    /// retrieval, each take a fixed number of statements, not one per instance.
+    #[test]
+    fn large_studies_cost_a_bounded_number_of_queries() {
+        for (index, _) in test_indexes() {
+            let made = generate::generate(&index, 1, 2, 1000, 7, &|_| {}).unwrap();
+            assert_eq!(made.instances, 2000);
+            let study = "2.25.7.0".to_string();
+            let request = SearchRequest {
+                resource: qido::Resource::StudyInstances {
+                    study: study.clone(),
+                },
+                matches: vec![],
+                include: vec![qido::IncludeField::All],
+                fuzzy: false,
+                limit: Some(5000),
+                offset: 0,
+            };
+            let before = conn::statements_on_this_thread();
+            let result = index.search(&request, 5000).unwrap();
+            assert_eq!(result.hits.len(), 2000);
+            assert_eq!(
+                conn::statements_on_this_thread() - before,
+                1,
+                "{:?}",
+                index.dialect()
+            );
+            let before = conn::statements_on_this_thread();
+            let located = index
+                .instances(&Scope::Study {
+                    study: study.clone(),
+                })
+                .unwrap();
+            assert_eq!(located.len(), 2000);
+            assert_eq!(conn::statements_on_this_thread() - before, 1);
+            // A full page also counts what remains: one statement more.
+            let mut paged = request.clone();
+            paged.limit = Some(100);
+            let before = conn::statements_on_this_thread();
+            let page = index.search(&paged, 5000).unwrap();
+            assert_eq!((page.hits.len(), page.remaining), (100, 1900));
+            assert_eq!(conn::statements_on_this_thread() - before, 2);
+        }
+    }
+
+    #[test]
+    fn generated_data_is_consistent_on_both_databases() {
+        for (index, _) in test_indexes() {
+            let made = generate::generate(&index, 30, 2, 3, 11, &|_| {}).unwrap();
+            assert_eq!((made.studies, made.series, made.instances), (30, 60, 180));
+            let request = SearchRequest {
+                resource: qido::Resource::Studies,
+                matches: vec![],
+                include: vec![],
+                fuzzy: false,
+                limit: None,
+                offset: 0,
+            };
+            let studies = index.search(&request, 1000).unwrap();
+            assert_eq!(studies.hits.len(), 30);
+            for hit in &studies.hits {
+                assert_eq!(hit.study.number_of_study_related_instances, 6);
+                assert!(hit.study.patient_id.as_deref().unwrap().starts_with('P'));
+            }
+        }
+    }
 }
