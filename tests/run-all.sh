@@ -53,6 +53,14 @@ cargo test --locked
 step "integration tests with the index on PostgreSQL"
 KASTELL_TEST_INDEX=postgres cargo test --locked --test '*'
 
+step "two server processes sharing one PostgreSQL and one S3 bucket (moto)"
+(
+    eval "$(tests/backends/start_s3.sh)"
+    trap 'tests/backends/stop.sh "$KASTELL_S3_STATE"' EXIT
+    KASTELL_TEST_INDEX=postgres KASTELL_TEST_BLOB_URL="s3://$KASTELL_S3_BUCKET/rust" \
+        cargo test --locked --test concurrency
+)
+
 step "DICOMweb conformance suite against the running server (index on SQLite)"
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" conformance/run_suite.sh
 

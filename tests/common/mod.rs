@@ -46,6 +46,8 @@ impl Server {
             ])
             .arg(data_dir)
             .args(index_args(data_dir))
+            .args(blob_args(data_dir))
+            .envs(master_key_env())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -130,6 +132,66 @@ pub fn index_args(data_dir: &Path) -> Vec<String> {
     std::fs::create_dir_all(data_dir).unwrap();
     std::fs::write(&marker, &url).unwrap();
     vec!["--index-url".into(), url]
+}
+
+/// `--blob-url` when the tests run on a cloud store (`KASTELL_TEST_BLOB_URL`, e.g.
+/// `s3://kastell-test/rust` with the `AWS_*` variables of tests/backends/start_s3.sh):
+/// one prefix per data directory, remembered like the index URL. Empty by default
+/// (the local store under the data directory).
+pub fn blob_args(data_dir: &Path) -> Vec<String> {
+    let Ok(base) = std::env::var("KASTELL_TEST_BLOB_URL") else {
+        return Vec::new();
+    };
+    let marker = data_dir.join("test-blob-url");
+    let url = match std::fs::read_to_string(&marker) {
+        Ok(url) => url,
+        Err(_) => {
+            let url = format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                uuid::Uuid::new_v4().simple()
+            );
+            std::fs::create_dir_all(data_dir).unwrap();
+            std::fs::write(&marker, &url).unwrap();
+            url
+        }
+    };
+    vec!["--blob-url".into(), url]
+}
+
+/// A fixed master key when the blob store is not the embedded one (which would
+/// otherwise get a generated development key).
+pub fn master_key_env() -> Vec<(String, String)> {
+    if std::env::var("KASTELL_TEST_BLOB_URL").is_ok() {
+        vec![(
+            "KASTELL__KEYS__MASTER_KEY".into(),
+            "S2FzdGVsbCB0ZXN0IG1hc3RlciBrZXkgMzIgYnl0ZXM=".into(),
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+/// `kastell verify` on a data directory (with the test's index and blob store).
+pub fn verify(data_dir: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_kastell"))
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(index_args(data_dir))
+        .args(blob_args(data_dir))
+        .envs(master_key_env())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kastell verify");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
 }
 
 pub fn free_port() -> u16 {
