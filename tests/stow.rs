@@ -244,3 +244,23 @@ fn orphaned_blobs_are_swept_at_start_up() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+#[test]
+fn overwrite_can_be_enabled() {
+    let server = Server::start_with(&[("KASTELL__DICOMWEB__OVERWRITE_EXISTING", "true")]);
+    let spec = Spec::new("1.2.10.1", "1.2.10.1.1", "1.2.10.1.1.1");
+    assert_eq!(store(&server, "/studies", &[dicom_file(&spec)]).0, 200);
+    let mut changed = spec.clone();
+    changed.patient_name = "Replaced^Name".into();
+    let replacement = dicom_file(&changed);
+    let (status, body) = store(&server, "/studies", std::slice::from_ref(&replacement));
+    assert_eq!(status, 200, "{body}");
+    let response = client()
+        .get(server.url("/studies/1.2.10.1/series/1.2.10.1.1/instances/1.2.10.1.1.1"))
+        .header("Accept", "application/dicom")
+        .send()
+        .unwrap();
+    assert_eq!(response.bytes().unwrap().to_vec(), replacement);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.blob_files().len(), 1, "the replaced blob is removed");
+}
