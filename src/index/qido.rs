@@ -128,12 +128,18 @@ pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
         .find(|m| m.path == [Tag(0x0008, 0x0030)]);
     let combined = combined_date_time(date, time)?;
     if let Some((low, high)) = &combined {
+        // The plain date bounds come first so that the date index narrows the rows
+        // the combined date-time expression is evaluated on.
         let expr = "(st.study_date || COALESCE(st.study_time_norm, '000000.000000'))";
         if let Some(low) = low {
+            sql.push(" AND st.study_date >= ")
+                .bind(Bind::Text(low[..8].to_string()));
             sql.push(&format!(" AND {expr} >= "))
                 .bind(Bind::Text(low.clone()));
         }
         if let Some(high) = high {
+            sql.push(" AND st.study_date <= ")
+                .bind(Bind::Text(high[..8].to_string()));
             sql.push(&format!(" AND {expr} <= "))
                 .bind(Bind::Text(high.clone()));
         }
@@ -588,7 +594,9 @@ mod tests {
         assert_eq!(
             p.from_where.binds(),
             &[
+                Bind::Text("20240101".into()),
                 Bind::Text("20240101100000.000000".into()),
+                Bind::Text("20240102".into()),
                 Bind::Text("20240102110059.999999".into())
             ]
         );
