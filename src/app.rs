@@ -243,10 +243,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         warning_agent: config.dicomweb.warning_agent.clone(),
     };
     let prefix = config.dicomweb.path_prefix.clone();
+    let origins = config.server.cors_allowed_origins.clone();
     let data = web::Data::new(state);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(http::cors(&origins))
             .wrap(
                 actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms")
                     .log_target("kastell::access"),

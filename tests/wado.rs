@@ -145,3 +145,52 @@ fn metadata_is_complete_and_bulk_data_resolves() {
         assert_eq!(parts[0].1, expected);
     }
 }
+
+#[test]
+fn cors_for_browser_viewers() {
+    let server = Server::start_with(&[(
+        "KASTELL__SERVER__CORS_ALLOWED_ORIGINS",
+        "[\"http://viewer.test\"]",
+    )]);
+    let spec = Spec::new("3.9", "3.9.1", "3.9.1.1");
+    assert_eq!(store(&server, "/studies", &[dicom_file(&spec)]).0, 200);
+    // Preflight, as a browser sends it for a quoted Accept value.
+    let preflight = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            server.url("/studies/3.9/series/3.9.1/metadata"),
+        )
+        .header("Origin", "http://viewer.test")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "accept")
+        .send()
+        .unwrap();
+    assert_eq!(preflight.status().as_u16(), 200);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "http://viewer.test"
+    );
+    let response = client()
+        .get(server.url("/studies?limit=1"))
+        .header("Origin", "http://viewer.test")
+        .send()
+        .unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "http://viewer.test"
+    );
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for header in ["content-location", "location", "warning"] {
+        assert!(exposed.contains(header), "{header} not exposed: {exposed}");
+    }
+    // Other origins get no CORS grant.
+    let other = client()
+        .get(server.url("/studies?limit=1"))
+        .header("Origin", "http://evil.test")
+        .send()
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}

@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub max_request_bytes: u64,
     /// How long in-flight requests may take to finish on shutdown, in seconds.
     pub shutdown_timeout_secs: u64,
+    /// Origins browsers may call from (a viewer served elsewhere), e.g.
+    /// `["https://viewer.example.org"]`; `["*"]` allows any; empty disables CORS.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -130,6 +133,7 @@ impl Default for ServerConfig {
             workers: 0,
             max_request_bytes: 16 * 1024 * 1024 * 1024,
             shutdown_timeout_secs: 30,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }

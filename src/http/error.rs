@@ -31,6 +31,7 @@ impl ApiError {
     fn public_message(&self) -> String {
         match self {
             ApiError::Service(ServiceError::NotFound(what)) => format!("{what} not found"),
+            ApiError::Service(ServiceError::Gone(what)) => format!("this {what} was deleted"),
             ApiError::Service(ServiceError::NotAcceptable(why)) => why.clone(),
             ApiError::Service(ServiceError::Index(IndexError::Query(e))) => e.to_string(),
             ApiError::Service(ServiceError::Index(IndexError::Pool(_))) => {
@@ -59,6 +60,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Service(error) => match error {
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+                ServiceError::Gone(_) => StatusCode::GONE,
                 ServiceError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
                 ServiceError::Index(IndexError::Query(_)) => StatusCode::BAD_REQUEST,
                 ServiceError::Index(IndexError::Pool(_)) => StatusCode::SERVICE_UNAVAILABLE,

@@ -2,6 +2,7 @@
 //! the helpers they share. The only module that knows actix.
 
 pub mod accept;
+mod delete;
 pub mod error;
 pub mod multipart;
 mod qido;
@@ -105,9 +106,10 @@ pub fn configure(config: &mut web::ServiceConfig, prefix: &str) {
             .service(resource("/series", "GET").route(web::get().to(qido::search_all_series)))
             .service(resource("/instances", "GET").route(web::get().to(qido::search_all_instances)))
             .service(
-                resource("/studies/{study}", "GET, POST")
+                resource("/studies/{study}", "GET, POST, DELETE")
                     .route(web::get().to(wado::retrieve_study))
-                    .route(web::post().to(stow::store_in_study)),
+                    .route(web::post().to(stow::store_in_study))
+                    .route(web::delete().to(delete::delete_study)),
             )
             .service(
                 resource("/studies/{study}/metadata", "GET")
@@ -122,8 +124,9 @@ pub fn configure(config: &mut web::ServiceConfig, prefix: &str) {
                     .route(web::get().to(qido::search_study_instances)),
             )
             .service(
-                resource("/studies/{study}/series/{series}", "GET")
-                    .route(web::get().to(wado::retrieve_series)),
+                resource("/studies/{study}/series/{series}", "GET, DELETE")
+                    .route(web::get().to(wado::retrieve_series))
+                    .route(web::delete().to(delete::delete_series)),
             )
             .service(
                 resource("/studies/{study}/series/{series}/metadata", "GET")
@@ -136,9 +139,10 @@ pub fn configure(config: &mut web::ServiceConfig, prefix: &str) {
             .service(
                 resource(
                     "/studies/{study}/series/{series}/instances/{instance}",
-                    "GET",
+                    "GET, DELETE",
                 )
-                .route(web::get().to(wado::retrieve_instance)),
+                .route(web::get().to(wado::retrieve_instance))
+                .route(web::delete().to(delete::delete_instance)),
             )
             .service(
                 resource(
@@ -188,6 +192,32 @@ fn ok(flag: bool) -> &'static str {
     } else {
         "unavailable"
     }
+}
+
+/// The CORS middleware for browser viewers served from another origin. Preflight
+/// `OPTIONS` requests (with `Origin` and `Access-Control-Request-Method`) are
+/// answered by it; the headers DICOMweb clients read are exposed.
+pub fn cors(origins: &[String]) -> actix_cors::Cors {
+    if origins.is_empty() {
+        return actix_cors::Cors::default();
+    }
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "DELETE", "OPTIONS", "HEAD"])
+        .allowed_headers([
+            actix_web::http::header::ACCEPT,
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::AUTHORIZATION,
+        ])
+        .expose_headers(["content-type", "content-location", "location", "warning"])
+        .max_age(3600);
+    if origins.iter().any(|o| o == "*") {
+        cors = cors.allow_any_origin();
+    } else {
+        for origin in origins {
+            cors = cors.allowed_origin(origin);
+        }
+    }
+    cors
 }
 
 /// Answers unknown paths with a DICOMweb status report.

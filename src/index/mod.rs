@@ -485,6 +485,106 @@ impl Index {
         Ok(with_conn!(self, conn => conn.load::<StoredInstance>(sql.sql(), sql.binds())?))
     }
 
+    /// Deletes the instances of a scope, the series and studies left empty, and
+    /// remembers their UIDs (for 410 Gone). Returns the blobs to remove, or an
+    /// empty list when nothing matched.
+    pub fn delete(&self, scope: &Scope) -> Result<Vec<String>, IndexError> {
+        #[derive(QueryableByName)]
+        struct Doomed {
+            #[diesel(sql_type = BigInt)]
+            instance_pk: i64,
+            #[diesel(sql_type = Text)]
+            blob_key: String,
+            #[diesel(sql_type = Text)]
+            sop_instance_uid: String,
+            #[diesel(sql_type = BigInt)]
+            series_pk: i64,
+            #[diesel(sql_type = BigInt)]
+            study_pk: i64,
+        }
+        let mut sql = SqlBuilder::new();
+        sql.push(
+            "SELECT i.instance_pk, i.blob_key, i.sop_instance_uid, se.series_pk, st.study_pk \
+             FROM instances i JOIN series se ON se.series_pk = i.series_fk \
+             JOIN studies st ON st.study_pk = se.study_fk WHERE st.study_instance_uid = ",
+        );
+        let (study, series, instance) = match scope {
+            Scope::Study { study } => (study, None, None),
+            Scope::Series { study, series } => (study, Some(series), None),
+            Scope::Instance {
+                study,
+                series,
+                instance,
+            } => (study, Some(series), Some(instance)),
+        };
+        sql.bind(Bind::Text(study.clone()));
+        if let Some(series) = series {
+            sql.push(" AND se.series_instance_uid = ")
+                .bind(Bind::Text(series.clone()));
+        }
+        if let Some(instance) = instance {
+            sql.push(" AND i.sop_instance_uid = ")
+                .bind(Bind::Text(instance.clone()));
+        }
+        with_conn!(self, conn => conn.write(|conn| {
+            let doomed = conn.load::<Doomed>(sql.sql(), sql.binds())?;
+            if doomed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let at = now();
+            let mut series_touched = BTreeSet::new();
+            let mut studies_touched = BTreeSet::new();
+            for row in &doomed {
+                conn.run("DELETE FROM instances WHERE instance_pk = ?", &[Bind::Int(row.instance_pk)])?;
+                remember_deleted(conn, &row.sop_instance_uid, "instance", &at)?;
+                series_touched.insert(row.series_pk);
+                studies_touched.insert(row.study_pk);
+            }
+            #[derive(QueryableByName)]
+            struct Emptied {
+                #[diesel(sql_type = Text)]
+                uid: String,
+            }
+            for series_pk in &series_touched {
+                let emptied = conn.load::<Emptied>(
+                    "DELETE FROM series WHERE series_pk = ? AND NOT EXISTS \
+                     (SELECT 1 FROM instances WHERE series_fk = ?) RETURNING series_instance_uid AS uid",
+                    &[Bind::Int(*series_pk), Bind::Int(*series_pk)],
+                )?;
+                for row in emptied {
+                    remember_deleted(conn, &row.uid, "series", &at)?;
+                }
+            }
+            for study_pk in &studies_touched {
+                let emptied = conn.load::<Emptied>(
+                    "DELETE FROM studies WHERE study_pk = ? AND NOT EXISTS \
+                     (SELECT 1 FROM series WHERE study_fk = ?) RETURNING study_instance_uid AS uid",
+                    &[Bind::Int(*study_pk), Bind::Int(*study_pk)],
+                )?;
+                for row in &emptied {
+                    remember_deleted(conn, &row.uid, "study", &at)?;
+                }
+            }
+            // Counts of what remains (rows already deleted are simply not updated).
+            refresh_aggregates(conn, &studies_touched, &series_touched)?;
+            Ok(doomed.into_iter().map(|row| row.blob_key).collect())
+        }))
+    }
+
+    /// Whether the most specific UID of a scope was deleted through DICOMweb.
+    pub fn was_deleted(&self, scope: &Scope) -> Result<bool, IndexError> {
+        let uid = match scope {
+            Scope::Study { study } => study,
+            Scope::Series { series, .. } => series,
+            Scope::Instance { instance, .. } => instance,
+        };
+        let rows = with_conn!(self, conn => conn.load::<BlobKeyRow>(
+            "SELECT uid AS blob_key FROM deleted_uids WHERE uid = ?",
+            &[Bind::Text(uid.clone())],
+        )?);
+        Ok(!rows.is_empty())
+    }
+
     /// Every indexed blob with its plaintext size, in index order.
     pub fn all_blobs(&self) -> Result<Vec<(String, i64)>, IndexError> {
         #[derive(QueryableByName)]
@@ -682,6 +782,15 @@ fn store_one<C: IndexConn>(
         }
     }
 
+    // Stored again after a deletion: no longer gone.
+    conn.run(
+        "DELETE FROM deleted_uids WHERE uid IN (?, ?, ?)",
+        &[
+            Bind::Text(instance.study_instance_uid.clone()),
+            Bind::Text(instance.series_instance_uid.clone()),
+            Bind::Text(instance.sop_instance_uid.clone()),
+        ],
+    )?;
     let mut columns = level_columns(instance, Level::Instance);
     columns.retain(|(c, _)| c != "sop_instance_uid" && c != "sop_class_uid");
     columns.extend([
@@ -735,6 +844,27 @@ fn store_one<C: IndexConn>(
         Some(old_blob_key) => StoreOutcome::Replaced { old_blob_key },
         None => StoreOutcome::Stored,
     })
+}
+
+fn remember_deleted<C: IndexConn>(
+    conn: &mut C,
+    uid: &str,
+    level: &str,
+    at: &str,
+) -> Result<(), IndexError> {
+    conn.run(
+        "DELETE FROM deleted_uids WHERE uid = ?",
+        &[Bind::Text(uid.to_string())],
+    )?;
+    conn.run(
+        "INSERT INTO deleted_uids (uid, level, deleted_at) VALUES (?, ?, ?)",
+        &[
+            Bind::Text(uid.to_string()),
+            Bind::Text(level.to_string()),
+            Bind::Text(at.to_string()),
+        ],
+    )?;
+    Ok(())
 }
 
 fn refresh_aggregates<C: IndexConn>(
@@ -839,7 +969,11 @@ mod tests {
             .into_iter()
             .map(|r| r.join().unwrap().unwrap().len())
             .sum();
-        assert_eq!(applied, 2, "each migration applied once");
+        let total =
+            diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&POSTGRES_MIGRATIONS)
+                .unwrap()
+                .len();
+        assert_eq!(applied, total, "each migration applied once");
         let mut conn = PgConnection::establish(&url).unwrap();
         conn.revert_all_migrations(POSTGRES_MIGRATIONS).unwrap();
         #[derive(QueryableByName)]

@@ -1,6 +1,7 @@
 //! The pipelines behind the DICOMweb transactions: store (validate → write blob →
 //! index), search, retrieve. No HTTP here: handlers call these with typed inputs.
 
+pub mod delete;
 pub mod qido;
 pub mod stow;
 pub mod wado;
@@ -33,6 +34,9 @@ pub struct Services {
 pub enum ServiceError {
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// It existed and was deleted (PS3.18 §8.5: 410 Gone).
+    #[error("{0} was deleted")]
+    Gone(&'static str),
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]

@@ -36,11 +36,19 @@ pub async fn locate(
         Scope::Series { .. } => "series",
         Scope::Instance { .. } => "instance",
     };
+    let lookup = scope.clone();
     let instances = services
         .with_index(move |index| index.instances(&scope))
         .await?;
     if instances.is_empty() {
-        return Err(ServiceError::NotFound(what));
+        let deleted = services
+            .with_index(move |index| index.was_deleted(&lookup))
+            .await?;
+        return Err(if deleted {
+            ServiceError::Gone(what)
+        } else {
+            ServiceError::NotFound(what)
+        });
     }
     Ok(instances)
 }
