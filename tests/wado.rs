@@ -194,3 +194,82 @@ fn cors_for_browser_viewers() {
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+/// A native multi-frame file: `frames` frames of 4x4 16-bit pixels, frame f's
+/// pixels all equal to f * 1000 + index.
+fn multiframe_file(spec: &Spec, frames: u16) -> Vec<u8> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let single = dicom_file(spec);
+    let mut object = dicom_object::from_reader(&single[128..]).unwrap();
+    object.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from(frames.to_string()),
+    ));
+    let pixels: Vec<u16> = (0..frames)
+        .flat_map(|f| (0..16u16).map(move |i| (f + 1) * 1000 + i))
+        .collect();
+    object.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(pixels.into()),
+    ));
+    let mut bytes = Vec::new();
+    object.write_all(&mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn frames_are_read_one_by_one() {
+    let server = Server::start();
+    let spec = Spec::new("3.7", "3.7.1", "3.7.1.1");
+    assert_eq!(
+        store(&server, "/studies", &[multiframe_file(&spec, 5)]).0,
+        200
+    );
+    let base = "/studies/3.7/series/3.7.1/instances/3.7.1.1/frames";
+    // As OHIF asks: one frame, unquoted type, any transfer syntax.
+    let response = client()
+        .get(server.url(&format!("{base}/4,2")))
+        .header(
+            "Accept",
+            "multipart/related; type=application/octet-stream; transfer-syntax=*",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let parts = split_multipart(&content_type, &response.bytes().unwrap());
+    assert_eq!(parts.len(), 2);
+    for ((headers, body), frame) in parts.iter().zip([4u16, 2]) {
+        assert!(
+            headers.contains("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"),
+            "{headers}"
+        );
+        assert!(headers.contains(&format!("{base}/{frame}")), "{headers}");
+        let expected: Vec<u8> = (0..16u16)
+            .flat_map(|i| (frame * 1000 + i).to_le_bytes())
+            .collect();
+        assert_eq!(body, &expected, "frame {frame}");
+    }
+    let status = |path: &str| {
+        client()
+            .get(server.url(path))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status(&format!("{base}/0")), 400);
+    assert_eq!(status(&format!("{base}/x")), 400);
+    assert_eq!(status(&format!("{base}/6")), 404);
+    assert_eq!(status(&format!("{base}/1")), 200, "no Accept means */*");
+    assert_eq!(
+        status("/studies/3.7/series/3.7.1/instances/9.9/frames/1"),
+        404
+    );
+}

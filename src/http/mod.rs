@@ -153,6 +153,13 @@ pub fn configure(config: &mut web::ServiceConfig, prefix: &str) {
             )
             .service(
                 resource(
+                    "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+                    "GET",
+                )
+                .route(web::get().to(wado::frames)),
+            )
+            .service(
+                resource(
                     "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path:.*}",
                     "GET",
                 )

@@ -316,3 +316,66 @@ pub async fn bulkdata(
         ))
         .streaming(multipart_body(boundary, stream::iter(parts).boxed())))
 }
+
+pub async fn frames(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<(String, String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (study, series, instance, list) = path.into_inner();
+    let numbers = wado::parse_frame_list(&list).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "invalid frame list {list:?}: frame numbers start at 1"
+        ))
+    })?;
+    let choice = negotiate_bulk(&ranges(&request)?);
+    let scope = Scope::Instance {
+        study,
+        series,
+        instance,
+    };
+    let stored = wado::locate(&state.services, scope)
+        .await?
+        .into_iter()
+        .next()
+        .expect("one instance");
+    let frames = wado::frames(&state.services, &stored, &numbers).await?;
+    let (part_type, related_type) = match frames.media_type {
+        None if choice.uncompressed => (
+            format!("application/octet-stream; transfer-syntax={}", frames.transfer_syntax),
+            "application/octet-stream",
+        ),
+        Some(media) if choice.any_compressed || choice.compressed_types.iter().any(|t| t == media) => {
+            (format!("{media}; transfer-syntax={}", frames.transfer_syntax), media)
+        }
+        Some(media) => {
+            return Err(ApiError::NotAcceptable(format!(
+                "these frames are stored compressed ({media}; transfer-syntax={}) and transcoding is not supported yet; \
+                 request transfer-syntax=* or {media}",
+                frames.transfer_syntax
+            )))
+        }
+        None => return Err(ApiError::NotAcceptable("frames are available as application/octet-stream".into())),
+    };
+    let base = format!(
+        "{}/frames",
+        wado::instance_url(&state.base_url(&request), &stored)
+    );
+    let parts: Vec<Result<OutgoingPart, StoreError>> = numbers
+        .iter()
+        .zip(frames.frames)
+        .map(|(n, frame)| {
+            Ok(OutgoingPart {
+                content_type: part_type.clone(),
+                content_location: Some(format!("{base}/{n}")),
+                body: stream::once(async move { Ok(frame) }).boxed(),
+            })
+        })
+        .collect();
+    let boundary = new_boundary();
+    Ok(HttpResponse::Ok()
+        .content_type(format!(
+            "multipart/related; type=\"{related_type}\"; boundary={boundary}"
+        ))
+        .streaming(multipart_body(boundary, stream::iter(parts).boxed())))
+}
