@@ -243,6 +243,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         warning_agent: config.dicomweb.warning_agent.clone(),
     };
     let prefix = config.dicomweb.path_prefix.clone();
+    let wado_uri_path = config.dicomweb.wado_uri_path.clone();
     let origins = config.server.cors_allowed_origins.clone();
     let data = web::Data::new(state);
     let mut server = HttpServer::new(move || {
@@ -253,7 +254,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms")
                     .log_target("kastell::access"),
             )
-            .configure(|c| http::configure(c, &prefix))
+            .configure(|c| http::configure(c, &prefix, &wado_uri_path))
             .default_service(web::to(http::not_found))
     })
     .shutdown_timeout(config.server.shutdown_timeout_secs)

@@ -273,3 +273,44 @@ fn frames_are_read_one_by_one() {
         404
     );
 }
+
+#[test]
+fn wado_uri_returns_the_instance() {
+    let (server, files) = stored();
+    let uri = |query: &str| format!("http://127.0.0.1:{}/wado?{query}", server.port);
+    let ok = client()
+        .get(uri("requestType=WADO&studyUID=3.1&seriesUID=3.1.1&objectUID=3.1.1.1&contentType=application%2Fdicom"))
+        .send()
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(ok.headers()["content-type"], "application/dicom");
+    assert_eq!(ok.bytes().unwrap().to_vec(), files[0]);
+    let implicit = client()
+        .get(uri("requestType=WADO&studyUID=3.1&seriesUID=3.1.1&objectUID=3.1.1.2&contentType=application/dicom&transferSyntax=*"))
+        .send()
+        .unwrap();
+    let body = implicit.bytes().unwrap();
+    assert_eq!(
+        dicom_object::from_reader(&body[128..])
+            .unwrap()
+            .meta()
+            .transfer_syntax(),
+        "1.2.840.10008.1.2.1"
+    );
+    let status = |query: &str| client().get(uri(query)).send().unwrap().status().as_u16();
+    assert_eq!(
+        status("studyUID=3.1&seriesUID=3.1.1&objectUID=3.1.1.1&contentType=application/dicom"),
+        400
+    );
+    assert_eq!(
+        status("requestType=WADO&studyUID=3.1&objectUID=3.1.1.1&contentType=application/dicom"),
+        400
+    );
+    assert_eq!(status("requestType=WADO&studyUID=3.1&seriesUID=3.1.1&objectUID=3.1.1.1&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2.4.50"), 406);
+    assert_eq!(status("requestType=WADO&studyUID=3.1&seriesUID=3.1.1&objectUID=9.9&contentType=application/dicom"), 404);
+    assert_eq!(
+        status("requestType=WADO&studyUID=3.1&seriesUID=3.1.1&objectUID=3.1.1.1"),
+        406,
+        "rendering is not produced yet"
+    );
+}

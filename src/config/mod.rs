@@ -84,6 +84,8 @@ pub struct IndexConfig {
 pub struct DicomWebConfig {
     /// Path under which the DICOMweb services are served.
     pub path_prefix: String,
+    /// Path of WADO-URI (`?requestType=WADO&...`).
+    pub wado_uri_path: String,
     /// Absolute base URL clients reach the server at (e.g. behind a proxy). Empty
     /// means: derive it from `Host` / `X-Forwarded-*` of each request.
     pub public_base_url: String,
@@ -168,6 +170,7 @@ impl Default for DicomWebConfig {
     fn default() -> Self {
         Self {
             path_prefix: "/dicomweb".into(),
+            wado_uri_path: "/wado".into(),
             public_base_url: String::new(),
             qido_max_results: 1000,
             overwrite_existing: false,
@@ -248,6 +251,12 @@ impl Config {
         if !prefix.starts_with('/') || (prefix.len() > 1 && prefix.ends_with('/')) {
             return Err(ConfigError::Rule(format!(
                 "dicomweb.path_prefix must start with '/' and not end with one, got {prefix:?}"
+            )));
+        }
+        let wado = &self.dicomweb.wado_uri_path;
+        if !wado.starts_with('/') || wado == prefix {
+            return Err(ConfigError::Rule(format!(
+                "dicomweb.wado_uri_path must start with '/' and differ from path_prefix, got {wado:?}"
             )));
         }
         if self.storage.upload_part_bytes < 5 * 1024 * 1024 {

@@ -8,6 +8,7 @@ pub mod multipart;
 mod qido;
 mod stow;
 mod wado;
+mod wado_uri;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use percent_encoding::percent_decode_str;
@@ -94,8 +95,9 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     }))
 }
 
-/// Registers every DICOMweb route under the configured prefix.
-pub fn configure(config: &mut web::ServiceConfig, prefix: &str) {
+/// Registers every DICOMweb route under the configured prefix, and WADO-URI.
+pub fn configure(config: &mut web::ServiceConfig, prefix: &str, wado_uri_path: &str) {
+    config.service(resource(wado_uri_path, "GET").route(web::get().to(wado_uri::retrieve)));
     config.service(
         web::scope(prefix)
             .service(
