@@ -314,3 +314,39 @@ fn wado_uri_returns_the_instance() {
         "rendering is not produced yet"
     );
 }
+
+#[test]
+fn metadata_revalidates_with_etags() {
+    let (server, _) = stored();
+    let url = server.url("/studies/3.1/series/3.1.1/metadata");
+    let first = client().get(&url).send().unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    let again = client()
+        .get(&url)
+        .header("If-None-Match", &etag)
+        .send()
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 304);
+    assert!(again.bytes().unwrap().is_empty());
+    // A change to the series changes the tag.
+    let mut spec = Spec::new("3.1", "3.1.1", "3.1.1.3");
+    spec.instance_number = 3;
+    assert_eq!(store(&server, "/studies", &[dicom_file(&spec)]).0, 200);
+    let changed = client()
+        .get(&url)
+        .header("If-None-Match", &etag)
+        .send()
+        .unwrap();
+    assert_eq!(changed.status().as_u16(), 200);
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(
+        changed
+            .json::<serde_json::Value>()
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}

@@ -215,6 +215,23 @@ async fn metadata(
     }
     let instances = wado::locate(&state.services, scope).await?;
     let base_url = state.base_url(&request);
+    // Viewers fetch series metadata on every study open: an unchanged series is
+    // answered 304 without reading a single blob.
+    let etag = wado::metadata_etag(&instances, &base_url);
+    let revalidated = request
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag == etag || tag.strip_prefix("W/") == Some(etag.as_str())
+        });
+    if revalidated {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .finish());
+    }
     // One JSON array, written as each instance's metadata arrives.
     let mut items = wado::metadata_stream(state.services.clone(), instances, base_url);
     // The first item is produced before answering, so an unreadable object gets a
@@ -233,6 +250,7 @@ async fn metadata(
         .chain(stream::once(async { Ok(Bytes::from_static(b"]")) }));
     Ok(HttpResponse::Ok()
         .content_type("application/dicom+json")
+        .insert_header((header::ETAG, etag))
         .streaming(body))
 }
 

@@ -144,6 +144,8 @@ pub struct StoredInstance {
     pub number_of_frames: Option<i64>,
     #[diesel(sql_type = Nullable<BigInt>)]
     pub bits_allocated: Option<i64>,
+    #[diesel(sql_type = Text)]
+    pub content_sha256: String,
 }
 
 /// Which instances a retrieval covers.
@@ -456,7 +458,7 @@ impl Index {
         sql.push(
             "SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, \
              i.transfer_syntax_uid, i.blob_key, i.blob_size, i.header_length, i.pixel_data_offset, \
-             i.pixel_data_length, i.number_of_frames, i.bits_allocated \
+             i.pixel_data_length, i.number_of_frames, i.bits_allocated, i.content_sha256 \
              FROM instances i JOIN series se ON se.series_pk = i.series_fk \
              JOIN studies st ON st.study_pk = se.study_fk WHERE st.study_instance_uid = ",
         );

@@ -110,6 +110,20 @@ pub async fn instance_body(
     Ok(stream::once(async move { Ok(Bytes::from(reencoded)) }).boxed())
 }
 
+/// An entity tag for the metadata of `instances` as seen from `base_url`: it
+/// changes whenever an instance is added, replaced or removed (the content hashes
+/// are in it), so a client may revalidate with If-None-Match.
+pub fn metadata_etag(instances: &[StoredInstance], base_url: &str) -> String {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(b"kastell-metadata-v1\0");
+    digest.update(base_url.as_bytes());
+    for instance in instances {
+        digest.update(instance.sop_instance_uid.as_bytes());
+        digest.update(instance.content_sha256.as_bytes());
+    }
+    format!("\"{}\"", hex::encode(&digest.finish().as_ref()[..16]))
+}
+
 /// The URL of an instance under `base_url`.
 pub fn instance_url(base_url: &str, instance: &StoredInstance) -> String {
     format!(
