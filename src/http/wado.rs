@@ -266,11 +266,7 @@ pub async fn bulkdata(
         series,
         instance,
     };
-    let stored = wado::locate(&state.services, scope)
-        .await?
-        .into_iter()
-        .next()
-        .expect("one instance");
+    let stored = wado::locate_one(&state.services, scope).await?;
     let body = wado::bulkdata(&state.services, &stored, &bulk_path).await?;
     let location = format!(
         "{}/bulkdata/{}",
@@ -352,11 +348,7 @@ pub async fn frames(
         series,
         instance,
     };
-    let stored = wado::locate(&state.services, scope)
-        .await?
-        .into_iter()
-        .next()
-        .expect("one instance");
+    let stored = wado::locate_one(&state.services, scope).await?;
     let frames = wado::frames(&state.services, &stored, &numbers).await?;
     let (part_type, related_type) = match frames.media_type {
         None if choice.uncompressed => (

@@ -102,11 +102,7 @@ pub async fn retrieve(
             "rendered WADO-URI responses are not produced yet; ask for contentType=application/dicom".into(),
         ));
     }
-    let instance = wado::locate(&state.services, parsed.scope)
-        .await?
-        .into_iter()
-        .next()
-        .expect("one instance");
+    let instance = wado::locate_one(&state.services, parsed.scope).await?;
     let representation =
         wado::representation_for(&instance.transfer_syntax_uid, &parsed.transfer_syntax)
             .ok_or_else(|| {

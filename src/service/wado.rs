@@ -53,6 +53,12 @@ pub async fn locate(
     Ok(instances)
 }
 
+/// The one instance of an instance scope.
+pub async fn locate_one(services: &Services, scope: Scope) -> Result<StoredInstance, ServiceError> {
+    let instance = locate(services, scope).await?.into_iter().next();
+    instance.ok_or(ServiceError::NotFound("instance"))
+}
+
 fn blob_key(instance: &StoredInstance) -> Result<BlobKey, ServiceError> {
     Ok(BlobKey::parse(&instance.blob_key)?)
 }
