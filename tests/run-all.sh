@@ -20,17 +20,17 @@ step "installing the Python packages of the conformance suite"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     -r conformance/requirements.txt
 
-step "cargo fmt --check"
-cargo fmt --all -- --check
-
-step "cargo clippy -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
-
 # Build dependencies of diesel's PostgreSQL backend.
 if ! command -v pg_config >/dev/null 2>&1; then
     step "installing libpq-dev"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpq-dev
 fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
 
 step "cargo build"
 cargo build --locked

@@ -407,27 +407,26 @@ impl Index {
             Level::Instance => ("SELECT st.*, se.*, i.* ", " ORDER BY i.instance_pk"),
         };
         let mut sql = SqlBuilder::new();
+        // limit and offset are numbers we parsed, written into the text.
         sql.push(select)
             .push(plan.from_where.sql())
             .push(order)
-            .push(" LIMIT ");
-        let mut binds = plan.from_where.binds().to_vec();
-        sql.push(&format!("{limit} OFFSET {}", request.offset));
-        binds.extend(sql.binds().iter().cloned());
+            .push(&format!(" LIMIT {limit} OFFSET {}", request.offset));
+        let binds = plan.from_where.binds();
         let (hits, total) = with_conn!(self, conn => {
             let hits: Vec<Hit> = match plan.level {
                 Level::Study => conn
-                    .load::<StudyRow>(sql.sql(), &binds)?
+                    .load::<StudyRow>(sql.sql(), binds)?
                     .into_iter()
                     .map(|study| Hit { study, series: None, instance: None })
                     .collect(),
                 Level::Series => conn
-                    .load::<SeriesHit>(sql.sql(), &binds)?
+                    .load::<SeriesHit>(sql.sql(), binds)?
                     .into_iter()
                     .map(|h| Hit { study: h.study, series: Some(h.series), instance: None })
                     .collect(),
                 Level::Instance => conn
-                    .load::<InstanceHit>(sql.sql(), &binds)?
+                    .load::<InstanceHit>(sql.sql(), binds)?
                     .into_iter()
                     .map(|h| Hit { study: h.study, series: Some(h.series), instance: Some(h.instance) })
                     .collect(),

@@ -300,20 +300,7 @@ impl BlobStore {
         key: &BlobKey,
         prefetch: u64,
     ) -> Result<(Opened, Bytes), StoreError> {
-        let result = self
-            .inner
-            .get_opts(
-                &key.path(),
-                GetOptions {
-                    range: Some(GetRange::Bounded(0..prefetch.max(MAX_HEADER_LEN as u64))),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let total = result.meta.size;
-        let bytes = result.bytes().await?;
-        let header = Header::decode(&bytes)?
-            .ok_or(StoreError::Integrity("the object header is truncated"))?;
+        let (header, total, bytes) = self.fetch_header(key, prefetch).await?;
         if header.object_id != key.object_id() {
             self.incident(key, "the object belongs to another name (swapped)");
             return Err(StoreError::Integrity("the object belongs to another name"));
@@ -350,14 +337,35 @@ impl BlobStore {
         })
     }
 
-    /// The key an object's header names (one small read; nothing is decrypted).
-    pub async fn key_id_of(&self, key: &BlobKey) -> Result<KeyId, StoreError> {
-        let bytes = self
+    /// Reads the first `prefetch` bytes (at least the header) in one request and
+    /// decodes the header; returns it, the object's total size and the bytes read.
+    async fn fetch_header(
+        &self,
+        key: &BlobKey,
+        prefetch: u64,
+    ) -> Result<(Header, u64, Bytes), StoreError> {
+        // Ranges past the end are clamped by every backend, so small objects are fine.
+        let range = GetRange::Bounded(0..prefetch.max(MAX_HEADER_LEN as u64));
+        let result = self
             .inner
-            .get_range(&key.path(), 0..MAX_HEADER_LEN as u64)
+            .get_opts(
+                &key.path(),
+                GetOptions {
+                    range: Some(range),
+                    ..Default::default()
+                },
+            )
             .await?;
+        let total = result.meta.size;
+        let bytes = result.bytes().await?;
         let header = Header::decode(&bytes)?
             .ok_or(StoreError::Integrity("the object header is truncated"))?;
+        Ok((header, total, bytes))
+    }
+
+    /// The key an object's header names (one small read; nothing is decrypted).
+    pub async fn key_id_of(&self, key: &BlobKey) -> Result<KeyId, StoreError> {
+        let (header, _, _) = self.fetch_header(key, 0).await?;
         Ok(KeyId::parse(&header.key_id)?)
     }
 
@@ -478,25 +486,7 @@ impl BlobStore {
     /// the same ciphertext segments (nothing is re-encrypted). Returns false if the
     /// object already uses the active key.
     pub async fn rewrap(&self, key: &BlobKey) -> Result<bool, StoreError> {
-        let result = self
-            .inner
-            .get_opts(
-                &key.path(),
-                GetOptions {
-                    range: Some(GetRange::Bounded(0..MAX_HEADER_LEN as u64)),
-                    ..Default::default()
-                },
-            )
-            .await;
-        let bytes = match result {
-            Ok(result) => result.bytes().await?,
-            Err(object_store::Error::Generic { .. }) => {
-                self.inner.get(&key.path()).await?.bytes().await?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let header = Header::decode(&bytes)?
-            .ok_or(StoreError::Integrity("the object header is truncated"))?;
+        let (header, _, _) = self.fetch_header(key, 0).await?;
         let old_id = KeyId::parse(&header.key_id)?;
         let (active_id, active_key) = self.keys.active(&self.tenant)?;
         if old_id == active_id || old_id.tenant != self.tenant {
