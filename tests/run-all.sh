@@ -73,4 +73,7 @@ KASTELL_INDEX_URL="$KASTELL_TEST_POSTGRES/$suite_db" KASTELL_BIN="$CARGO_TARGET_
 # into ~/.cache/kastell-npm when missing). Prints its own ==> steps.
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/backends/run_suites.sh s3 azure
 
+step "OHIF viewer end to end in headless Chromium"
+KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/viewer/run.sh
+
 step "all tests passed"
