@@ -20,20 +20,26 @@ step "installing the Python packages of the conformance suite"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     -r conformance/requirements.txt
 
-# Build dependencies of diesel's PostgreSQL backend.
-if ! command -v pg_config >/dev/null 2>&1; then
-    step "installing libpq-dev"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpq-dev
+# Build dependencies: libpq for diesel's PostgreSQL backend, cmake for CharLS
+# (the JPEG-LS codec the test build turns on with `--features jpeg-ls`).
+missing=()
+command -v pg_config >/dev/null 2>&1 || missing+=(libpq-dev)
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+if ((${#missing[@]})); then
+    step "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+# Every cargo command builds the same feature set, so nothing is compiled twice.
+features=(--features jpeg-ls)
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked "${features[@]}" --all-targets -- -D warnings
 
 step "cargo build"
-cargo build --locked
+cargo build --locked "${features[@]}"
 
 step "PostgreSQL for the index tests"
 KASTELL_TEST_POSTGRES="$(tests/backends/start_postgres.sh)"
@@ -48,17 +54,17 @@ trap drop_test_databases EXIT
 echo "using $KASTELL_TEST_POSTGRES"
 
 step "cargo test (unit and integration tests; index on SQLite)"
-cargo test --locked
+cargo test --locked "${features[@]}"
 
 step "integration tests with the index on PostgreSQL"
-KASTELL_TEST_INDEX=postgres cargo test --locked --test '*'
+KASTELL_TEST_INDEX=postgres cargo test --locked "${features[@]}" --test '*'
 
 step "two server processes sharing one PostgreSQL and one S3 bucket (moto)"
 (
     eval "$(tests/backends/start_s3.sh)"
     trap 'tests/backends/stop.sh "$KASTELL_S3_STATE"' EXIT
     KASTELL_TEST_INDEX=postgres KASTELL_TEST_BLOB_URL="s3://$KASTELL_S3_BUCKET/rust" \
-        cargo test --locked --test concurrency
+        cargo test --locked "${features[@]}" --test concurrency
 )
 
 step "DICOMweb conformance suite against the running server (index on SQLite)"

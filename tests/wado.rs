@@ -308,10 +308,24 @@ fn wado_uri_returns_the_instance() {
     );
     assert_eq!(status("requestType=WADO&studyUID=3.1&seriesUID=3.1.1&objectUID=3.1.1.1&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2.4.50"), 406);
     assert_eq!(status("requestType=WADO&studyUID=3.1&seriesUID=3.1.1&objectUID=9.9&contentType=application/dicom"), 404);
+    let rendered = client()
+        .get(uri(
+            "requestType=WADO&studyUID=3.1&seriesUID=3.1.1&objectUID=3.1.1.1&rows=2",
+        ))
+        .send()
+        .unwrap();
     assert_eq!(
-        status("requestType=WADO&studyUID=3.1&seriesUID=3.1.1&objectUID=3.1.1.1"),
-        406,
-        "rendering is not produced yet"
+        rendered.status().as_u16(),
+        200,
+        "no contentType means a rendered image/jpeg"
+    );
+    assert_eq!(rendered.headers()["content-type"], "image/jpeg");
+    let jpeg = rendered.bytes().unwrap();
+    assert_eq!(&jpeg[..2], &[0xFF, 0xD8]);
+    assert_eq!(
+        status("requestType=WADO&studyUID=3.1&seriesUID=3.1.1&objectUID=3.1.1.1&frameNumber=2"),
+        400,
+        "frameNumber on a single-frame object"
     );
 }
 

@@ -71,3 +71,32 @@ def test_frame_errors(api, manifest, stored):
     assert api.get(base + "0", headers={"Accept": OCTET_ANY}).status_code == 400
     assert api.get(base + "abc", headers={"Accept": OCTET_ANY}).status_code == 400
     assert api.get(base + str(n + 1), headers={"Accept": OCTET_ANY}).status_code == 404
+
+
+def test_encapsulated_frames_are_indexed_at_stow(manifest, stored):
+    """Each compressed frame is located from an offset table built while the instance
+    streamed in (so one frame is one ranged read). Checked in the SQLite index of the
+    embedded default; other index databases are covered by the same code path."""
+    import os
+    import sqlite3
+
+    if os.environ.get("KASTELL_INDEX_URL"):
+        pytest.skip("the index is not the embedded SQLite file")
+    index = os.path.join(os.environ["KASTELL_DATA_DIR"], "index.sqlite")
+    db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+    try:
+        for name, frames in [("examples_ybr_color.dcm", 30), ("SC_rgb_rle_2frame.dcm", 2),
+                             ("JPEG2000.dcm", 1), ("MR_small_RLE.dcm", 1)]:
+            e = manifest.by_name(name)
+            (offsets,) = db.execute("SELECT frame_offsets FROM instances WHERE sop_instance_uid = ?",
+                                    (e["sop_instance_uid"],)).fetchone()
+            assert offsets, f"{name}: no frame index"
+            bounds = [int(v) for v in offsets.split()]
+            assert len(bounds) == frames + 1, (name, bounds)
+            assert bounds == sorted(bounds) and len(set(bounds)) == len(bounds), (name, bounds)
+        e = manifest.by_name("CT_small.dcm")
+        (offsets,) = db.execute("SELECT frame_offsets FROM instances WHERE sop_instance_uid = ?",
+                                (e["sop_instance_uid"],)).fetchone()
+        assert offsets is None, "native pixel data needs no index"
+    finally:
+        db.close()

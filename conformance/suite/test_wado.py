@@ -135,11 +135,17 @@ def test_compressed_instance_as_stored(api, manifest, name, mode):
 
 
 @pytest.mark.parametrize("name", COMPRESSED)
-def test_compressed_instance_default_406(api, manifest, name):
-    """Contract: no transcoding yet -> a compressed instance cannot be sent as the default EVRLE."""
+def test_compressed_instance_default_is_decoded_or_406(api, manifest, name):
+    """Rule 17/19: the default is Explicit VR Little Endian, so a compressed instance is
+    decoded (its pixels are compared in test_transcode.py); 406 only where this server
+    cannot decode the stored syntax (12-bit JPEG, documented) -- never a 500."""
     e = manifest.by_name(name)
     resp = _retrieve(api, entry_path(e))
-    assert resp.status_code == 406, describe(resp)
+    if name == "JPGExtended.dcm":
+        assert resp.status_code == 406, describe(resp)
+        return
+    got = kh.read_part(_single_part(resp))
+    assert str(got.file_meta.TransferSyntaxUID) == EXPLICIT_LE
 
 
 def test_compressed_instance_other_compressed_syntax_406(api, manifest):
@@ -155,12 +161,16 @@ def test_native_instance_compressed_syntax_406(api, manifest):
 
 
 def test_transfer_syntax_preference_with_q(api, manifest):
-    """Rule 16: preferences expressed as several ranges; first acceptable one wins."""
+    """Rule 16: preferences expressed as several ranges; the most preferred one the
+    server can produce wins (decoding to Explicit VR LE, or the stored syntax)."""
     e = manifest.by_name("SC_rgb_jpeg_dcmtk.dcm")
-    accept = (f'{ACCEPT_DICOM}; transfer-syntax={EXPLICIT_LE}, '
-              f'{ACCEPT_DICOM}; transfer-syntax=1.2.840.10008.1.2.4.50; q=0.5')
-    part = _single_part(_retrieve(api, entry_path(e), headers={"Accept": accept}))
-    got = kh.read_part(part)
+    native_first = (f'{ACCEPT_DICOM}; transfer-syntax={EXPLICIT_LE}, '
+                    f'{ACCEPT_DICOM}; transfer-syntax=1.2.840.10008.1.2.4.50; q=0.5')
+    got = kh.read_part(_single_part(_retrieve(api, entry_path(e), headers={"Accept": native_first})))
+    assert str(got.file_meta.TransferSyntaxUID) == EXPLICIT_LE
+    stored_first = (f'{ACCEPT_DICOM}; transfer-syntax={EXPLICIT_LE}; q=0.4, '
+                    f'{ACCEPT_DICOM}; transfer-syntax=1.2.840.10008.1.2.4.50')
+    got = kh.read_part(_single_part(_retrieve(api, entry_path(e), headers={"Accept": stored_first})))
     assert str(got.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.50"
 
 

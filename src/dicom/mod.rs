@@ -4,9 +4,12 @@
 
 pub mod attributes;
 pub mod charset;
+pub mod fragments;
 pub mod header;
 pub mod instance;
 pub mod json;
+pub mod pixels;
+pub mod render;
 pub mod text;
 pub mod transfer_syntax;
 
@@ -28,4 +31,9 @@ pub enum DicomError {
     UnsupportedTransferSyntax(String),
     #[error("cannot encode the object: {0}")]
     Encode(String),
+    #[error("the requested region lies outside the image")]
+    OutsideImage,
+    /// The stored pixel data cannot be decoded by this build (e.g. 12-bit JPEG).
+    #[error("this server cannot decode the stored pixel data: {0}")]
+    CannotDecode(String),
 }

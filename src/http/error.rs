@@ -5,6 +5,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
+use crate::dicom::DicomError;
 use crate::index::IndexError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -22,7 +23,10 @@ pub enum ApiError {
     #[error("the request body exceeds the configured limit of {0} bytes")]
     PayloadTooLarge(u64),
     #[error("method not allowed")]
-    MethodNotAllowed(&'static str),
+    MethodNotAllowed(String),
+    /// A Range outside a body of this many bytes.
+    #[error("the requested range is outside the {0} bytes of this resource")]
+    RangeNotSatisfiable(u64),
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -33,6 +37,9 @@ impl ApiError {
             ApiError::Service(ServiceError::NotFound(what)) => format!("{what} not found"),
             ApiError::Service(ServiceError::Gone(what)) => format!("this {what} was deleted"),
             ApiError::Service(ServiceError::NotAcceptable(why)) => why.clone(),
+            ApiError::Service(ServiceError::Dicom(
+                error @ (DicomError::OutsideImage | DicomError::CannotDecode(_)),
+            )) => error.to_string(),
             ApiError::Service(ServiceError::Index(IndexError::Query(e))) => e.to_string(),
             ApiError::Service(ServiceError::Index(IndexError::Pool(_))) => {
                 "the index is busy; retry later".to_string()
@@ -58,6 +65,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Service(error) => match error {
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
                 ServiceError::Gone(_) => StatusCode::GONE,
@@ -65,6 +73,8 @@ impl ResponseError for ApiError {
                 ServiceError::Index(IndexError::Query(_)) => StatusCode::BAD_REQUEST,
                 ServiceError::Index(IndexError::Pool(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::Store(StoreError::Shredded) => StatusCode::GONE,
+                ServiceError::Dicom(DicomError::OutsideImage) => StatusCode::BAD_REQUEST,
+                ServiceError::Dicom(DicomError::CannotDecode(_)) => StatusCode::NOT_ACCEPTABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
@@ -77,7 +87,12 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(status);
         if let ApiError::MethodNotAllowed(allow) = self {
-            response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+            if let Ok(allow) = HeaderValue::from_str(allow) {
+                response.insert_header((header::ALLOW, allow));
+            }
+        }
+        if let ApiError::RangeNotSatisfiable(total) = self {
+            response.insert_header((header::CONTENT_RANGE, format!("bytes */{total}")));
         }
         response
             .content_type("text/html; charset=utf-8")

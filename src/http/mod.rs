@@ -2,14 +2,18 @@
 //! the helpers they share. The only module that knows actix.
 
 pub mod accept;
+mod capabilities;
 mod delete;
 pub mod error;
 pub mod multipart;
 mod qido;
+mod rendered;
+pub mod routes;
 mod stow;
 mod wado;
 mod wado_uri;
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use percent_encoding::percent_decode_str;
 
@@ -89,85 +93,47 @@ pub fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, ApiEr
 }
 
 /// Resources with their allowed methods; anything else answers 405 with `Allow`.
-fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(move || async move {
-        Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+fn resource(path: &str, allow: String) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || {
+        let allow = allow.clone();
+        async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow)) }
     }))
 }
 
-/// Registers every DICOMweb route under the configured prefix, and WADO-URI.
+/// Registers every DICOMweb route of the route table under the configured
+/// prefix, the capabilities description at the prefix itself, WADO-URI, and the
+/// health checks.
 pub fn configure(config: &mut web::ServiceConfig, prefix: &str, wado_uri_path: &str) {
-    config.service(resource(wado_uri_path, "GET").route(web::get().to(wado_uri::retrieve)));
-    config.service(
-        web::scope(prefix)
-            .service(
-                resource("/studies", "GET, POST")
-                    .route(web::get().to(qido::search_studies))
-                    .route(web::post().to(stow::store)),
-            )
-            .service(resource("/series", "GET").route(web::get().to(qido::search_all_series)))
-            .service(resource("/instances", "GET").route(web::get().to(qido::search_all_instances)))
-            .service(
-                resource("/studies/{study}", "GET, POST, DELETE")
-                    .route(web::get().to(wado::retrieve_study))
-                    .route(web::post().to(stow::store_in_study))
-                    .route(web::delete().to(delete::delete_study)),
-            )
-            .service(
-                resource("/studies/{study}/metadata", "GET")
-                    .route(web::get().to(wado::study_metadata)),
-            )
-            .service(
-                resource("/studies/{study}/series", "GET")
-                    .route(web::get().to(qido::search_study_series)),
-            )
-            .service(
-                resource("/studies/{study}/instances", "GET")
-                    .route(web::get().to(qido::search_study_instances)),
-            )
-            .service(
-                resource("/studies/{study}/series/{series}", "GET, DELETE")
-                    .route(web::get().to(wado::retrieve_series))
-                    .route(web::delete().to(delete::delete_series)),
-            )
-            .service(
-                resource("/studies/{study}/series/{series}/metadata", "GET")
-                    .route(web::get().to(wado::series_metadata)),
-            )
-            .service(
-                resource("/studies/{study}/series/{series}/instances", "GET")
-                    .route(web::get().to(qido::search_series_instances)),
-            )
-            .service(
-                resource(
-                    "/studies/{study}/series/{series}/instances/{instance}",
-                    "GET, DELETE",
-                )
-                .route(web::get().to(wado::retrieve_instance))
-                .route(web::delete().to(delete::delete_instance)),
-            )
-            .service(
-                resource(
-                    "/studies/{study}/series/{series}/instances/{instance}/metadata",
-                    "GET",
-                )
-                .route(web::get().to(wado::instance_metadata)),
-            )
-            .service(
-                resource(
-                    "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
-                    "GET",
-                )
-                .route(web::get().to(wado::frames)),
-            )
-            .service(
-                resource(
-                    "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path:.*}",
-                    "GET",
-                )
-                .route(web::get().to(wado::bulkdata)),
-            ),
+    config.service(resource(wado_uri_path, "GET".into()).route(web::get().to(wado_uri::retrieve)));
+    let endpoints = routes::endpoints();
+    let mut scope = web::scope(prefix).service(
+        resource("", "OPTIONS".into())
+            .route(web::method(Method::OPTIONS).to(capabilities::describe)),
     );
+    scope = scope.service(
+        resource("/", "OPTIONS".into())
+            .route(web::method(Method::OPTIONS).to(capabilities::describe)),
+    );
+    let mut paths: Vec<&str> = Vec::new();
+    for endpoint in &endpoints {
+        if !paths.contains(&endpoint.path) {
+            paths.push(endpoint.path);
+        }
+    }
+    for path in paths {
+        let at_path: Vec<&routes::Endpoint> = endpoints.iter().filter(|e| e.path == path).collect();
+        let allow = at_path
+            .iter()
+            .map(|e| e.method.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut resource = resource(path, allow);
+        for endpoint in at_path {
+            resource = resource.route((endpoint.route)());
+        }
+        scope = scope.service(resource);
+    }
+    config.service(scope);
     config.service(web::resource("/healthz").route(web::get().to(healthz)));
     config.service(web::resource("/readyz").route(web::get().to(readyz)));
 }

@@ -8,17 +8,16 @@ use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 
 use super::accept::{
-    acceptable, accepts_dicom_json, negotiate_bulk, negotiate_instances, MediaRange,
+    acceptable, accepts_dicom_json, negotiate_bulk, negotiate_instances, BulkChoice, MediaRange,
 };
 use super::error::ApiError;
 use super::multipart::{multipart_body, new_boundary, OutgoingPart};
 use super::{query_pairs, AppState};
 use crate::index::{Scope, StoredInstance};
-use crate::service::wado::{self, BulkBody, Representation};
-use crate::service::ServiceError;
+use crate::service::wado::{self, to_store_error, BulkBody, Frames, Representation};
 use crate::store::StoreError;
 
-fn ranges(request: &HttpRequest) -> Result<Vec<MediaRange>, ApiError> {
+pub(super) fn ranges(request: &HttpRequest) -> Result<Vec<MediaRange>, ApiError> {
     let query_accept: Vec<String> = query_pairs(request)?
         .into_iter()
         .filter(|(name, _)| name == "accept")
@@ -95,7 +94,8 @@ async fn retrieve(
             .find_map(|ts| wado::representation_for(&instance.transfer_syntax_uid, ts))
             .ok_or_else(|| {
                 ApiError::NotAcceptable(format!(
-                    "an instance is stored in transfer syntax {} and cannot be sent in {} (transcoding is not supported yet); \
+                    "an instance is stored in transfer syntax {} and cannot be sent in {} (this server \
+                     decodes every stored syntax it can read and writes only lossless syntaxes); \
                      request transfer-syntax=* to receive it as stored",
                     instance.transfer_syntax_uid,
                     choice.transfer_syntaxes.join(", ")
@@ -150,15 +150,6 @@ async fn retrieve(
             "multipart/related; type=\"application/dicom\"; boundary={boundary}"
         ))
         .streaming(multipart_body(boundary, parts)))
-}
-
-/// Errors after the response started can only end the stream; log the cause.
-fn to_store_error(error: ServiceError) -> StoreError {
-    tracing::error!(%error, "retrieval failed while streaming");
-    match error {
-        ServiceError::Store(e) => e,
-        other => StoreError::Io(std::io::Error::other(other.to_string())),
-    }
 }
 
 pub async fn study_metadata(
@@ -232,26 +223,137 @@ async fn metadata(
             .insert_header((header::ETAG, etag))
             .finish());
     }
-    // One JSON array, written as each instance's metadata arrives.
-    let mut items = wado::metadata_stream(state.services.clone(), instances, base_url);
-    // The first item is produced before answering, so an unreadable object gets a
-    // status (410, 500) rather than a cut-off array.
-    let first = items.next().await.expect("located at least one")?;
-    let body = stream::once(async move { Ok(first) })
-        .chain(items)
-        .enumerate()
-        .map(|(i, item)| {
-            let item = item.map_err(to_store_error)?;
-            let mut bytes = Vec::with_capacity(4096);
-            bytes.push(if i == 0 { b'[' } else { b',' });
-            serde_json::to_writer(&mut bytes, &item).map_err(|e| StoreError::Io(e.into()))?;
-            Ok::<Bytes, StoreError>(Bytes::from(bytes))
-        })
-        .chain(stream::once(async { Ok(Bytes::from_static(b"]")) }));
+    // One JSON array: cached series come from their derived object, others are
+    // written as each instance's metadata arrives.
+    let body = wado::metadata_body(&state.services, instances, &base_url).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/dicom+json")
         .insert_header((header::ETAG, etag))
         .streaming(body))
+}
+
+/// How frames of an instance go out: as stored when the client takes that
+/// encoding, else decoded to native pixels when it takes those, else 406.
+async fn negotiate_frames(
+    state: &AppState,
+    instance: &StoredInstance,
+    frames: Frames,
+    choice: &BulkChoice,
+) -> Result<Frames, ApiError> {
+    match frames.media_type {
+        None if choice.uncompressed => Ok(frames),
+        Some(media)
+            if choice.any_compressed || choice.compressed_types.iter().any(|t| t == media) =>
+        {
+            Ok(frames)
+        }
+        Some(_) if choice.uncompressed => {
+            Ok(wado::decode_frames(&state.services, instance, frames).await?)
+        }
+        Some(media) => Err(ApiError::NotAcceptable(format!(
+            "this pixel data is stored as {media}; transfer-syntax={} and is available as \
+             that or as application/octet-stream (decoded)",
+            frames.transfer_syntax
+        ))),
+        None => Err(ApiError::NotAcceptable(
+            "this pixel data is available as application/octet-stream".into(),
+        )),
+    }
+}
+
+/// The Content-Type of a part carrying frames.
+fn frame_part_type(frames: &Frames) -> (String, &'static str) {
+    let media = frames.media_type.unwrap_or("application/octet-stream");
+    (
+        format!("{media}; transfer-syntax={}", frames.transfer_syntax),
+        media,
+    )
+}
+
+/// Whether the client takes a single-part `application/octet-stream` body (and so
+/// may use HTTP Range), rather than multipart.
+fn wants_single_part(ranges: &[MediaRange]) -> bool {
+    ranges
+        .iter()
+        .find(|r| r.essence == "application/octet-stream" || r.essence == "multipart/related")
+        .is_some_and(|r| r.essence == "application/octet-stream")
+}
+
+/// A `Range: bytes=…` request against a body of `total` bytes: `Ok(None)` when
+/// there is none (or several ranges, which we answer whole, as RFC 9110 allows).
+fn requested_range(
+    request: &HttpRequest,
+    total: u64,
+) -> Result<Option<std::ops::Range<u64>>, ApiError> {
+    let Some(value) = request
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(None);
+    };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (start, end) = spec.split_once('-').unwrap_or((spec, ""));
+    let parse = |s: &str| s.trim().parse::<u64>().ok();
+    let range = match (start.trim().is_empty(), end.trim().is_empty()) {
+        (true, false) => {
+            let suffix = parse(end).ok_or(ApiError::RangeNotSatisfiable(total))?;
+            total.saturating_sub(suffix)..total
+        }
+        (false, _) => {
+            let first = parse(start).ok_or(ApiError::RangeNotSatisfiable(total))?;
+            let last = if end.trim().is_empty() {
+                total.saturating_sub(1)
+            } else {
+                parse(end)
+                    .ok_or(ApiError::RangeNotSatisfiable(total))?
+                    .min(total.saturating_sub(1))
+            };
+            if first > last {
+                return Err(ApiError::RangeNotSatisfiable(total));
+            }
+            first..last + 1
+        }
+        (true, true) => return Ok(None),
+    };
+    if range.start >= total || range.is_empty() {
+        return Err(ApiError::RangeNotSatisfiable(total));
+    }
+    Ok(Some(range))
+}
+
+/// A single-part octet-stream answer from memory, honouring Range.
+fn single_part_bulk(
+    request: &HttpRequest,
+    location: String,
+    content_type: String,
+    bytes: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let range = requested_range(request, bytes.len() as u64)?;
+    let total = bytes.len();
+    let mut response = if range.is_some() {
+        HttpResponse::PartialContent()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
+        .content_type(content_type)
+        .insert_header(("Content-Location", location))
+        .insert_header((header::ACCEPT_RANGES, "bytes"));
+    Ok(match range {
+        Some(range) => response
+            .insert_header((
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{total}", range.start, range.end - 1),
+            ))
+            .body(bytes.slice(range.start as usize..range.end as usize)),
+        None => response.body(bytes),
+    })
 }
 
 pub async fn bulkdata(
@@ -260,33 +362,62 @@ pub async fn bulkdata(
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (study, series, instance, bulk_path) = path.into_inner();
-    let choice = negotiate_bulk(&ranges(&request)?);
+    let ranges = ranges(&request)?;
+    let choice = negotiate_bulk(&ranges);
+    let single = wants_single_part(&ranges);
     let scope = Scope::Instance {
         study,
         series,
         instance,
     };
     let stored = wado::locate_one(&state.services, scope).await?;
-    let body = wado::bulkdata(&state.services, &stored, &bulk_path).await?;
     let location = format!(
         "{}/bulkdata/{}",
         wado::instance_url(&state.base_url(&request), &stored),
         bulk_path
     );
-    let boundary = new_boundary();
-    let mut related_type = "application/octet-stream";
-    let parts: Vec<Result<OutgoingPart, StoreError>> = match body {
-        BulkBody::Stream { body, .. } => {
+    // Native pixel data: ranged reads of the blob, never the whole value in memory.
+    if single && wado::is_native_pixel_data_path(&stored, &bulk_path) {
+        if !choice.uncompressed {
+            return Err(ApiError::NotAcceptable(
+                "bulk data is available as application/octet-stream".into(),
+            ));
+        }
+        let total = stored.pixel_data_length.unwrap_or(0) as u64;
+        if let Some(range) = requested_range(&request, total)? {
+            let bytes = wado::pixel_data_range(&state.services, &stored, range.clone()).await?;
+            return Ok(HttpResponse::PartialContent()
+                .content_type("application/octet-stream")
+                .insert_header(("Content-Location", location))
+                .insert_header((header::ACCEPT_RANGES, "bytes"))
+                .insert_header((
+                    header::CONTENT_RANGE,
+                    format!("bytes {}-{}/{total}", range.start, range.end - 1),
+                ))
+                .body(bytes));
+        }
+    }
+    let body = wado::bulkdata(&state.services, &stored, &bulk_path).await?;
+    let parts: Vec<OutgoingPart> = match body {
+        BulkBody::Stream { length, body } => {
             if !choice.uncompressed {
                 return Err(ApiError::NotAcceptable(
                     "bulk data is available as application/octet-stream".into(),
                 ));
             }
-            vec![Ok(OutgoingPart {
+            if single {
+                return Ok(HttpResponse::Ok()
+                    .content_type("application/octet-stream")
+                    .insert_header(("Content-Location", location))
+                    .insert_header((header::ACCEPT_RANGES, "bytes"))
+                    .no_chunking(length)
+                    .streaming(body));
+            }
+            vec![OutgoingPart {
                 content_type: "application/octet-stream".into(),
                 content_location: Some(location),
                 body,
-            })]
+            }]
         }
         BulkBody::Bytes(bytes) => {
             if !choice.uncompressed {
@@ -294,41 +425,70 @@ pub async fn bulkdata(
                     "bulk data is available as application/octet-stream".into(),
                 ));
             }
-            vec![Ok(OutgoingPart {
+            if single {
+                return single_part_bulk(
+                    &request,
+                    location,
+                    "application/octet-stream".into(),
+                    bytes,
+                );
+            }
+            vec![OutgoingPart {
                 content_type: "application/octet-stream".into(),
                 content_location: Some(location),
                 body: stream::once(async move { Ok(bytes) }).boxed(),
-            })]
+            }]
         }
-        BulkBody::Frames {
-            media_type,
-            transfer_syntax,
-            frames,
-        } => {
-            if !(choice.any_compressed || choice.compressed_types.iter().any(|t| t == media_type)) {
-                return Err(ApiError::NotAcceptable(format!(
-                    "this pixel data is stored compressed ({media_type}; transfer-syntax={transfer_syntax}); \
-                     request transfer-syntax=* or {media_type}"
-                )));
-            }
-            related_type = media_type;
-            frames
-                .into_iter()
-                .map(|frame| {
-                    Ok(OutgoingPart {
-                        content_type: format!("{media_type}; transfer-syntax={transfer_syntax}"),
+        BulkBody::Frames(frames) => {
+            let frames = negotiate_frames(&state, &stored, frames, &choice).await?;
+            let (part_type, _) = frame_part_type(&frames);
+            if frames.media_type.is_none() {
+                // Decoded: the native Pixel Data value, frames one after another.
+                let bytes = Bytes::from(frames.frames.concat());
+                if single {
+                    return single_part_bulk(&request, location, part_type, bytes);
+                }
+                vec![OutgoingPart {
+                    content_type: part_type,
+                    content_location: Some(location),
+                    body: stream::once(async move { Ok(bytes) }).boxed(),
+                }]
+            } else {
+                frames
+                    .frames
+                    .into_iter()
+                    .map(|frame| OutgoingPart {
+                        content_type: part_type.clone(),
                         content_location: Some(location.clone()),
                         body: stream::once(async move { Ok(frame) }).boxed(),
                     })
-                })
-                .collect()
+                    .collect()
+            }
         }
     };
-    Ok(HttpResponse::Ok()
+    Ok(multipart_response(parts))
+}
+
+/// A multipart/related answer whose `type` is the first part's media type.
+fn multipart_response(parts: Vec<OutgoingPart>) -> HttpResponse {
+    let related_type = parts
+        .first()
+        .map(|p| {
+            p.content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let boundary = new_boundary();
+    let parts = parts.into_iter().map(Ok::<_, StoreError>);
+    HttpResponse::Ok()
         .content_type(format!(
             "multipart/related; type=\"{related_type}\"; boundary={boundary}"
         ))
-        .streaming(multipart_body(boundary, stream::iter(parts).boxed())))
+        .streaming(multipart_body(boundary, stream::iter(parts).boxed()))
 }
 
 pub async fn frames(
@@ -350,42 +510,119 @@ pub async fn frames(
     };
     let stored = wado::locate_one(&state.services, scope).await?;
     let frames = wado::frames(&state.services, &stored, &numbers).await?;
-    let (part_type, related_type) = match frames.media_type {
-        None if choice.uncompressed => (
-            format!("application/octet-stream; transfer-syntax={}", frames.transfer_syntax),
-            "application/octet-stream",
-        ),
-        Some(media) if choice.any_compressed || choice.compressed_types.iter().any(|t| t == media) => {
-            (format!("{media}; transfer-syntax={}", frames.transfer_syntax), media)
-        }
-        Some(media) => {
-            return Err(ApiError::NotAcceptable(format!(
-                "these frames are stored compressed ({media}; transfer-syntax={}) and transcoding is not supported yet; \
-                 request transfer-syntax=* or {media}",
-                frames.transfer_syntax
-            )))
-        }
-        None => return Err(ApiError::NotAcceptable("frames are available as application/octet-stream".into())),
-    };
+    let frames = negotiate_frames(&state, &stored, frames, &choice).await?;
+    let (part_type, _) = frame_part_type(&frames);
     let base = format!(
         "{}/frames",
         wado::instance_url(&state.base_url(&request), &stored)
     );
-    let parts: Vec<Result<OutgoingPart, StoreError>> = numbers
+    let parts = numbers
         .iter()
         .zip(frames.frames)
-        .map(|(n, frame)| {
-            Ok(OutgoingPart {
-                content_type: part_type.clone(),
-                content_location: Some(format!("{base}/{n}")),
-                body: stream::once(async move { Ok(frame) }).boxed(),
-            })
+        .map(|(n, frame)| OutgoingPart {
+            content_type: part_type.clone(),
+            content_location: Some(format!("{base}/{n}")),
+            body: stream::once(async move { Ok(frame) }).boxed(),
         })
         .collect();
-    let boundary = new_boundary();
-    Ok(HttpResponse::Ok()
-        .content_type(format!(
-            "multipart/related; type=\"{related_type}\"; boundary={boundary}"
-        ))
-        .streaming(multipart_body(boundary, stream::iter(parts).boxed())))
+    Ok(multipart_response(parts))
+}
+
+async fn pixeldata(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    scope: Scope,
+) -> Result<HttpResponse, ApiError> {
+    let choice = negotiate_bulk(&ranges(&request)?);
+    let instances: Vec<StoredInstance> = wado::locate(&state.services, scope)
+        .await?
+        .into_iter()
+        .filter(crate::service::render::has_pixel_data)
+        .collect();
+    if instances.is_empty() {
+        return Err(ApiError::NotFound("there is no pixel data here".into()));
+    }
+    let base_url = state.base_url(&request);
+    let mut parts = Vec::new();
+    // Each instance's Pixel Data: native values streamed whole; compressed ones
+    // as stored, one part per frame, or decoded into one native value.
+    for instance in instances {
+        let location = format!("{}/pixeldata", wado::instance_url(&base_url, &instance));
+        match wado::bulkdata(&state.services, &instance, "7FE00010").await? {
+            BulkBody::Frames(frames) => {
+                let frames = negotiate_frames(&state, &instance, frames, &choice).await?;
+                let (part_type, _) = frame_part_type(&frames);
+                if frames.media_type.is_none() {
+                    let bytes = Bytes::from(frames.frames.concat());
+                    parts.push(OutgoingPart {
+                        content_type: part_type,
+                        content_location: Some(location),
+                        body: stream::once(async move { Ok(bytes) }).boxed(),
+                    });
+                } else {
+                    for frame in frames.frames {
+                        parts.push(OutgoingPart {
+                            content_type: part_type.clone(),
+                            content_location: Some(location.clone()),
+                            body: stream::once(async move { Ok(frame) }).boxed(),
+                        });
+                    }
+                }
+            }
+            BulkBody::Stream { body, .. } if choice.uncompressed => parts.push(OutgoingPart {
+                content_type: format!(
+                    "application/octet-stream; transfer-syntax={}",
+                    crate::dicom::transfer_syntax::EXPLICIT_VR_LE
+                ),
+                content_location: Some(location),
+                body,
+            }),
+            BulkBody::Bytes(bytes) if choice.uncompressed => parts.push(OutgoingPart {
+                content_type: format!(
+                    "application/octet-stream; transfer-syntax={}",
+                    crate::dicom::transfer_syntax::EXPLICIT_VR_LE
+                ),
+                content_location: Some(location),
+                body: stream::once(async move { Ok(bytes) }).boxed(),
+            }),
+            _ => {
+                return Err(ApiError::NotAcceptable(
+                    "pixel data is available as application/octet-stream".into(),
+                ))
+            }
+        }
+    }
+    Ok(multipart_response(parts))
+}
+
+pub async fn study_pixeldata(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let study = path.into_inner();
+    pixeldata(state, request, Scope::Study { study }).await
+}
+
+pub async fn series_pixeldata(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (study, series) = path.into_inner();
+    pixeldata(state, request, Scope::Series { study, series }).await
+}
+
+pub async fn instance_pixeldata(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (study, series, instance) = path.into_inner();
+    let scope = Scope::Instance {
+        study,
+        series,
+        instance,
+    };
+    pixeldata(state, request, scope).await
 }

@@ -94,6 +94,9 @@ pub struct NewInstance {
     pub header_length: i64,
     pub pixel_data_offset: Option<i64>,
     pub pixel_data_length: Option<i64>,
+    /// Encapsulated pixel data: the frame boundaries in the blob (see the
+    /// `frame_offsets` column), when they could be told while storing.
+    pub frame_offsets: Option<String>,
     /// Values of the catalog attributes stored from the header, as DICOM text
     /// (the Request Attributes Sequence as DICOM JSON).
     pub values: Vec<(&'static Attr, Option<String>)>,
@@ -115,6 +118,13 @@ pub enum StoreOutcome {
     Conflict,
     /// The series exists, but in another study.
     SeriesInOtherStudy,
+}
+
+/// The blobs a deletion leaves to remove.
+#[derive(Debug, Default)]
+pub struct DeletedBlobs {
+    pub instances: Vec<String>,
+    pub derived: Vec<String>,
 }
 
 /// Where a stored instance is, for retrieval.
@@ -146,6 +156,8 @@ pub struct StoredInstance {
     pub bits_allocated: Option<i64>,
     #[diesel(sql_type = Text)]
     pub content_sha256: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub frame_offsets: Option<String>,
 }
 
 /// Which instances a retrieval covers.
@@ -457,8 +469,8 @@ impl Index {
         sql.push(
             "SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, \
              i.transfer_syntax_uid, i.blob_key, i.blob_size, i.header_length, i.pixel_data_offset, \
-             i.pixel_data_length, i.number_of_frames, i.bits_allocated, i.content_sha256 \
-             FROM instances i JOIN series se ON se.series_pk = i.series_fk \
+             i.pixel_data_length, i.number_of_frames, i.bits_allocated, i.content_sha256, \
+             i.frame_offsets FROM instances i JOIN series se ON se.series_pk = i.series_fk \
              JOIN studies st ON st.study_pk = se.study_fk WHERE st.study_instance_uid = ",
         );
         match scope {
@@ -487,9 +499,10 @@ impl Index {
     }
 
     /// Deletes the instances of a scope, the series and studies left empty, and
-    /// remembers their UIDs (for 410 Gone). Returns the blobs to remove, or an
-    /// empty list when nothing matched.
-    pub fn delete(&self, scope: &Scope) -> Result<Vec<String>, IndexError> {
+    /// remembers their UIDs (for 410 Gone), with the derived objects (metadata,
+    /// thumbnails) of every UID that went. Returns the blobs to remove; no
+    /// instance blobs when nothing matched.
+    pub fn delete(&self, scope: &Scope) -> Result<DeletedBlobs, IndexError> {
         #[derive(QueryableByName)]
         struct Doomed {
             #[diesel(sql_type = BigInt)]
@@ -530,9 +543,10 @@ impl Index {
         with_conn!(self, conn => conn.write(|conn| {
             let doomed = conn.load::<Doomed>(sql.sql(), sql.binds())?;
             if doomed.is_empty() {
-                return Ok(Vec::new());
+                return Ok(DeletedBlobs::default());
             }
             let at = now();
+            let mut gone_uids: Vec<String> = doomed.iter().map(|r| r.sop_instance_uid.clone()).collect();
             let mut series_touched = BTreeSet::new();
             let mut studies_touched = BTreeSet::new();
             for row in &doomed {
@@ -554,6 +568,7 @@ impl Index {
                 )?;
                 for row in emptied {
                     remember_deleted(conn, &row.uid, "series", &at)?;
+                    gone_uids.push(row.uid);
                 }
             }
             for study_pk in &studies_touched {
@@ -562,14 +577,98 @@ impl Index {
                      (SELECT 1 FROM series WHERE study_fk = ?) RETURNING study_instance_uid AS uid",
                     &[Bind::Int(*study_pk), Bind::Int(*study_pk)],
                 )?;
-                for row in &emptied {
+                for row in emptied {
                     remember_deleted(conn, &row.uid, "study", &at)?;
+                    gone_uids.push(row.uid);
                 }
             }
             // Counts of what remains (rows already deleted are simply not updated).
             refresh_aggregates(conn, &studies_touched, &series_touched)?;
-            Ok(doomed.into_iter().map(|row| row.blob_key).collect())
+            let mut derived = Vec::new();
+            for chunk in gone_uids.chunks(500) {
+                let mut sql = SqlBuilder::new();
+                sql.push("DELETE FROM derived_blobs WHERE scope_uid IN (");
+                for (i, uid) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(Bind::Text(uid.clone()));
+                }
+                sql.push(") RETURNING blob_key");
+                derived.extend(conn.load::<BlobKeyRow>(sql.sql(), sql.binds())?.into_iter().map(|r| r.blob_key));
+            }
+            Ok(DeletedBlobs {
+                instances: doomed.into_iter().map(|row| row.blob_key).collect(),
+                derived,
+            })
         }))
+    }
+
+    /// The derived object recorded for `(scope_uid, kind, variant)`: its source
+    /// etag and blob key.
+    pub fn derived(
+        &self,
+        scope_uid: &str,
+        kind: &str,
+        variant: &str,
+    ) -> Result<Option<(String, String)>, IndexError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            source_etag: String,
+            #[diesel(sql_type = Text)]
+            blob_key: String,
+        }
+        let rows = with_conn!(self, conn => conn.load::<Row>(
+            "SELECT source_etag, blob_key FROM derived_blobs WHERE scope_uid = ? AND kind = ? AND variant = ?",
+            &[
+                Bind::Text(scope_uid.to_string()),
+                Bind::Text(kind.to_string()),
+                Bind::Text(variant.to_string()),
+            ],
+        )?);
+        Ok(rows.into_iter().next().map(|r| (r.source_etag, r.blob_key)))
+    }
+
+    /// Records a derived object, replacing an older one; returns the replaced
+    /// blob (to remove) if there was one.
+    pub fn record_derived(
+        &self,
+        scope_uid: &str,
+        kind: &str,
+        variant: &str,
+        source_etag: &str,
+        blob_key: &str,
+    ) -> Result<Option<String>, IndexError> {
+        let key = [
+            Bind::Text(scope_uid.to_string()),
+            Bind::Text(kind.to_string()),
+            Bind::Text(variant.to_string()),
+        ];
+        with_conn!(self, conn => conn.write(|conn| {
+            let old = conn.load::<BlobKeyRow>(
+                "DELETE FROM derived_blobs WHERE scope_uid = ? AND kind = ? AND variant = ? RETURNING blob_key",
+                &key,
+            )?;
+            let mut binds = key.to_vec();
+            binds.extend([
+                Bind::Text(source_etag.to_string()),
+                Bind::Text(blob_key.to_string()),
+                Bind::Text(now()),
+            ]);
+            conn.run(
+                "INSERT INTO derived_blobs (scope_uid, kind, variant, source_etag, blob_key, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                &binds,
+            )?;
+            Ok(old.into_iter().next().map(|r| r.blob_key))
+        }))
+    }
+
+    /// Every derived blob the index references.
+    pub fn derived_blob_keys(&self) -> Result<Vec<String>, IndexError> {
+        let rows = with_conn!(self, conn => conn.load::<BlobKeyRow>("SELECT blob_key FROM derived_blobs", &[])?);
+        Ok(rows.into_iter().map(|r| r.blob_key).collect())
     }
 
     /// Whether the most specific UID of a scope was deleted through DICOMweb.
@@ -824,6 +923,10 @@ fn store_one<C: IndexConn>(
         (
             "pixel_data_length".to_string(),
             Bind::NullableInt(instance.pixel_data_length),
+        ),
+        (
+            "frame_offsets".to_string(),
+            Bind::NullableText(instance.frame_offsets.clone()),
         ),
         ("created_at".to_string(), Bind::Text(now())),
     ]);

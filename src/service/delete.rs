@@ -21,7 +21,7 @@ pub async fn delete(services: &Services, scope: Scope) -> Result<usize, ServiceE
     let blobs = services
         .with_index(move |index| index.delete(&scope))
         .await?;
-    if blobs.is_empty() {
+    if blobs.instances.is_empty() {
         let deleted = services
             .with_index(move |index| index.was_deleted(&lookup))
             .await?;
@@ -31,8 +31,8 @@ pub async fn delete(services: &Services, scope: Scope) -> Result<usize, ServiceE
             ServiceError::NotFound(kind)
         });
     }
-    let count = blobs.len();
-    for name in blobs {
+    let count = blobs.instances.len();
+    for name in blobs.instances.into_iter().chain(blobs.derived) {
         match BlobKey::parse(&name) {
             Ok(key) => {
                 if let Err(error) = services.store.delete(&key).await {

@@ -2,7 +2,9 @@
 //! index), search, retrieve. No HTTP here: handlers call these with typed inputs.
 
 pub mod delete;
+pub mod derived;
 pub mod qido;
+pub mod render;
 pub mod stow;
 pub mod wado;
 

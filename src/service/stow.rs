@@ -8,6 +8,10 @@ use ring::digest;
 use serde_json::{json, Map, Value as Json};
 
 use super::{ServiceError, Services};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+use crate::dicom::fragments::{format_boundaries, FragmentScanner};
 use crate::dicom::header::{FileMeta, HeaderScanner, Scan};
 use crate::dicom::instance::{self, ParsedHeader};
 use crate::dicom::{json as dicom_json, DicomError};
@@ -166,6 +170,7 @@ impl StowSession {
             scanner: HeaderScanner::new(),
             prefix: BytesMut::new(),
             header_end: None,
+            fragments: None,
             deflated: false,
             hasher: digest::Context::new(&digest::SHA256),
             max_header: self.services.settings.max_header_bytes,
@@ -201,7 +206,11 @@ impl StowSession {
                     }
                 }
                 let digest = part.hasher.finish();
-                let record = new_instance(
+                let frame_offsets = part
+                    .fragments
+                    .as_ref()
+                    .and_then(|fragments| frame_boundaries(fragments, &header.dataset));
+                let mut record = new_instance(
                     &header,
                     &key,
                     size,
@@ -209,6 +218,7 @@ impl StowSession {
                     header_length,
                     pixel,
                 );
+                record.frame_offsets = frame_offsets;
                 self.pending.push(Pending { record, key });
             }
             Err(error) => {
@@ -319,6 +329,26 @@ impl Drop for StowSession {
     }
 }
 
+/// The frame index of encapsulated pixel data, as stored in the index.
+fn frame_boundaries(fragments: &FragmentScanner, dataset: &InMemDicomObject) -> Option<String> {
+    let frames = instance::text(dataset, tags::NUMBER_OF_FRAMES)
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let extended: Option<Vec<u64>> = dataset
+        .get(tags::EXTENDED_OFFSET_TABLE)
+        .and_then(|e| e.value().primitive().map(|p| p.to_bytes().into_owned()))
+        .map(|bytes| {
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect()
+        });
+    fragments
+        .frame_boundaries(frames, extended.as_deref())
+        .map(|b| format_boundaries(&b))
+}
+
 fn reason_for(error: &DicomError) -> u16 {
     match error {
         DicomError::HeaderTooLarge(_) => reason::HEADER_TOO_LARGE,
@@ -378,6 +408,7 @@ fn new_instance(
         header_length: header_length as i64,
         pixel_data_offset: pixel.map(|(offset, _)| offset as i64),
         pixel_data_length: pixel.and_then(|(_, length)| length).map(|l| l as i64),
+        frame_offsets: None,
         values,
         request_items,
     }
@@ -395,6 +426,8 @@ pub struct PartWriter {
     prefix: BytesMut,
     /// Set once the top-level Pixel Data element is found.
     header_end: Option<(u64, u64, Option<u64>)>,
+    /// Follows encapsulated Pixel Data to index its frames.
+    fragments: Option<FragmentScanner>,
     deflated: bool,
     hasher: digest::Context,
     max_header: usize,
@@ -424,6 +457,7 @@ impl PartWriter {
             scanner: HeaderScanner::new(),
             prefix: BytesMut::new(),
             header_end: None,
+            fragments: None,
             deflated: false,
             hasher: digest::Context::new(&digest::SHA256),
             max_header: 0,
@@ -441,6 +475,8 @@ impl PartWriter {
         if self.header_end.is_none() {
             self.prefix.extend_from_slice(&chunk);
             self.scan_more();
+        } else if let Some(fragments) = self.fragments.as_mut() {
+            fragments.feed(&chunk);
         }
         if let Some(writer) = self.writer.as_mut() {
             writer.write(chunk).await?;
@@ -464,6 +500,11 @@ impl PartWriter {
                     location.value_offset,
                     location.value_length,
                 ));
+                if location.value_length.is_none() {
+                    let mut fragments = FragmentScanner::new(location.value_offset);
+                    fragments.feed(&self.prefix[location.value_offset as usize..]);
+                    self.fragments = Some(fragments);
+                }
                 // Only the header is kept; pixel data goes to the blob alone.
                 self.prefix.truncate(location.element_offset as usize);
             }

@@ -6,12 +6,13 @@ use dicom_core::value::Value;
 use dicom_core::Tag;
 use dicom_object::InMemDicomObject;
 use futures_util::stream::{self, BoxStream};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value as Json};
 
-use super::{ServiceError, Services};
+use super::{derived, ServiceError, Services};
 use crate::dicom::header::parse_file_meta;
-use crate::dicom::{instance, json as dicom_json, transfer_syntax, DicomError};
+use crate::dicom::pixels::{self, FramePixels};
+use crate::dicom::{fragments, instance, json as dicom_json, transfer_syntax, DicomError};
 use crate::index::{Scope, StoredInstance};
 use crate::store::{BlobKey, StoreError};
 
@@ -22,6 +23,9 @@ pub enum Representation {
     AsStored,
     /// Re-encoded in Explicit VR Little Endian (native pixel data only).
     ExplicitLittleEndian,
+    /// Transcoded by dicom-rs into this syntax (compressed pixel data decoded,
+    /// or native pixel data written in a lossless syntax).
+    Transcoded(&'static str),
 }
 
 pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
@@ -74,6 +78,9 @@ pub fn representation_for(stored_syntax: &str, requested: &str) -> Option<Repres
         transfer_syntax::EXPLICIT_VR_LE if transfer_syntax::is_native(stored_syntax) => {
             Some(Representation::ExplicitLittleEndian)
         }
+        r if pixels::can_transcode(stored_syntax, r) => {
+            pixels::writable_syntax(r).map(Representation::Transcoded)
+        }
         _ => None,
     }
 }
@@ -83,6 +90,7 @@ pub fn syntax_of(instance: &StoredInstance, representation: Representation) -> &
     match representation {
         Representation::AsStored => &instance.transfer_syntax_uid,
         Representation::ExplicitLittleEndian => transfer_syntax::EXPLICIT_VR_LE,
+        Representation::Transcoded(target) => target,
     }
 }
 
@@ -93,9 +101,10 @@ pub async fn instance_body(
     representation: Representation,
 ) -> Result<ByteStream, ServiceError> {
     let key = blob_key(instance)?;
-    if representation == Representation::AsStored
-        || instance.transfer_syntax_uid == transfer_syntax::EXPLICIT_VR_LE
-    {
+    let already = representation == Representation::AsStored
+        || (representation == Representation::ExplicitLittleEndian
+            && instance.transfer_syntax_uid == transfer_syntax::EXPLICIT_VR_LE);
+    if already {
         // Decrypt the first segment now: a damaged object fails here, with a
         // status, rather than after the response has started.
         let mut stream = services.store.read_stream(&key).await?;
@@ -109,7 +118,10 @@ pub async fn instance_body(
     let file = services.store.read_all(&key).await?;
     let reencoded = tokio::task::spawn_blocking(move || {
         let meta = parse_file_meta(&file)?.ok_or(DicomError::Truncated)?;
-        instance::reencode_explicit_le(&file, &meta)
+        match representation {
+            Representation::Transcoded(target) => pixels::transcode(&file, &meta, target),
+            _ => instance::reencode_explicit_le(&file, &meta),
+        }
     })
     .await
     .map_err(|e| ServiceError::Task(e.to_string()))??;
@@ -138,7 +150,8 @@ pub fn instance_url(base_url: &str, instance: &StoredInstance) -> String {
     )
 }
 
-async fn read_header(
+/// The data set of an instance without its Pixel Data (one ranged read).
+pub async fn read_header(
     services: &Services,
     instance: &StoredInstance,
 ) -> Result<InMemDicomObject, ServiceError> {
@@ -189,17 +202,22 @@ pub async fn metadata(
     Ok(Json::Object(json))
 }
 
-/// The elements after native Pixel Data, if the object has any. (After encapsulated
-/// Pixel Data the end of the value is not indexed yet; such trailers are not shown.)
+/// The elements after Pixel Data, if the object has any. (After encapsulated Pixel
+/// Data stored before frames were indexed, the end is unknown; not shown.)
 async fn read_trailer(
     services: &Services,
     instance: &StoredInstance,
 ) -> Result<Option<InMemDicomObject>, ServiceError> {
-    let (Some(offset), Some(length)) = (instance.pixel_data_offset, instance.pixel_data_length)
-    else {
-        return Ok(None);
+    let end = match (
+        instance.pixel_data_offset,
+        instance.pixel_data_length,
+        frame_boundaries(instance),
+    ) {
+        (Some(offset), Some(length), _) => (offset + length) as u64,
+        // After encapsulated pixel data: past the sequence delimiter item.
+        (Some(_), None, Some(boundaries)) => boundaries.last().copied().unwrap_or(0) + 8,
+        _ => return Ok(None),
     };
-    let end = (offset + length) as u64;
     if end >= instance.blob_size as u64 {
         return Ok(None);
     }
@@ -237,18 +255,151 @@ pub fn metadata_stream(
         .boxed()
 }
 
+/// The metadata of `instances` as one DICOM JSON array. Series are answered from
+/// their cached derived object when it is current for this base URL, otherwise
+/// built from each instance's header and kept for next time. The first bytes are
+/// produced before returning, so an unreadable object gets a status (410, 500)
+/// rather than a cut-off array.
+pub async fn metadata_body(
+    services: &Services,
+    instances: Vec<StoredInstance>,
+    base_url: &str,
+) -> Result<ByteStream, ServiceError> {
+    let mut groups: Vec<Vec<StoredInstance>> = Vec::new();
+    for instance in instances {
+        match groups.last_mut() {
+            Some(group) if group[0].series_instance_uid == instance.series_instance_uid => {
+                group.push(instance)
+            }
+            _ => groups.push(vec![instance]),
+        }
+    }
+    let mut groups = groups.into_iter();
+    let first_group = groups.next().ok_or(ServiceError::NotFound("instance"))?;
+    let first = series_items(services, first_group, base_url).await?;
+    let services = services.clone();
+    let base_url = base_url.to_string();
+    let rest = stream::iter(groups)
+        .then(move |group| {
+            let services = services.clone();
+            let base_url = base_url.clone();
+            async move {
+                match series_items(&services, group, &base_url).await {
+                    Ok(items) => stream::once(async { Ok(Bytes::from_static(b",")) })
+                        .chain(items)
+                        .boxed(),
+                    Err(error) => stream::once(async move { Err(to_store_error(error)) }).boxed(),
+                }
+            }
+        })
+        .flatten();
+    Ok(stream::once(async { Ok(Bytes::from_static(b"[")) })
+        .chain(first)
+        .chain(rest)
+        .chain(stream::once(async { Ok(Bytes::from_static(b"]")) }))
+        .boxed())
+}
+
+/// Errors after a response started can only end its stream; the cause is logged.
+pub fn to_store_error(error: ServiceError) -> StoreError {
+    tracing::error!(%error, "retrieval failed while streaming");
+    match error {
+        ServiceError::Store(e) => e,
+        other => StoreError::Io(std::io::Error::other(other.to_string())),
+    }
+}
+
+const METADATA: &str = "metadata";
+
+/// One series' metadata items joined by commas (no brackets).
+async fn series_items(
+    services: &Services,
+    instances: Vec<StoredInstance>,
+    base_url: &str,
+) -> Result<ByteStream, ServiceError> {
+    let etag = metadata_etag(&instances, base_url);
+    let variant = hex::encode(
+        &ring::digest::digest(&ring::digest::SHA256, base_url.as_bytes()).as_ref()[..8],
+    );
+    // Single instances are one ranged read anyway: only series are cached.
+    let cacheable = instances.len() > 1;
+    let series_uid = instances[0].series_instance_uid.clone();
+    if cacheable {
+        if let Some(body) = derived::open(services, &series_uid, METADATA, &variant, &etag).await? {
+            return Ok(body);
+        }
+    }
+    let mut items = metadata_stream(services.clone(), instances, base_url.to_string());
+    let first = items
+        .next()
+        .await
+        .ok_or(ServiceError::NotFound("instance"))??;
+    let tee = cacheable
+        .then(|| derived::Tee::spawn(services.clone(), series_uid, METADATA, variant, etag));
+    struct State {
+        first: Option<Json>,
+        items: BoxStream<'static, Result<Json, ServiceError>>,
+        tee: Option<derived::Tee>,
+        written: usize,
+        failed: bool,
+    }
+    let state = State {
+        first: Some(first),
+        items,
+        tee,
+        written: 0,
+        failed: false,
+    };
+    Ok(stream::unfold(state, |mut state| async move {
+        if state.failed {
+            return None;
+        }
+        let next = match state.first.take() {
+            Some(first) => Some(Ok(first)),
+            None => state.items.next().await,
+        };
+        match next {
+            Some(Ok(item)) => {
+                let mut bytes = Vec::with_capacity(4096);
+                if state.written > 0 {
+                    bytes.push(b',');
+                }
+                if let Err(error) = serde_json::to_writer(&mut bytes, &item) {
+                    state.failed = true;
+                    state.tee = None;
+                    return Some((Err(StoreError::Io(error.into())), state));
+                }
+                let bytes = Bytes::from(bytes);
+                if let Some(tee) = state.tee.as_mut() {
+                    tee.copy(&bytes).await;
+                }
+                state.written += 1;
+                Some((Ok(bytes), state))
+            }
+            Some(Err(error)) => {
+                state.failed = true;
+                state.tee = None; // abandons the cached copy
+                Some((Err(to_store_error(error)), state))
+            }
+            None => {
+                if let Some(tee) = state.tee.take() {
+                    tee.finish().await;
+                }
+                None
+            }
+        }
+    })
+    .boxed())
+}
+
 /// A bulk data value, ready to send.
 pub enum BulkBody {
     /// Native pixel data or another value, streamed from the blob.
     Stream { length: u64, body: ByteStream },
     /// A value taken from the header.
     Bytes(Bytes),
-    /// Encapsulated pixel data: one compressed frame per part.
-    Frames {
-        media_type: &'static str,
-        transfer_syntax: String,
-        frames: Vec<Bytes>,
-    },
+    /// Encapsulated pixel data: its frames, compressed.
+    Frames(Frames),
 }
 
 /// Parses a bulk data path `GGGGEEEE[/item/GGGGEEEE...]`.
@@ -303,21 +454,9 @@ pub async fn bulkdata(
                 body,
             });
         }
-        let value = services
-            .store
-            .read_range(&key, offset..instance.blob_size as u64)
-            .await?;
-        let frames = split_frames(
-            &value,
-            instance.number_of_frames.unwrap_or(1).max(1) as usize,
-        )?;
-        let media_type = transfer_syntax::compressed_media_type(&instance.transfer_syntax_uid)
-            .unwrap_or("application/octet-stream");
-        return Ok(BulkBody::Frames {
-            media_type,
-            transfer_syntax: instance.transfer_syntax_uid.clone(),
-            frames,
-        });
+        let count = instance.number_of_frames.unwrap_or(1).max(1) as u64;
+        let all: Vec<u64> = (1..=count).collect();
+        return Ok(BulkBody::Frames(frames(services, instance, &all).await?));
     }
     let mut dataset = read_header(services, instance).await?;
     if let Some(trailer) = read_trailer(services, instance).await? {
@@ -346,6 +485,50 @@ pub async fn bulkdata(
         }
         Value::Sequence(_) => Err(ServiceError::NotFound("bulk data")),
     }
+}
+
+/// Whether a bulk data path names the top-level native Pixel Data of `instance`
+/// (which can be read by byte range).
+pub fn is_native_pixel_data_path(instance: &StoredInstance, path: &str) -> bool {
+    path.eq_ignore_ascii_case("7FE00010")
+        && instance.pixel_data_offset.is_some()
+        && instance.pixel_data_length.is_some()
+}
+
+/// Bytes `range` of the native Pixel Data value, little endian.
+pub async fn pixel_data_range(
+    services: &Services,
+    instance: &StoredInstance,
+    range: std::ops::Range<u64>,
+) -> Result<Bytes, ServiceError> {
+    let (Some(offset), Some(length)) = (instance.pixel_data_offset, instance.pixel_data_length)
+    else {
+        return Err(ServiceError::NotFound("pixel data"));
+    };
+    let key = blob_key(instance)?;
+    let end = range.end.min(length as u64);
+    let big_endian = instance.transfer_syntax_uid == transfer_syntax::EXPLICIT_VR_BE;
+    let width = (instance.bits_allocated.unwrap_or(8).max(8) as u64).div_ceil(8);
+    if !(big_endian && width > 1) {
+        let start = offset as u64 + range.start;
+        return Ok(services
+            .store
+            .read_range(&key, start..offset as u64 + end)
+            .await?);
+    }
+    // Swapping works on whole words: read the words the range touches.
+    let aligned_start = range.start / width * width;
+    let aligned_end = end.div_ceil(width) * width;
+    let words = services
+        .store
+        .read_range(
+            &key,
+            offset as u64 + aligned_start..offset as u64 + aligned_end.min(length as u64),
+        )
+        .await?;
+    let swapped = swap_words(&words, width as usize);
+    let from = (range.start - aligned_start) as usize;
+    Ok(swapped.slice(from..from + (end - range.start) as usize))
 }
 
 /// Reverses the bytes of each `width`-byte word.
@@ -450,19 +633,44 @@ pub async fn frames(
             frames,
         });
     }
-    let value = services
-        .store
-        .read_range(&key, offset..instance.blob_size as u64)
-        .await?;
-    let all = split_frames(&value, count as usize)?;
-    let frames = numbers
-        .iter()
-        .map(|n| {
-            all.get((n - 1) as usize)
-                .cloned()
-                .ok_or(ServiceError::NotFound("frame"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let frames = match frame_boundaries(instance).filter(|b| b.len() as u64 == count + 1) {
+        // Indexed at STOW: one ranged read of exactly each frame's items.
+        Some(boundaries) => {
+            let spans: Vec<std::ops::Range<u64>> = numbers
+                .iter()
+                .map(|n| boundaries[(n - 1) as usize]..boundaries[*n as usize])
+                .collect();
+            let store = services.store.clone();
+            stream::iter(spans)
+                .map(move |span| {
+                    let (store, key) = (store.clone(), key.clone());
+                    async move {
+                        let items = store.read_range(&key, span).await?;
+                        Ok::<_, ServiceError>(fragments::join_items(items)?)
+                    }
+                })
+                .buffered(4)
+                .try_collect()
+                .await?
+        }
+        // Stored before frames were indexed, or fragments that could not be told
+        // apart: the whole value is read and split.
+        None => {
+            let value = services
+                .store
+                .read_range(&key, offset..instance.blob_size as u64)
+                .await?;
+            let all = split_frames(&value, count as usize)?;
+            numbers
+                .iter()
+                .map(|n| {
+                    all.get((n - 1) as usize)
+                        .cloned()
+                        .ok_or(ServiceError::NotFound("frame"))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
     Ok(Frames {
         media_type: Some(
             transfer_syntax::compressed_media_type(&instance.transfer_syntax_uid)
@@ -470,6 +678,58 @@ pub async fn frames(
         ),
         transfer_syntax: instance.transfer_syntax_uid.clone(),
         frames,
+    })
+}
+
+/// The frame index recorded at STOW, if any.
+fn frame_boundaries(instance: &StoredInstance) -> Option<Vec<u64>> {
+    instance
+        .frame_offsets
+        .as_deref()
+        .and_then(fragments::parse_boundaries)
+}
+
+/// Frames in native Explicit VR Little Endian: compressed frames are decoded
+/// (the transcoding path of frames, bulk data and pixel data). 406 when this
+/// build cannot decode the stored syntax.
+pub async fn decode_frames(
+    services: &Services,
+    instance: &StoredInstance,
+    frames: Frames,
+) -> Result<Frames, ServiceError> {
+    if frames.media_type.is_none() {
+        return Ok(frames);
+    }
+    if !pixels::can_decode(&frames.transfer_syntax) {
+        return Err(ServiceError::NotAcceptable(format!(
+            "pixel data in transfer syntax {} cannot be decoded by this server; \
+             request transfer-syntax=* to receive it as stored",
+            frames.transfer_syntax
+        )));
+    }
+    let header = read_header(services, instance).await?;
+    let syntax = frames.transfer_syntax;
+    let decoded = tokio::task::spawn_blocking(move || {
+        frames
+            .frames
+            .into_iter()
+            .map(|data| {
+                pixels::native_frame(
+                    &header,
+                    FramePixels::Encapsulated {
+                        transfer_syntax: syntax.clone(),
+                        data,
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ServiceError::Task(e.to_string()))??;
+    Ok(Frames {
+        media_type: None,
+        transfer_syntax: transfer_syntax::EXPLICIT_VR_LE.to_string(),
+        frames: decoded,
     })
 }
 

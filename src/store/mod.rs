@@ -72,12 +72,16 @@ impl From<object_store::Error> for StoreError {
 pub enum BlobKind {
     /// A stored DICOM instance (PS3.10 file, as received).
     Instance,
+    /// Something computed from instances and kept to answer faster: series
+    /// metadata, thumbnails. Recorded in the index's `derived_blobs`.
+    Derived,
 }
 
 impl BlobKind {
     fn prefix(self) -> &'static str {
         match self {
             BlobKind::Instance => "instances",
+            BlobKind::Derived => "derived",
         }
     }
 }
@@ -101,7 +105,7 @@ impl BlobKey {
     /// have produced ourselves.
     pub fn parse(raw: &str) -> Result<Self, StoreError> {
         let valid = raw.split_once('/').is_some_and(|(kind, id)| {
-            kind == BlobKind::Instance.prefix()
+            (kind == BlobKind::Instance.prefix() || kind == BlobKind::Derived.prefix())
                 && id.len() == 32
                 && id.bytes().all(|b| b.is_ascii_hexdigit())
         });

@@ -1,0 +1,2 @@
+DROP TABLE derived_blobs;
+ALTER TABLE instances DROP COLUMN frame_offsets;

@@ -1,0 +1,126 @@
+//! The route table: every DICOMweb endpoint once, with what it consumes, produces
+//! and which query parameters it reads. `configure` registers it and the
+//! capabilities description (`OPTIONS /`) is generated from it, so what we say
+//! we support is what is routed.
+
+use actix_web::http::Method;
+use actix_web::{web, Route};
+
+use super::{delete, qido, rendered, stow, wado};
+
+const DICOM_JSON: &str = "application/dicom+json";
+const MULTIPART_DICOM: &str = "multipart/related; type=\"application/dicom\"";
+const SINGLE_DICOM: &str = "application/dicom";
+const MULTIPART_OCTET: &str = "multipart/related; type=\"application/octet-stream\"";
+const OCTET: &str = "application/octet-stream";
+const IMAGES: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "multipart/related; type=\"image/jpeg\"",
+    "multipart/related; type=\"image/png\"",
+    "multipart/related; type=\"image/gif\"",
+];
+const COMPRESSED_FRAMES: &[&str] = &[
+    MULTIPART_OCTET,
+    "multipart/related; type=\"image/jpeg\"",
+    "multipart/related; type=\"image/jls\"",
+    "multipart/related; type=\"image/jp2\"",
+    "multipart/related; type=\"image/jpx\"",
+    "multipart/related; type=\"image/jxl\"",
+    "multipart/related; type=\"image/dicom-rle\"",
+];
+
+const QIDO_PARAMS: &[&str] = &[
+    "{attributeID}",
+    "includefield",
+    "fuzzymatching",
+    "limit",
+    "offset",
+];
+const RENDERED_PARAMS: &[&str] = &[
+    "accept",
+    "annotation",
+    "quality",
+    "viewport",
+    "window",
+    "iccprofile",
+];
+const THUMBNAIL_PARAMS: &[&str] = &["accept", "viewport"];
+
+/// One endpoint of the DICOMweb service.
+pub struct Endpoint {
+    pub method: Method,
+    /// Relative to the DICOMweb prefix, in actix syntax (`{study}`).
+    pub path: &'static str,
+    /// The transaction, as PS3.18 names it.
+    pub name: &'static str,
+    pub consumes: &'static [&'static str],
+    pub produces: &'static [&'static str],
+    pub query: &'static [&'static str],
+    pub route: fn() -> Route,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn endpoint(
+    method: Method,
+    path: &'static str,
+    name: &'static str,
+    consumes: &'static [&'static str],
+    produces: &'static [&'static str],
+    query: &'static [&'static str],
+    route: fn() -> Route,
+) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        name,
+        consumes,
+        produces,
+        query,
+        route,
+    }
+}
+
+// One line per endpoint reads as the table it is.
+#[rustfmt::skip]
+pub fn endpoints() -> Vec<Endpoint> {
+    use Method as M;
+    const INSTANCES: &[&str] = &[MULTIPART_DICOM, MULTIPART_OCTET];
+    const INSTANCE: &[&str] = &[MULTIPART_DICOM, SINGLE_DICOM, MULTIPART_OCTET];
+    const JSON: &[&str] = &[DICOM_JSON];
+    const STOW: &[&str] = &[MULTIPART_DICOM, "multipart/related; type=\"application/dicom+json\""];
+    const BULK: &[&str] = &[MULTIPART_OCTET, OCTET];
+    vec![
+        endpoint(M::GET, "/studies", "SearchForStudies", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_studies)),
+        endpoint(M::POST, "/studies", "StoreInstances", STOW, JSON, &[], || web::post().to(stow::store)),
+        endpoint(M::GET, "/series", "SearchForSeries", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_all_series)),
+        endpoint(M::GET, "/instances", "SearchForInstances", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_all_instances)),
+        endpoint(M::GET, "/studies/{study}", "RetrieveStudy", &[], INSTANCES, &["accept"], || web::get().to(wado::retrieve_study)),
+        endpoint(M::POST, "/studies/{study}", "StoreInstances", STOW, JSON, &[], || web::post().to(stow::store_in_study)),
+        endpoint(M::DELETE, "/studies/{study}", "DeleteStudy", &[], &[], &[], || web::delete().to(delete::delete_study)),
+        endpoint(M::GET, "/studies/{study}/metadata", "RetrieveStudyMetadata", &[], JSON, &["accept"], || web::get().to(wado::study_metadata)),
+        endpoint(M::GET, "/studies/{study}/rendered", "RetrieveRenderedStudy", &[], IMAGES, RENDERED_PARAMS, || web::get().to(rendered::study_rendered)),
+        endpoint(M::GET, "/studies/{study}/thumbnail", "RetrieveStudyThumbnail", &[], IMAGES, THUMBNAIL_PARAMS, || web::get().to(rendered::study_thumbnail)),
+        endpoint(M::GET, "/studies/{study}/pixeldata", "RetrieveStudyPixelData", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::study_pixeldata)),
+        endpoint(M::GET, "/studies/{study}/series", "SearchForStudySeries", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_study_series)),
+        endpoint(M::GET, "/studies/{study}/instances", "SearchForStudyInstances", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_study_instances)),
+        endpoint(M::GET, "/studies/{study}/series/{series}", "RetrieveSeries", &[], INSTANCES, &["accept"], || web::get().to(wado::retrieve_series)),
+        endpoint(M::DELETE, "/studies/{study}/series/{series}", "DeleteSeries", &[], &[], &[], || web::delete().to(delete::delete_series)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/metadata", "RetrieveSeriesMetadata", &[], JSON, &["accept"], || web::get().to(wado::series_metadata)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/rendered", "RetrieveRenderedSeries", &[], IMAGES, RENDERED_PARAMS, || web::get().to(rendered::series_rendered)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/thumbnail", "RetrieveSeriesThumbnail", &[], IMAGES, THUMBNAIL_PARAMS, || web::get().to(rendered::series_thumbnail)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/pixeldata", "RetrieveSeriesPixelData", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::series_pixeldata)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances", "SearchForSeriesInstances", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_series_instances)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}", "RetrieveInstance", &[], INSTANCE, &["accept"], || web::get().to(wado::retrieve_instance)),
+        endpoint(M::DELETE, "/studies/{study}/series/{series}/instances/{instance}", "DeleteInstance", &[], &[], &[], || web::delete().to(delete::delete_instance)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/metadata", "RetrieveInstanceMetadata", &[], JSON, &["accept"], || web::get().to(wado::instance_metadata)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/rendered", "RetrieveRenderedInstance", &[], IMAGES, RENDERED_PARAMS, || web::get().to(rendered::instance_rendered)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/thumbnail", "RetrieveInstanceThumbnail", &[], IMAGES, THUMBNAIL_PARAMS, || web::get().to(rendered::instance_thumbnail)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/pixeldata", "RetrieveInstancePixelData", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::instance_pixeldata)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", "RetrieveFrames", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::frames)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", "RetrieveRenderedFrames", &[], IMAGES, RENDERED_PARAMS, || web::get().to(rendered::frames_rendered)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", "RetrieveFrameThumbnail", &[], IMAGES, THUMBNAIL_PARAMS, || web::get().to(rendered::frame_thumbnail)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path:.*}", "RetrieveBulkdata", &[], BULK, &["accept"], || web::get().to(wado::bulkdata)),
+    ]
+}

@@ -1,0 +1,194 @@
+//! Rendered and thumbnail resources: frames decoded and rendered for people
+//! (`dicom::render`), and thumbnails kept encrypted in the blob store as derived
+//! objects so a study list does not decode a study per row.
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::StreamExt;
+
+use super::wado::{self, Frames};
+use super::{derived, ServiceError, Services};
+use crate::dicom::pixels::FramePixels;
+use crate::dicom::render::{self, ImageFormat, RenderOptions, Viewport};
+use crate::dicom::transfer_syntax;
+use crate::index::{Scope, StoredInstance};
+
+/// The box a thumbnail fits in when the client names no viewport.
+pub const THUMBNAIL_SIZE: u32 = 128;
+
+/// Whether an instance has pixel data to render.
+pub fn has_pixel_data(instance: &StoredInstance) -> bool {
+    instance.bits_allocated.is_some()
+        && (instance.pixel_data_offset.is_some()
+            || transfer_syntax::encoding_of(&instance.transfer_syntax_uid).deflated)
+}
+
+fn frame_count(instance: &StoredInstance) -> u64 {
+    instance.number_of_frames.unwrap_or(1).max(1) as u64
+}
+
+fn to_pixels(frames: Frames) -> Vec<FramePixels> {
+    let syntax = frames.transfer_syntax;
+    let compressed = frames.media_type.is_some();
+    frames
+        .frames
+        .into_iter()
+        .map(|data| {
+            if compressed {
+                FramePixels::Encapsulated {
+                    transfer_syntax: syntax.clone(),
+                    data,
+                }
+            } else {
+                FramePixels::Native(data)
+            }
+        })
+        .collect()
+}
+
+/// Renders one instance: frame `frame` (1-based), or without one, the first frame
+/// (JPEG, PNG) or every frame as an animation (GIF).
+pub async fn render_instance(
+    services: &Services,
+    instance: &StoredInstance,
+    frame: Option<u64>,
+    format: ImageFormat,
+    options: &RenderOptions,
+) -> Result<Bytes, ServiceError> {
+    if !has_pixel_data(instance) {
+        return Err(ServiceError::NotAcceptable(
+            "this instance has no pixel data to render".into(),
+        ));
+    }
+    let count = frame_count(instance);
+    let numbers: Vec<u64> = match frame {
+        Some(n) if n > count => return Err(ServiceError::NotFound("frame")),
+        Some(n) => vec![n],
+        None if format == ImageFormat::Gif => (1..=count).collect(),
+        None => vec![1],
+    };
+    let header = wado::read_header(services, instance).await?;
+    let frames = to_pixels(wado::frames(services, instance, &numbers).await?);
+    let options = options.clone();
+    let delay_ms = crate::dicom::instance::text(&header, dicom_dictionary_std::tags::FRAME_TIME)
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .map_or(100, |ms| ms.round() as u32);
+    let image = tokio::task::spawn_blocking(move || {
+        let rendered = frames
+            .into_iter()
+            .zip(numbers)
+            .map(|(pixels, n)| render::render_frame(&header, pixels, n, &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        render::encode(rendered, format, options.quality, delay_ms)
+    })
+    .await
+    .map_err(|e| ServiceError::Task(e.to_string()))??;
+    Ok(Bytes::from(image))
+}
+
+/// Renders each instance of a study or series in turn (instances without pixel
+/// data are skipped), for a multipart answer.
+pub fn render_each(
+    services: Services,
+    instances: Vec<StoredInstance>,
+    format: ImageFormat,
+    options: RenderOptions,
+) -> BoxStream<'static, Result<(StoredInstance, Bytes), ServiceError>> {
+    stream::iter(instances.into_iter().filter(has_pixel_data))
+        .map(move |instance| {
+            let services = services.clone();
+            let options = options.clone();
+            async move {
+                let image = render_instance(&services, &instance, None, format, &options).await?;
+                Ok((instance, image))
+            }
+        })
+        .buffered(2)
+        .boxed()
+}
+
+/// The instance a study or series thumbnail shows: the middle image of the first
+/// series that has images.
+pub fn representative(instances: &[StoredInstance]) -> Option<&StoredInstance> {
+    let first_series = &instances
+        .iter()
+        .find(|i| has_pixel_data(i))?
+        .series_instance_uid;
+    let images: Vec<&StoredInstance> = instances
+        .iter()
+        .filter(|i| &i.series_instance_uid == first_series && has_pixel_data(i))
+        .collect();
+    images.get(images.len() / 2).copied()
+}
+
+/// A thumbnail of a scope: one small image, no annotation (so no patient data),
+/// cached as an encrypted derived blob until the source instance changes.
+pub async fn thumbnail(
+    services: &Services,
+    scope: &Scope,
+    instances: &[StoredInstance],
+    frame: Option<u64>,
+    format: ImageFormat,
+    viewport: Option<(u32, u32)>,
+) -> Result<Bytes, ServiceError> {
+    let instance = representative(instances).ok_or_else(|| {
+        ServiceError::NotAcceptable("there is no image to make a thumbnail of".into())
+    })?;
+    if frame.is_some_and(|n| n > frame_count(instance)) {
+        return Err(ServiceError::NotFound("frame"));
+    }
+    let (width, height) = viewport.unwrap_or((THUMBNAIL_SIZE, THUMBNAIL_SIZE));
+    let variant = format!(
+        "{}:{}x{}:{}",
+        format.media_type(),
+        width,
+        height,
+        frame.unwrap_or(0)
+    );
+    let etag = format!("{}:{}", instance.sop_instance_uid, instance.content_sha256);
+    let scope_uid = match scope {
+        Scope::Study { study } => study,
+        Scope::Series { series, .. } => series,
+        Scope::Instance { instance, .. } => instance,
+    };
+    if let Some(bytes) = derived::read(services, scope_uid, "thumbnail", &variant, &etag).await? {
+        return Ok(bytes);
+    }
+    let options = RenderOptions {
+        viewport: Some(Viewport {
+            width,
+            height,
+            source: None,
+        }),
+        ..RenderOptions::default()
+    };
+    // A default thumbnail never enlarges a small image.
+    let options = if viewport.is_none() {
+        RenderOptions {
+            viewport: None,
+            max_columns: Some(width),
+            max_rows: Some(height),
+            ..options
+        }
+    } else {
+        options
+    };
+    let image = render_instance(
+        services,
+        instance,
+        Some(frame.unwrap_or(1)),
+        format,
+        &options,
+    )
+    .await?;
+    derived::write(
+        services,
+        scope_uid,
+        "thumbnail",
+        &variant,
+        &etag,
+        stream::iter([Ok::<_, ServiceError>(image.clone())]).boxed(),
+    )
+    .await?;
+    Ok(image)
+}
