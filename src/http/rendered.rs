@@ -179,9 +179,11 @@ pub fn parse_params(pairs: &[(String, String)], thumbnail: bool) -> Result<Param
     if let Some(value) = one(pairs, "iccprofile")? {
         match value.trim() {
             "no" => {}
-            "yes" | "srgb" | "adobergb" | "rommrgb" => return Err(bad(format!(
+            "yes" | "srgb" | "adobergb" | "rommrgb" => {
+                return Err(bad(format!(
                 "iccprofile={value} is not supported: images are rendered without an ICC profile"
-            ))),
+            )))
+            }
             other => return Err(bad(format!("invalid iccprofile {other:?}"))),
         }
     }

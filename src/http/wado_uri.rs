@@ -140,9 +140,11 @@ fn parse(pairs: Vec<(String, String)>) -> Result<WadoUriRequest, ApiError> {
                     y_max: *y1,
                 })
             }
-            _ => return Err(ApiError::BadRequest(format!(
+            _ => {
+                return Err(ApiError::BadRequest(format!(
                 "region must be xmin,ymin,xmax,ymax between 0 and 1 with min < max; got {region:?}"
-            ))),
+            )))
+            }
         }
     }
     match (single("windowCenter")?, single("windowWidth")?) {
