@@ -17,6 +17,11 @@ FROM rust:1-bookworm AS builder
 
 WORKDIR /build
 
+# cmake builds CharLS, the JPEG-LS codec behind the `jpeg-ls` feature.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+
 # The whole (filtered, see .dockerignore) source tree: manifest, lockfile,
 # src/ and anything embedded at compile time (e.g. schema/ migrations).
 COPY . .
@@ -27,7 +32,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/build/target \
-    cargo build --release --locked --bin kastell \
+    cargo build --release --locked --features jpeg-ls --bin kastell \
  && install -D -m 0755 target/release/kastell /out/kastell
 
 ############################

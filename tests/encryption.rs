@@ -298,3 +298,57 @@ fn the_master_key_guards_everything() {
     );
     assert!(!ok && out.contains("no master key"), "{out}");
 }
+
+#[test]
+fn cached_metadata_and_thumbnails_survive_rotation_and_retirement() {
+    let server = Server::start();
+    let files: Vec<Vec<u8>> = (1..=2)
+        .map(|i| dicom_file(&Spec::new("8.1", "8.1.1", &format!("8.1.1.{i}"))))
+        .collect();
+    assert_eq!(store(&server, "/studies", &files).0, 200);
+    let metadata = server.url("/studies/8.1/series/8.1.1/metadata");
+    let thumbnail = server.url("/studies/8.1/series/8.1.1/thumbnail");
+    assert_eq!(
+        client().get(&metadata).send().unwrap().status().as_u16(),
+        200
+    );
+    assert_eq!(
+        client().get(&thumbnail).send().unwrap().status().as_u16(),
+        200
+    );
+    // Both are kept as derived objects (the metadata copy is written behind the
+    // response).
+    let derived = server.data_dir.join("blobs/derived");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(&derived).map_or(0, |d| d.count()) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no derived objects");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::rename(&server.data_dir, &data).unwrap();
+    drop(server);
+    let (ok, out) = kastell(&["keys", "rotate", "--tenant", "default"], &data, &[]);
+    assert!(ok, "{out}");
+    let (ok, out) = kastell(
+        &["keys", "retire", "--tenant", "default", "--version", "1"],
+        &data,
+        &[],
+    );
+    assert!(ok, "{out}");
+    // Sealed under a retired key, the cached copies are rebuilt, never a 500.
+    let server = Server::spawn(&data, &[]);
+    let response = client()
+        .get(server.url("/studies/8.1/series/8.1.1/metadata"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let items: serde_json::Value = response.json().unwrap();
+    assert_eq!(items.as_array().unwrap().len(), 2);
+    let response = client()
+        .get(server.url("/studies/8.1/series/8.1.1/thumbnail"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(&response.bytes().unwrap()[..2], &[0xFF, 0xD8]);
+}

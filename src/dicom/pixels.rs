@@ -41,6 +41,16 @@ pub fn can_decode(uid: &str) -> bool {
             .is_some_and(|ts| ts.can_decode_all())
 }
 
+/// JPEG Extended with more than 8 bits per sample (12-bit): the JPEG decoder
+/// dicom-rs uses reads 8-bit JPEG only.
+const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+
+/// Whether this build can decode pixel data stored in `uid` with
+/// `bits_allocated` bits per sample.
+pub fn can_decode_samples(uid: &str, bits_allocated: Option<i64>) -> bool {
+    can_decode(uid) && !(uid == JPEG_EXTENDED && bits_allocated.unwrap_or(8) > 8)
+}
+
 /// Whether Kastell writes `uid` when a client asks for it. Only lossless targets:
 /// an archive does not degrade an image on the way out unless it was stored so.
 pub fn can_encode(uid: &str) -> bool {

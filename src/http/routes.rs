@@ -86,10 +86,10 @@ fn endpoint(
 #[rustfmt::skip]
 pub fn endpoints() -> Vec<Endpoint> {
     use Method as M;
-    const INSTANCES: &[&str] = &[MULTIPART_DICOM, MULTIPART_OCTET];
-    const INSTANCE: &[&str] = &[MULTIPART_DICOM, SINGLE_DICOM, MULTIPART_OCTET];
+    const INSTANCES: &[&str] = &[MULTIPART_DICOM];
+    const INSTANCE: &[&str] = &[MULTIPART_DICOM, SINGLE_DICOM];
     const JSON: &[&str] = &[DICOM_JSON];
-    const STOW: &[&str] = &[MULTIPART_DICOM, "multipart/related; type=\"application/dicom+json\""];
+    const STOW: &[&str] = &[MULTIPART_DICOM];
     const BULK: &[&str] = &[MULTIPART_OCTET, OCTET];
     vec![
         endpoint(M::GET, "/studies", "SearchForStudies", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_studies)),

@@ -91,7 +91,7 @@ async fn retrieve(
         let representation = choice
             .transfer_syntaxes
             .iter()
-            .find_map(|ts| wado::representation_for(&instance.transfer_syntax_uid, ts))
+            .find_map(|ts| wado::representation_for(&instance, ts))
             .ok_or_else(|| {
                 ApiError::NotAcceptable(format!(
                     "an instance is stored in transfer syntax {} and cannot be sent in {} (this server \

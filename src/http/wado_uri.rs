@@ -263,13 +263,12 @@ pub async fn retrieve(
         return Ok(response.content_type(format.media_type()).body(image));
     }
     let representation =
-        wado::representation_for(&instance.transfer_syntax_uid, &parsed.transfer_syntax)
-            .ok_or_else(|| {
-                ApiError::NotAcceptable(format!(
-                    "the instance is stored in {} and cannot be sent in {}",
-                    instance.transfer_syntax_uid, parsed.transfer_syntax
-                ))
-            })?;
+        wado::representation_for(&instance, &parsed.transfer_syntax).ok_or_else(|| {
+            ApiError::NotAcceptable(format!(
+                "the instance is stored in {} and cannot be sent in {}",
+                instance.transfer_syntax_uid, parsed.transfer_syntax
+            ))
+        })?;
     let body = wado::instance_body(&state.services, &instance, representation).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/dicom")

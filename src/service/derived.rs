@@ -42,9 +42,7 @@ pub async fn read(
     };
     match services.store.read_all(&key).await {
         Ok(bytes) => Ok(Some(bytes)),
-        // Replaced or removed meanwhile: rebuild.
-        Err(StoreError::NotFound) => Ok(None),
-        Err(error) => Err(error.into()),
+        Err(error) => Ok(unreadable(&key, error)),
     }
 }
 
@@ -62,8 +60,7 @@ pub async fn open(
     };
     let mut body = match services.store.read_stream(&key).await {
         Ok(body) => body,
-        Err(StoreError::NotFound) => return Ok(None),
-        Err(error) => return Err(error.into()),
+        Err(error) => return Ok(unreadable(&key, error)),
     };
     match body.next().await {
         Some(Ok(first)) => Ok(Some(
@@ -71,10 +68,25 @@ pub async fn open(
                 .chain(body)
                 .boxed(),
         )),
-        Some(Err(StoreError::NotFound)) => Ok(None),
-        Some(Err(error)) => Err(error.into()),
+        Some(Err(error)) => Ok(unreadable(&key, error)),
         None => Ok(Some(futures_util::stream::empty().boxed())),
     }
+}
+
+/// A derived object that cannot be read is rebuilt from its sources: replaced or
+/// removed meanwhile, sealed with a tenant key since retired, or damaged (which
+/// is logged, as for any object that fails its integrity check).
+fn unreadable<T>(key: &BlobKey, error: StoreError) -> Option<T> {
+    match error {
+        StoreError::NotFound => {}
+        StoreError::Integrity(_) => {
+            tracing::error!(blob = %key, %error, "a derived object failed its integrity check; rebuilding it")
+        }
+        other => {
+            tracing::warn!(blob = %key, error = %other, "a derived object is unreadable; rebuilding it")
+        }
+    }
+    None
 }
 
 /// Writes a derived object from `body` and records it, removing the one it

@@ -69,7 +69,8 @@ fn blob_key(instance: &StoredInstance) -> Result<BlobKey, ServiceError> {
 
 /// Which representations of a stored instance can be produced for a requested
 /// transfer syntax (`*` = any).
-pub fn representation_for(stored_syntax: &str, requested: &str) -> Option<Representation> {
+pub fn representation_for(instance: &StoredInstance, requested: &str) -> Option<Representation> {
+    let stored_syntax = instance.transfer_syntax_uid.as_str();
     let forbidden = transfer_syntax::is_forbidden_on_the_wire(stored_syntax);
     match requested {
         "*" if forbidden => Some(Representation::ExplicitLittleEndian),
@@ -78,7 +79,10 @@ pub fn representation_for(stored_syntax: &str, requested: &str) -> Option<Repres
         transfer_syntax::EXPLICIT_VR_LE if transfer_syntax::is_native(stored_syntax) => {
             Some(Representation::ExplicitLittleEndian)
         }
-        r if pixels::can_transcode(stored_syntax, r) => {
+        r if pixels::can_transcode(stored_syntax, r)
+            && (transfer_syntax::is_native(stored_syntax)
+                || pixels::can_decode_samples(stored_syntax, instance.bits_allocated)) =>
+        {
             pixels::writable_syntax(r).map(Representation::Transcoded)
         }
         _ => None,
