@@ -11,8 +11,9 @@ use crate::crypto::{
     CryptoError, KeyId, KeyProvider, KeyRing, LocalMasterKey, SecretKey, TenantKeyLoader,
     TenantKeyRecord, TenantKeyState,
 };
-use crate::http::{self, AppState};
+use crate::http;
 use crate::index::{Index, IndexOptions};
+use crate::service::tenants::Tenants;
 use crate::service::{ServiceSettings, Services};
 use crate::store::{BlobStore, WriteOptions};
 
@@ -162,24 +163,59 @@ pub fn key_ring(config: &Config, index: &Index) -> anyhow::Result<Arc<KeyRing>> 
     Ok(ring)
 }
 
-/// Opens the index and the blob store named by the configuration.
+fn index_options(pool_size: u32, config: &Config) -> IndexOptions {
+    IndexOptions {
+        pool_size,
+        busy_timeout: Duration::from_millis(config.index.busy_timeout_ms),
+        acquire_timeout: Duration::from_millis(config.index.acquire_timeout_ms),
+        statement_timeout: Duration::from_millis(config.index.statement_timeout_ms),
+    }
+}
+
+/// Every tenant over the configured backends (for the CLI: small pools).
+pub fn build_tenants(config: &Config) -> anyhow::Result<Tenants> {
+    Ok(Tenants::new(
+        build_services(config)?,
+        &config.keys.default_tenant,
+        &config.effective_index_url(),
+        index_options(2, config),
+    ))
+}
+
+/// Registers a tenant: its entry in the control index, its key-encryption key and
+/// its own index. `false` when it was registered already (nothing changes).
+pub fn add_tenant(config: &Config, name: &str, display_name: &str) -> anyhow::Result<bool> {
+    if name == config.keys.default_tenant {
+        anyhow::bail!("{name} is the default tenant; it always exists");
+    }
+    let control = open_index(config)?;
+    let added = control.add_tenant(name, display_name)?;
+    let ring = KeyRing::new(
+        master_key(config)?,
+        Arc::new(IndexKeyLoader(control.clone())),
+    );
+    ring.ensure_tenant(name)
+        .with_context(|| format!("making the key of tenant {name}"))?;
+    Index::open_tenant(
+        &config.effective_index_url(),
+        name,
+        index_options(2, config),
+    )
+    .with_context(|| format!("creating the index of tenant {name}"))?;
+    Ok(added)
+}
+
+/// Opens the index and the blob store named by the configuration (the default
+/// tenant's services; other tenants are reached through [`Tenants`]).
 pub fn build_services(config: &Config) -> anyhow::Result<Services> {
     let index_url = config.effective_index_url();
-    let index = Index::open(
-        &index_url,
-        IndexOptions {
-            pool_size: config.index.pool_size,
-            busy_timeout: Duration::from_millis(config.index.busy_timeout_ms),
-            acquire_timeout: Duration::from_millis(config.index.acquire_timeout_ms),
-            statement_timeout: Duration::from_millis(config.index.statement_timeout_ms),
-        },
-    )
-    .with_context(|| {
-        format!(
-            "opening the index at {}",
-            crate::config::redact_url(&index_url)
-        )
-    })?;
+    let index = Index::open(&index_url, index_options(config.index.pool_size, config))
+        .with_context(|| {
+            format!(
+                "opening the index at {}",
+                crate::config::redact_url(&index_url)
+            )
+        })?;
     let keys = key_ring(config, &index)?;
     let blob_url = config.effective_blob_url();
     let options: Vec<(String, String)> = config
@@ -225,7 +261,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "running on the embedded defaults: SQLite index and local blob files under the data directory"
         );
     }
-    let sweeper = services.clone();
+    let tenants = Arc::new(Tenants::new(
+        services,
+        &config.keys.default_tenant,
+        &config.effective_index_url(),
+        index_options(config.index.pool_size, &config),
+    ));
+    let sweeper = tenants.clone();
     tokio::spawn(async move {
         match sweeper.sweep_orphans().await {
             Ok(0) => {}
@@ -235,9 +277,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(error) => tracing::warn!(%error, "the orphan sweep failed"),
         }
     });
-    let state = AppState {
-        services,
+    let site = http::tenancy::Site {
+        tenants,
         path_prefix: config.dicomweb.path_prefix.clone(),
+        wado_uri_path: config.dicomweb.wado_uri_path.clone(),
         public_base_url: config.dicomweb.public_base_url.clone(),
         max_request_bytes: config.server.max_request_bytes,
         warning_agent: config.dicomweb.warning_agent.clone(),
@@ -245,10 +288,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let prefix = config.dicomweb.path_prefix.clone();
     let wado_uri_path = config.dicomweb.wado_uri_path.clone();
     let origins = config.server.cors_allowed_origins.clone();
-    let data = web::Data::new(state);
+    let data = web::Data::new(site);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(http::tenancy::resolve))
             .wrap(http::cors(&origins))
             .wrap(
                 actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms")
@@ -286,7 +330,9 @@ pub struct RotationReport {
 /// Makes a new tenant key version and re-wraps the data key of every object of the
 /// tenant under it (new headers, the same encrypted segments).
 pub async fn rotate_tenant_key(config: &Config, tenant: &str) -> anyhow::Result<RotationReport> {
-    let services = build_services(config)?;
+    let tenants = build_tenants(config)?;
+    let control = tenants.default_services().clone();
+    let services = tenants.get(tenant).await?;
     let store = services.store.for_tenant(tenant);
     let new_key = store.keys().rotate(tenant)?;
     let blobs = services.index.all_blobs()?;
@@ -307,7 +353,8 @@ pub async fn rotate_tenant_key(config: &Config, tenant: &str) -> anyhow::Result<
             Err(error) => report.failed.push((name, error)),
         }
     }
-    services.index.record_key_event(
+    // Key events live with the keys, in the control index.
+    control.index.record_key_event(
         tenant,
         "data-keys-rewrapped",
         Some(format!(
@@ -327,7 +374,7 @@ pub async fn retire_tenant_key(
     tenant: &str,
     version: u32,
 ) -> anyhow::Result<usize> {
-    let services = build_services(config)?;
+    let services = build_tenants(config)?.get(tenant).await?;
     let id = KeyId {
         tenant: tenant.to_string(),
         version,
@@ -365,37 +412,40 @@ pub struct VerifyReport {
 /// Decrypts every indexed blob end to end, and lists blobs no index row references.
 pub async fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
     use futures_util::StreamExt;
-    let services = build_services(config)?;
-    let blobs = services.index.all_blobs()?;
+    let tenants = build_tenants(config)?;
     let mut report = VerifyReport::default();
     let mut indexed = std::collections::HashSet::new();
-    for (name, size) in blobs {
-        indexed.insert(name.clone());
-        report.checked += 1;
-        let key = match crate::store::BlobKey::parse(&name) {
-            Ok(key) => key,
-            Err(e) => {
-                report.failed.push((name, e.to_string()));
-                continue;
+    for (_, services) in tenants.all().await? {
+        let blobs = services.index.all_blobs()?;
+        for (name, size) in blobs {
+            indexed.insert(name.clone());
+            report.checked += 1;
+            let key = match crate::store::BlobKey::parse(&name) {
+                Ok(key) => key,
+                Err(e) => {
+                    report.failed.push((name, e.to_string()));
+                    continue;
+                }
+            };
+            let result = async {
+                let mut stream = services.store.read_stream(&key).await?;
+                let mut total = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    total += chunk?.len() as u64;
+                }
+                Ok::<u64, crate::store::StoreError>(total)
             }
-        };
-        let result = async {
-            let mut stream = services.store.read_stream(&key).await?;
-            let mut total = 0u64;
-            while let Some(chunk) = stream.next().await {
-                total += chunk?.len() as u64;
+            .await;
+            match result {
+                Ok(total) if total == size as u64 => {}
+                Ok(total) => report
+                    .failed
+                    .push((name, format!("{total} bytes, the index says {size}"))),
+                Err(error) => report.failed.push((name, error.to_string())),
             }
-            Ok::<u64, crate::store::StoreError>(total)
-        }
-        .await;
-        match result {
-            Ok(total) if total == size as u64 => {}
-            Ok(total) => report
-                .failed
-                .push((name, format!("{total} bytes, the index says {size}"))),
-            Err(error) => report.failed.push((name, error.to_string())),
         }
     }
+    let services = tenants.default_services();
     for key in services
         .store
         .instance_keys_older_than(Duration::ZERO)

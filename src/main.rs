@@ -24,6 +24,11 @@ enum Command {
     Migrate(CommonArgs),
     /// Print the effective configuration, secrets redacted.
     Config(ServeArgs),
+    /// Manage tenants: each has its own index and key-encryption key.
+    Tenants {
+        #[command(subcommand)]
+        action: TenantsAction,
+    },
     /// Manage tenant keys.
     Keys {
         #[command(subcommand)]
@@ -43,6 +48,34 @@ enum Command {
         /// Varies names, dates and UIDs; runs with different seeds add up.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantsAction {
+    /// Register a tenant: makes its key and its index; served at
+    /// /tenants/NAME/dicomweb.
+    Add {
+        /// Lower-case letters, digits and dashes.
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List the registered tenants.
+    List(CommonArgs),
+    /// Stop serving a tenant (its data is kept; requests answer 403).
+    Disable {
+        name: String,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Serve a disabled tenant again.
+    Enable {
+        name: String,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -157,6 +190,53 @@ fn main() -> anyhow::Result<()> {
             print!("{}", config.to_redacted_toml());
             Ok(())
         }
+        Command::Tenants {
+            action:
+                TenantsAction::Add {
+                    name,
+                    display_name,
+                    common,
+                },
+        } => {
+            let config = load(&merge(&cli.common, &common), None)?;
+            kastell::telemetry::init(&config.log);
+            let display = display_name.unwrap_or_else(|| name.clone());
+            let added = kastell::app::add_tenant(&config, &name, &display)?;
+            println!(
+                "tenant {name} {}; served at /tenants/{name}{}",
+                if added { "added" } else { "already registered" },
+                config.dicomweb.path_prefix
+            );
+            Ok(())
+        }
+        Command::Tenants {
+            action: TenantsAction::List(common),
+        } => {
+            let config = load(&merge(&cli.common, &common), None)?;
+            kastell::telemetry::init(&config.log);
+            let index = kastell::app::open_index(&config)?;
+            println!(
+                "{:<24} {:<9} {:<28} display name",
+                "tenant", "status", "created"
+            );
+            println!(
+                "{:<24} {:<9} {:<28} (default tenant)",
+                config.keys.default_tenant, "active", "-"
+            );
+            for row in index.tenants()? {
+                println!(
+                    "{:<24} {:<9} {:<28} {}",
+                    row.name, row.status, row.created_at, row.display_name
+                );
+            }
+            Ok(())
+        }
+        Command::Tenants {
+            action: TenantsAction::Disable { name, common },
+        } => set_tenant_status(&merge(&cli.common, &common), &name, false),
+        Command::Tenants {
+            action: TenantsAction::Enable { name, common },
+        } => set_tenant_status(&merge(&cli.common, &common), &name, true),
         Command::Keys {
             action: KeysAction::Rotate { tenant, common },
         } => {
@@ -272,4 +352,21 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn set_tenant_status(common: &CommonArgs, name: &str, active: bool) -> anyhow::Result<()> {
+    let config = load(common, None)?;
+    kastell::telemetry::init(&config.log);
+    if name == config.keys.default_tenant {
+        anyhow::bail!("the default tenant cannot be disabled");
+    }
+    let index = kastell::app::open_index(&config)?;
+    if !index.set_tenant_status(name, active)? {
+        anyhow::bail!("no tenant {name}; `kastell tenants list` shows them");
+    }
+    println!(
+        "tenant {name} {} (running servers notice within seconds)",
+        if active { "enabled" } else { "disabled" }
+    );
+    Ok(())
 }

@@ -168,7 +168,7 @@ pub fn json_description(endpoints: &[Endpoint], base: &str) -> Json {
 }
 
 pub async fn describe(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let as_json = ranges(&request)?

@@ -10,7 +10,7 @@ use crate::index::Scope;
 use crate::service::delete::delete;
 
 pub async fn delete_study(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     delete(
@@ -24,7 +24,7 @@ pub async fn delete_study(
 }
 
 pub async fn delete_series(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (study, series) = path.into_inner();
@@ -33,7 +33,7 @@ pub async fn delete_series(
 }
 
 pub async fn delete_instance(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (study, series, instance) = path.into_inner();

@@ -37,6 +37,7 @@ impl ApiError {
             ApiError::Service(ServiceError::NotFound(what)) => format!("{what} not found"),
             ApiError::Service(ServiceError::Gone(what)) => format!("this {what} was deleted"),
             ApiError::Service(ServiceError::NotAcceptable(why)) => why.clone(),
+            ApiError::Service(ServiceError::TenantDisabled) => "this tenant is disabled".into(),
             ApiError::Service(ServiceError::Dicom(
                 error @ (DicomError::OutsideImage | DicomError::CannotDecode(_)),
             )) => error.to_string(),
@@ -70,6 +71,7 @@ impl ResponseError for ApiError {
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
                 ServiceError::Gone(_) => StatusCode::GONE,
                 ServiceError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+                ServiceError::TenantDisabled => StatusCode::FORBIDDEN,
                 ServiceError::Index(IndexError::Query(_)) => StatusCode::BAD_REQUEST,
                 ServiceError::Index(IndexError::Pool(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::Store(StoreError::Shredded) => StatusCode::GONE,

@@ -10,6 +10,7 @@ mod qido;
 mod rendered;
 pub mod routes;
 mod stow;
+pub mod tenancy;
 mod wado;
 mod wado_uri;
 
@@ -20,11 +21,17 @@ use percent_encoding::percent_decode_str;
 use crate::service::Services;
 use error::ApiError;
 
-/// What every handler gets.
+/// What every handler gets: the services of the request's tenant (attached by
+/// the tenancy middleware) and how the client reached us.
 #[derive(Clone)]
 pub struct AppState {
     pub services: Services,
+    pub tenant: String,
+    /// The DICOMweb base path as the client sees it (`/tenants/{t}/dicomweb` for
+    /// a tenant other than the default).
     pub path_prefix: String,
+    /// The configured prefix the route table is mounted at.
+    pub route_prefix: String,
     pub public_base_url: String,
     pub max_request_bytes: u64,
     pub warning_agent: String,
@@ -142,7 +149,7 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+async fn readyz(state: web::ReqData<AppState>) -> HttpResponse {
     let services = state.services.clone();
     let index_ok = services.with_index(|index| index.probe()).await.is_ok();
     let store_ok = services.store.probe().await.is_ok();

@@ -11,28 +11,28 @@ use crate::index::qido::{IncludeField, MatchKey, Resource, SearchRequest};
 use crate::service::qido;
 
 pub async fn search_studies(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     search(state, request, Resource::Studies).await
 }
 
 pub async fn search_all_series(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     search(state, request, Resource::Series).await
 }
 
 pub async fn search_all_instances(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     search(state, request, Resource::Instances).await
 }
 
 pub async fn search_study_series(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -47,7 +47,7 @@ pub async fn search_study_series(
 }
 
 pub async fn search_study_instances(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -62,7 +62,7 @@ pub async fn search_study_instances(
 }
 
 pub async fn search_series_instances(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -162,7 +162,7 @@ fn parse_search(
 }
 
 async fn search(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     resource: Resource,
 ) -> Result<HttpResponse, ApiError> {

@@ -213,10 +213,11 @@ fn single_image(
     image: bytes::Bytes,
     warning: Option<String>,
 ) -> HttpResponse {
+    let path = request.path();
     let location = format!(
         "{}{}",
-        state.base_url(request).trim_end_matches(&state.path_prefix),
-        request.uri().path()
+        state.base_url(request),
+        path.strip_prefix(&state.route_prefix).unwrap_or(path)
     );
     let mut response = HttpResponse::Ok();
     if let Some(warning) = warning {
@@ -246,7 +247,7 @@ fn single_image(
 }
 
 async fn rendered(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     scope: Scope,
     frames: Option<String>,
@@ -352,7 +353,7 @@ fn multipart_response(
 }
 
 async fn thumbnail(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     scope: Scope,
     frame: Option<String>,
@@ -378,7 +379,7 @@ async fn thumbnail(
 }
 
 pub async fn study_rendered(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -387,7 +388,7 @@ pub async fn study_rendered(
 }
 
 pub async fn series_rendered(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -396,7 +397,7 @@ pub async fn series_rendered(
 }
 
 pub async fn instance_rendered(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -410,7 +411,7 @@ pub async fn instance_rendered(
 }
 
 pub async fn frames_rendered(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -424,7 +425,7 @@ pub async fn frames_rendered(
 }
 
 pub async fn study_thumbnail(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -433,7 +434,7 @@ pub async fn study_thumbnail(
 }
 
 pub async fn series_thumbnail(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -442,7 +443,7 @@ pub async fn series_thumbnail(
 }
 
 pub async fn instance_thumbnail(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -456,7 +457,7 @@ pub async fn instance_thumbnail(
 }
 
 pub async fn frame_thumbnail(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {

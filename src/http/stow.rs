@@ -10,7 +10,7 @@ use super::AppState;
 use crate::service::stow::StowSession;
 
 pub async fn store(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -18,7 +18,7 @@ pub async fn store(
 }
 
 pub async fn store_in_study(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     body: web::Payload,
     path: web::Path<String>,
@@ -27,7 +27,7 @@ pub async fn store_in_study(
 }
 
 async fn run(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     body: web::Payload,
     target_study: Option<String>,

@@ -31,7 +31,7 @@ pub(super) fn ranges(request: &HttpRequest) -> Result<Vec<MediaRange>, ApiError>
 }
 
 pub async fn retrieve_study(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -46,7 +46,7 @@ pub async fn retrieve_study(
 }
 
 pub async fn retrieve_series(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -55,7 +55,7 @@ pub async fn retrieve_series(
 }
 
 pub async fn retrieve_instance(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -73,7 +73,7 @@ pub async fn retrieve_instance(
 }
 
 async fn retrieve(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     scope: Scope,
 ) -> Result<HttpResponse, ApiError> {
@@ -153,7 +153,7 @@ async fn retrieve(
 }
 
 pub async fn study_metadata(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -168,7 +168,7 @@ pub async fn study_metadata(
 }
 
 pub async fn series_metadata(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -177,7 +177,7 @@ pub async fn series_metadata(
 }
 
 pub async fn instance_metadata(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -195,7 +195,7 @@ pub async fn instance_metadata(
 }
 
 async fn metadata(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     scope: Scope,
 ) -> Result<HttpResponse, ApiError> {
@@ -357,7 +357,7 @@ fn single_part_bulk(
 }
 
 pub async fn bulkdata(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -492,7 +492,7 @@ fn multipart_response(parts: Vec<OutgoingPart>) -> HttpResponse {
 }
 
 pub async fn frames(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -529,7 +529,7 @@ pub async fn frames(
 }
 
 async fn pixeldata(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     scope: Scope,
 ) -> Result<HttpResponse, ApiError> {
@@ -596,7 +596,7 @@ async fn pixeldata(
 }
 
 pub async fn study_pixeldata(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -605,7 +605,7 @@ pub async fn study_pixeldata(
 }
 
 pub async fn series_pixeldata(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -614,7 +614,7 @@ pub async fn series_pixeldata(
 }
 
 pub async fn instance_pixeldata(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {

@@ -233,7 +233,7 @@ fn parse(pairs: Vec<(String, String)>) -> Result<WadoUriRequest, ApiError> {
 }
 
 pub async fn retrieve(
-    state: web::Data<AppState>,
+    state: web::ReqData<AppState>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let parsed = parse(query_pairs(&request)?)?;

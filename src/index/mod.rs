@@ -9,6 +9,7 @@ pub mod generate;
 pub mod keys;
 pub mod qido;
 pub mod sql;
+pub mod tenants;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -49,6 +50,8 @@ pub enum IndexError {
     Query(#[from] QueryError),
     #[error("index I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("invalid tenant name {0:?}: use lower-case letters, digits and dashes")]
+    InvalidTenant(String),
 }
 
 /// Pool and timeout settings.
@@ -295,7 +298,7 @@ pub fn sqlite_path(url: &str) -> Result<&str, IndexError> {
         .ok_or_else(|| IndexError::UnsupportedUrl(url.to_string()))
 }
 
-fn is_postgres(url: &str) -> bool {
+pub(crate) fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 

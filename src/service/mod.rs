@@ -6,6 +6,7 @@ pub mod derived;
 pub mod qido;
 pub mod render;
 pub mod stow;
+pub mod tenants;
 pub mod wado;
 
 use std::sync::Arc;
@@ -49,6 +50,9 @@ pub enum ServiceError {
     NotAcceptable(String),
     #[error("background task failed: {0}")]
     Task(String),
+    /// The tenant exists but is disabled.
+    #[error("this tenant is disabled")]
+    TenantDisabled,
 }
 
 impl Services {
@@ -63,29 +67,5 @@ impl Services {
             .await
             .map_err(|e| ServiceError::Task(e.to_string()))?
             .map_err(ServiceError::from)
-    }
-
-    /// Removes blobs that no index row references and that are older than the grace
-    /// period: what a crash in the middle of a STOW left behind. Returns how many.
-    pub async fn sweep_orphans(&self) -> Result<usize, ServiceError> {
-        let candidates = self
-            .store
-            .instance_keys_older_than(self.settings.orphan_grace)
-            .await?;
-        if candidates.is_empty() {
-            return Ok(0);
-        }
-        let names: Vec<String> = candidates.iter().map(|k| k.as_str().to_string()).collect();
-        let referenced = self
-            .with_index(move |index| index.referenced_blob_keys(&names))
-            .await?;
-        let mut removed = 0;
-        for key in candidates {
-            if !referenced.contains(key.as_str()) {
-                self.store.delete(&key).await?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
     }
 }

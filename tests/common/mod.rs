@@ -172,10 +172,11 @@ pub fn master_key_env() -> Vec<(String, String)> {
     }
 }
 
-/// `kastell verify` on a data directory (with the test's index and blob store).
-pub fn verify(data_dir: &Path) -> (bool, String) {
+/// Runs a `kastell` CLI command on a data directory, with the test's index, blob
+/// store and master key; returns success and stdout + stderr.
+pub fn cli(args: &[&str], data_dir: &Path) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_kastell"))
-        .arg("verify")
+        .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .args(index_args(data_dir))
@@ -183,7 +184,7 @@ pub fn verify(data_dir: &Path) -> (bool, String) {
         .envs(master_key_env())
         .env("RUST_LOG", "warn")
         .output()
-        .expect("run kastell verify");
+        .expect("run kastell");
     (
         output.status.success(),
         format!(
@@ -192,6 +193,11 @@ pub fn verify(data_dir: &Path) -> (bool, String) {
             String::from_utf8_lossy(&output.stderr)
         ),
     )
+}
+
+/// `kastell verify` on a data directory (with the test's index and blob store).
+pub fn verify(data_dir: &Path) -> (bool, String) {
+    cli(&["verify"], data_dir)
 }
 
 pub fn free_port() -> u16 {
