@@ -17,7 +17,8 @@
 #      written to the temp dir and passed as KASTELL__KEYS__MASTER_KEY_FILE.
 # pytest sees KASTELL_URL, KASTELL_FIXTURES, KASTELL_DATA_DIR and, when set,
 # KASTELL_BLOB_URL.
-# Exit code: pytest's.
+#      KASTELL_LOG_PRIVACY=1 greps the server log for the fixtures' patient data.
+# Exit code: pytest's (or 1 when the log check fails).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -90,6 +91,11 @@ set +e
 python3 -m pytest -q -p no:cacheprovider conformance/suite "$@"
 rc=$?
 set -e
+# KASTELL_LOG_PRIVACY=1: the server ran with the log level the caller chose (e.g.
+# RUST_LOG=trace); no patient name, ID or UID of the fixtures may be in its log.
+if [[ $rc -eq 0 && "${KASTELL_LOG_PRIVACY:-0}" == "1" ]]; then
+    python3 "$here/log_privacy.py" "$tmp/server.log" "$tmp/fixtures/manifest.json" || rc=1
+fi
 if [[ $rc -ne 0 && "${SHOW_SERVER_LOG:-0}" == "1" ]]; then
     echo "---- server log (tail) ----" >&2
     tail -n 200 "$tmp/server.log" >&2

@@ -294,10 +294,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(http::tenancy::resolve))
             .wrap(http::cors(&origins))
-            .wrap(
-                actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms")
-                    .log_target("kastell::access"),
-            )
             .configure(|c| http::configure(c, &prefix, &wado_uri_path))
             .default_service(web::to(http::not_found))
     })

@@ -67,8 +67,9 @@ step "two server processes sharing one PostgreSQL and one S3 bucket (moto)"
         cargo test --locked "${features[@]}" --test concurrency
 )
 
-step "DICOMweb conformance suite against the running server (index on SQLite)"
-KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" conformance/run_suite.sh
+step "DICOMweb conformance suite against the running server (index on SQLite; server at trace level, its log checked for patient data)"
+python3 conformance/log_privacy.py --self-test
+RUST_LOG=trace KASTELL_LOG_PRIVACY=1 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" conformance/run_suite.sh
 
 step "DICOMweb conformance suite with the index on PostgreSQL"
 psql "$KASTELL_TEST_POSTGRES/postgres" -qc "CREATE DATABASE $suite_db"

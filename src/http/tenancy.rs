@@ -82,14 +82,34 @@ pub async fn resolve(
         ),
     };
     let services = site.tenants.get(&tenant).await.map_err(ApiError::from)?;
+    let method = request.method().clone();
+    let client = request
+        .connection_info()
+        .realip_remote_addr()
+        .unwrap_or("-")
+        .to_string();
+    let started = std::time::Instant::now();
     request.extensions_mut().insert(AppState {
         services,
-        tenant,
+        tenant: tenant.clone(),
         path_prefix: prefix,
         route_prefix: site.path_prefix.clone(),
         public_base_url: site.public_base_url.clone(),
         max_request_bytes: site.max_request_bytes,
         warning_agent: site.warning_agent.clone(),
     });
-    next.call(request).await
+    let response = next.call(request).await?;
+    // The access log names the route pattern (`/dicomweb/studies/{study}`), never
+    // the path or query: those carry UIDs and patient names.
+    tracing::info!(
+        target: "kastell::access",
+        client = %client,
+        tenant = %tenant,
+        method = %method,
+        route = response.request().match_pattern().as_deref().unwrap_or("(unmatched)"),
+        status = response.status().as_u16(),
+        millis = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    Ok(response)
 }
