@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::config::{Config, MasterKeySource};
 use crate::crypto::{
     CryptoError, KeyId, KeyProvider, KeyRing, LocalMasterKey, SecretKey, TenantKeyLoader,
     TenantKeyRecord, TenantKeyState,
@@ -15,10 +15,8 @@ use crate::http;
 use crate::index::{Index, IndexOptions};
 use crate::service::tenants::Tenants;
 use crate::service::{ServiceSettings, Services};
+use crate::sovereignty;
 use crate::store::{BlobStore, WriteOptions};
-
-/// File name of the generated development master key under the data directory.
-pub const DEVELOPMENT_KEY_FILE: &str = "development-master.key";
 
 /// Tenant keys persisted in the index database.
 struct IndexKeyLoader(Index);
@@ -94,27 +92,29 @@ fn decode_key(bytes: &[u8]) -> anyhow::Result<SecretKey> {
 /// The master key provider: configured key, key file, or (embedded default only) a
 /// generated development key.
 pub fn master_key(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
-    if !config.keys.master_key.is_empty() {
-        let key = decode_key(config.keys.master_key.as_bytes())?;
-        return Ok(Arc::new(LocalMasterKey::new(
-            &key,
-            "configuration / environment",
-        )));
-    }
-    if !config.keys.master_key_file.is_empty() {
-        let path = &config.keys.master_key_file;
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading the master key file {path}"))?;
-        let key = decode_key(&bytes)?;
-        return Ok(Arc::new(LocalMasterKey::new(&key, format!("file {path}"))));
-    }
-    if !config.keys.allow_development_key || !config.storage.blob_url.is_empty() {
-        anyhow::bail!(
+    let path = match config.master_key_source() {
+        MasterKeySource::Configured => {
+            let key = decode_key(config.keys.master_key.as_bytes())?;
+            return Ok(Arc::new(LocalMasterKey::new(
+                &key,
+                "configuration / environment",
+            )));
+        }
+        MasterKeySource::File(path) => {
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("reading the master key file {}", path.display()))?;
+            let key = decode_key(&bytes)?;
+            return Ok(Arc::new(LocalMasterKey::new(
+                &key,
+                format!("file {}", path.display()),
+            )));
+        }
+        MasterKeySource::Missing => anyhow::bail!(
             "no master key is configured: set keys.master_key_file or KASTELL__KEYS__MASTER_KEY \
              (a generated development key is only used with the embedded local blob store)"
-        );
-    }
-    let path = config.storage.data_dir.join(DEVELOPMENT_KEY_FILE);
+        ),
+        MasterKeySource::Development(path) => path,
+    };
     if !path.exists() {
         std::fs::create_dir_all(&config.storage.data_dir)?;
         let key = SecretKey::generate()?;
@@ -252,8 +252,54 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
     })
 }
 
+/// What the backends' libraries read from the environment to pick their endpoints
+/// (object_store's `AWS_*` / `AZURE_*` variables and emulator URL, libpq's `PGHOST`),
+/// so that the pure sovereignty check sees the endpoints the backends will use.
+fn sovereignty_environment() -> sovereignty::Environment {
+    sovereignty::Environment {
+        blob_settings: crate::store::environment_settings(),
+        azurite_url: std::env::var("AZURITE_BLOB_STORAGE_URL").ok(),
+        pg_host: std::env::var("PGHOST").ok(),
+    }
+}
+
+/// The sovereignty report of this configuration in this environment, violations
+/// included (`kastell sovereignty report`).
+pub fn sovereignty_report(config: &Config) -> sovereignty::Report {
+    sovereignty::assess(config, &sovereignty_environment())
+}
+
+/// Holds the configuration to the jurisdiction policy: logs what is undeclared but
+/// allowed, and refuses with every violation at once.
+pub fn enforce_sovereignty(config: &Config) -> Result<sovereignty::Report, sovereignty::Refusal> {
+    let report = sovereignty_report(config);
+    let host = report
+        .backend(sovereignty::BackendKind::Server)
+        .name
+        .clone();
+    for warning in &report.warnings {
+        if warning.backend == host {
+            // The embedded default runs here: say it at every start, like the
+            // development key, so that nobody mistakes it for a declared setup.
+            tracing::warn!(
+                "!!! THE LOCATION OF THIS HOST IS UNDECLARED: {}. \
+                 `kastell sovereignty report` shows the control chain. !!!",
+                warning.message
+            );
+        } else {
+            tracing::warn!(backend = %warning.backend, "{}", warning.message);
+        }
+    }
+    report.into_result().map_err(sovereignty::Refusal)
+}
+
 /// Runs the HTTP server until SIGINT/SIGTERM, then lets in-flight requests finish.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before any backend is opened: a configuration that breaks the jurisdiction
+    // policy must not create, migrate or write to anything.
+    let report = enforce_sovereignty(&config).context("kastell refuses to start")?;
+    let sovereignty_report =
+        Arc::new(serde_json::to_value(&report).context("rendering the sovereignty report")?);
     let services = build_services(&config)?;
     if config.storage.blob_url.is_empty() {
         tracing::warn!(
@@ -284,6 +330,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         public_base_url: config.dicomweb.public_base_url.clone(),
         max_request_bytes: config.server.max_request_bytes,
         warning_agent: config.dicomweb.warning_agent.clone(),
+        sovereignty_report,
     };
     let prefix = config.dicomweb.path_prefix.clone();
     let wado_uri_path = config.dicomweb.wado_uri_path.clone();

@@ -10,5 +10,6 @@ pub mod dicom;
 pub mod http;
 pub mod index;
 pub mod service;
+pub mod sovereignty;
 pub mod store;
 pub mod telemetry;

@@ -36,6 +36,11 @@ enum Command {
     },
     /// Decrypt every indexed blob end to end and report failures and orphaned blobs.
     Verify(CommonArgs),
+    /// The jurisdiction policy: where each kind of data sits and under whose law.
+    Sovereignty {
+        #[command(subcommand)]
+        action: SovereigntyAction,
+    },
     /// Fill the index with synthetic studies for scale tests and benches (index rows
     /// only, no blobs: such an index is for searching, not retrieval).
     Generate {
@@ -111,6 +116,25 @@ enum KeysAction {
         #[command(flatten)]
         common: CommonArgs,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum SovereigntyAction {
+    /// Print the control chain: for each kind of data (images, personal metadata,
+    /// keys, audit trail, logs) where it sits, under whose law, encrypted or not,
+    /// and who holds the keys. Exits non-zero, listing them, on policy violations.
+    Report {
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -328,6 +352,22 @@ fn main() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
             Ok(())
+        }
+        Command::Sovereignty {
+            action: SovereigntyAction::Report { format, common },
+        } => {
+            let config = load(&merge(&cli.common, &common), None)?;
+            // Pure: reads the configuration and environment, opens no backend.
+            let report = kastell::app::sovereignty_report(&config);
+            match format {
+                ReportFormat::Text => print!("{report}"),
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            if report.violations.is_empty() {
+                Ok(())
+            } else {
+                Err(kastell::sovereignty::Refusal(report.violations).into())
+            }
         }
         Command::Verify(args) => {
             let config = load(&merge(&cli.common, &args), None)?;

@@ -23,6 +23,7 @@ pub struct Config {
     pub dicomweb: DicomWebConfig,
     pub keys: KeysConfig,
     pub log: LogConfig,
+    pub sovereignty: SovereigntyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -39,6 +40,11 @@ pub struct ServerConfig {
     /// Origins browsers may call from (a viewer served elsewhere), e.g.
     /// `["https://viewer.example.org"]`; `["*"]` allows any; empty disables CORS.
     pub cors_allowed_origins: Vec<String>,
+    /// Where the host running Kastell is. It decrypts images, holds the master key in
+    /// memory and writes the logs; backends local to it (the SQLite file, the local
+    /// blob directory, a loopback database) inherit this declaration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -61,6 +67,10 @@ pub struct StorageConfig {
     /// Blobs not referenced by the index and older than this many seconds are
     /// removed by the orphan sweep at start-up (left-overs of a crash mid-upload).
     pub orphan_grace_secs: u64,
+    /// Where the blob store is; a local one (file://, memory://, a loopback
+    /// endpoint) inherits `server.location` when this is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,6 +87,10 @@ pub struct IndexConfig {
     pub acquire_timeout_ms: u64,
     /// Longest a single statement may run on PostgreSQL, in milliseconds.
     pub statement_timeout_ms: u64,
+    /// Where the index database is; a local one (SQLite, PostgreSQL on a loopback
+    /// address or Unix socket) inherits `server.location` when this is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -110,6 +124,10 @@ pub struct KeysConfig {
     pub allow_development_key: bool,
     /// The tenant whose key encrypts new objects.
     pub default_tenant: String,
+    /// Where the master key is held; it is read from a file or the environment of
+    /// the host, so it inherits `server.location` when this is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -128,6 +146,62 @@ pub enum LogFormat {
     Json,
 }
 
+/// A backend's jurisdiction declaration: where it is and under whose law. Kastell
+/// cannot find this out by itself (an IP address says nothing about who may be
+/// compelled to hand the data over), so the operator states it and
+/// `crate::sovereignty` checks it against the policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    /// ISO 3166-1 alpha-2 code of the country the data sits in, e.g. `DE`.
+    pub country: String,
+    /// Who runs the backend, e.g. `Klinikum Nord IT` or `Amazon Web Services EMEA SARL`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operator: String,
+    /// Whether the operator is subject to a law that lets a foreign state compel
+    /// access to the data (e.g. the US CLOUD Act for a European subsidiary of a US
+    /// company). Left out means "not stated", which a policy forbidding such
+    /// operators does not accept for personal data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_access_law: Option<bool>,
+    /// Free text shown in the report (contract, data centre, certification).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+/// The EU member states and the other EEA states (Iceland, Liechtenstein, Norway):
+/// the default home of personal data, where the GDPR applies directly.
+pub const EU_EEA_COUNTRIES: [&str; 30] = [
+    "AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE", "IS",
+    "IT", "LI", "LT", "LU", "LV", "MT", "NL", "NO", "PL", "PT", "RO", "SE", "SI", "SK",
+];
+
+/// The jurisdiction policy checked at start-up (see `crate::sovereignty`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SovereigntyConfig {
+    /// Countries (ISO 3166-1 alpha-2) where personal metadata (the index), the
+    /// keys, the audit trail and the host processing them may be.
+    pub personal_data_countries: Vec<String>,
+    /// Whether those may sit with an operator subject to foreign-access law.
+    pub allow_foreign_access_law: bool,
+    /// What blob stores may be.
+    pub blob_stores: BlobStorePolicy,
+    /// Refuse to start while any backend (or the host) has no location declared.
+    pub require_declarations: bool,
+}
+
+/// Where the blob store may be.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlobStorePolicy {
+    /// Anywhere: every blob is encrypted before it leaves the host and its keys
+    /// stay where the personal-data rules allow, so the provider holds ciphertext only.
+    CiphertextAnywhere,
+    /// Under the same rules as personal metadata.
+    SameAsPersonalData,
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -136,6 +210,7 @@ impl Default for ServerConfig {
             max_request_bytes: 16 * 1024 * 1024 * 1024,
             shutdown_timeout_secs: 30,
             cors_allowed_origins: Vec::new(),
+            location: None,
         }
     }
 }
@@ -150,6 +225,7 @@ impl Default for StorageConfig {
             upload_concurrency: 2,
             max_header_bytes: 64 * 1024 * 1024,
             orphan_grace_secs: 24 * 3600,
+            location: None,
         }
     }
 }
@@ -162,6 +238,7 @@ impl Default for IndexConfig {
             busy_timeout_ms: 10_000,
             acquire_timeout_ms: 30_000,
             statement_timeout_ms: 30_000,
+            location: None,
         }
     }
 }
@@ -186,6 +263,20 @@ impl Default for KeysConfig {
             master_key: String::new(),
             allow_development_key: true,
             default_tenant: "default".into(),
+            location: None,
+        }
+    }
+}
+
+impl Default for SovereigntyConfig {
+    fn default() -> Self {
+        Self {
+            personal_data_countries: EU_EEA_COUNTRIES.iter().map(|c| c.to_string()).collect(),
+            allow_foreign_access_law: false,
+            blob_stores: BlobStorePolicy::CiphertextAnywhere,
+            // The embedded default must start with no configuration at all; it warns
+            // loudly instead that the host's location is undeclared.
+            require_declarations: false,
         }
     }
 }
@@ -197,6 +288,23 @@ impl Default for LogConfig {
             format: LogFormat::Text,
         }
     }
+}
+
+/// File name of the generated development master key under the data directory.
+pub const DEVELOPMENT_KEY_FILE: &str = "development-master.key";
+
+/// Where the master key comes from, decided from the configuration alone (the
+/// application reads it; the sovereignty report says where it is held).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterKeySource {
+    /// `keys.master_key` (the file or `KASTELL__KEYS__MASTER_KEY`).
+    Configured,
+    /// `keys.master_key_file`.
+    File(PathBuf),
+    /// A key generated next to the data: the embedded default only.
+    Development(PathBuf),
+    /// None configured, and a generated key is not allowed here.
+    Missing,
 }
 
 /// Values given on the command line; they win over every other layer.
@@ -307,6 +415,20 @@ impl Config {
         }
     }
 
+    /// Where the master key comes from: the configured key, the key file, or (with
+    /// the embedded local blob store only) a generated development key.
+    pub fn master_key_source(&self) -> MasterKeySource {
+        if !self.keys.master_key.is_empty() {
+            MasterKeySource::Configured
+        } else if !self.keys.master_key_file.is_empty() {
+            MasterKeySource::File(PathBuf::from(&self.keys.master_key_file))
+        } else if self.keys.allow_development_key && self.storage.blob_url.is_empty() {
+            MasterKeySource::Development(self.storage.data_dir.join(DEVELOPMENT_KEY_FILE))
+        } else {
+            MasterKeySource::Missing
+        }
+    }
+
     /// The effective configuration as TOML, with secrets (passwords in URLs) redacted.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
@@ -393,6 +515,41 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("k.toml", "[server]\nlistne = \"x\"\n")?;
             assert!(Config::load(Some(Path::new("k.toml")), &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    /// `KASTELL__INDEX__LOCATION__COUNTRY` nests into `index.location.country`, and a
+    /// country code that reads like a word ("NO", Norway) stays a string.
+    #[test]
+    fn locations_come_from_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "k.toml",
+                "[server]\nlocation = { country = \"DE\", operator = \"Klinikum\", foreign_access_law = false }\n\
+                 [sovereignty]\nblob_stores = \"same-as-personal-data\"\n",
+            )?;
+            jail.set_env("KASTELL__INDEX__LOCATION__COUNTRY", "NO");
+            jail.set_env("KASTELL__INDEX__LOCATION__FOREIGN_ACCESS_LAW", "true");
+            jail.set_env("KASTELL__SOVEREIGNTY__PERSONAL_DATA_COUNTRIES", "[DE, AT]");
+            let config =
+                Config::load(Some(Path::new("k.toml")), &Overrides::default()).expect("loads");
+            let server = config.server.location.clone().expect("server location");
+            assert_eq!(server.country, "DE");
+            assert_eq!(server.operator, "Klinikum");
+            assert_eq!(server.foreign_access_law, Some(false));
+            let index = config.index.location.clone().expect("index location");
+            assert_eq!(index.country, "NO");
+            assert_eq!(index.foreign_access_law, Some(true));
+            assert_eq!(config.storage.location, None);
+            assert_eq!(config.sovereignty.personal_data_countries, ["DE", "AT"]);
+            assert_eq!(
+                config.sovereignty.blob_stores,
+                BlobStorePolicy::SameAsPersonalData
+            );
+            // The effective configuration still renders (absent locations left out).
+            let shown = config.to_redacted_toml();
+            assert!(shown.contains("country = \"NO\""), "{shown}");
             Ok(())
         });
     }

@@ -35,6 +35,10 @@ pub struct AppState {
     pub public_base_url: String,
     pub max_request_bytes: u64,
     pub warning_agent: String,
+    /// The sovereignty report (control chain) as JSON, computed from the
+    /// configuration before start-up; the configuration does not change while the
+    /// process runs, so neither does the report.
+    pub sovereignty_report: std::sync::Arc<serde_json::Value>,
 }
 
 impl AppState {
@@ -108,8 +112,8 @@ fn resource(path: &str, allow: String) -> actix_web::Resource {
 }
 
 /// Registers every DICOMweb route of the route table under the configured
-/// prefix, the capabilities description at the prefix itself, WADO-URI, and the
-/// health checks.
+/// prefix, the capabilities description at the prefix itself, WADO-URI, the
+/// health checks and the administration endpoints.
 pub fn configure(config: &mut web::ServiceConfig, prefix: &str, wado_uri_path: &str) {
     config.service(resource(wado_uri_path, "GET".into()).route(web::get().to(wado_uri::retrieve)));
     let endpoints = routes::endpoints();
@@ -143,6 +147,14 @@ pub fn configure(config: &mut web::ServiceConfig, prefix: &str, wado_uri_path: &
     config.service(scope);
     config.service(web::resource("/healthz").route(web::get().to(healthz)));
     config.service(web::resource("/readyz").route(web::get().to(readyz)));
+    config.service(web::resource("/admin/sovereignty").route(web::get().to(sovereignty)));
+}
+
+/// The control chain: where each kind of data sits, under whose law, encrypted or
+/// not, who holds the keys (JSON, as `kastell sovereignty report --format json`).
+async fn sovereignty(state: web::Data<AppState>) -> HttpResponse {
+    // auth: admin
+    HttpResponse::Ok().json(&*state.sovereignty_report)
 }
 
 async fn healthz() -> HttpResponse {

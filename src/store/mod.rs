@@ -196,12 +196,7 @@ pub fn backend_from_url(
     ) {
         return Err(StoreError::UnsupportedUrl(url.to_string()));
     }
-    let mut settings: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| {
-            k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("GOOGLE_")
-        })
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect();
+    let mut settings = environment_settings();
     settings.extend(options.iter().cloned());
     let (store, _) = object_store::parse_url_opts(&parsed, settings)?;
     // The host is the bucket or container; the path is our prefix. (object_store's
@@ -216,6 +211,18 @@ pub fn backend_from_url(
             store, prefix,
         )))
     }
+}
+
+/// The cloud backends' settings from the conventional environment variables
+/// (`AWS_*`, `AZURE_*`, `GOOGLE_*`), names lower-cased into object_store config keys
+/// (`AWS_ENDPOINT_URL` → `aws_endpoint_url`). `storage.blob_options` win over them.
+pub fn environment_settings() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("GOOGLE_")
+        })
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
 }
 
 /// An object opened for reading: its layout and the means to decrypt it.
