@@ -152,7 +152,7 @@ pub fn configure(config: &mut web::ServiceConfig, prefix: &str, wado_uri_path: &
 
 /// The control chain: where each kind of data sits, under whose law, encrypted or
 /// not, who holds the keys (JSON, as `kastell sovereignty report --format json`).
-async fn sovereignty(state: web::Data<AppState>) -> HttpResponse {
+async fn sovereignty(state: web::ReqData<AppState>) -> HttpResponse {
     // auth: admin
     HttpResponse::Ok().json(&*state.sovereignty_report)
 }

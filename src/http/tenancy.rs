@@ -25,6 +25,8 @@ pub struct Site {
     pub public_base_url: String,
     pub max_request_bytes: u64,
     pub warning_agent: String,
+    /// The control-chain report, computed once at start-up.
+    pub sovereignty_report: Arc<serde_json::Value>,
 }
 
 /// `/tenants/{tenant}{rest}` → `(tenant, rest)`, when `rest` is a DICOMweb or
@@ -97,6 +99,7 @@ pub async fn resolve(
         public_base_url: site.public_base_url.clone(),
         max_request_bytes: site.max_request_bytes,
         warning_agent: site.warning_agent.clone(),
+        sovereignty_report: site.sovereignty_report.clone(),
     });
     let response = next.call(request).await?;
     // The access log names the route pattern (`/dicomweb/studies/{study}`), never

@@ -715,8 +715,9 @@ fn chain(
             // An OTLP exporter, once telemetry has one, is a second holding here
             // with its endpoint's declaration.
             held: vec![held(server, "standard error of the kastell process", false)],
-            encryption: "plaintext. The access log records each request line, whose paths \
-                and query strings carry UIDs and can carry search terms such as PatientName. \
+            encryption: "plaintext, but without patient data: the access log names route \
+                patterns (/dicomweb/studies/{study}), never paths or query strings, and the \
+                test command checks a trace-level log for every stored name, ID and UID. \
                 Where standard error goes next (journald, a log collector) is outside \
                 Kastell's view: name it in [server] location.note"
                 .into(),
