@@ -219,6 +219,9 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
 /// Runs the HTTP server until SIGINT/SIGTERM, then lets in-flight requests finish.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let services = build_services(&config)?;
+    if let Some(warning) = crate::auth::anonymous_warning(&config.auth) {
+        tracing::warn!("{warning}");
+    }
     if config.storage.blob_url.is_empty() {
         tracing::warn!(
             data_dir = %config.storage.data_dir.display(),

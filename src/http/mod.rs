@@ -2,6 +2,7 @@
 //! the helpers they share. The only module that knows actix.
 
 pub mod accept;
+pub mod auth;
 mod capabilities;
 mod delete;
 pub mod error;
