@@ -8,6 +8,9 @@
 //! — and, being unsalted and deterministic, it lets a presented key be found with
 //! one indexed lookup (`key_hash` is unique) instead of a hash per stored key.
 //!
+//! The lookup is by hash, so its timing depends on the hash of what was
+//! presented, not on how much of a stored key it matches.
+//!
 //! Looked-up keys are remembered for a short time (`auth.api_key_cache_secs`), so
 //! that not every request costs an index query; a revoked key therefore keeps
 //! working on a running server for at most that long.

@@ -188,8 +188,9 @@ impl JwtVerifier {
             .is_none_or(|at| at.elapsed() >= self.min_refetch)
     }
 
-    /// Reloads keys that are older than `refresh`. Only one request does it; the
-    /// others go on with the keys they have, unless there are none yet.
+    /// Reloads keys that are older than `refresh`. The one request that takes the
+    /// fetch lock waits for the reload (at most the fetch timeout); the others go
+    /// on with the keys they have, unless there are none yet.
     async fn refresh_if_stale(&self) {
         let set = self.current();
         let stale = set.loaded_at.is_none_or(|at| at.elapsed() >= self.refresh);

@@ -460,8 +460,10 @@ async fn api_keys_authenticate_until_revoked_on_both_databases() {
 
         let made = create_api_key(&index, "CT_SCANNER_1", "default", "read,write").unwrap();
         let header = format!("ApiKey {}", made.key.as_str());
-        let looked_up = Instant::now();
+        // The cache entry is made between these two instants.
+        let before_lookup = Instant::now();
         let principal = cached.authenticate(Some(&header)).await.unwrap();
+        let after_lookup = Instant::now();
         assert_eq!(principal.kind, PrincipalKind::ApiKey, "{dialect}");
         assert_eq!(
             principal.subject,
@@ -501,10 +503,10 @@ async fn api_keys_authenticate_until_revoked_on_both_databases() {
         );
         // The cached lookup may still admit the key, but only within the TTL.
         let during = cached.authenticate(Some(&header)).await;
-        if looked_up.elapsed() < ttl {
+        if before_lookup.elapsed() < ttl {
             assert!(during.is_ok(), "{dialect}: cached within the TTL");
         }
-        tokio::time::sleep(ttl.saturating_sub(looked_up.elapsed()) + Duration::from_millis(50))
+        tokio::time::sleep(ttl.saturating_sub(after_lookup.elapsed()) + Duration::from_millis(50))
             .await;
         assert_eq!(
             cached.authenticate(Some(&header)).await,
