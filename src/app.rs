@@ -301,6 +301,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let sovereignty_report =
         Arc::new(serde_json::to_value(&report).context("rendering the sovereignty report")?);
     let services = build_services(&config)?;
+    // Built now so that a bad JWKS file or URL stops the server at start.
+    let authenticator = crate::auth::Authenticator::new(&config.auth, services.index.clone())
+        .context("setting up authentication")?;
+    if let Err(error) = authenticator.warm_up().await {
+        tracing::warn!(%error, "the identity provider's keys could not be fetched yet; retrying on demand");
+    }
+    if let Some(warning) = crate::auth::anonymous_warning(&config.auth) {
+        tracing::warn!("{warning}");
+    }
     if config.storage.blob_url.is_empty() {
         tracing::warn!(
             data_dir = %config.storage.data_dir.display(),
@@ -331,6 +340,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_request_bytes: config.server.max_request_bytes,
         warning_agent: config.dicomweb.warning_agent.clone(),
         sovereignty_report,
+        authenticator,
     };
     let prefix = config.dicomweb.path_prefix.clone();
     let wado_uri_path = config.dicomweb.wado_uri_path.clone();

@@ -34,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Manage static API keys (for modalities and scripts).
+    Apikeys {
+        #[command(subcommand)]
+        action: ApiKeysAction,
+    },
     /// Decrypt every indexed blob end to end and report failures and orphaned blobs.
     Verify(CommonArgs),
     /// The jurisdiction policy: where each kind of data sits and under whose law.
@@ -126,6 +131,37 @@ enum SovereigntyAction {
     Report {
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ApiKeysAction {
+    /// Make a key and print it, once: only its hash is stored. Send it as
+    /// `Authorization: ApiKey <key>` (or `Bearer <key>`).
+    Add {
+        /// Tenant the key acts on, or * for every tenant.
+        #[arg(long)]
+        tenant: String,
+        /// What the key is for, e.g. the modality's AE title.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read, write, delete, admin, or * for all.
+        #[arg(long)]
+        permissions: String,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List the keys (never the keys themselves, nor their hashes).
+    List {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Revoke a key; running servers refuse it within auth.api_key_cache_secs.
+    Revoke {
+        /// The id shown by `kastell apikeys list`.
+        id: i64,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -369,6 +405,7 @@ fn main() -> anyhow::Result<()> {
                 Err(kastell::sovereignty::Refusal(report.violations).into())
             }
         }
+        Command::Apikeys { action } => api_keys(&cli.common, action),
         Command::Verify(args) => {
             let config = load(&merge(&cli.common, &args), None)?;
             kastell::telemetry::init(&config.log);
@@ -408,5 +445,57 @@ fn set_tenant_status(common: &CommonArgs, name: &str, active: bool) -> anyhow::R
         "tenant {name} {} (running servers notice within seconds)",
         if active { "enabled" } else { "disabled" }
     );
+    Ok(())
+}
+
+fn api_keys(outer: &CommonArgs, action: ApiKeysAction) -> anyhow::Result<()> {
+    let common = match &action {
+        ApiKeysAction::Add { common, .. }
+        | ApiKeysAction::List { common }
+        | ApiKeysAction::Revoke { common, .. } => merge(outer, common),
+    };
+    let config = load(&common, None)?;
+    kastell::telemetry::init(&config.log);
+    let index = kastell::app::open_index(&config)?;
+    match action {
+        ApiKeysAction::Add {
+            tenant,
+            name,
+            permissions,
+            ..
+        } => {
+            let made = kastell::auth::create_api_key(&index, &name, &tenant, &permissions)?;
+            eprintln!(
+                "API key {} ({name}) for tenant {tenant}. It is shown this once and cannot be recovered:",
+                made.id
+            );
+            println!("{}", made.key.as_str());
+        }
+        ApiKeysAction::List { .. } => {
+            let keys = kastell::auth::list_api_keys(&index)?;
+            if keys.is_empty() {
+                println!("no API keys");
+            }
+            for key in keys {
+                let state = match &key.revoked_at {
+                    Some(at) => format!("revoked {at}"),
+                    None => "active".to_string(),
+                };
+                println!(
+                    "{}\t{}\ttenant={}\tpermissions={}\tcreated {}\t{state}",
+                    key.id, key.name, key.tenant, key.permissions, key.created_at
+                );
+            }
+        }
+        ApiKeysAction::Revoke { id, .. } => {
+            if !kastell::auth::revoke_api_key(&index, id)? {
+                anyhow::bail!("no active API key with id {id}");
+            }
+            println!(
+                "API key {id} revoked; running servers refuse it within {} s",
+                config.auth.api_key_cache_secs
+            );
+        }
+    }
     Ok(())
 }

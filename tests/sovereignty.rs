@@ -230,11 +230,32 @@ fn a_running_server_answers_the_report_at_the_admin_endpoint() {
         ),
         ("KASTELL__SERVER__LOCATION__FOREIGN_ACCESS_LAW", "false"),
     ]);
+    let admin_url = format!("http://127.0.0.1:{}/admin/sovereignty", server.port);
+    // Administration needs admin rights; anonymous callers have none.
+    let anonymous = common::client().get(&admin_url).send().unwrap();
+    assert_eq!(anonymous.status().as_u16(), 403);
+    let (ok, out) = common::cli(
+        &[
+            "apikeys",
+            "add",
+            "--tenant",
+            "*",
+            "--name",
+            "operator",
+            "--permissions",
+            "admin",
+        ],
+        &server.data_dir,
+    );
+    assert!(ok, "{out}");
+    let key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("kst_"))
+        .expect("the key is printed")
+        .to_string();
     let response = common::client()
-        .get(format!(
-            "http://127.0.0.1:{}/admin/sovereignty",
-            server.port
-        ))
+        .get(&admin_url)
+        .header("Authorization", format!("ApiKey {key}"))
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);

@@ -27,6 +27,16 @@ pub enum ApiError {
     /// A Range outside a body of this many bytes.
     #[error("the requested range is outside the {0} bytes of this resource")]
     RangeNotSatisfiable(u64),
+    /// No or bad credentials: 401 with `challenge` as `WWW-Authenticate`.
+    #[error("{message}")]
+    Unauthorized { challenge: String, message: String },
+    /// Authenticated, but not allowed to do this: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A dependency the request needs (the identity provider's keys, the index for
+    /// an API key) cannot be reached: 503. The text is logged, not sent.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -52,6 +62,9 @@ impl ApiError {
                 "the stored object failed its integrity check; the incident is logged".to_string()
             }
             ApiError::Service(_) => "internal server error".to_string(),
+            ApiError::Unavailable(_) => {
+                "a service this request needs is unavailable; retry later".to_string()
+            }
             other => other.to_string(),
         }
     }
@@ -67,6 +80,9 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Service(error) => match error {
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
                 ServiceError::Gone(_) => StatusCode::GONE,
@@ -95,6 +111,11 @@ impl ResponseError for ApiError {
         }
         if let ApiError::RangeNotSatisfiable(total) = self {
             response.insert_header((header::CONTENT_RANGE, format!("bytes */{total}")));
+        }
+        if let ApiError::Unauthorized { challenge, .. } = self {
+            if let Ok(challenge) = HeaderValue::from_str(challenge) {
+                response.insert_header((header::WWW_AUTHENTICATE, challenge));
+            }
         }
         response
             .content_type("text/html; charset=utf-8")

@@ -2,6 +2,7 @@
 //! the helpers they share. The only module that knows actix.
 
 pub mod accept;
+pub mod auth;
 mod capabilities;
 mod delete;
 pub mod error;
@@ -39,6 +40,8 @@ pub struct AppState {
     /// configuration before start-up; the configuration does not change while the
     /// process runs, so neither does the report.
     pub sovereignty_report: std::sync::Arc<serde_json::Value>,
+    /// Who is asking (`None` on the health checks, which need no credentials).
+    pub principal: Option<crate::auth::Principal>,
 }
 
 impl AppState {
@@ -153,7 +156,7 @@ pub fn configure(config: &mut web::ServiceConfig, prefix: &str, wado_uri_path: &
 /// The control chain: where each kind of data sits, under whose law, encrypted or
 /// not, who holds the keys (JSON, as `kastell sovereignty report --format json`).
 async fn sovereignty(state: web::ReqData<AppState>) -> HttpResponse {
-    // auth: admin
+    // The tenancy middleware has checked the caller is an administrator.
     HttpResponse::Ok().json(&*state.sovereignty_report)
 }
 

@@ -13,9 +13,12 @@ use actix_web::http::Uri;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 
+use super::auth::authorize;
 use super::error::ApiError;
 use super::AppState;
+use crate::auth::{Action, Authenticator};
 use crate::service::tenants::Tenants;
+use actix_web::http::Method;
 
 /// What the middleware needs, shared by every worker.
 pub struct Site {
@@ -27,6 +30,17 @@ pub struct Site {
     pub warning_agent: String,
     /// The control-chain report, computed once at start-up.
     pub sovereignty_report: Arc<serde_json::Value>,
+    pub authenticator: Authenticator,
+}
+
+/// What a request asks to do, by method: searching and retrieving read, STOW
+/// writes, DELETE deletes.
+fn action_of(method: &Method) -> Action {
+    match *method {
+        Method::POST | Method::PUT => Action::Write,
+        Method::DELETE => Action::Delete,
+        _ => Action::Read,
+    }
 }
 
 /// `/tenants/{tenant}{rest}` → `(tenant, rest)`, when `rest` is a DICOMweb or
@@ -51,6 +65,9 @@ pub async fn resolve(
         .cloned()
         .expect("the Site is registered as app data");
     let path = request.path().to_string();
+    // Health checks answer without credentials (orchestrators probe them).
+    let open_path = path == "/healthz" || path == "/readyz";
+    let admin_path = path == "/admin" || path.starts_with("/admin/");
     let (tenant, prefix) = match split_tenant(&path, &site) {
         Some((tenant, tail)) => {
             let tail = tail.to_string();
@@ -83,6 +100,24 @@ pub async fn resolve(
             site.path_prefix.clone(),
         ),
     };
+    // Who is asking, and may they: before anything of the tenant is touched, so an
+    // unknown tenant and a forbidden one look alike to a caller without rights.
+    let principal = if open_path {
+        None
+    } else if admin_path {
+        // Administration spans tenants: it needs admin on every tenant.
+        Some(authorize(&site.authenticator, request.headers(), "*", Action::Admin).await?)
+    } else {
+        Some(
+            authorize(
+                &site.authenticator,
+                request.headers(),
+                &tenant,
+                action_of(request.method()),
+            )
+            .await?,
+        )
+    };
     let services = site.tenants.get(&tenant).await.map_err(ApiError::from)?;
     let method = request.method().clone();
     let client = request
@@ -100,6 +135,7 @@ pub async fn resolve(
         max_request_bytes: site.max_request_bytes,
         warning_agent: site.warning_agent.clone(),
         sovereignty_report: site.sovereignty_report.clone(),
+        principal,
     });
     let response = next.call(request).await?;
     // The access log names the route pattern (`/dicomweb/studies/{study}`), never

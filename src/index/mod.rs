@@ -3,6 +3,7 @@
 //! embedded default) or PostgreSQL, chosen by the URL. Every call here is blocking;
 //! the service layer runs them on tokio's blocking pool, bounded by the pool size.
 
+pub mod api_keys;
 pub mod catalog;
 pub mod conn;
 pub mod generate;
@@ -1019,7 +1020,7 @@ fn refresh_aggregates<C: IndexConn>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1104,7 +1105,9 @@ mod tests {
             .unwrap();
     }
 
-    fn test_indexes() -> Vec<(Index, Option<String>)> {
+    /// A fresh SQLite index, and a fresh PostgreSQL database when
+    /// `KASTELL_TEST_POSTGRES` names a server (with its name).
+    pub(crate) fn test_indexes() -> Vec<(Index, Option<String>)> {
         let dir = tempfile::tempdir().unwrap().keep();
         let options = IndexOptions {
             pool_size: 2,
