@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod dicom;
