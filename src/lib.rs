@@ -4,8 +4,8 @@
 //! is the only place concrete backends are built. See `STYLE.md` in the team notes.
 
 pub mod app;
-pub mod auth;
 pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod dicom;
