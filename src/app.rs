@@ -6,6 +6,7 @@ use std::time::Duration;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
+use crate::audit::{Action, AuditEvent, Outcome};
 use crate::config::{Config, MasterKeySource};
 use crate::crypto::{
     CryptoError, KeyId, KeyProvider, KeyRing, LocalMasterKey, SecretKey, TenantKeyLoader,
@@ -381,11 +382,45 @@ pub struct RotationReport {
 }
 
 /// Makes a new tenant key version and re-wraps the data key of every object of the
-/// tenant under it (new headers, the same encrypted segments).
+/// tenant under it (new headers, the same encrypted segments). Audited.
 pub async fn rotate_tenant_key(config: &Config, tenant: &str) -> anyhow::Result<RotationReport> {
     let tenants = build_tenants(config)?;
+    // The audit trail, like the keys, lives in the control index.
     let control = tenants.default_services().clone();
-    let services = tenants.get(tenant).await?;
+    let result = async {
+        let services = tenants.get(tenant).await?;
+        rotate_with(&services, &control, tenant).await
+    }
+    .await;
+    let event = match &result {
+        Ok(report) => {
+            let (outcome, status) = if report.failed.is_empty() {
+                (Outcome::Success, 0)
+            } else {
+                (Outcome::Failure, 1)
+            };
+            AuditEvent::cli(tenant, Action::KeyRotate, outcome)
+                .status(status)
+                .detail(format!(
+                    "new key {}; {} data keys re-wrapped, {} already current, {} failed",
+                    report.new_key,
+                    report.rewrapped,
+                    report.already_current,
+                    report.failed.len()
+                ))
+        }
+        Err(error) => AuditEvent::cli(tenant, Action::KeyRotate, Outcome::Failure)
+            .status(1)
+            .detail(format!("{error:#}")),
+    };
+    audit_cli(&control.index, event, result)
+}
+
+async fn rotate_with(
+    services: &Services,
+    control: &Services,
+    tenant: &str,
+) -> anyhow::Result<RotationReport> {
     let store = services.store.for_tenant(tenant);
     let new_key = store.keys().rotate(tenant)?;
     let blobs = services.index.all_blobs()?;
@@ -420,14 +455,51 @@ pub async fn rotate_tenant_key(config: &Config, tenant: &str) -> anyhow::Result<
     Ok(report)
 }
 
+/// Appends the audit record of a command-line operation, then hands back the
+/// operation's result. An operation that happened but could not be audited fails
+/// the command, so the operator knows the trail lacks it.
+fn audit_cli<T>(index: &Index, event: AuditEvent, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    let action = event.action;
+    match (crate::audit::append(index, &[event]), result) {
+        (Ok(_), result) => result,
+        (Err(audit), Ok(_)) => Err(anyhow::Error::new(audit).context(format!(
+            "the {action} operation was carried out, but its audit record could not be written"
+        ))),
+        (Err(audit), Err(error)) => {
+            tracing::error!(%audit, %action, "the audit record of a failed operation could not be written");
+            Err(error)
+        }
+    }
+}
+
 /// Destroys a superseded key version after checking that no indexed object's header
-/// still names it (a rotation re-wraps them all). Returns how many objects were checked.
+/// still names it (a rotation re-wraps them all). Returns how many objects were
+/// checked. Audited.
 pub async fn retire_tenant_key(
     config: &Config,
     tenant: &str,
     version: u32,
 ) -> anyhow::Result<usize> {
-    let services = build_tenants(config)?.get(tenant).await?;
+    let tenants = build_tenants(config)?;
+    let result = async {
+        let services = tenants.get(tenant).await?;
+        retire_with(&services, tenant, version).await
+    }
+    .await;
+    let event = match &result {
+        Ok(checked) => AuditEvent::cli(tenant, Action::KeyRetire, Outcome::Success)
+            .status(0)
+            .detail(format!(
+                "key version {version} destroyed; {checked} objects checked"
+            )),
+        Err(error) => AuditEvent::cli(tenant, Action::KeyRetire, Outcome::Failure)
+            .status(1)
+            .detail(format!("key version {version}: {error:#}")),
+    };
+    audit_cli(&tenants.default_services().index, event, result)
+}
+
+async fn retire_with(services: &Services, tenant: &str, version: u32) -> anyhow::Result<usize> {
     let id = KeyId {
         tenant: tenant.to_string(),
         version,
@@ -447,11 +519,22 @@ pub async fn retire_tenant_key(
 }
 
 /// Destroys every key of a tenant: its objects can never be read again.
+/// Audited.
 pub fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<()> {
     let index = open_index(config)?;
-    let ring = KeyRing::new(master_key(config)?, Arc::new(IndexKeyLoader(index)));
-    ring.shred(tenant)?;
-    Ok(())
+    let result = master_key(config).and_then(|master| {
+        let ring = KeyRing::new(master, Arc::new(IndexKeyLoader(index.clone())));
+        Ok(ring.shred(tenant)?)
+    });
+    let event = match &result {
+        Ok(()) => AuditEvent::cli(tenant, Action::KeyShred, Outcome::Success)
+            .status(0)
+            .detail("every key version destroyed"),
+        Err(error) => AuditEvent::cli(tenant, Action::KeyShred, Outcome::Failure)
+            .status(1)
+            .detail(format!("{error:#}")),
+    };
+    audit_cli(&index, event, result)
 }
 
 /// What `kastell verify` found.

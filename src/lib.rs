@@ -4,6 +4,7 @@
 //! is the only place concrete backends are built. See `STYLE.md` in the team notes.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kastell::config::{Config, Overrides};
 
 #[derive(Parser, Debug)]
@@ -41,6 +41,11 @@ enum Command {
     },
     /// Decrypt every indexed blob end to end and report failures and orphaned blobs.
     Verify(CommonArgs),
+    /// Check or export the audit trail.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// The jurisdiction policy: where each kind of data sits and under whose law.
     Sovereignty {
         #[command(subcommand)]
@@ -171,6 +176,43 @@ enum ApiKeysAction {
 enum ReportFormat {
     Text,
     Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditAction {
+    /// Walk the hash chain and report the first edited, inserted or deleted row;
+    /// prints the head (seq and hash) to record elsewhere. Fails when broken.
+    Verify {
+        /// A head recorded earlier (SEQ:HASH, as printed): also fails when that row
+        /// is gone or changed, which catches removed newest rows and a rewritten
+        /// chain.
+        #[arg(long)]
+        anchor: Option<String>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Write the events recorded since a time as DICOM audit messages (IHE ATNA
+    /// XML) or a FHIR R4 Bundle of AuditEvents. The export is itself audited.
+    Export {
+        /// RFC 3339 UTC time (2026-01-31T12:00:00Z) or date (2026-01-31).
+        #[arg(long)]
+        since: String,
+        #[arg(long, value_enum, default_value_t = AuditFormat::Atna)]
+        format: AuditFormat,
+        /// File to write; standard output by default.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum AuditFormat {
+    /// DICOM PS3.15 A.5 audit messages (IHE ATNA), XML.
+    Atna,
+    /// FHIR R4 Bundle of AuditEvent resources, JSON.
+    Fhir,
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -406,6 +448,69 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Apikeys { action } => api_keys(&cli.common, action),
+        Command::Audit {
+            action: AuditAction::Verify { anchor, common },
+        } => {
+            let config = load(&merge(&cli.common, &common), None)?;
+            kastell::telemetry::init(&config.log);
+            let anchor = anchor.as_deref().map(str::parse).transpose()?;
+            let index = kastell::app::open_index(&config)?;
+            let report = kastell::audit::verify_anchored(&index, anchor)?;
+            print!("{report}");
+            match report.first_broken() {
+                None => Ok(()),
+                Some(seq) => anyhow::bail!("the audit trail is broken at seq {seq}"),
+            }
+        }
+        Command::Audit {
+            action:
+                AuditAction::Export {
+                    since,
+                    format,
+                    output,
+                    common,
+                },
+        } => {
+            use kastell::audit::{self, Action, AuditEvent, ExportFormat, Outcome};
+            let config = load(&merge(&cli.common, &common), None)?;
+            kastell::telemetry::init(&config.log);
+            let since = audit::parse_since(&since)?;
+            let format = match format {
+                AuditFormat::Atna => ExportFormat::Atna,
+                AuditFormat::Fhir => ExportFormat::Fhir,
+            };
+            let index = kastell::app::open_index(&config)?;
+            let count = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    audit::write_export(&index, &since, format, &mut std::io::BufWriter::new(file))?
+                }
+                None => audit::write_export(
+                    &index,
+                    &since,
+                    format,
+                    &mut std::io::BufWriter::new(std::io::stdout().lock()),
+                )?,
+            };
+            // Reading the trail is itself an audited event (DICOM "Audit Log Used");
+            // the trail spans every tenant, the record goes under the default one.
+            let event = AuditEvent::cli(
+                &config.keys.default_tenant,
+                Action::AuditExport,
+                Outcome::Success,
+            )
+            .status(0)
+            .detail(format!(
+                "{count} events since {since} as {}",
+                format.as_str()
+            ));
+            audit::append(&index, &[event]).context("recording the export in the audit trail")?;
+            if let Some(path) = output {
+                println!("{count} audit events written to {}", path.display());
+            }
+            Ok(())
+        }
         Command::Verify(args) => {
             let config = load(&merge(&cli.common, &args), None)?;
             kastell::telemetry::init(&config.log);

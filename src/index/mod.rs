@@ -4,6 +4,7 @@
 //! the service layer runs them on tokio's blocking pool, bounded by the pool size.
 
 pub mod api_keys;
+pub mod audit;
 pub mod catalog;
 pub mod conn;
 pub mod generate;

@@ -1,0 +1,430 @@
+//! The audit trail against real databases: SQLite always, PostgreSQL when
+//! `KASTELL_TEST_POSTGRES` names a server (the test command always sets it), each
+//! test in databases of its own.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
+
+use super::*;
+use crate::index::audit::AuditRow;
+use crate::index::IndexOptions;
+
+struct TestDb {
+    index: Index,
+    url: String,
+}
+
+impl TestDb {
+    fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres")
+    }
+
+    /// Runs SQL behind Kastell's back, as an intruder with database access would.
+    fn raw(&self, sql: &str) -> Result<(), diesel::result::Error> {
+        if self.is_postgres() {
+            PgConnection::establish(&self.url)
+                .unwrap()
+                .batch_execute(sql)
+        } else {
+            let path = crate::index::sqlite_path(&self.url).unwrap();
+            SqliteConnection::establish(path)
+                .unwrap()
+                .batch_execute(sql)
+        }
+    }
+
+    /// Like [`TestDb::raw`], with the append-only triggers out of the way first.
+    fn tamper(&self, sql: &str) {
+        let disable = if self.is_postgres() {
+            "ALTER TABLE audit_events DISABLE TRIGGER USER;"
+        } else {
+            "DROP TRIGGER IF EXISTS audit_events_no_update; DROP TRIGGER IF EXISTS audit_events_no_delete;"
+        };
+        self.raw(&format!("{disable} {sql}")).unwrap();
+    }
+
+    /// A second, independent handle on the same database: another server process.
+    fn reopen(&self) -> Index {
+        Index::open(&self.url, options()).unwrap()
+    }
+}
+
+/// A PostgreSQL test database goes when its test is done (FORCE closes the
+/// pools still open on it).
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Ok(base) = std::env::var("KASTELL_TEST_POSTGRES") else {
+            return;
+        };
+        let Some(name) = self.url.strip_prefix(&format!("{base}/")) else {
+            return;
+        };
+        if let Ok(mut admin) = PgConnection::establish(&format!("{base}/postgres")) {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin);
+        }
+    }
+}
+
+fn options() -> IndexOptions {
+    IndexOptions {
+        pool_size: 4,
+        busy_timeout: Duration::from_secs(10),
+        acquire_timeout: Duration::from_secs(10),
+        statement_timeout: Duration::from_secs(30),
+    }
+}
+
+/// A fresh SQLite index and, when configured, a fresh PostgreSQL one.
+fn databases() -> Vec<TestDb> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let url = format!("sqlite://{}/i.sqlite", dir.display());
+    let mut dbs = vec![TestDb {
+        index: Index::open(&url, options()).unwrap(),
+        url,
+    }];
+    if let Ok(base) = std::env::var("KASTELL_TEST_POSTGRES") {
+        let name = format!("kastell_t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::establish(&format!("{base}/postgres")).unwrap();
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .unwrap();
+        let url = format!("{base}/{name}");
+        dbs.push(TestDb {
+            index: Index::open(&url, options()).unwrap(),
+            url,
+        });
+    } else {
+        eprintln!("KASTELL_TEST_POSTGRES is not set: the PostgreSQL half of this test did not run");
+    }
+    dbs
+}
+
+fn event(n: usize) -> AuditEvent {
+    AuditEvent::new(
+        format!("user-{}", n % 7),
+        ActorKind::Token,
+        "default",
+        Action::Retrieve,
+        Outcome::Success,
+    )
+    .client_address("192.0.2.10")
+    .status(200)
+    .study(format!("1.2.826.0.1.{n}"))
+    .instances([format!("1.2.826.0.1.{n}.1"), format!("1.2.826.0.1.{n}.2")])
+}
+
+fn events(range: std::ops::Range<usize>) -> Vec<AuditEvent> {
+    range.map(event).collect()
+}
+
+/// An INSERT of `row` with its values spelled out, as an intruder would type it.
+fn insert_literal(row: &AuditRow) -> String {
+    let text = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    let opt = |v: &Option<String>| v.as_deref().map_or("NULL".to_string(), text);
+    format!(
+        "INSERT INTO audit_events (seq, at, actor, actor_kind, client_address, tenant, action, \
+         outcome, status, study_uid, series_uid, instance_uids, detail, prev_hash, hash) \
+         VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {});",
+        row.seq,
+        text(&row.at),
+        text(&row.actor),
+        text(&row.actor_kind),
+        opt(&row.client_address),
+        text(&row.tenant),
+        text(&row.action),
+        text(&row.outcome),
+        row.status.map_or("NULL".to_string(), |s| s.to_string()),
+        opt(&row.study_uid),
+        opt(&row.series_uid),
+        opt(&row.instance_uids),
+        opt(&row.detail),
+        text(&row.prev_hash),
+        text(&row.hash),
+    )
+}
+
+fn stored(index: &Index) -> Vec<StoredEvent> {
+    index
+        .audit_page(i64::MIN, i64::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|row| StoredEvent::try_from(row).unwrap())
+        .collect()
+}
+
+#[test]
+fn appended_batches_form_one_verified_chain() {
+    for db in databases() {
+        assert!(verify(&db.index).unwrap().is_intact());
+        assert_eq!(verify(&db.index).unwrap().head, None);
+        let first = events(0..3);
+        append(&db.index, &first).unwrap();
+        // More than a page of verification, in batches of more than one INSERT.
+        let head = append(&db.index, &events(3..1203)).unwrap().unwrap();
+        assert_eq!(head.seq, 1203);
+        let report = verify(&db.index).unwrap();
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.events, 1203);
+        assert_eq!(report.head, Some(head.clone()));
+        assert_eq!(db.index.audit_head().unwrap(), Some(head));
+        // Stored as given.
+        let all = stored(&db.index);
+        assert_eq!(all[0].prev_hash, GENESIS_HASH);
+        assert_eq!(all[5].event.study_uid.as_deref(), Some("1.2.826.0.1.5"));
+        assert_eq!(all[5].event.instance_uids.len(), 2);
+        assert_eq!(
+            all[1].event.at, first[1].at,
+            "microsecond precision is kept"
+        );
+        assert_eq!(all[1].event, first[1]);
+    }
+}
+
+#[test]
+fn the_database_refuses_updates_and_deletes() {
+    for db in databases() {
+        append(&db.index, &events(0..2)).unwrap();
+        assert!(db
+            .raw("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
+            .is_err());
+        assert!(db.raw("DELETE FROM audit_events WHERE seq = 2").is_err());
+        if db.is_postgres() {
+            assert!(db.raw("TRUNCATE audit_events").is_err());
+        }
+        assert!(verify(&db.index).unwrap().is_intact());
+    }
+}
+
+#[test]
+fn an_edited_row_is_named() {
+    for db in databases() {
+        append(&db.index, &events(0..10)).unwrap();
+        db.tamper("UPDATE audit_events SET actor = 'mallory' WHERE seq = 3");
+        let report = verify(&db.index).unwrap();
+        assert_eq!(report.first_broken(), Some(3), "{report}");
+        assert_eq!(report.breaks[0].problem, Problem::Edited);
+        assert_eq!(report.break_count, 1);
+        // The trail goes on; the break stays visible.
+        append(&db.index, &events(10..12)).unwrap();
+        let report = verify(&db.index).unwrap();
+        assert_eq!((report.first_broken(), report.events), (Some(3), 12));
+    }
+}
+
+#[test]
+fn a_deleted_row_is_named() {
+    for db in databases() {
+        append(&db.index, &events(0..10)).unwrap();
+        db.tamper("DELETE FROM audit_events WHERE seq = 4");
+        let report = verify(&db.index).unwrap();
+        assert_eq!(report.first_broken(), Some(4), "{report}");
+        assert_eq!(report.breaks[0].problem, Problem::Missing { next_found: 5 });
+    }
+}
+
+#[test]
+fn forged_rows_are_detected() {
+    for db in databases() {
+        append(&db.index, &events(0..10)).unwrap();
+        let rows = db.index.audit_page(0, 100).unwrap();
+        // A row slipped in after seq 5, with a correct hash of its own and the
+        // later rows renumbered: the row after it neither links nor matches.
+        let mut forged = rows[4].clone();
+        forged.seq = 6;
+        forged.actor = "mallory".into();
+        forged.prev_hash = rows[4].hash.clone();
+        forged.hash = chain::row_hash(&forged.prev_hash, &forged);
+        db.tamper(&format!(
+            "UPDATE audit_events SET seq = seq + 1000000 WHERE seq > 5; \
+             UPDATE audit_events SET seq = seq - 999999 WHERE seq > 1000000; {}",
+            insert_literal(&forged)
+        ));
+        let report = verify(&db.index).unwrap();
+        assert_eq!(report.events, 11);
+        assert_eq!(report.first_broken(), Some(7), "{report}");
+        // Row 7 neither links to the forgery nor matches (its seq changed), and
+        // every renumbered row after it no longer matches either.
+        assert_eq!(
+            report.breaks[..2],
+            [
+                Break {
+                    seq: 7,
+                    problem: Problem::Unlinked
+                },
+                Break {
+                    seq: 7,
+                    problem: Problem::Edited
+                },
+            ]
+        );
+        assert!(report.breaks.iter().all(|b| b.seq >= 7));
+
+        // A naive forgery at the end: linked, but its hash is made up.
+        let mut naive = rows[9].clone();
+        naive.seq = 12;
+        naive.action = "delete".into();
+        naive.prev_hash = rows[9].hash.clone();
+        naive.hash = "f".repeat(64);
+        db.tamper(&insert_literal(&naive));
+        let report = verify(&db.index).unwrap();
+        assert!(
+            report.breaks.contains(&Break {
+                seq: 12,
+                problem: Problem::Edited
+            }),
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn an_anchor_detects_removed_newest_rows() {
+    for db in databases() {
+        append(&db.index, &events(0..5)).unwrap();
+        let head = verify(&db.index).unwrap().head.unwrap();
+        let anchor: Anchor = format!("{}:{}", head.seq, head.hash).parse().unwrap();
+        db.tamper("DELETE FROM audit_events WHERE seq >= 4");
+        assert!(verify(&db.index).unwrap().is_intact());
+        let report = chain::verify_anchored(&db.index, Some(anchor)).unwrap();
+        assert_eq!(
+            report.breaks,
+            vec![Break {
+                seq: 5,
+                problem: Problem::AnchorMissing
+            }]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_batches_applies_backpressure_and_flushes() {
+    for db in databases() {
+        // A channel of one: every record waits for the writer, none is lost.
+        let log = AuditLog::start_with(
+            db.index.clone(),
+            AuditLogOptions {
+                capacity: 1,
+                max_batch: 16,
+                max_delay: Duration::from_millis(20),
+            },
+        );
+        for e in events(0..100) {
+            log.record(e).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        let report = verify(&db.index).unwrap();
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.events, 100);
+        // A flush with nothing pending answers at once.
+        log.flush().await.unwrap();
+        // Stored in recording order.
+        let all = stored(&db.index);
+        assert_eq!(all[42].event.study_uid.as_deref(), Some("1.2.826.0.1.42"));
+    }
+}
+
+/// Two server processes on one database (two pools, two writers), recording at
+/// the same time: one chain, no fork, no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_one_database_keep_one_chain() {
+    for db in databases() {
+        let options = AuditLogOptions {
+            capacity: 64,
+            max_batch: 7,
+            max_delay: Duration::from_millis(5),
+        };
+        let logs = [
+            AuditLog::start_with(db.index.clone(), options),
+            AuditLog::start_with(db.reopen(), options),
+        ];
+        let mut tasks = Vec::new();
+        for (w, log) in logs.iter().enumerate() {
+            for t in 0..3 {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    for n in 0..100 {
+                        let e = event(w * 1000 + t * 100 + n);
+                        log.record(e).await.unwrap();
+                    }
+                }));
+            }
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        for log in &logs {
+            log.flush().await.unwrap();
+        }
+        let report = verify(&db.index).unwrap();
+        assert!(report.is_intact(), "{} {report}", db.url);
+        assert_eq!(report.events, 600);
+        assert_eq!(report.head.unwrap().seq, 600);
+    }
+}
+
+#[test]
+fn exports_stream_the_same_documents_and_honour_since() {
+    for db in databases() {
+        let mut old = event(0);
+        old.at = humantime::parse_rfc3339("2020-01-01T00:00:00Z").unwrap();
+        append(&db.index, &[old]).unwrap();
+        append(&db.index, &events(1..4)).unwrap();
+        let all = stored(&db.index);
+
+        let since = parse_since("2021-01-01").unwrap();
+        let mut fhir = Vec::new();
+        let count = write_export(&db.index, &since, ExportFormat::Fhir, &mut fhir).unwrap();
+        assert_eq!(count, 3);
+        let fhir: serde_json::Value = serde_json::from_slice(&fhir).unwrap();
+        assert_eq!(fhir, export_fhir(&all[1..]));
+
+        let mut atna = Vec::new();
+        write_export(
+            &db.index,
+            "2000-01-01T00:00:00.000000Z",
+            ExportFormat::Atna,
+            &mut atna,
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(atna).unwrap(), export_atna(&all));
+
+        let mut empty = Vec::new();
+        assert_eq!(
+            write_export(
+                &db.index,
+                "2999-01-01T00:00:00.000000Z",
+                ExportFormat::Fhir,
+                &mut empty
+            )
+            .unwrap(),
+            0
+        );
+        let empty: serde_json::Value = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(empty, export_fhir(&[]));
+    }
+}
+
+#[test]
+fn long_details_are_cut() {
+    let row = AuditEvent::cli("t", Action::KeyShred, Outcome::Success)
+        .detail("é".repeat(MAX_DETAIL_CHARS + 10))
+        .to_row();
+    assert_eq!(row.detail.unwrap().chars().count(), MAX_DETAIL_CHARS);
+}
+
+#[test]
+fn enum_texts_round_trip() {
+    for a in Action::ALL {
+        assert_eq!(a.as_str().parse::<Action>(), Ok(*a));
+    }
+    for k in ActorKind::ALL {
+        assert_eq!(k.as_str().parse::<ActorKind>(), Ok(*k));
+    }
+    for o in Outcome::ALL {
+        assert_eq!(o.as_str().parse::<Outcome>(), Ok(*o));
+    }
+    assert!("nope".parse::<Action>().is_err());
+}

@@ -1,0 +1,257 @@
+//! The audit trail from outside: key operations leave records, `kastell audit
+//! verify` passes on an untouched trail and names the row an intruder edited
+//! behind Kastell's back, an anchor catches removed newest rows, and both export
+//! formats parse.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use diesel::connection::SimpleConnection;
+use diesel::Connection;
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    all: String,
+}
+
+fn kastell(args: &[&str], data_dir: &Path) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_kastell"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(index_args(data_dir))
+        .args(blob_args(data_dir))
+        .envs(master_key_env())
+        .env("RUST_LOG", "warn")
+        .env("USER", "operator-7")
+        .output()
+        .expect("run kastell");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    Run {
+        ok: output.status.success(),
+        stdout,
+        all,
+    }
+}
+
+/// Runs SQL on the test's index database directly, append-only triggers out of
+/// the way first: what someone with database access could do.
+fn tamper(data_dir: &Path, sql: &str) {
+    let args = index_args(data_dir);
+    match args.get(1) {
+        Some(url) => diesel::PgConnection::establish(url)
+            .unwrap()
+            .batch_execute(&format!(
+                "ALTER TABLE audit_events DISABLE TRIGGER USER; {sql}"
+            ))
+            .unwrap(),
+        None => {
+            let path = data_dir.join("index.sqlite");
+            diesel::SqliteConnection::establish(path.to_str().unwrap())
+                .unwrap()
+                .batch_execute(&format!(
+                    "DROP TRIGGER IF EXISTS audit_events_no_update; \
+                     DROP TRIGGER IF EXISTS audit_events_no_delete; {sql}"
+                ))
+                .unwrap()
+        }
+    }
+}
+
+/// The `SEQ:HASH` anchor `audit verify` printed.
+fn anchor(verify_output: &str) -> String {
+    verify_output
+        .lines()
+        .find_map(|l| l.strip_prefix("anchor: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("an anchor line")
+        .to_string()
+}
+
+#[test]
+fn key_operations_are_audited_and_an_edited_row_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+
+    let run = kastell(&["keys", "rotate", "--tenant", "default"], &data);
+    assert!(run.ok, "{}", run.all);
+    let run = kastell(
+        &["keys", "retire", "--tenant", "default", "--version", "1"],
+        &data,
+    );
+    assert!(run.ok, "{}", run.all);
+    // A refused operation is audited too.
+    let run = kastell(
+        &["keys", "retire", "--tenant", "default", "--version", "9"],
+        &data,
+    );
+    assert!(!run.ok, "{}", run.all);
+
+    let run = kastell(&["audit", "verify"], &data);
+    assert!(run.ok, "{}", run.all);
+    assert!(run.stdout.contains("3 events, chain intact"), "{}", run.all);
+    assert!(run.stdout.contains("head: seq 3 hash "), "{}", run.all);
+
+    // FHIR on standard output.
+    let run = kastell(
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2000-01-01",
+            "--format",
+            "fhir",
+        ],
+        &data,
+    );
+    assert!(run.ok, "{}", run.all);
+    let bundle: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "collection");
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    let outcomes: Vec<_> = entries
+        .iter()
+        .map(|e| e["resource"]["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, vec!["0", "0", "4"]);
+    for entry in entries {
+        let resource = &entry["resource"];
+        assert_eq!(resource["resourceType"], "AuditEvent");
+        assert_eq!(resource["type"]["code"], "110113");
+        assert_eq!(resource["subtype"][0]["code"], "110129");
+        assert_eq!(
+            resource["agent"][0]["who"]["identifier"]["value"],
+            "operator-7"
+        );
+        assert_eq!(resource["source"]["site"], "default");
+    }
+
+    // ATNA into a file; the previous export is in the trail now.
+    let file = dir.path().join("audit.xml");
+    let run = kastell(
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--format",
+            "atna",
+            "--output",
+            file.to_str().unwrap(),
+        ],
+        &data,
+    );
+    assert!(run.ok, "{}", run.all);
+    assert!(run.stdout.contains("4 audit events written"), "{}", run.all);
+    let xml = std::fs::read_to_string(&file).unwrap();
+    let mut reader = quick_xml::Reader::from_str(&xml);
+    reader.config_mut().check_end_names = true;
+    let (mut messages, mut depth) = (0, 0);
+    loop {
+        match reader.read_event().expect("well-formed XML") {
+            quick_xml::events::Event::Start(e) => {
+                depth += 1;
+                if e.name().as_ref() == b"AuditMessage" {
+                    messages += 1;
+                }
+            }
+            quick_xml::events::Event::End(_) => depth -= 1,
+            quick_xml::events::Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert_eq!((messages, depth), (4, 0));
+    assert!(
+        xml.contains("<EventID csd-code=\"110101\""),
+        "the export is audited"
+    );
+
+    // Someone edits the first record behind Kastell's back.
+    tamper(
+        &data,
+        "UPDATE audit_events SET actor = 'mallory' WHERE seq = 1",
+    );
+    let run = kastell(&["audit", "verify"], &data);
+    assert!(!run.ok, "{}", run.all);
+    assert!(run.stdout.contains("BROKEN"), "{}", run.all);
+    assert!(run.stdout.contains("first at seq 1"), "{}", run.all);
+    assert!(run.stdout.contains("seq 1: edited"), "{}", run.all);
+    assert!(run.all.contains("broken at seq 1"), "{}", run.all);
+}
+
+#[test]
+fn an_anchor_catches_the_removal_of_the_newest_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for _ in 0..2 {
+        let run = kastell(&["keys", "rotate", "--tenant", "default"], &data);
+        assert!(run.ok, "{}", run.all);
+    }
+    let run = kastell(&["audit", "verify"], &data);
+    assert!(run.ok, "{}", run.all);
+    let anchor = anchor(&run.stdout);
+    assert!(anchor.starts_with("2:"), "{anchor}");
+
+    let run = kastell(&["audit", "verify", "--anchor", &anchor], &data);
+    assert!(run.ok, "{}", run.all);
+
+    // The newest record removed: still a valid chain, but not the anchored one.
+    tamper(&data, "DELETE FROM audit_events WHERE seq = 2");
+    let run = kastell(&["audit", "verify"], &data);
+    assert!(run.ok, "{}", run.all);
+    let run = kastell(&["audit", "verify", "--anchor", &anchor], &data);
+    assert!(!run.ok, "{}", run.all);
+    assert!(
+        run.stdout.contains("seq 2: the anchored row is gone"),
+        "{}",
+        run.all
+    );
+
+    let run = kastell(&["audit", "verify", "--anchor", "nonsense"], &data);
+    assert!(!run.ok);
+    assert!(run.all.contains("SEQ:HASH"), "{}", run.all);
+    let run = kastell(&["audit", "export", "--since", "last tuesday"], &data);
+    assert!(!run.ok);
+    assert!(run.all.contains("RFC 3339"), "{}", run.all);
+}
+
+/// Every tenant's key operations go to one trail, in the control index.
+#[test]
+fn other_tenants_are_audited_in_the_control_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = kastell(&["tenants", "add", "radiology"], &data);
+    assert!(run.ok, "{}", run.all);
+    let run = kastell(&["keys", "rotate", "--tenant", "radiology"], &data);
+    assert!(run.ok, "{}", run.all);
+    let run = kastell(&["keys", "rotate", "--tenant", "default"], &data);
+    assert!(run.ok, "{}", run.all);
+    let run = kastell(&["audit", "verify"], &data);
+    assert!(run.stdout.contains("2 events, chain intact"), "{}", run.all);
+    let run = kastell(
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2000-01-01",
+            "--format",
+            "fhir",
+        ],
+        &data,
+    );
+    assert!(run.ok, "{}", run.all);
+    let bundle: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    let sites: Vec<_> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["source"]["site"].as_str().unwrap())
+        .collect();
+    assert_eq!(sites, vec!["radiology", "default"]);
+}
