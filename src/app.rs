@@ -317,6 +317,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "running on the embedded defaults: SQLite index and local blob files under the data directory"
         );
     }
+    // The audit trail lives in the control index, whatever the tenant.
+    let audit = crate::audit::AuditLog::start(services.index.clone());
     let tenants = Arc::new(Tenants::new(
         services,
         &config.keys.default_tenant,
@@ -342,6 +344,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         warning_agent: config.dicomweb.warning_agent.clone(),
         sovereignty_report,
         authenticator,
+        audit: audit.clone(),
     };
     let prefix = config.dicomweb.path_prefix.clone();
     let wado_uri_path = config.dicomweb.wado_uri_path.clone();
@@ -369,7 +372,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dicomweb = %config.dicomweb.path_prefix,
         "kastell is serving"
     );
-    server.run().await.context("running the HTTP server")
+    let served = server.run().await.context("running the HTTP server");
+    // Every request has been answered: write what the audit writer still holds.
+    match tokio::time::timeout(Duration::from_secs(30), audit.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "AUDIT EVENTS NOT WRITTEN AT SHUTDOWN"),
+        Err(_) => tracing::error!(
+            "AUDIT EVENTS NOT WRITTEN AT SHUTDOWN: the index did not answer in 30 s"
+        ),
+    }
+    served
 }
 
 /// What `kastell keys rotate` did.

@@ -255,3 +255,82 @@ fn other_tenants_are_audited_in_the_control_index() {
         .collect();
     assert_eq!(sites, vec!["radiology", "default"]);
 }
+
+/// The FHIR export as (action code, outcome, study UID) per recorded request.
+fn exported(data_dir: &Path) -> serde_json::Value {
+    let run = kastell(
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2000-01-01",
+            "--format",
+            "fhir",
+        ],
+        data_dir,
+    );
+    assert!(run.ok, "{}", run.all);
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+#[test]
+fn dicomweb_requests_and_refusals_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::spawn(&dir.path().join("data"), &[]);
+    let file = dicom_file(&Spec::new("4.4", "4.4.1", "4.4.1.1"));
+    assert_eq!(store(&server, "/studies", &[file]).0, 200);
+    let get = |path: &str| {
+        client()
+            .get(server.url(path))
+            .header("Accept", "application/dicom; transfer-syntax=*")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let searched = client()
+        .get(server.url("/studies?PatientID=PID-1"))
+        .send()
+        .unwrap();
+    assert_eq!(searched.status().as_u16(), 200);
+    assert_eq!(get("/studies/4.4/series/4.4.1/instances/4.4.1.1"), 200);
+    let refused = client()
+        .get(server.url("/studies"))
+        .header("Authorization", "Bearer not-a-token")
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let deleted = client().delete(server.url("/studies/4.4")).send().unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    // A graceful stop writes what the audit writer still holds.
+    let data = server.terminate();
+
+    let verified = kastell(&["audit", "verify"], &data);
+    assert!(verified.ok, "{}", verified.all);
+    let bundle = exported(&data);
+    let events = bundle["entry"].as_array().unwrap();
+    let text = bundle.to_string();
+    for needle in ["4.4.1.1", "4.4"] {
+        assert!(text.contains(needle), "{needle} in the trail: {text}");
+    }
+    // store, search, retrieve, login failure, delete: each at least once.
+    let subtypes: Vec<String> = events
+        .iter()
+        .map(|e| e["resource"]["subtype"].to_string())
+        .collect();
+    assert!(events.len() >= 5, "{} events: {subtypes:?}", events.len());
+    let outcomes: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["resource"]["outcome"].as_str())
+        .collect();
+    assert!(outcomes.contains(&"0"), "successes recorded: {outcomes:?}");
+    assert!(
+        outcomes.iter().any(|o| *o != "0"),
+        "the refused request is recorded as a failure: {outcomes:?}"
+    );
+    // The query's patient ID is not in the trail (only UIDs are).
+    assert!(
+        !text.contains("PID-1"),
+        "no query values in the audit trail"
+    );
+}

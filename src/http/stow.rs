@@ -1,7 +1,7 @@
 //! STOW-RS (PS3.18 §10.5): `POST /studies[/{study}]`.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::error::ApiError;
@@ -89,6 +89,10 @@ async fn run(
         ));
     }
     let outcome = session.commit().await?;
+    // The audit record (written by the tenancy middleware) names what was stored.
+    request
+        .extensions_mut()
+        .insert(super::tenancy::StoredStudies(outcome.stored_by_study()));
     let status = match (outcome.stored_count(), outcome.failed_count()) {
         (_, 0) => StatusCode::OK,
         (0, _) => StatusCode::CONFLICT,

@@ -13,10 +13,12 @@ use actix_web::http::Uri;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 
-use super::auth::authorize;
+use super::auth::{authenticate, forbidden};
 use super::error::ApiError;
 use super::AppState;
+use crate::audit::{Action as AuditAction, ActorKind, AuditEvent, AuditLog, Outcome};
 use crate::auth::{Action, Authenticator};
+use crate::auth::{Principal, PrincipalKind};
 use crate::service::tenants::Tenants;
 use actix_web::http::Method;
 
@@ -31,6 +33,50 @@ pub struct Site {
     /// The control-chain report, computed once at start-up.
     pub sovereignty_report: Arc<serde_json::Value>,
     pub authenticator: Authenticator,
+    pub audit: AuditLog,
+}
+
+/// Instances a STOW request stored, by study: put in the request's extensions by
+/// the STOW handler for the audit record.
+pub struct StoredStudies(pub Vec<(String, Vec<String>)>);
+
+/// The audit action of a request to a route pattern (relative to the DICOMweb
+/// prefix); `None` for what is not audited (capabilities, health, metrics).
+fn audit_action(method: &Method, route: &str) -> Option<AuditAction> {
+    const SEARCHES: [&str; 6] = [
+        "/studies",
+        "/series",
+        "/instances",
+        "/studies/{study}/series",
+        "/studies/{study}/instances",
+        "/studies/{study}/series/{series}/instances",
+    ];
+    match *method {
+        Method::POST => Some(AuditAction::Store),
+        Method::DELETE => Some(AuditAction::Delete),
+        Method::GET | Method::HEAD if SEARCHES.contains(&route) => Some(AuditAction::Search),
+        Method::GET | Method::HEAD if !route.is_empty() && route != "/" => {
+            Some(AuditAction::Retrieve)
+        }
+        _ => None,
+    }
+}
+
+fn actor_of(principal: &Principal) -> (String, ActorKind) {
+    let kind = match principal.kind {
+        PrincipalKind::Token => ActorKind::Token,
+        PrincipalKind::ApiKey => ActorKind::ApiKey,
+        PrincipalKind::Anonymous => ActorKind::Anonymous,
+    };
+    (principal.subject.clone(), kind)
+}
+
+/// Hands an event to the audit writer; a failure is logged loudly (the writer
+/// only fails when it has stopped).
+async fn record(site: &Site, event: AuditEvent) {
+    if let Err(error) = site.audit.record(event).await {
+        tracing::error!(%error, "AUDIT EVENT NOT RECORDED");
+    }
 }
 
 /// What a request asks to do, by method: searching and retrieving read, STOW
@@ -100,31 +146,64 @@ pub async fn resolve(
             site.path_prefix.clone(),
         ),
     };
-    // Who is asking, and may they: before anything of the tenant is touched, so an
-    // unknown tenant and a forbidden one look alike to a caller without rights.
-    let principal = if open_path {
-        None
-    } else if admin_path {
-        // Administration spans tenants: it needs admin on every tenant.
-        Some(authorize(&site.authenticator, request.headers(), "*", Action::Admin).await?)
-    } else {
-        Some(
-            authorize(
-                &site.authenticator,
-                request.headers(),
-                &tenant,
-                action_of(request.method()),
-            )
-            .await?,
-        )
-    };
-    let services = site.tenants.get(&tenant).await.map_err(ApiError::from)?;
-    let method = request.method().clone();
     let client = request
         .connection_info()
         .realip_remote_addr()
         .unwrap_or("-")
         .to_string();
+    // Who is asking, and may they: before anything of the tenant is touched, so an
+    // unknown tenant and a forbidden one look alike to a caller without rights.
+    // Refusals are audited (login failure, access denied).
+    let principal = if open_path {
+        None
+    } else {
+        // Administration spans tenants: it needs admin on every tenant.
+        let (scope, action) = if admin_path {
+            ("*", Action::Admin)
+        } else {
+            (tenant.as_str(), action_of(request.method()))
+        };
+        let principal = match authenticate(&site.authenticator, request.headers()).await {
+            Ok(principal) => principal,
+            Err(error) => {
+                let status = actix_web::ResponseError::status_code(&error).as_u16();
+                let event = AuditEvent::new(
+                    "unknown",
+                    ActorKind::Anonymous,
+                    &tenant,
+                    AuditAction::LoginFailure,
+                    Outcome::Failure,
+                )
+                .client_address(&client)
+                .status(status as i64)
+                .detail(format!(
+                    "{} {}",
+                    request.method(),
+                    request.match_pattern().unwrap_or_default()
+                ));
+                record(&site, event).await;
+                return Err(error.into());
+            }
+        };
+        if !principal.may(scope, action) {
+            let (actor, kind) = actor_of(&principal);
+            let event = AuditEvent::new(
+                actor,
+                kind,
+                &tenant,
+                AuditAction::AccessDenied,
+                Outcome::Failure,
+            )
+            .client_address(&client)
+            .status(403)
+            .detail(format!("{action} needed"));
+            record(&site, event).await;
+            return Err(forbidden(&principal, scope, action).into());
+        }
+        Some(principal)
+    };
+    let services = site.tenants.get(&tenant).await.map_err(ApiError::from)?;
+    let method = request.method().clone();
     let started = std::time::Instant::now();
     request.extensions_mut().insert(AppState {
         services,
@@ -135,9 +214,80 @@ pub async fn resolve(
         max_request_bytes: site.max_request_bytes,
         warning_agent: site.warning_agent.clone(),
         sovereignty_report: site.sovereignty_report.clone(),
-        principal,
+        principal: principal.clone(),
     });
     let response = next.call(request).await?;
+    // One audit record per DICOMweb request: who, what, which UIDs, how it ended.
+    if let Some(principal) = &principal {
+        let route = response.request().match_pattern().unwrap_or_default();
+        let relative = route.strip_prefix(&site.path_prefix).unwrap_or(&route);
+        let relative = if route.starts_with(&site.path_prefix) || route == site.wado_uri_path {
+            relative
+        } else {
+            ""
+        };
+        if let Some(action) = audit_action(&method, relative)
+            .or_else(|| (route == site.wado_uri_path).then_some(AuditAction::Retrieve))
+        {
+            let status = response.status().as_u16();
+            let outcome = if status < 400 {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            };
+            let (actor, kind) = actor_of(principal);
+            let info = response.request().match_info();
+            let base = AuditEvent::new(actor, kind, &tenant, action, outcome)
+                .client_address(&client)
+                .status(status as i64);
+            let stored = response
+                .request()
+                .extensions()
+                .get::<StoredStudies>()
+                .map(|s| s.0.clone());
+            let events: Vec<AuditEvent> = match stored {
+                Some(studies) if !studies.is_empty() => studies
+                    .into_iter()
+                    .map(|(study, instances)| base.clone().study(study).instances(instances))
+                    .collect(),
+                _ => {
+                    let query = response.request().query_string();
+                    let wado_uid = |name: &str| {
+                        query
+                            .split('&')
+                            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+                            .map(str::to_string)
+                    };
+                    let mut event = base;
+                    if let Some(study) = info
+                        .get("study")
+                        .map(str::to_string)
+                        .or_else(|| wado_uid("studyUID"))
+                    {
+                        event = event.study(study);
+                    }
+                    if let Some(series) = info
+                        .get("series")
+                        .map(str::to_string)
+                        .or_else(|| wado_uid("seriesUID"))
+                    {
+                        event = event.series(series);
+                    }
+                    if let Some(instance) = info
+                        .get("instance")
+                        .map(str::to_string)
+                        .or_else(|| wado_uid("objectUID"))
+                    {
+                        event = event.instances([instance]);
+                    }
+                    vec![event]
+                }
+            };
+            for event in events {
+                record(&site, event).await;
+            }
+        }
+    }
     // The access log names the route pattern (`/dicomweb/studies/{study}`), never
     // the path or query: those carry UIDs and patient names.
     tracing::info!(

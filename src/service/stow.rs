@@ -69,6 +69,21 @@ impl StowOutcome {
         self.failed.len()
     }
 
+    /// The stored instances grouped by study (for the audit trail).
+    pub fn stored_by_study(&self) -> Vec<(String, Vec<String>)> {
+        let mut studies: Vec<(String, Vec<String>)> = Vec::new();
+        for item in &self.referenced {
+            match studies
+                .iter_mut()
+                .find(|(study, _)| *study == item.study_uid)
+            {
+                Some((_, instances)) => instances.push(item.sop_instance_uid.clone()),
+                None => studies.push((item.study_uid.clone(), vec![item.sop_instance_uid.clone()])),
+            }
+        }
+        studies
+    }
+
     /// The study URL when everything stored belongs to one study.
     pub fn single_study(&self) -> Option<&str> {
         let first = self.referenced.first()?;

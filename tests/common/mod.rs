@@ -83,6 +83,16 @@ impl Server {
         format!("http://127.0.0.1:{}/dicomweb{}", self.port, path)
     }
 
+    /// Stops the server the way an orchestrator does (SIGTERM) and waits for it to
+    /// exit on its own: in-flight work and the audit writer finish first.
+    pub fn terminate(mut self) -> PathBuf {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        self.data_dir.clone()
+    }
+
     pub fn stop(mut self) -> PathBuf {
         let _ = self.child.kill();
         let _ = self.child.wait();
