@@ -9,6 +9,7 @@ absent. Logs, traces and error messages may carry opaque ids only.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 
@@ -17,7 +18,9 @@ def needles(manifest: dict) -> set[str]:
     for entry in manifest["files"]:
         for key in ("study_instance_uid", "series_instance_uid", "sop_instance_uid", "patient_id"):
             value = str(entry.get(key) or "").strip()
-            if len(value) >= 4:
+            # A short all-digit ID ("99000") cannot be told from the numbers a trace
+            # log is full of (timer values, byte counts); such IDs are not searched.
+            if len(value) >= 4 and not (value.isdigit() and len(value) < 8):
                 found.add(value)
         name = str(entry.get("patient_name") or "")
         for component in name.replace("=", "^").split("^"):
@@ -31,7 +34,10 @@ def needles(manifest: dict) -> set[str]:
 def hits(log: str, manifest: dict) -> list[tuple[str, str]]:
     out = []
     for needle in sorted(needles(manifest)):
-        at = log.find(needle)
+        # Whole tokens only: "1.2.3" must not match inside "1.2.34" or "11.2.3".
+        pattern = re.compile(r"(?<![0-9A-Za-z.])" + re.escape(needle) + r"(?![0-9A-Za-z.])")
+        match = pattern.search(log)
+        at = match.start() if match else -1
         if at >= 0:
             line = log[log.rfind("\n", 0, at) + 1:log.find("\n", at)]
             out.append((needle, line[:240]))
@@ -45,6 +51,9 @@ def self_test() -> None:
     assert [h[0] for h in hits("x study=1.2.3.4.5 y\n", manifest)] == ["1.2.3.4.5"]
     assert [h[0] for h in hits("patient Johnathan\n", manifest)] == ["Johnathan"]
     assert [h[0] for h in hits("id PID-777\n", manifest)] == ["PID-777"]
+    assert hits("uid 1.2.3.4.56 and 11.2.3.4.5\n", manifest) == [], "whole tokens only"
+    short = {"files": [{"patient_id": "99000"}]}
+    assert hits("deadline tv_nsec: 99000\n", short) == []
 
 
 def main(argv: list[str]) -> int:
