@@ -355,6 +355,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(http::tenancy::resolve))
             .wrap(http::cors(&origins))
+            // Outermost: refused and preflight requests are counted and traced too.
+            .wrap(actix_web::middleware::from_fn(http::telemetry::observe))
             .configure(|c| http::configure(c, &prefix, &wado_uri_path))
             .default_service(web::to(http::not_found))
     })

@@ -272,8 +272,11 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
             let config = load(&merge(&cli.common, &args.common), args.listen)?;
-            kastell::telemetry::init(&config.log);
-            actix_web::rt::System::new().block_on(kastell::app::run(config))
+            let telemetry = kastell::telemetry::init_server(&config.log, &config.telemetry)?;
+            let served = actix_web::rt::System::new().block_on(kastell::app::run(config));
+            // After the runtime: flushing blocks until the exporters' threads are done.
+            telemetry.shutdown();
+            served
         }
         Command::Migrate(args) => {
             let config = load(&merge(&cli.common, &args), None)?;

@@ -24,6 +24,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     pub sovereignty: SovereigntyConfig,
 }
 
@@ -184,6 +185,32 @@ pub struct LogConfig {
     pub level: String,
     /// `text` or `json`.
     pub format: LogFormat,
+}
+
+/// OpenTelemetry export. Metrics are also served at `GET /metrics` whatever is set
+/// here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP receiver (an OpenTelemetry collector), e.g.
+    /// `http://otel-collector:4318`; spans go to `/v1/traces`, metrics to
+    /// `/v1/metrics`. Empty: `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else nothing is
+    /// exported.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans and metrics.
+    pub service_name: String,
+    /// How often metrics are exported over OTLP, in seconds.
+    pub export_interval_secs: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "kastell".into(),
+            export_interval_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -455,9 +482,27 @@ impl Config {
             )));
         }
         self.validate_auth()?;
+        self.validate_telemetry()?;
         if self.index.pool_size == 0 || self.dicomweb.qido_max_results == 0 {
             return Err(ConfigError::Rule(
                 "index.pool_size and dicomweb.qido_max_results must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_telemetry(&self) -> Result<(), ConfigError> {
+        let telemetry = &self.telemetry;
+        let endpoint = &telemetry.otlp_endpoint;
+        let http_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !http_url {
+            return Err(ConfigError::Rule(format!(
+                "telemetry.otlp_endpoint must be an http(s) URL (OTLP/HTTP), got {endpoint:?}"
+            )));
+        }
+        if telemetry.export_interval_secs == 0 || telemetry.service_name.is_empty() {
+            return Err(ConfigError::Rule(
+                "telemetry.export_interval_secs must be positive and service_name not empty".into(),
             ));
         }
         Ok(())
@@ -697,6 +742,29 @@ mod tests {
                     "{bad}"
                 );
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_takes_an_http_endpoint() {
+        let telemetry = Config::default().telemetry;
+        assert!(telemetry.otlp_endpoint.is_empty());
+        assert_eq!(telemetry.service_name, "kastell");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "KASTELL__TELEMETRY__OTLP_ENDPOINT",
+                "http://otel-collector:4318",
+            );
+            jail.set_env("KASTELL__TELEMETRY__EXPORT_INTERVAL_SECS", "5");
+            jail.set_env("KASTELL__LOG__FORMAT", "json");
+            let config = Config::load(None, &Overrides::default()).expect("loads");
+            assert_eq!(config.telemetry.otlp_endpoint, "http://otel-collector:4318");
+            assert_eq!(config.telemetry.export_interval_secs, 5);
+            assert_eq!(config.log.format, LogFormat::Json);
+            // OTLP over gRPC (no scheme, port 4317) is not what this exporter speaks.
+            jail.set_env("KASTELL__TELEMETRY__OTLP_ENDPOINT", "otel-collector:4317");
+            assert!(Config::load(None, &Overrides::default()).is_err());
             Ok(())
         });
     }

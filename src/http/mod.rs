@@ -11,6 +11,7 @@ mod qido;
 mod rendered;
 pub mod routes;
 mod stow;
+pub mod telemetry;
 pub mod tenancy;
 mod wado;
 mod wado_uri;
@@ -116,7 +117,7 @@ fn resource(path: &str, allow: String) -> actix_web::Resource {
 
 /// Registers every DICOMweb route of the route table under the configured
 /// prefix, the capabilities description at the prefix itself, WADO-URI, the
-/// health checks and the administration endpoints.
+/// health checks, the metrics and the administration endpoints.
 pub fn configure(config: &mut web::ServiceConfig, prefix: &str, wado_uri_path: &str) {
     config.service(resource(wado_uri_path, "GET".into()).route(web::get().to(wado_uri::retrieve)));
     let endpoints = routes::endpoints();
@@ -150,6 +151,7 @@ pub fn configure(config: &mut web::ServiceConfig, prefix: &str, wado_uri_path: &
     config.service(scope);
     config.service(web::resource("/healthz").route(web::get().to(healthz)));
     config.service(web::resource("/readyz").route(web::get().to(readyz)));
+    config.service(web::resource("/metrics").route(web::get().to(telemetry::metrics)));
     config.service(web::resource("/admin/sovereignty").route(web::get().to(sovereignty)));
 }
 

@@ -91,7 +91,7 @@ fn action_of(method: &Method) -> Action {
 
 /// `/tenants/{tenant}{rest}` → `(tenant, rest)`, when `rest` is a DICOMweb or
 /// WADO-URI path.
-fn split_tenant<'a>(path: &'a str, site: &Site) -> Option<(&'a str, &'a str)> {
+pub(super) fn split_tenant<'a>(path: &'a str, site: &Site) -> Option<(&'a str, &'a str)> {
     let rest = path.strip_prefix("/tenants/")?;
     let (tenant, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -111,8 +111,9 @@ pub async fn resolve(
         .cloned()
         .expect("the Site is registered as app data");
     let path = request.path().to_string();
-    // Health checks answer without credentials (orchestrators probe them).
-    let open_path = path == "/healthz" || path == "/readyz";
+    // Health checks answer without credentials (orchestrators probe them), and so
+    // do the metrics (scrapers rarely carry tokens; they hold no patient data).
+    let open_path = path == "/healthz" || path == "/readyz" || path == "/metrics";
     let admin_path = path == "/admin" || path.starts_with("/admin/");
     let (tenant, prefix) = match split_tenant(&path, &site) {
         Some((tenant, tail)) => {

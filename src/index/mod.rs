@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod conn;
 pub mod generate;
 pub mod keys;
+mod pools;
 pub mod qido;
 pub mod sql;
 pub mod tenants;
@@ -270,22 +271,30 @@ impl std::fmt::Debug for Index {
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever database
-/// the index uses; the body is compiled once per database.
+/// the index uses; the body is compiled once per database. Every call is a span
+/// `index.<method>` and a duration metric (waiting for the connection included),
+/// named after the calling `Index` method, so no call site names itself.
 macro_rules! with_conn {
-    ($index:expr, $conn:ident => $body:expr) => {
+    ($index:expr, $conn:ident => $body:expr) => {{
+        // The type name of an item declared here is the path of the function
+        // around it (`kastell::index::Index::search::here`).
+        fn here() {}
+        let caller = std::any::type_name_of_val(&here);
         match &*$index.pool {
             IndexPool::Sqlite(pool) => {
+                let _call = $crate::telemetry::metrics::IndexCall::start(caller, "sqlite");
                 let mut pooled = pool.get().map_err(|e| IndexError::Pool(e.to_string()))?;
                 let $conn: &mut SqliteConnection = &mut pooled;
                 $body
             }
             IndexPool::Postgres(pool) => {
+                let _call = $crate::telemetry::metrics::IndexCall::start(caller, "postgresql");
                 let mut pooled = pool.get().map_err(|e| IndexError::Pool(e.to_string()))?;
                 let $conn: &mut PgConnection = &mut pooled;
                 $body
             }
         }
-    };
+    }};
 }
 pub(crate) use with_conn;
 
@@ -307,6 +316,11 @@ pub(crate) fn is_postgres(url: &str) -> bool {
 impl Index {
     /// Opens the index at `url`, creating the database and running pending migrations.
     pub fn open(url: &str, options: IndexOptions) -> Result<Self, IndexError> {
+        Self::open_as(url, options, "main")
+    }
+
+    /// Like `open`; `label` names the pool in the pool-usage metrics.
+    fn open_as(url: &str, options: IndexOptions, label: &str) -> Result<Self, IndexError> {
         Self::migrate(url)?;
         let pool = if is_postgres(url) {
             let pool = Pool::builder()
@@ -330,9 +344,11 @@ impl Index {
                 .map_err(|e| IndexError::Pool(e.to_string()))?;
             IndexPool::Sqlite(pool)
         };
-        Ok(Self {
+        let index = Self {
             pool: std::sync::Arc::new(pool),
-        })
+        };
+        pools::register(label, std::sync::Arc::downgrade(&index.pool));
+        Ok(index)
     }
 
     pub fn dialect(&self) -> Dialect {

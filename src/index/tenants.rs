@@ -87,7 +87,7 @@ impl Index {
             ))
             .execute(&mut conn)?;
         }
-        Index::open(&url, options)
+        Index::open_as(&url, options, tenant)
     }
 
     /// Registers a tenant (in the control index). `false` if it existed.

@@ -63,7 +63,10 @@ impl Services {
         T: Send + 'static,
     {
         let index = self.index.clone();
-        tokio::task::spawn_blocking(move || work(&index))
+        // The blocking thread continues the caller's span: index spans are the
+        // request's children.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| work(&index)))
             .await
             .map_err(|e| ServiceError::Task(e.to_string()))?
             .map_err(ServiceError::from)

@@ -18,6 +18,7 @@ use crate::dicom::{json as dicom_json, DicomError};
 use crate::index::catalog::{self, Level};
 use crate::index::{NewInstance, StoreOutcome};
 use crate::store::{BlobKey, BlobKind, BlobWriter};
+use crate::telemetry::metrics::instances_stored;
 
 /// Failure reasons of the Store Instances Response (PS3.18 Table I.2-2 and ours, as
 /// documented in the Conformance Statement).
@@ -293,6 +294,7 @@ impl StowSession {
                 }
             }
         };
+        record_outcomes(self.services.store.tenant(), &outcomes);
         let mut referenced = Vec::new();
         let mut unreferenced = Vec::new();
         for (pending, outcome) in pending.into_iter().zip(outcomes) {
@@ -581,4 +583,21 @@ impl PartWriter {
             uid(dicom_dictionary_std::tags::SOP_INSTANCE_UID),
         )
     }
+}
+
+/// Counts the instances a commit stored, by outcome (`kastell.instances.stored`).
+fn record_outcomes(tenant: &str, outcomes: &[StoreOutcome]) {
+    let (mut stored, mut replaced, mut already_stored) = (0, 0, 0);
+    for outcome in outcomes {
+        match outcome {
+            StoreOutcome::Stored => stored += 1,
+            StoreOutcome::Replaced { .. } => replaced += 1,
+            StoreOutcome::AlreadyStored => already_stored += 1,
+            // Failures, reported to the client in FailedSOPSequence.
+            StoreOutcome::Conflict | StoreOutcome::SeriesInOtherStudy => {}
+        }
+    }
+    instances_stored(tenant, "stored", stored);
+    instances_stored(tenant, "replaced", replaced);
+    instances_stored(tenant, "already_stored", already_stored);
 }

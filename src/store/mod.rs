@@ -22,6 +22,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
 
 use crate::crypto::format::{Header, Layout, Opener, Sealer, MAX_HEADER_LEN, SEGMENT_SIZE};
 use crate::crypto::{keys, CryptoError, KeyId, KeyRing, SecretKey};
+use crate::telemetry::metrics::{self, StoreTimer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -279,9 +280,17 @@ impl BlobStore {
         &self.keys
     }
 
+    /// The tenant whose key new objects are encrypted under.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
     /// Starts a streamed, encrypted upload. Dropping the writer without `finish`
     /// aborts it.
     pub async fn writer(&self, key: BlobKey) -> Result<BlobWriter, StoreError> {
+        // One span and one duration for the whole upload, until finish or abort.
+        let span = tracing::info_span!("store.write");
+        let timer = StoreTimer::start("write", &self.description);
         let (key_id, tenant_key) = self.keys.active(&self.tenant)?;
         let data_key = SecretKey::generate()?;
         let object_id = key.object_id();
@@ -290,6 +299,8 @@ impl BlobStore {
         let mut upload = WriteMultipart::new_with_chunk_size(upload, self.options.part_bytes);
         upload.put(Bytes::from(header));
         Ok(BlobWriter {
+            _span: span,
+            timer,
             upload: Some(upload),
             sealer: Some(Sealer::new(&data_key, object_id, SEGMENT_SIZE)),
             concurrency: self.options.concurrency.max(1),
@@ -375,21 +386,27 @@ impl BlobStore {
     }
 
     /// The key an object's header names (one small read; nothing is decrypted).
+    #[tracing::instrument(name = "store.key_id_of", skip_all)]
     pub async fn key_id_of(&self, key: &BlobKey) -> Result<KeyId, StoreError> {
+        let _timer = StoreTimer::start("key_id_of", &self.description);
         let (header, _, _) = self.fetch_header(key, 0).await?;
         Ok(KeyId::parse(&header.key_id)?)
     }
 
     /// The plaintext size of a blob.
+    #[tracing::instrument(name = "store.size", skip_all)]
     pub async fn size(&self, key: &BlobKey) -> Result<u64, StoreError> {
+        let _timer = StoreTimer::start("size", &self.description);
         Ok(self.open(key).await?.layout.plaintext_len)
     }
 
     /// The whole blob, decrypted, as a stream of segments.
+    #[tracing::instrument(name = "store.read_stream", skip_all)]
     pub async fn read_stream(
         &self,
         key: &BlobKey,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let _timer = StoreTimer::start("read_stream", &self.description);
         // One request brings the header and the first segment: a small object needs
         // no second one.
         let first_segment = (SEGMENT_SIZE as u64) + crate::crypto::format::TAG_LEN;
@@ -450,6 +467,7 @@ impl BlobStore {
                     }
                     let mut segment = buffer.split_to(need);
                     store.checked(&key, opener.open_in_place(index, &mut segment))?;
+                    metrics::opened(&store.description, segment.len() as u64);
                     Ok(Some((segment.freeze(), (inner, buffer, index + 1, opener))))
                 }
             },
@@ -459,7 +477,9 @@ impl BlobStore {
 
     /// One byte range of a blob's plaintext; only the segments it touches are
     /// fetched from the backend (after the header).
+    #[tracing::instrument(name = "store.read_range", skip_all)]
     pub async fn read_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let _timer = StoreTimer::start("read_range", &self.description);
         if range.start == range.end {
             return Ok(Bytes::new());
         }
@@ -478,13 +498,16 @@ impl BlobStore {
             .get_range(&key.path(), layout.ciphertext_range(&segments))
             .await?;
         let plain = self.checked(key, opened.opener.open(segments.start, &sealed))?;
+        metrics::opened(&self.description, plain.len() as u64);
         let skip = (range.start - segments.start * layout.segment_size) as usize;
         Ok(Bytes::from(plain).slice(skip..skip + (range.end - range.start) as usize))
     }
 
     /// The whole blob in memory. Only for single objects whose processing needs all
     /// of it (re-encoding one instance); never for a study.
+    #[tracing::instrument(name = "store.read_all", skip_all)]
     pub async fn read_all(&self, key: &BlobKey) -> Result<Bytes, StoreError> {
+        let _timer = StoreTimer::start("read_all", &self.description);
         let mut stream = self.read_stream(key).await?;
         let mut all = BytesMut::new();
         while let Some(chunk) = stream.next().await {
@@ -496,7 +519,9 @@ impl BlobStore {
     /// Re-wraps an object's data key under the tenant's active key: a new header on
     /// the same ciphertext segments (nothing is re-encrypted). Returns false if the
     /// object already uses the active key.
+    #[tracing::instrument(name = "store.rewrap", skip_all)]
     pub async fn rewrap(&self, key: &BlobKey) -> Result<bool, StoreError> {
+        let _timer = StoreTimer::start("rewrap", &self.description);
         let (header, _, _) = self.fetch_header(key, 0).await?;
         let old_id = KeyId::parse(&header.key_id)?;
         let (active_id, active_key) = self.keys.active(&self.tenant)?;
@@ -544,7 +569,9 @@ impl BlobStore {
         Ok(true)
     }
 
+    #[tracing::instrument(name = "store.delete", skip_all)]
     pub async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
+        let _timer = StoreTimer::start("delete", &self.description);
         match self.inner.delete(&key.path()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
@@ -568,10 +595,12 @@ impl BlobStore {
     }
 
     /// Keys of every instance blob last modified before `now - grace`.
+    #[tracing::instrument(name = "store.list", skip_all)]
     pub async fn instance_keys_older_than(
         &self,
         grace: Duration,
     ) -> Result<Vec<BlobKey>, StoreError> {
+        let _timer = StoreTimer::start("list", &self.description);
         let cutoff = SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -591,7 +620,9 @@ impl BlobStore {
     }
 
     /// Checks that the backend answers.
+    #[tracing::instrument(name = "store.probe", skip_all)]
     pub async fn probe(&self) -> Result<(), StoreError> {
+        let _timer = StoreTimer::start("probe", &self.description);
         let prefix = ObjectPath::from(BlobKind::Instance.prefix());
         match self.inner.list(Some(&prefix)).next().await {
             None | Some(Ok(_)) => Ok(()),
@@ -622,6 +653,9 @@ fn seal_header(
 
 /// An upload in progress.
 pub struct BlobWriter {
+    // Open while the upload is: it ends with the writer.
+    _span: tracing::Span,
+    timer: StoreTimer,
     upload: Option<WriteMultipart>,
     sealer: Option<Sealer>,
     concurrency: usize,
@@ -644,6 +678,7 @@ impl BlobWriter {
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         let sealer = self.sealer.as_mut().expect("writer used after finish");
         self.written += chunk.len() as u64;
+        metrics::sealed(self.timer.backend(), chunk.len() as u64);
         // Encrypt in place when we own the only reference to the chunk.
         let owned = chunk
             .try_into_mut()

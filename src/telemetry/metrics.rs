@@ -1,0 +1,289 @@
+//! Every metric Kastell records: its name (a documented constant, listed for
+//! operators in the README, "Operating Kastell → Telemetry"), unit and labels,
+//! and the instruments behind them.
+//!
+//! Labels are limited to bounded, non-personal values: the endpoint name from the
+//! route table, the HTTP method (unknown methods folded into `_OTHER`), the status,
+//! the tenant (a registered tenant's name, never one merely asked for), the
+//! operation and the backend. Never a UID, a name or a path: metrics leave the
+//! host (OTLP, `/metrics`) and are kept far longer than requests.
+//!
+//! Names follow OpenTelemetry's dotted style; the Prometheus endpoint spells them
+//! with underscores, the unit and, for counters, `_total`
+//! (`kastell.http.requests` → `kastell_http_requests_total`).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::KeyValue;
+
+/// HTTP requests answered. Unit `{request}`; labels `endpoint`, `method`,
+/// `status`, `status_class`, `tenant`.
+pub const HTTP_REQUESTS: &str = "kastell.http.requests";
+/// Time from receiving a request to the last byte of its answer (a streamed
+/// study included). Unit `s`; labels as [`HTTP_REQUESTS`].
+pub const HTTP_REQUEST_DURATION: &str = "kastell.http.request.duration";
+/// Request body bytes read (STOW uploads). Unit `By`; labels `endpoint`, `method`,
+/// `tenant`.
+pub const HTTP_RECEIVED: &str = "kastell.http.received";
+/// Response body bytes sent. Unit `By`; labels `endpoint`, `method`, `tenant`.
+pub const HTTP_SENT: &str = "kastell.http.sent";
+/// Instances accepted by STOW. Unit `{instance}`; labels `tenant`, `outcome`
+/// (`stored`, `replaced`, `already_stored`: the same bytes sent again).
+pub const INSTANCES_STORED: &str = "kastell.instances.stored";
+/// Duration of one blob store call (a whole upload for `write`). Unit `s`; labels
+/// `operation` (`write`, `read_range`, `read_stream`, `read_all`, `size`,
+/// `key_id_of`, `rewrap`, `delete`, `list`, `probe`), `backend` (`file`, `s3`,
+/// `az`, `gs`, `memory`).
+pub const STORE_DURATION: &str = "kastell.store.duration";
+/// Duration of one index call, waiting for a pooled connection included. Unit
+/// `s`; labels `operation` (the `Index` method: `search`, `store_instances`,
+/// `instances`, …), `db_system` (`sqlite`, `postgresql`).
+pub const INDEX_DURATION: &str = "kastell.index.duration";
+/// Connections of each index pool, sampled at every collection. Unit
+/// `{connection}`; labels `pool` (`main`: the configured index, or a tenant's
+/// name), `state` (`in_use`, `idle`).
+pub const INDEX_POOL_CONNECTIONS: &str = "kastell.index.pool.connections";
+/// Plaintext bytes encrypted on their way to the blob store. Unit `By`; label
+/// `backend`.
+pub const CRYPTO_SEALED: &str = "kastell.crypto.sealed";
+/// Plaintext bytes decrypted (and authenticated) on their way out of the blob
+/// store. Unit `By`; label `backend`.
+pub const CRYPTO_OPENED: &str = "kastell.crypto.opened";
+
+/// Every metric name, for the documentation test.
+pub const ALL: [&str; 10] = [
+    HTTP_REQUESTS,
+    HTTP_REQUEST_DURATION,
+    HTTP_RECEIVED,
+    HTTP_SENT,
+    INSTANCES_STORED,
+    STORE_DURATION,
+    INDEX_DURATION,
+    INDEX_POOL_CONNECTIONS,
+    CRYPTO_SEALED,
+    CRYPTO_OPENED,
+];
+
+/// Name of the instrumentation scope every instrument belongs to.
+pub const SCOPE: &str = "kastell";
+
+/// Bucket bounds of the duration histograms, in seconds: from a cached index
+/// lookup (a millisecond) to a whole-study upload or retrieval (minutes). The SDK
+/// defaults are made for milliseconds and would put every request in one bucket.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// The instruments, made on first use from the global meter provider (installed by
+/// [`super::init_server`] before anything is served; a no-op elsewhere, e.g. in the
+/// CLI commands and unit tests).
+pub(crate) struct Instruments {
+    pub http_requests: Counter<u64>,
+    pub http_duration: Histogram<f64>,
+    pub http_received: Counter<u64>,
+    pub http_sent: Counter<u64>,
+    pub instances_stored: Counter<u64>,
+    pub store_duration: Histogram<f64>,
+    pub index_duration: Histogram<f64>,
+    pub crypto_sealed: Counter<u64>,
+    pub crypto_opened: Counter<u64>,
+}
+
+pub(crate) fn meter() -> Meter {
+    opentelemetry::global::meter(SCOPE)
+}
+
+pub(crate) static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
+    let meter = meter();
+    let seconds = |name: &'static str, description: &'static str| {
+        meter
+            .f64_histogram(name)
+            .with_unit("s")
+            .with_description(description)
+            .with_boundaries(DURATION_BUCKETS.to_vec())
+            .build()
+    };
+    let counter = |name: &'static str, unit: &'static str, description: &'static str| {
+        meter
+            .u64_counter(name)
+            .with_unit(unit)
+            .with_description(description)
+            .build()
+    };
+    Instruments {
+        http_requests: counter(HTTP_REQUESTS, "{request}", "HTTP requests answered"),
+        http_duration: seconds(
+            HTTP_REQUEST_DURATION,
+            "Time from request to the last byte of the answer",
+        ),
+        http_received: counter(HTTP_RECEIVED, "By", "Request body bytes read"),
+        http_sent: counter(HTTP_SENT, "By", "Response body bytes sent"),
+        instances_stored: counter(
+            INSTANCES_STORED,
+            "{instance}",
+            "Instances accepted by STOW-RS",
+        ),
+        store_duration: seconds(STORE_DURATION, "Duration of blob store calls"),
+        index_duration: seconds(INDEX_DURATION, "Duration of index calls"),
+        crypto_sealed: counter(CRYPTO_SEALED, "By", "Plaintext bytes encrypted"),
+        crypto_opened: counter(CRYPTO_OPENED, "By", "Plaintext bytes decrypted"),
+    }
+});
+
+/// Counts instances a STOW request stored for `tenant`.
+pub fn instances_stored(tenant: &str, outcome: &'static str, count: u64) {
+    if count > 0 {
+        INSTRUMENTS.instances_stored.add(
+            count,
+            &[
+                KeyValue::new("tenant", tenant.to_string()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+    }
+}
+
+/// Counts plaintext bytes encrypted for the blob store.
+pub fn sealed(backend: &str, bytes: u64) {
+    INSTRUMENTS
+        .crypto_sealed
+        .add(bytes, &[KeyValue::new("backend", backend.to_string())]);
+}
+
+/// Counts plaintext bytes decrypted from the blob store.
+pub fn opened(backend: &str, bytes: u64) {
+    INSTRUMENTS
+        .crypto_opened
+        .add(bytes, &[KeyValue::new("backend", backend.to_string())]);
+}
+
+/// Records the duration of a blob store call.
+pub fn store_call(operation: &'static str, backend: &str, elapsed: Duration) {
+    INSTRUMENTS.store_duration.record(
+        elapsed.as_secs_f64(),
+        &[
+            KeyValue::new("operation", operation),
+            KeyValue::new("backend", backend.to_string()),
+        ],
+    );
+}
+
+/// Times one blob store call from its creation to its drop: a `let` at the top of
+/// the call covers every way out of it, `?` included.
+pub struct StoreTimer {
+    operation: &'static str,
+    backend: String,
+    started: std::time::Instant,
+}
+
+impl StoreTimer {
+    pub fn start(operation: &'static str, backend: &str) -> Self {
+        Self {
+            operation,
+            backend: backend.to_string(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+}
+
+impl Drop for StoreTimer {
+    fn drop(&mut self) {
+        store_call(self.operation, &self.backend, self.started.elapsed());
+    }
+}
+
+/// One index call: a span named `index.<operation>` (entered for the call, which
+/// runs on one blocking thread) and its duration, recorded when dropped.
+pub struct IndexCall {
+    operation: &'static str,
+    db_system: &'static str,
+    started: std::time::Instant,
+    _span: tracing::span::EnteredSpan,
+}
+
+impl IndexCall {
+    /// `function` is the type name of an item inside the calling function (see
+    /// `with_conn!`); its last path segment that is not a closure is the `Index`
+    /// method, which names the span and the `operation` label.
+    pub fn start(function: &'static str, db_system: &'static str) -> Self {
+        let operation = operation_of(function);
+        let span = tracing::info_span!(
+            "index",
+            otel.name = %format_args!("index.{operation}"),
+            otel.kind = "client",
+            db.system = db_system,
+            db.operation = operation,
+        );
+        Self {
+            operation,
+            db_system,
+            started: std::time::Instant::now(),
+            _span: span.entered(),
+        }
+    }
+}
+
+impl Drop for IndexCall {
+    fn drop(&mut self) {
+        INSTRUMENTS.index_duration.record(
+            self.started.elapsed().as_secs_f64(),
+            &[
+                KeyValue::new("operation", self.operation),
+                KeyValue::new("db_system", self.db_system),
+            ],
+        );
+    }
+}
+
+/// `kastell::index::Index::search::here` → `search`;
+/// `kastell::index::generate::generate::{{closure}}::here` → `generate`.
+fn operation_of(function: &'static str) -> &'static str {
+    function
+        .rsplit("::")
+        .skip(1)
+        .find(|segment| !segment.starts_with('{'))
+        .unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_operations_are_named_after_the_calling_method() {
+        fn here() {}
+        // This very function, as `with_conn!` sees its callers.
+        let name = std::any::type_name_of_val(&here);
+        assert_eq!(
+            operation_of(name),
+            "index_operations_are_named_after_the_calling_method"
+        );
+        let closure = || {
+            fn here() {}
+            std::any::type_name_of_val(&here)
+        };
+        let in_closure = closure();
+        assert_eq!(
+            operation_of(in_closure),
+            "index_operations_are_named_after_the_calling_method"
+        );
+        assert_eq!(operation_of("here"), "unknown");
+    }
+
+    #[test]
+    fn metric_names_are_documented_for_operators() {
+        let readme = include_str!("../../README.md");
+        for name in ALL {
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "{name} is not listed in the README"
+            );
+        }
+    }
+}
