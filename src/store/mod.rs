@@ -86,6 +86,14 @@ impl BlobKind {
     }
 }
 
+/// What a listing of the blob store found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BlobUsage {
+    pub objects: u64,
+    /// Bytes as stored: encrypted, with each object's header.
+    pub bytes: u64,
+}
+
 /// The name of one object in the blob store: `<kind>/<random uuid>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlobKey(String);
@@ -157,6 +165,27 @@ pub struct BlobStore {
     description: String,
     keys: Arc<KeyRing>,
     tenant: String,
+    /// Blobs handed to [`BlobStore::delete_detached`] and not deleted yet, shared by
+    /// every clone: a background deletion can die with the runtime it was spawned
+    /// on (an HTTP worker stopped at shutdown), so [`BlobStore::finish_detached`]
+    /// does what is left before the process exits.
+    detached: Arc<std::sync::Mutex<std::collections::HashSet<BlobKey>>>,
+    /// Owners of blobs not yet referenced by the index (STOW sessions) still
+    /// alive: `finish_detached` waits for them, since a request cut off at
+    /// shutdown is dropped on its worker's thread, maybe after the server stopped.
+    uploads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Held by the owner of blobs the index does not reference yet (a STOW session),
+/// from before its first blob until it committed them or handed them to
+/// [`BlobStore::delete_detached`].
+#[derive(Debug)]
+pub struct UploadGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -213,6 +242,21 @@ pub fn backend_from_url(
     }
 }
 
+/// Counts the objects of the store at `url` and their bytes as stored (encrypted),
+/// by listing it: one LIST request per thousand objects on a cloud store. Needs no
+/// key: nothing is opened.
+pub async fn usage(url: &str, options: &[(String, String)]) -> Result<BlobUsage, StoreError> {
+    let backend = backend_from_url(url, options)?;
+    let mut usage = BlobUsage::default();
+    let mut listing = backend.list(None);
+    while let Some(meta) = listing.next().await {
+        let meta = meta?;
+        usage.objects += 1;
+        usage.bytes += meta.size;
+    }
+    Ok(usage)
+}
+
 /// The cloud backends' settings from the conventional environment variables
 /// (`AWS_*`, `AZURE_*`, `GOOGLE_*`), names lower-cased into object_store config keys
 /// (`AWS_ENDPOINT_URL` → `aws_endpoint_url`). `storage.blob_options` win over them.
@@ -264,6 +308,8 @@ impl BlobStore {
             description: description.to_string(),
             keys,
             tenant: tenant.to_string(),
+            detached: Arc::default(),
+            uploads: Arc::default(),
         }
     }
 
@@ -557,14 +603,72 @@ impl BlobStore {
         if keys.is_empty() {
             return;
         }
+        self.detached_set().extend(keys.iter().cloned());
+        // Called from drop guards, which may run while a runtime shuts down: then
+        // the keys stay listed for `finish_detached` (or the orphan sweep).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let store = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             for key in keys {
-                if let Err(error) = store.delete(&key).await {
-                    tracing::warn!(blob = %key, %error, "could not remove an unreferenced blob");
+                match store.delete(&key).await {
+                    Ok(()) => {
+                        store.detached_set().remove(&key);
+                    }
+                    Err(error) => {
+                        tracing::warn!(blob = %key, %error, "could not remove an unreferenced blob")
+                    }
                 }
             }
         });
+    }
+
+    fn detached_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<BlobKey>> {
+        // A panic while holding the lock leaves a set that is still valid.
+        self.detached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// See [`UploadGuard`].
+    pub fn upload_guard(&self) -> UploadGuard {
+        self.uploads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        UploadGuard(self.uploads.clone())
+    }
+
+    /// Deletes the blobs whose background deletion has not happened (yet): called
+    /// before the process exits, after the last request, so that what drop guards
+    /// scheduled is not left to the next start's orphan sweep. First waits, up to
+    /// `wait`, for every [`UploadGuard`] to go: an owner still alive may yet commit
+    /// its blobs, or hand them over. Returns how many were removed; failures are
+    /// logged and left to the sweep.
+    pub async fn finish_detached(&self, wait: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "uploads still in progress at exit; the orphan sweep will remove their blobs"
+                );
+                return 0;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let keys: Vec<BlobKey> = self.detached_set().iter().cloned().collect();
+        let mut removed = 0;
+        for key in keys {
+            match self.delete(&key).await {
+                Ok(()) => {
+                    self.detached_set().remove(&key);
+                    removed += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(blob = %key, %error, "could not remove an unreferenced blob; the orphan sweep will")
+                }
+            }
+        }
+        removed
     }
 
     /// Keys of every instance blob last modified before `now - grace`.
