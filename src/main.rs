@@ -61,10 +61,11 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Store every DICOM file under a directory (recursively; with or without the
-    /// 128-byte preamble) through the same pipeline as STOW-RS. DICOMDIRs and
-    /// non-DICOM files are skipped. Run it again to resume: nothing is stored twice.
-    /// Exits non-zero when a file failed.
+    /// Store every DICOM file under a directory, through the STOW-RS pipeline.
+    ///
+    /// Recursive; files with or without the 128-byte preamble, a bare file meta
+    /// group or a bare data set. DICOMDIRs and non-DICOM files are skipped. Run it
+    /// again to resume: nothing is stored twice. Exits non-zero when a file failed.
     Import {
         /// The directory to import.
         dir: PathBuf,
@@ -77,8 +78,10 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Counts and sizes per tenant (studies, series, instances, bytes, derived
-    /// objects) and the backends, from the index.
+    /// Counts and sizes per tenant and backend.
+    ///
+    /// Studies, series, instances, bytes of instances and derived objects per
+    /// tenant, from the indexes; the index and blob store URLs (redacted).
     Stats {
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,

@@ -158,9 +158,21 @@ fn acknowledged(response: &serde_json::Value) -> Vec<String> {
 
 /// After a restart: every acknowledged instance is retrievable byte for byte, QIDO
 /// finds those and no more, every blob on disk belongs to one of them, and
-/// `kastell verify` passes.
-fn check_after_restart(data: &Path, files: &[(String, String, Vec<u8>)], acked: &[String]) {
-    let server = Server::spawn(data, &[]);
+/// `kastell verify` passes. With `env`, the restarted server's settings (e.g. an
+/// orphan sweep without grace, which then gets time to run).
+fn check_after_restart(
+    data: &Path,
+    files: &[(String, String, Vec<u8>)],
+    acked: &[String],
+    env: &[(&str, &str)],
+) {
+    let server = Server::spawn(data, env);
+    if !env.is_empty() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.blob_files().len() > acked.len() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     for uid in acked {
         let (series, _, bytes) = files
             .iter()
@@ -195,10 +207,11 @@ fn check_after_restart(data: &Path, files: &[(String, String, Vec<u8>)], acked: 
         acked.len(),
         "QIDO must find exactly the acknowledged instances"
     );
+    let blobs = server.blob_files();
     assert_eq!(
-        server.blob_files().len(),
+        blobs.len(),
         acked.len(),
-        "no blob may outlive its request unindexed"
+        "no blob may outlive its request unindexed: {blobs:?}"
     );
     drop(server);
     let (ok, out) = verify(data);
@@ -226,7 +239,7 @@ fn sigterm_lets_a_stow_in_flight_finish_and_every_acknowledged_instance_survives
         .wait_exit(Duration::from_secs(120 + 30))
         .expect("the server exits after the request");
     assert!(exit.success(), "exit status {exit:?}");
-    check_after_restart(&data, &files, &acked);
+    check_after_restart(&data, &files, &acked, &[]);
 }
 
 #[test]
@@ -256,7 +269,44 @@ fn a_stow_cut_off_at_the_shutdown_timeout_leaves_nothing_behind() {
         Err(_) => {}
         Ok((status, response)) => panic!("a cut-off request was answered {status}: {response}"),
     }
-    check_after_restart(&data, &files, &[files[0].1.clone()]);
+    check_after_restart(&data, &files, &[files[0].1.clone()], &[]);
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_the_orphan_sweep_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let files = instance_files();
+    let mut server = Server::spawn(&data, &[("KASTELL__SERVER__SHUTDOWN_TIMEOUT_SECS", "600")]);
+    let (stow, reached, gate) = start_gated_stow(&server, &files, 0);
+    reached.recv().expect("the body reached the signal point");
+    wait_for_new_blobs(&server, 0);
+    server.signal("TERM");
+    // Signals sent together may arrive as one: send the second once the first has
+    // closed the listening socket.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", server.port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the first signal was not handled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.signal("TERM");
+    // Long before the 600 s the first signal would have waited.
+    let exit = server
+        .wait_exit(Duration::from_secs(120))
+        .expect("the second signal ends the process");
+    assert_eq!(exit.code(), Some(128 + 15), "exit status {exit:?}");
+    drop(gate);
+    assert!(stow.join().unwrap().is_err(), "nothing was answered");
+    // The blobs of the request are left to the sweep of the next start.
+    check_after_restart(
+        &data,
+        &files,
+        &[],
+        &[("KASTELL__STORAGE__ORPHAN_GRACE_SECS", "0")],
+    );
 }
 
 #[test]

@@ -174,6 +174,9 @@ pub struct BlobStore {
     /// alive: `finish_detached` waits for them, since a request cut off at
     /// shutdown is dropped on its worker's thread, maybe after the server stopped.
     uploads: Arc<std::sync::atomic::AtomicUsize>,
+    /// The directory of a `file://` store: its unfinished uploads are files that
+    /// no listing shows (see [`BlobStore::remove_stale_uploads`]).
+    local_dir: Option<std::path::PathBuf>,
 }
 
 /// Held by the owner of blobs the index does not reference yet (a STOW session),
@@ -286,13 +289,15 @@ impl BlobStore {
         tenant: &str,
     ) -> Result<Self, StoreError> {
         let inner = backend_from_url(url, options)?;
-        Ok(Self::with_backend(
+        let mut store = Self::with_backend(
             inner,
             write,
             url.split("://").next().unwrap_or("?"),
             keys,
             tenant,
-        ))
+        );
+        store.local_dir = url.strip_prefix("file://").map(std::path::PathBuf::from);
+        Ok(store)
     }
 
     pub fn with_backend(
@@ -310,6 +315,7 @@ impl BlobStore {
             tenant: tenant.to_string(),
             detached: Arc::default(),
             uploads: Arc::default(),
+            local_dir: None,
         }
     }
 
@@ -694,6 +700,49 @@ impl BlobStore {
         Ok(keys)
     }
 
+    /// Removes what uploads that never completed left on a `file://` store, when
+    /// older than `grace`: the local backend writes an upload to `<name>#<id>` and
+    /// renames it when complete, so a process killed in between leaves that file,
+    /// which no listing shows (and so no orphan sweep finds). Cloud stores keep
+    /// such parts as incomplete multipart uploads, for the bucket's lifecycle rule
+    /// to abort. Returns how many files were removed.
+    pub async fn remove_stale_uploads(&self, grace: Duration) -> Result<usize, StoreError> {
+        let Some(root) = &self.local_dir else {
+            return Ok(0);
+        };
+        let cutoff = SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut removed = 0;
+        for kind in [BlobKind::Instance, BlobKind::Derived] {
+            let mut entries = match tokio::fs::read_dir(root.join(kind.prefix())).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            while let Some(entry) = entries.next_entry().await? {
+                let name = entry.file_name();
+                // Only the staging files of our own objects' uploads.
+                let Some((key, _)) = name.to_str().and_then(|n| n.split_once('#')) else {
+                    continue;
+                };
+                if BlobKey::parse(&format!("{}/{key}", kind.prefix())).is_err() {
+                    continue;
+                }
+                if entry.metadata().await?.modified()? > cutoff {
+                    continue;
+                }
+                match tokio::fs::remove_file(entry.path()).await {
+                    Ok(()) => removed += 1,
+                    // Completed (renamed) or removed meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Checks that the backend answers.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let prefix = ObjectPath::from(BlobKind::Instance.prefix());
@@ -998,6 +1047,83 @@ mod tests {
             .await
             .unwrap();
         assert!(left.is_empty(), "aborted upload left {left:?}");
+    }
+
+    #[tokio::test]
+    async fn uploads_cut_off_by_a_killed_process_are_swept_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = BlobStore::from_url(&url, &[], options(), keyring(), "default").unwrap();
+        let done = BlobKey::new(BlobKind::Instance);
+        let mut writer = store.writer(done.clone()).await.unwrap();
+        writer.write(Bytes::from_static(b"kept")).await.unwrap();
+        writer.finish().await.unwrap();
+        // An upload with a part written, whose process died: no drop, no abort.
+        let cut = BlobKey::new(BlobKind::Instance);
+        let mut writer = store.writer(cut.clone()).await.unwrap();
+        writer
+            .write(Bytes::from(vec![7u8; 11 * 1024 * 1024]))
+            .await
+            .unwrap();
+        std::mem::forget(writer);
+        let instances = dir.path().join("instances");
+        let staged = |dir: &std::path::Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .contains('#')
+                })
+                .count()
+        };
+        assert_eq!(staged(&instances), 1, "the backend stages uploads in files");
+        std::fs::write(instances.join("notes#1"), b"not ours").unwrap();
+        assert_eq!(
+            store
+                .remove_stale_uploads(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0,
+            "younger than the grace"
+        );
+        assert_eq!(store.remove_stale_uploads(Duration::ZERO).await.unwrap(), 1);
+        assert_eq!(staged(&instances), 1, "only notes#1, which is not ours");
+        assert_eq!(store.read_all(&done).await.unwrap(), &b"kept"[..]);
+    }
+
+    #[tokio::test]
+    async fn detached_deletions_are_finished_once_no_upload_is_left() {
+        let store = BlobStore::with_backend(
+            Arc::new(InMemory::new()),
+            options(),
+            "memory",
+            keyring(),
+            "default",
+        );
+        let key = BlobKey::new(BlobKind::Instance);
+        let mut writer = store.writer(key.clone()).await.unwrap();
+        writer.write(Bytes::from_static(b"x")).await.unwrap();
+        writer.finish().await.unwrap();
+        let guard = store.upload_guard();
+        // A drop guard running where no runtime is left: nothing is spawned.
+        let detached = store.clone();
+        let deleted = key.clone();
+        std::thread::spawn(move || detached.delete_detached(vec![deleted]))
+            .join()
+            .unwrap();
+        assert!(store.read_all(&key).await.is_ok());
+        // An upload still in progress may yet commit: nothing is deleted.
+        assert_eq!(store.finish_detached(Duration::ZERO).await, 0);
+        drop(guard);
+        assert_eq!(store.finish_detached(Duration::ZERO).await, 1);
+        assert!(matches!(
+            store.read_all(&key).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(store.finish_detached(Duration::ZERO).await, 0);
     }
 
     #[test]
