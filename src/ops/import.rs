@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use dicom_dictionary_std::tags;
 use ring::digest;
-use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::dicom::files::{self, FileKind, HEAD_BYTES};
@@ -101,7 +100,7 @@ pub struct Quiet;
 impl Observer for Quiet {}
 
 /// Files that failed for one reason.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone)]
 pub struct FailureGroup {
     pub count: u64,
     /// The first few, relative to the imported directory.
@@ -109,7 +108,7 @@ pub struct FailureGroup {
 }
 
 /// What an import did.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone)]
 pub struct ImportReport {
     /// Entries seen: files, links and whatever could not be read.
     pub files: u64,
@@ -122,7 +121,6 @@ pub struct ImportReport {
     /// How many files were skipped for each reason.
     pub skipped_reasons: BTreeMap<String, u64>,
     pub failed_reasons: BTreeMap<String, FailureGroup>,
-    #[serde(skip)]
     pub elapsed: Duration,
 }
 

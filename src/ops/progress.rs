@@ -54,7 +54,8 @@ impl TerminalProgress {
     pub fn stderr() -> Self {
         if std::io::stderr().is_terminal() {
             let style = ProgressStyle::with_template(
-                "{elapsed_precise} [{wide_bar}] {pos}/{len} files · {rate} · ETA {eta} · {msg}",
+                // Two lines: the counts would leave no room for the bar on one.
+                "{elapsed_precise} [{wide_bar}] {pos}/{len} files\n{rate} · ETA {eta} · {msg}",
             )
             .expect("a valid template")
             .with_key(
