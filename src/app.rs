@@ -376,11 +376,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "kastell is serving"
     );
     let server = server.run();
+    let (forced_tx, forced_rx) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(stop_on_signal(
         server.handle(),
         config.server.shutdown_timeout_secs,
+        forced_tx,
     ));
-    server.await.context("running the HTTP server")?;
+    let forced = tokio::select! {
+        served = server => {
+            served.context("running the HTTP server")?;
+            None
+        }
+        // A dropped sender (the graceful stop completed) disables this branch.
+        Ok(exit_code) = forced_rx => Some(exit_code),
+    };
+    if let Some(exit_code) = forced {
+        // Requests may still run on the workers: do not wait for them. Nothing
+        // they did is acknowledged yet; their blobs go in the next orphan sweep.
+        std::process::exit(exit_code);
+    }
     // Every request has ended. Blobs that drop guards of requests cut off at the
     // timeout scheduled for deletion may have died with their worker's runtime.
     let removed = store.finish_detached(Duration::from_secs(10)).await;
@@ -395,10 +409,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// socket and gives the requests in flight up to `timeout_secs` to finish; a STOW
 /// that finishes is committed and answered, one cut off at the timeout is dropped
 /// with its blobs and never acknowledged (nothing is acknowledged before its index
-/// transaction commits). A second signal exits at once, for an operator who will
-/// not wait: that too loses nothing acknowledged, and leaves any half-written
-/// blobs to the next start's orphan sweep.
-async fn stop_on_signal(server: actix_web::dev::ServerHandle, timeout_secs: u64) {
+/// transaction commits). A second signal, for an operator who will not wait, sends
+/// the exit code on `forced` (128 + the signal's number) for `run` to exit at once:
+/// that too loses nothing acknowledged, and leaves any half-written blobs to the
+/// next start's orphan sweep.
+async fn stop_on_signal(
+    server: actix_web::dev::ServerHandle,
+    timeout_secs: u64,
+    forced: tokio::sync::oneshot::Sender<i32>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
@@ -429,7 +448,7 @@ async fn stop_on_signal(server: actix_web::dev::ServerHandle, timeout_secs: u64)
         signal = second.0,
         "second signal: exiting without waiting for in-flight requests"
     );
-    std::process::exit(second.1);
+    let _ = forced.send(second.1);
 }
 
 /// What `kastell keys rotate` did.
