@@ -47,8 +47,6 @@ const EXAMPLES: usize = 3;
 pub enum ImportError {
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
-    #[error(transparent)]
-    Service(#[from] ServiceError),
     #[error("an import worker failed: {0}")]
     Task(String),
 }
