@@ -7,8 +7,11 @@
 #
 # The server runs as uid/gid 10001. A named volume inherits the ownership of
 # /var/lib/kastell; for a bind mount, `chown 10001:10001` the host directory first.
+# README.md ("Operating Kastell") runs it with PostgreSQL and S3 (compose).
 #
 # Requires BuildKit (the default builder since Docker 23) for the cache mounts.
+# tests/run-all.sh lints this file with hadolint; the `hadolint ignore` lines say
+# why each ignored rule does not apply.
 
 ############################
 # Build stage
@@ -17,9 +20,14 @@ FROM rust:1-bookworm AS builder
 
 WORKDIR /build
 
-# cmake builds CharLS, the JPEG-LS codec behind the `jpeg-ls` feature.
+# cmake builds CharLS, the JPEG-LS codec behind the `jpeg-ls` feature; libpq-dev
+# is what diesel's PostgreSQL backend links against.
+# Versions are not pinned (DL3008): Debian drops superseded versions from its
+# archive at each point release, so pins would break the build; the release is
+# fixed by the image tag (bookworm) and its security updates should come in.
+# hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake \
+ && apt-get install -y --no-install-recommends cmake libpq-dev \
  && rm -rf /var/lib/apt/lists/*
 
 # The whole (filtered, see .dockerignore) source tree: manifest, lockfile,
@@ -40,37 +48,48 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 ############################
 FROM debian:bookworm-slim AS runtime
 
+ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="Kastell" \
       org.opencontainers.image.description="A sovereign DICOMweb archive: STOW-RS, QIDO-RS and WADO-RS over an encrypted blob layer" \
+      org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://example.invalid/kastell"
+      org.opencontainers.image.source="https://example.invalid/kastell" \
+      org.opencontainers.image.documentation="https://example.invalid/kastell#operating-kastell"
 
-# curl is only used by HEALTHCHECK.
+# What the binary needs at run time: libpq (the PostgreSQL index), the CA
+# certificates (TLS to S3, Azure, GCS, a JWKS URL or PostgreSQL with
+# sslmode=verify-full), and curl for HEALTHCHECK. Not pinned, as above (DL3008).
+# hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends curl \
- && rm -rf /var/lib/apt/lists/*
-
-RUN groupadd --system --gid 10001 kastell \
+ && apt-get install -y --no-install-recommends ca-certificates curl libpq5 \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 kastell \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
             --home-dir /var/lib/kastell --shell /usr/sbin/nologin kastell \
  && install -d -o kastell -g kastell -m 0750 /var/lib/kastell
 
 COPY --from=builder /out/kastell /usr/local/bin/kastell
 
-# The same settings as CMD, so `docker run kastell migrate` / `config` agree with `serve`.
+# The same settings as CMD, so `docker run kastell migrate` / `stats` / `import`
+# agree with `serve`.
 ENV KASTELL__SERVER__LISTEN=0.0.0.0:8080 \
     KASTELL__STORAGE__DATA_DIR=/var/lib/kastell
 
 USER 10001:10001
 WORKDIR /var/lib/kastell
+# The embedded SQLite index, the local blob store and the development master key
+# live here; with PostgreSQL and S3 configured it holds nothing that must persist.
 VOLUME /var/lib/kastell
 EXPOSE 8080
-# Graceful shutdown waits up to [server] shutdown_timeout_secs (default 30 s) for
-# in-flight requests; `docker stop` only waits 10 s unless given --time / --stop-timeout.
+# SIGTERM stops accepting connections and gives in-flight requests up to
+# [server] shutdown_timeout_secs (default 30 s); `docker stop` only waits 10 s
+# before SIGKILL unless given --time (compose: stop_grace_period).
 STOPSIGNAL SIGTERM
 
+# /healthz: the process answers (liveness). Readiness (/readyz: index and blob
+# store reachable) is for load balancers, not for restarting the container.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD curl -fsS -o /dev/null http://127.0.0.1:8080/healthz || exit 1
+    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/healthz"]
 
 ENTRYPOINT ["/usr/local/bin/kastell"]
 CMD ["serve", "--listen", "0.0.0.0:8080", "--data-dir", "/var/lib/kastell"]

@@ -294,7 +294,9 @@ pub fn enforce_sovereignty(config: &Config) -> Result<sovereignty::Report, sover
     report.into_result().map_err(sovereignty::Refusal)
 }
 
-/// Runs the HTTP server until SIGINT/SIGTERM, then lets in-flight requests finish.
+/// Runs the HTTP server until SIGTERM or SIGINT, then stops accepting connections
+/// and lets in-flight requests finish for up to `server.shutdown_timeout_secs`
+/// (see [`stop_on_signal`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before any backend is opened: a configuration that breaks the jurisdiction
     // policy must not create, migrate or write to anything.
@@ -325,6 +327,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.effective_index_url(),
         index_options(config.index.pool_size, &config),
     ));
+    // Every tenant's store is a view of this one and shares its list of blobs
+    // waiting for deletion.
+    let store = tenants.default_services().store.clone();
     let sweeper = tenants.clone();
     tokio::spawn(async move {
         match sweeper.sweep_orphans().await {
@@ -361,6 +366,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .default_service(web::to(http::not_found))
     })
     .shutdown_timeout(config.server.shutdown_timeout_secs)
+    // Signals are ours (stop_on_signal): actix would stop at once on SIGINT.
+    .disable_signals()
     // Streamed multipart answers end in small writes; without NODELAY, Nagle and the
     // client's delayed ACK add ~40 ms to every retrieve on a kept-alive connection.
     .tcp_nodelay(true)
@@ -374,8 +381,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dicomweb = %config.dicomweb.path_prefix,
         "kastell is serving"
     );
-    let served = server.run().await.context("running the HTTP server");
-    // Every request has been answered: write what the audit writer still holds.
+    let server = server.run();
+    let (forced_tx, forced_rx) = tokio::sync::oneshot::channel();
+    actix_web::rt::spawn(stop_on_signal(
+        server.handle(),
+        config.server.shutdown_timeout_secs,
+        forced_tx,
+    ));
+    let forced = tokio::select! {
+        served = server => {
+            served.context("running the HTTP server")?;
+            None
+        }
+        // A dropped sender (the graceful stop completed) disables this branch.
+        Ok(exit_code) = forced_rx => Some(exit_code),
+    };
+    // Every answered request is in the audit writer: write what it still holds,
+    // on the forced path too (acknowledged work must leave its record).
     match tokio::time::timeout(Duration::from_secs(30), audit.flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::error!(%error, "AUDIT EVENTS NOT WRITTEN AT SHUTDOWN"),
@@ -383,7 +405,65 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "AUDIT EVENTS NOT WRITTEN AT SHUTDOWN: the index did not answer in 30 s"
         ),
     }
-    served
+    if let Some(exit_code) = forced {
+        // Requests may still run on the workers: do not wait for them. Nothing
+        // they did is acknowledged yet; their blobs go in the next orphan sweep.
+        std::process::exit(exit_code);
+    }
+    // Every request has ended. Blobs that drop guards of requests cut off at the
+    // timeout scheduled for deletion may have died with their worker's runtime.
+    let removed = store.finish_detached(Duration::from_secs(10)).await;
+    if removed > 0 {
+        tracing::info!(removed, "removed the blobs of unfinished requests");
+    }
+    tracing::info!("kastell stopped");
+    Ok(())
+}
+
+/// The life cycle on signals. The first SIGTERM or SIGINT closes the listening
+/// socket and gives the requests in flight up to `timeout_secs` to finish; a STOW
+/// that finishes is committed and answered, one cut off at the timeout is dropped
+/// with its blobs and never acknowledged (nothing is acknowledged before its index
+/// transaction commits). A second signal, for an operator who will not wait, sends
+/// the exit code on `forced` (128 + the signal's number) for `run` to exit at once:
+/// that too loses nothing acknowledged, and leaves any half-written blobs to the
+/// next start's orphan sweep.
+async fn stop_on_signal(
+    server: actix_web::dev::ServerHandle,
+    timeout_secs: u64,
+    forced: tokio::sync::oneshot::Sender<i32>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "cannot listen for SIGTERM and SIGINT; stop the server with SIGKILL");
+            return;
+        }
+    };
+    let first = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = first,
+        timeout_secs,
+        "shutting down: no new connections, in-flight requests may finish"
+    );
+    let stopped = server.stop(true);
+    let second = tokio::select! {
+        () = stopped => return,
+        _ = term.recv() => ("SIGTERM", 128 + 15),
+        _ = int.recv() => ("SIGINT", 128 + 2),
+    };
+    tracing::warn!(
+        signal = second.0,
+        "second signal: exiting without waiting for in-flight requests"
+    );
+    let _ = forced.send(second.1);
 }
 
 /// What `kastell keys rotate` did.
@@ -619,4 +699,107 @@ pub fn open_index(config: &Config) -> anyhow::Result<Index> {
             statement_timeout: Duration::from_millis(config.index.statement_timeout_ms),
         },
     )?)
+}
+
+/// Imports every DICOM file under `dir` into a tenant (the default one when
+/// `None`), `jobs` files at a time (`kastell import`).
+pub async fn import(
+    config: &Config,
+    dir: &std::path::Path,
+    tenant: Option<&str>,
+    jobs: usize,
+    observer: Arc<dyn crate::ops::import::Observer>,
+) -> anyhow::Result<crate::ops::import::ImportReport> {
+    use crate::ops::import::{self, ImportOptions};
+    use crate::service::ServiceError;
+    let mut config = config.clone();
+    // Each worker may hold a connection at once (a look-up, a commit).
+    config.index.pool_size = config.index.pool_size.max(jobs as u32 + 1);
+    let tenants = Tenants::new(
+        build_services(&config)?,
+        &config.keys.default_tenant,
+        &config.effective_index_url(),
+        index_options(config.index.pool_size, &config),
+    );
+    let tenant = tenant.unwrap_or(&config.keys.default_tenant);
+    let services = match tenants.get(tenant).await {
+        Ok(services) => services,
+        Err(ServiceError::NotFound(_)) => {
+            anyhow::bail!("no tenant {tenant}; `kastell tenants list` shows them")
+        }
+        Err(ServiceError::TenantDisabled) => anyhow::bail!(
+            "tenant {tenant} is disabled; `kastell tenants enable {tenant}` to import into it"
+        ),
+        Err(error) => return Err(error.into()),
+    };
+    Ok(import::run(services, dir, &ImportOptions::with_jobs(jobs), observer).await?)
+}
+
+/// Counts and sizes per tenant and backend (`kastell stats`), from the indexes
+/// alone: no key is needed and nothing is decrypted. With `list_blobs` the blob
+/// store is listed too.
+pub async fn stats(
+    config: &Config,
+    list_blobs: bool,
+) -> anyhow::Result<crate::ops::stats::StatsReport> {
+    use crate::index::conn::Dialect;
+    use crate::ops::stats::{BlobBackend, IndexBackend, StatsReport, TenantStats};
+    let control_url = config.effective_index_url();
+    let control = open_index(config)?;
+    let options = index_options(2, config);
+    let mut indexes = vec![(
+        config.keys.default_tenant.clone(),
+        "active".to_string(),
+        control.clone(),
+    )];
+    for row in control.tenants()? {
+        if row.name == config.keys.default_tenant {
+            continue;
+        }
+        let index = Index::open_tenant(&control_url, &row.name, options)
+            .with_context(|| format!("opening the index of tenant {}", row.name))?;
+        indexes.push((row.name, row.status, index));
+    }
+    let mut tenants = Vec::new();
+    let mut sqlite_bytes = 0;
+    for (name, status, index) in indexes {
+        let stats = index.stats()?;
+        if index.dialect() == Dialect::Sqlite {
+            sqlite_bytes += index.database_bytes()?;
+        }
+        tenants.push(TenantStats {
+            name,
+            status,
+            stats,
+        });
+    }
+    let (database, bytes) = match control.dialect() {
+        Dialect::Sqlite => ("sqlite", sqlite_bytes),
+        // One database holds every tenant's schema.
+        Dialect::Postgres => ("postgresql", control.database_bytes()?),
+    };
+    let blob_url = config.effective_blob_url();
+    let listed = if list_blobs {
+        let options: Vec<(String, String)> = config
+            .storage
+            .blob_options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Some(crate::store::usage(&blob_url, &options).await?)
+    } else {
+        None
+    };
+    Ok(StatsReport::new(
+        IndexBackend {
+            url: crate::config::redact_url(&control_url),
+            database,
+            bytes,
+        },
+        BlobBackend {
+            url: crate::config::redact_url(&blob_url),
+            listed,
+        },
+        tenants,
+    ))
 }

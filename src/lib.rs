@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod dicom;
 pub mod http;
 pub mod index;
+pub mod ops;
 pub mod service;
 pub mod sovereignty;
 pub mod store;

@@ -24,6 +24,9 @@ pub struct FileMeta {
     pub dataset_offset: usize,
     pub transfer_syntax: String,
     pub encoding: Encoding,
+    /// Media Storage SOP Class UID (0002,0002), if present: tells a DICOMDIR
+    /// (a media directory, not an instance) from what can be stored.
+    pub media_storage_sop_class_uid: Option<String>,
 }
 
 /// Where the top-level Pixel Data element is.
@@ -150,6 +153,7 @@ pub fn parse_file_meta(prefix: &[u8]) -> Result<Option<FileMeta>, DicomError> {
     };
     let mut pos = magic_offset + 4;
     let mut transfer_syntax = None;
+    let mut media_storage_sop_class_uid = None;
     loop {
         if prefix.len() < pos + 2 {
             return Ok(None);
@@ -171,12 +175,15 @@ pub fn parse_file_meta(prefix: &[u8]) -> Result<Option<FileMeta>, DicomError> {
         if end > prefix.len() {
             return Ok(None);
         }
-        if header.element == 0x0010 {
-            let raw = &prefix[value_start..end];
-            let uid = String::from_utf8_lossy(raw)
+        let uid = || {
+            String::from_utf8_lossy(&prefix[value_start..end])
                 .trim_end_matches(['\0', ' '])
-                .to_string();
-            transfer_syntax = Some(uid);
+                .to_string()
+        };
+        match header.element {
+            0x0002 => media_storage_sop_class_uid = Some(uid()),
+            0x0010 => transfer_syntax = Some(uid()),
+            _ => {}
         }
         pos = end;
     }
@@ -193,6 +200,7 @@ pub fn parse_file_meta(prefix: &[u8]) -> Result<Option<FileMeta>, DicomError> {
         dataset_offset: pos,
         encoding: transfer_syntax::encoding_of(&transfer_syntax),
         transfer_syntax,
+        media_storage_sop_class_uid,
     }))
 }
 

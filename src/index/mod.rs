@@ -12,6 +12,7 @@ pub mod keys;
 mod pools;
 pub mod qido;
 pub mod sql;
+pub mod stats;
 pub mod tenants;
 
 use std::collections::{BTreeSet, HashSet};
@@ -720,6 +721,30 @@ impl Index {
             .into_iter()
             .map(|r| (r.blob_key, r.blob_size))
             .collect())
+    }
+
+    /// The plaintext size and SHA-256 (hex) of the instance stored under a SOP
+    /// Instance UID: what identifies its bytes, so that the bulk import can tell a
+    /// file that is already stored without uploading it again.
+    pub fn stored_fingerprint(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Option<(i64, String)>, IndexError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            blob_size: i64,
+            #[diesel(sql_type = Text)]
+            content_sha256: String,
+        }
+        let rows = with_conn!(self, conn => conn.load::<Row>(
+            "SELECT blob_size, content_sha256 FROM instances WHERE sop_instance_uid = ?",
+            &[Bind::Text(sop_instance_uid.to_string())],
+        )?);
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|r| (r.blob_size, r.content_sha256)))
     }
 
     /// Which of `keys` the index references.

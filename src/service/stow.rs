@@ -41,9 +41,31 @@ pub mod reason {
 
 #[derive(Debug, Clone)]
 struct Failure {
+    /// The part it belongs to, in the order the parts were begun.
+    part: usize,
     sop_class_uid: String,
     sop_instance_uid: String,
     reason: u16,
+    /// Why, in words: for operators (the bulk import's summary), never sent to
+    /// DICOMweb clients, which get the reason code.
+    detail: String,
+}
+
+/// What became of one part of a session. The HTTP response says the same in DICOM
+/// JSON; callers that feed parts from their own sources (the bulk import) need it
+/// per part, in the order they began them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartOutcome {
+    Stored,
+    /// The same bytes were stored before: nothing changed.
+    AlreadyStored,
+    /// Overwrite is enabled and an older, different object was replaced.
+    Replaced,
+    /// Not stored: the Store Instances Response reason code and why in words.
+    Failed {
+        reason: u16,
+        detail: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -59,9 +81,15 @@ struct Referenced {
 pub struct StowOutcome {
     referenced: Vec<Referenced>,
     failed: Vec<Failure>,
+    parts: Vec<PartOutcome>,
 }
 
 impl StowOutcome {
+    /// The outcome of each part, indexed by the order in which they were begun.
+    pub fn parts(&self) -> &[PartOutcome] {
+        &self.parts
+    }
+
     pub fn stored_count(&self) -> usize {
         self.referenced.len()
     }
@@ -147,6 +175,7 @@ fn uid(value: &str) -> Json {
 }
 
 struct Pending {
+    part: usize,
     record: NewInstance,
     key: BlobKey,
 }
@@ -159,29 +188,39 @@ pub struct StowSession {
     failed: Vec<Failure>,
     /// Blobs written by this session and not (yet) referenced by the index.
     uncommitted: Vec<BlobKey>,
+    /// Parts begun so far (the next part's number).
+    parts: usize,
+    /// Declared last, so that it is released after `drop` has handed the
+    /// uncommitted blobs to the store's deletion.
+    _uploads: crate::store::UploadGuard,
 }
 
 impl StowSession {
     pub fn new(services: Services, target_study: Option<String>) -> Self {
         Self {
+            _uploads: services.store.upload_guard(),
             services,
             target_study,
             pending: Vec::new(),
             failed: Vec::new(),
             uncommitted: Vec::new(),
+            parts: 0,
         }
     }
 
     /// Starts a part. `acceptable` is false when the part's media type is not
     /// `application/dicom`; the part is then read and discarded, and fails.
     pub async fn begin_part(&mut self, acceptable: bool) -> Result<PartWriter, ServiceError> {
+        let part = self.parts;
+        self.parts += 1;
         if !acceptable {
-            return Ok(PartWriter::rejected(reason::UNSUPPORTED_MEDIA));
+            return Ok(PartWriter::rejected(part, reason::UNSUPPORTED_MEDIA));
         }
         let key = BlobKey::new(BlobKind::Instance);
         let writer = self.services.store.writer(key.clone()).await?;
         self.uncommitted.push(key);
         Ok(PartWriter {
+            part,
             writer: Some(writer),
             scanner: HeaderScanner::new(),
             prefix: BytesMut::new(),
@@ -197,16 +236,18 @@ impl StowSession {
 
     /// Ends a part: the blob is made durable and the header parsed.
     pub async fn finish_part(&mut self, mut part: PartWriter) -> Result<(), ServiceError> {
-        if let Some(reason) = part.error.take().map(|e| e.reason()) {
+        if let Some(error) = part.error.take() {
             let known = part.known_uids();
             if let Some(writer) = part.writer.take() {
                 self.forget(writer.key().clone());
                 writer.abort().await;
             }
             self.failed.push(Failure {
+                part: part.part,
                 sop_class_uid: known.0,
                 sop_instance_uid: known.1,
-                reason,
+                reason: error.reason(),
+                detail: error.to_string(),
             });
             return Ok(());
         }
@@ -217,7 +258,15 @@ impl StowSession {
             Ok((header, header_length, pixel)) => {
                 if let Some(target) = &self.target_study {
                     if &header.study_instance_uid != target {
-                        self.fail(key, &header, reason::STUDY_MISMATCH).await;
+                        let failure = Failure {
+                            part: part.part,
+                            sop_class_uid: header.sop_class_uid.clone(),
+                            sop_instance_uid: header.sop_instance_uid.clone(),
+                            reason: reason::STUDY_MISMATCH,
+                            detail: "StudyInstanceUID differs from the study in the request URL"
+                                .into(),
+                        };
+                        self.fail(key, failure).await;
                         return Ok(());
                     }
                 }
@@ -235,7 +284,11 @@ impl StowSession {
                     pixel,
                 );
                 record.frame_offsets = frame_offsets;
-                self.pending.push(Pending { record, key });
+                self.pending.push(Pending {
+                    part: part.part,
+                    record,
+                    key,
+                });
             }
             Err(error) => {
                 tracing::info!(%error, "STOW part rejected");
@@ -243,9 +296,11 @@ impl StowSession {
                 self.forget(key.clone());
                 self.services.store.delete(&key).await?;
                 self.failed.push(Failure {
+                    part: part.part,
                     sop_class_uid: known.0,
                     sop_instance_uid: known.1,
                     reason: reason_for(&error),
+                    detail: error.to_string(),
                 });
             }
         }
@@ -256,16 +311,12 @@ impl StowSession {
         self.uncommitted.retain(|k| k != &key);
     }
 
-    async fn fail(&mut self, key: BlobKey, header: &ParsedHeader, reason: u16) {
+    async fn fail(&mut self, key: BlobKey, failure: Failure) {
         self.forget(key.clone());
         if let Err(error) = self.services.store.delete(&key).await {
             tracing::warn!(blob = %key, %error, "could not remove a rejected blob");
         }
-        self.failed.push(Failure {
-            sop_class_uid: header.sop_class_uid.clone(),
-            sop_instance_uid: header.sop_instance_uid.clone(),
-            reason,
-        });
+        self.failed.push(failure);
     }
 
     /// Indexes every accepted instance in one transaction.
@@ -297,32 +348,46 @@ impl StowSession {
         record_outcomes(self.services.store.tenant(), &outcomes);
         let mut referenced = Vec::new();
         let mut unreferenced = Vec::new();
+        let mut parts: Vec<Option<PartOutcome>> = vec![None; self.parts];
         for (pending, outcome) in pending.into_iter().zip(outcomes) {
             let record = &pending.record;
-            let failure = |reason| Failure {
+            let failure = |reason, detail: &str| Failure {
+                part: pending.part,
                 sop_class_uid: record.sop_class_uid.clone(),
                 sop_instance_uid: record.sop_instance_uid.clone(),
                 reason,
+                detail: detail.to_string(),
             };
-            match outcome {
-                StoreOutcome::Stored => {}
+            let stored = match outcome {
+                StoreOutcome::Stored => PartOutcome::Stored,
                 StoreOutcome::Replaced { old_blob_key } => {
                     if let Ok(old) = BlobKey::parse(&old_blob_key) {
                         unreferenced.push(old);
                     }
+                    PartOutcome::Replaced
                 }
-                StoreOutcome::AlreadyStored => unreferenced.push(pending.key.clone()),
+                StoreOutcome::AlreadyStored => {
+                    unreferenced.push(pending.key.clone());
+                    PartOutcome::AlreadyStored
+                }
                 StoreOutcome::Conflict => {
                     unreferenced.push(pending.key.clone());
-                    self.failed.push(failure(reason::DUPLICATE_SOP_INSTANCE));
+                    self.failed.push(failure(
+                        reason::DUPLICATE_SOP_INSTANCE,
+                        "a different object is already stored under this SOP Instance UID",
+                    ));
                     continue;
                 }
                 StoreOutcome::SeriesInOtherStudy => {
                     unreferenced.push(pending.key.clone());
-                    self.failed.push(failure(reason::SERIES_IN_OTHER_STUDY));
+                    self.failed.push(failure(
+                        reason::SERIES_IN_OTHER_STUDY,
+                        "the series already exists in another study",
+                    ));
                     continue;
                 }
-            }
+            };
+            parts[pending.part] = Some(stored);
             referenced.push(Referenced {
                 study_uid: record.study_instance_uid.clone(),
                 series_uid: record.series_instance_uid.clone(),
@@ -331,9 +396,27 @@ impl StowSession {
             });
         }
         self.services.store.delete_detached(unreferenced);
+        for failure in &self.failed {
+            parts[failure.part] = Some(PartOutcome::Failed {
+                reason: failure.reason,
+                detail: failure.detail.clone(),
+            });
+        }
+        // A part begun but never finished (its writer failed) has no outcome of
+        // its own; the caller saw the error.
+        let parts = parts
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or(PartOutcome::Failed {
+                    reason: reason::PROCESSING_FAILURE,
+                    detail: "the part was not finished".into(),
+                })
+            })
+            .collect();
         Ok(StowOutcome {
             referenced,
             failed: std::mem::take(&mut self.failed),
+            parts,
         })
     }
 }
@@ -437,6 +520,8 @@ type ParsedPart = (ParsedHeader, u64, Option<(u64, Option<u64>)>);
 
 /// One part being received.
 pub struct PartWriter {
+    /// Its number in the session.
+    part: usize,
     writer: Option<BlobWriter>,
     scanner: HeaderScanner,
     /// The bytes up to Pixel Data (or the whole part, if it has none).
@@ -452,9 +537,11 @@ pub struct PartWriter {
     scan_position: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum PartError {
+    #[error("the part is not application/dicom")]
     Rejected(u16),
+    #[error(transparent)]
     Dicom(DicomError),
 }
 
@@ -468,8 +555,9 @@ impl PartError {
 }
 
 impl PartWriter {
-    fn rejected(reason: u16) -> Self {
+    fn rejected(part: usize, reason: u16) -> Self {
         Self {
+            part,
             writer: None,
             scanner: HeaderScanner::new(),
             prefix: BytesMut::new(),

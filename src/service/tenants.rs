@@ -143,13 +143,11 @@ impl Tenants {
     /// grace period: what a crash in the middle of a STOW left behind. The blob
     /// store is shared, so a blob is an orphan only if every index disowns it.
     pub async fn sweep_orphans(&self) -> Result<usize, ServiceError> {
-        let candidates = self
-            .default
-            .store
-            .instance_keys_older_than(self.default.settings.orphan_grace)
-            .await?;
+        let grace = self.default.settings.orphan_grace;
+        let stale = self.default.store.remove_stale_uploads(grace).await?;
+        let candidates = self.default.store.instance_keys_older_than(grace).await?;
         if candidates.is_empty() {
-            return Ok(0);
+            return Ok(stale);
         }
         let names: Vec<String> = candidates.iter().map(|k| k.as_str().to_string()).collect();
         let mut referenced = std::collections::HashSet::new();
@@ -161,7 +159,7 @@ impl Tenants {
                     .await?,
             );
         }
-        let mut removed = 0;
+        let mut removed = stale;
         for key in candidates {
             if !referenced.contains(key.as_str()) {
                 self.default.store.delete(&key).await?;

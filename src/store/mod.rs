@@ -87,6 +87,14 @@ impl BlobKind {
     }
 }
 
+/// What a listing of the blob store found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BlobUsage {
+    pub objects: u64,
+    /// Bytes as stored: encrypted, with each object's header.
+    pub bytes: u64,
+}
+
 /// The name of one object in the blob store: `<kind>/<random uuid>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlobKey(String);
@@ -158,6 +166,30 @@ pub struct BlobStore {
     description: String,
     keys: Arc<KeyRing>,
     tenant: String,
+    /// Blobs handed to [`BlobStore::delete_detached`] and not deleted yet, shared by
+    /// every clone: a background deletion can die with the runtime it was spawned
+    /// on (an HTTP worker stopped at shutdown), so [`BlobStore::finish_detached`]
+    /// does what is left before the process exits.
+    detached: Arc<std::sync::Mutex<std::collections::HashSet<BlobKey>>>,
+    /// Owners of blobs not yet referenced by the index (STOW sessions) still
+    /// alive: `finish_detached` waits for them, since a request cut off at
+    /// shutdown is dropped on its worker's thread, maybe after the server stopped.
+    uploads: Arc<std::sync::atomic::AtomicUsize>,
+    /// The directory of a `file://` store: its unfinished uploads are files that
+    /// no listing shows (see [`BlobStore::remove_stale_uploads`]).
+    local_dir: Option<std::path::PathBuf>,
+}
+
+/// Held by the owner of blobs the index does not reference yet (a STOW session),
+/// from before its first blob until it committed them or handed them to
+/// [`BlobStore::delete_detached`].
+#[derive(Debug)]
+pub struct UploadGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -214,6 +246,21 @@ pub fn backend_from_url(
     }
 }
 
+/// Counts the objects of the store at `url` and their bytes as stored (encrypted),
+/// by listing it: one LIST request per thousand objects on a cloud store. Needs no
+/// key: nothing is opened.
+pub async fn usage(url: &str, options: &[(String, String)]) -> Result<BlobUsage, StoreError> {
+    let backend = backend_from_url(url, options)?;
+    let mut usage = BlobUsage::default();
+    let mut listing = backend.list(None);
+    while let Some(meta) = listing.next().await {
+        let meta = meta?;
+        usage.objects += 1;
+        usage.bytes += meta.size;
+    }
+    Ok(usage)
+}
+
 /// The cloud backends' settings from the conventional environment variables
 /// (`AWS_*`, `AZURE_*`, `GOOGLE_*`), names lower-cased into object_store config keys
 /// (`AWS_ENDPOINT_URL` → `aws_endpoint_url`). `storage.blob_options` win over them.
@@ -243,13 +290,15 @@ impl BlobStore {
         tenant: &str,
     ) -> Result<Self, StoreError> {
         let inner = backend_from_url(url, options)?;
-        Ok(Self::with_backend(
+        let mut store = Self::with_backend(
             inner,
             write,
             url.split("://").next().unwrap_or("?"),
             keys,
             tenant,
-        ))
+        );
+        store.local_dir = url.strip_prefix("file://").map(std::path::PathBuf::from);
+        Ok(store)
     }
 
     pub fn with_backend(
@@ -265,6 +314,9 @@ impl BlobStore {
             description: description.to_string(),
             keys,
             tenant: tenant.to_string(),
+            detached: Arc::default(),
+            uploads: Arc::default(),
+            local_dir: None,
         }
     }
 
@@ -584,14 +636,72 @@ impl BlobStore {
         if keys.is_empty() {
             return;
         }
+        self.detached_set().extend(keys.iter().cloned());
+        // Called from drop guards, which may run while a runtime shuts down: then
+        // the keys stay listed for `finish_detached` (or the orphan sweep).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let store = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             for key in keys {
-                if let Err(error) = store.delete(&key).await {
-                    tracing::warn!(blob = %key, %error, "could not remove an unreferenced blob");
+                match store.delete(&key).await {
+                    Ok(()) => {
+                        store.detached_set().remove(&key);
+                    }
+                    Err(error) => {
+                        tracing::warn!(blob = %key, %error, "could not remove an unreferenced blob")
+                    }
                 }
             }
         });
+    }
+
+    fn detached_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<BlobKey>> {
+        // A panic while holding the lock leaves a set that is still valid.
+        self.detached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// See [`UploadGuard`].
+    pub fn upload_guard(&self) -> UploadGuard {
+        self.uploads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        UploadGuard(self.uploads.clone())
+    }
+
+    /// Deletes the blobs whose background deletion has not happened (yet): called
+    /// before the process exits, after the last request, so that what drop guards
+    /// scheduled is not left to the next start's orphan sweep. First waits, up to
+    /// `wait`, for every [`UploadGuard`] to go: an owner still alive may yet commit
+    /// its blobs, or hand them over. Returns how many were removed; failures are
+    /// logged and left to the sweep.
+    pub async fn finish_detached(&self, wait: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.uploads.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "uploads still in progress at exit; the orphan sweep will remove their blobs"
+                );
+                return 0;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let keys: Vec<BlobKey> = self.detached_set().iter().cloned().collect();
+        let mut removed = 0;
+        for key in keys {
+            match self.delete(&key).await {
+                Ok(()) => {
+                    self.detached_set().remove(&key);
+                    removed += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(blob = %key, %error, "could not remove an unreferenced blob; the orphan sweep will")
+                }
+            }
+        }
+        removed
     }
 
     /// Keys of every instance blob last modified before `now - grace`.
@@ -617,6 +727,49 @@ impl BlobStore {
             }
         }
         Ok(keys)
+    }
+
+    /// Removes what uploads that never completed left on a `file://` store, when
+    /// older than `grace`: the local backend writes an upload to `<name>#<id>` and
+    /// renames it when complete, so a process killed in between leaves that file,
+    /// which no listing shows (and so no orphan sweep finds). Cloud stores keep
+    /// such parts as incomplete multipart uploads, for the bucket's lifecycle rule
+    /// to abort. Returns how many files were removed.
+    pub async fn remove_stale_uploads(&self, grace: Duration) -> Result<usize, StoreError> {
+        let Some(root) = &self.local_dir else {
+            return Ok(0);
+        };
+        let cutoff = SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut removed = 0;
+        for kind in [BlobKind::Instance, BlobKind::Derived] {
+            let mut entries = match tokio::fs::read_dir(root.join(kind.prefix())).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            while let Some(entry) = entries.next_entry().await? {
+                let name = entry.file_name();
+                // Only the staging files of our own objects' uploads.
+                let Some((key, _)) = name.to_str().and_then(|n| n.split_once('#')) else {
+                    continue;
+                };
+                if BlobKey::parse(&format!("{}/{key}", kind.prefix())).is_err() {
+                    continue;
+                }
+                if entry.metadata().await?.modified()? > cutoff {
+                    continue;
+                }
+                match tokio::fs::remove_file(entry.path()).await {
+                    Ok(()) => removed += 1,
+                    // Completed (renamed) or removed meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Checks that the backend answers.
@@ -929,6 +1082,83 @@ mod tests {
             .await
             .unwrap();
         assert!(left.is_empty(), "aborted upload left {left:?}");
+    }
+
+    #[tokio::test]
+    async fn uploads_cut_off_by_a_killed_process_are_swept_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = BlobStore::from_url(&url, &[], options(), keyring(), "default").unwrap();
+        let done = BlobKey::new(BlobKind::Instance);
+        let mut writer = store.writer(done.clone()).await.unwrap();
+        writer.write(Bytes::from_static(b"kept")).await.unwrap();
+        writer.finish().await.unwrap();
+        // An upload with a part written, whose process died: no drop, no abort.
+        let cut = BlobKey::new(BlobKind::Instance);
+        let mut writer = store.writer(cut.clone()).await.unwrap();
+        writer
+            .write(Bytes::from(vec![7u8; 11 * 1024 * 1024]))
+            .await
+            .unwrap();
+        std::mem::forget(writer);
+        let instances = dir.path().join("instances");
+        let staged = |dir: &std::path::Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .contains('#')
+                })
+                .count()
+        };
+        assert_eq!(staged(&instances), 1, "the backend stages uploads in files");
+        std::fs::write(instances.join("notes#1"), b"not ours").unwrap();
+        assert_eq!(
+            store
+                .remove_stale_uploads(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0,
+            "younger than the grace"
+        );
+        assert_eq!(store.remove_stale_uploads(Duration::ZERO).await.unwrap(), 1);
+        assert_eq!(staged(&instances), 1, "only notes#1, which is not ours");
+        assert_eq!(store.read_all(&done).await.unwrap(), &b"kept"[..]);
+    }
+
+    #[tokio::test]
+    async fn detached_deletions_are_finished_once_no_upload_is_left() {
+        let store = BlobStore::with_backend(
+            Arc::new(InMemory::new()),
+            options(),
+            "memory",
+            keyring(),
+            "default",
+        );
+        let key = BlobKey::new(BlobKind::Instance);
+        let mut writer = store.writer(key.clone()).await.unwrap();
+        writer.write(Bytes::from_static(b"x")).await.unwrap();
+        writer.finish().await.unwrap();
+        let guard = store.upload_guard();
+        // A drop guard running where no runtime is left: nothing is spawned.
+        let detached = store.clone();
+        let deleted = key.clone();
+        std::thread::spawn(move || detached.delete_detached(vec![deleted]))
+            .join()
+            .unwrap();
+        assert!(store.read_all(&key).await.is_ok());
+        // An upload still in progress may yet commit: nothing is deleted.
+        assert_eq!(store.finish_detached(Duration::ZERO).await, 0);
+        drop(guard);
+        assert_eq!(store.finish_detached(Duration::ZERO).await, 1);
+        assert!(matches!(
+            store.read_all(&key).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(store.finish_detached(Duration::ZERO).await, 0);
     }
 
     #[test]
