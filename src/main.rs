@@ -621,6 +621,28 @@ fn import(
     progress.finish();
     let report = report?;
     print!("import of {}: {report}", dir.display());
+    // The import stores around HTTP: it leaves one audit record of its own (the
+    // directory is named by the operator and may name patients: not recorded).
+    {
+        use kastell::audit::{self, Action, AuditEvent, Outcome};
+        let outcome = if report.failed > 0 {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        let event = AuditEvent::cli(
+            tenant.unwrap_or(&config.keys.default_tenant),
+            Action::Store,
+            outcome,
+        )
+        .status(i64::from(report.failed > 0))
+        .detail(format!(
+            "import: {} stored, {} already present, {} skipped, {} failed",
+            report.stored, report.already_present, report.skipped, report.failed
+        ));
+        let index = kastell::app::open_index(&config)?;
+        audit::append(&index, &[event]).context("recording the import in the audit trail")?;
+    }
     if report.failed > 0 {
         anyhow::bail!(
             "{} files failed; fix them and run the import again (what is stored stays stored)",

@@ -196,6 +196,22 @@ fn import_takes_every_form_skips_what_is_not_an_instance_and_resumes() {
         out.contains("11 indexed blobs checked, 0 failed, 0 orphaned"),
         "{out}"
     );
+    // Each run left an audit record of its own, and the trail is intact.
+    let (ok, trail) = cli(
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2000-01-01",
+            "--format",
+            "fhir",
+        ],
+        &data,
+    );
+    assert!(ok, "{trail}");
+    assert_eq!(trail.matches("import: ").count(), 3, "{trail}");
+    let (ok, out) = cli(&["audit", "verify"], &data);
+    assert!(ok, "{out}");
 }
 
 #[test]
