@@ -13,7 +13,7 @@
 
 use dicom_object::FileMetaTableBuilder;
 
-use super::header::parse_file_meta;
+use super::header::{has_long_length, parse_file_meta};
 use super::transfer_syntax::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
 
 /// Media Storage SOP Class UID of a DICOMDIR (PS3.3 F.2, Media Storage Directory).
@@ -113,26 +113,6 @@ fn is_vr(bytes: &[u8]) -> bool {
     bytes.len() >= 2 && VRS.iter().any(|vr| vr[..] == bytes[..2])
 }
 
-/// Four-byte lengths follow these VRs in Explicit VR (after two reserved bytes).
-fn long_form(vr: &[u8]) -> bool {
-    matches!(
-        vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"SV"
-            | b"UV"
-    )
-}
-
 /// The file meta group is always Explicit VR Little Endian: group 0002, a VR.
 fn starts_with_file_meta(head: &[u8]) -> bool {
     head.len() >= 8 && le16(head, 0) == 0x0002 && is_vr(&head[4..6])
@@ -179,7 +159,7 @@ fn group_0008_uids(head: &[u8], explicit: bool) -> (Option<String>, Option<Strin
         let element = le16(head, pos + 2);
         let (header_len, length) = if explicit {
             let vr = &head[pos + 4..pos + 6];
-            if long_form(vr) {
+            if has_long_length(vr) {
                 if pos + 12 > head.len() {
                     break;
                 }

@@ -128,6 +128,27 @@ impl HeaderScanner {
     }
 }
 
+/// Whether a value length of this VR takes four bytes (after two reserved ones)
+/// in Explicit VR encodings (PS3.5 Table 7.1-1).
+pub(super) fn has_long_length(vr: &[u8]) -> bool {
+    matches!(
+        vr,
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"SV"
+            | b"UV"
+    )
+}
+
 /// Parses the preamble, magic and file meta group. `Ok(None)` means more bytes are
 /// needed to decide.
 pub fn parse_file_meta(prefix: &[u8]) -> Result<Option<FileMeta>, DicomError> {
@@ -262,23 +283,7 @@ impl Reader<'_> {
                 "invalid VR bytes {vr:02X?} for ({group:04X},{element:04X}) at offset {pos}"
             )));
         }
-        let long_form = matches!(
-            &vr,
-            b"OB"
-                | b"OD"
-                | b"OF"
-                | b"OL"
-                | b"OV"
-                | b"OW"
-                | b"SQ"
-                | b"UC"
-                | b"UN"
-                | b"UR"
-                | b"UT"
-                | b"SV"
-                | b"UV"
-        );
-        if long_form {
+        if has_long_length(&vr) {
             if self.buf.len() < pos + 12 {
                 return Ok(None);
             }
