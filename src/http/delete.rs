@@ -5,46 +5,14 @@
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
+use super::target::Target;
 use super::AppState;
-use crate::index::Scope;
-use crate::service::delete::delete;
 
-pub async fn delete_study(
+/// Deletes the study, series or instance the URL names.
+pub async fn delete(
     state: web::ReqData<AppState>,
-    path: web::Path<String>,
+    target: Target,
 ) -> Result<HttpResponse, ApiError> {
-    delete(
-        &state.services,
-        Scope::Study {
-            study: path.into_inner(),
-        },
-    )
-    .await?;
-    Ok(HttpResponse::NoContent().finish())
-}
-
-pub async fn delete_series(
-    state: web::ReqData<AppState>,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series) = path.into_inner();
-    delete(&state.services, Scope::Series { study, series }).await?;
-    Ok(HttpResponse::NoContent().finish())
-}
-
-pub async fn delete_instance(
-    state: web::ReqData<AppState>,
-    path: web::Path<(String, String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series, instance) = path.into_inner();
-    delete(
-        &state.services,
-        Scope::Instance {
-            study,
-            series,
-            instance,
-        },
-    )
-    .await?;
+    crate::service::delete::delete(&state.services, target.scope).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -11,6 +11,7 @@ mod qido;
 mod rendered;
 pub mod routes;
 mod stow;
+mod target;
 pub mod telemetry;
 pub mod tenancy;
 mod wado;

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use super::accept::MediaRange;
 use super::error::ApiError;
 use super::multipart::{multipart_body, new_boundary, OutgoingPart};
+use super::target::Target;
 use super::wado::ranges;
 use super::{query_pairs, AppState};
 use crate::dicom::render::{
@@ -246,12 +247,13 @@ fn single_image(
         ))
 }
 
-async fn rendered(
+/// Rendered study, series, instance or frames (PS3.18 §10.4.1.1.3).
+pub async fn rendered(
     state: web::ReqData<AppState>,
     request: HttpRequest,
-    scope: Scope,
-    frames: Option<String>,
+    target: Target,
 ) -> Result<HttpResponse, ApiError> {
+    let Target { scope, frames } = target;
     let params = parse_params(&query_pairs(&request)?, false)?;
     let frame_numbers = match &frames {
         Some(list) => Some(wado::parse_frame_list(list).map_err(|_| {
@@ -352,12 +354,16 @@ fn multipart_response(
         .streaming(multipart_body(boundary, parts))
 }
 
-async fn thumbnail(
+/// Thumbnail of a study, series, instance or frame (PS3.18 §10.4.1.1.4).
+pub async fn thumbnail(
     state: web::ReqData<AppState>,
     request: HttpRequest,
-    scope: Scope,
-    frame: Option<String>,
+    target: Target,
 ) -> Result<HttpResponse, ApiError> {
+    let Target {
+        scope,
+        frames: frame,
+    } = target;
     let params = parse_params(&query_pairs(&request)?, true)?;
     let frame = match &frame {
         Some(text) => match wado::parse_frame_list(text) {
@@ -376,98 +382,6 @@ async fn thumbnail(
     let image =
         render::thumbnail(&state.services, &scope, &instances, frame, format, viewport).await?;
     Ok(single_image(&state, &request, format, false, image, None))
-}
-
-pub async fn study_rendered(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let study = path.into_inner();
-    rendered(state, request, Scope::Study { study }, None).await
-}
-
-pub async fn series_rendered(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series) = path.into_inner();
-    rendered(state, request, Scope::Series { study, series }, None).await
-}
-
-pub async fn instance_rendered(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series, instance) = path.into_inner();
-    let scope = Scope::Instance {
-        study,
-        series,
-        instance,
-    };
-    rendered(state, request, scope, None).await
-}
-
-pub async fn frames_rendered(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String, String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series, instance, frames) = path.into_inner();
-    let scope = Scope::Instance {
-        study,
-        series,
-        instance,
-    };
-    rendered(state, request, scope, Some(frames)).await
-}
-
-pub async fn study_thumbnail(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let study = path.into_inner();
-    thumbnail(state, request, Scope::Study { study }, None).await
-}
-
-pub async fn series_thumbnail(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series) = path.into_inner();
-    thumbnail(state, request, Scope::Series { study, series }, None).await
-}
-
-pub async fn instance_thumbnail(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series, instance) = path.into_inner();
-    let scope = Scope::Instance {
-        study,
-        series,
-        instance,
-    };
-    thumbnail(state, request, scope, None).await
-}
-
-pub async fn frame_thumbnail(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String, String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series, instance, frame) = path.into_inner();
-    let scope = Scope::Instance {
-        study,
-        series,
-        instance,
-    };
-    thumbnail(state, request, scope, Some(frame)).await
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ static ENDPOINTS: LazyLock<HashMap<(Method, &'static str), &'static str>> = Lazy
 /// The name of the endpoint a route pattern and method reach: the route table's
 /// name for DICOMweb endpoints, a fixed name for the other resources. Always one
 /// of a bounded set (it names spans and labels metrics).
-fn endpoint_name(
+pub(super) fn endpoint_name(
     method: &Method,
     pattern: Option<&str>,
     path_prefix: &str,

@@ -15,6 +15,7 @@ use actix_web::{web, HttpMessage};
 
 use super::auth::{authenticate, forbidden};
 use super::error::ApiError;
+use super::telemetry::endpoint_name;
 use super::AppState;
 use crate::audit::{Action as AuditAction, ActorKind, AuditEvent, AuditLog, Outcome};
 use crate::auth::{Action, Authenticator};
@@ -40,25 +41,20 @@ pub struct Site {
 /// the STOW handler for the audit record.
 pub struct StoredStudies(pub Vec<(String, Vec<String>)>);
 
-/// The audit action of a request to a route pattern (relative to the DICOMweb
-/// prefix); `None` for what is not audited (capabilities, health, metrics).
-fn audit_action(method: &Method, route: &str) -> Option<AuditAction> {
-    const SEARCHES: [&str; 6] = [
-        "/studies",
-        "/series",
-        "/instances",
-        "/studies/{study}/series",
-        "/studies/{study}/instances",
-        "/studies/{study}/series/{series}/instances",
-    ];
-    match *method {
-        Method::POST => Some(AuditAction::Store),
-        Method::DELETE => Some(AuditAction::Delete),
-        Method::GET | Method::HEAD if SEARCHES.contains(&route) => Some(AuditAction::Search),
-        Method::GET | Method::HEAD if !route.is_empty() && route != "/" => {
-            Some(AuditAction::Retrieve)
-        }
-        _ => None,
+/// The audit action of a request, from the name of the endpoint it reached (the
+/// route table's transaction names); `None` for what is not audited
+/// (capabilities, health, metrics, unknown routes).
+fn audit_action(endpoint: &str) -> Option<AuditAction> {
+    if endpoint.starts_with("SearchFor") {
+        Some(AuditAction::Search)
+    } else if endpoint.starts_with("Store") {
+        Some(AuditAction::Store)
+    } else if endpoint.starts_with("Delete") {
+        Some(AuditAction::Delete)
+    } else if endpoint.starts_with("Retrieve") && endpoint != "RetrieveCapabilities" {
+        Some(AuditAction::Retrieve)
+    } else {
+        None
     }
 }
 
@@ -220,16 +216,13 @@ pub async fn resolve(
     let response = next.call(request).await?;
     // One audit record per DICOMweb request: who, what, which UIDs, how it ended.
     if let Some(principal) = &principal {
-        let route = response.request().match_pattern().unwrap_or_default();
-        let relative = route.strip_prefix(&site.path_prefix).unwrap_or(&route);
-        let relative = if route.starts_with(&site.path_prefix) || route == site.wado_uri_path {
-            relative
-        } else {
-            ""
-        };
-        if let Some(action) = audit_action(&method, relative)
-            .or_else(|| (route == site.wado_uri_path).then_some(AuditAction::Retrieve))
-        {
+        let endpoint = endpoint_name(
+            &method,
+            response.request().match_pattern().as_deref(),
+            &site.path_prefix,
+            &site.wado_uri_path,
+        );
+        if let Some(action) = audit_action(&endpoint) {
             let status = response.status().as_u16();
             let outcome = if status < 400 {
                 Outcome::Success

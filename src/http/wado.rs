@@ -12,6 +12,7 @@ use super::accept::{
 };
 use super::error::ApiError;
 use super::multipart::{multipart_body, new_boundary, OutgoingPart};
+use super::target::Target;
 use super::{query_pairs, AppState};
 use crate::index::{Scope, StoredInstance};
 use crate::service::wado::{self, to_store_error, BulkBody, Frames, Representation};
@@ -30,53 +31,13 @@ pub(super) fn ranges(request: &HttpRequest) -> Result<Vec<MediaRange>, ApiError>
     Ok(acceptable(&query_accept, header_value))
 }
 
-pub async fn retrieve_study(
+/// Retrieve a study, series or instance (PS3.18 §10.4.1.1.1).
+pub async fn retrieve(
     state: web::ReqData<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
+    target: Target,
 ) -> Result<HttpResponse, ApiError> {
-    retrieve(
-        state,
-        request,
-        Scope::Study {
-            study: path.into_inner(),
-        },
-    )
-    .await
-}
-
-pub async fn retrieve_series(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series) = path.into_inner();
-    retrieve(state, request, Scope::Series { study, series }).await
-}
-
-pub async fn retrieve_instance(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series, instance) = path.into_inner();
-    retrieve(
-        state,
-        request,
-        Scope::Instance {
-            study,
-            series,
-            instance,
-        },
-    )
-    .await
-}
-
-async fn retrieve(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    scope: Scope,
-) -> Result<HttpResponse, ApiError> {
+    let scope = target.scope;
     let single_allowed = matches!(scope, Scope::Instance { .. });
     let choice = negotiate_instances(&ranges(&request)?, single_allowed).ok_or_else(|| {
         ApiError::NotAcceptable(
@@ -152,53 +113,13 @@ async fn retrieve(
         .streaming(multipart_body(boundary, parts)))
 }
 
-pub async fn study_metadata(
+/// Metadata of a study, series or instance, as one DICOM JSON array.
+pub async fn metadata(
     state: web::ReqData<AppState>,
     request: HttpRequest,
-    path: web::Path<String>,
+    target: Target,
 ) -> Result<HttpResponse, ApiError> {
-    metadata(
-        state,
-        request,
-        Scope::Study {
-            study: path.into_inner(),
-        },
-    )
-    .await
-}
-
-pub async fn series_metadata(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series) = path.into_inner();
-    metadata(state, request, Scope::Series { study, series }).await
-}
-
-pub async fn instance_metadata(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series, instance) = path.into_inner();
-    metadata(
-        state,
-        request,
-        Scope::Instance {
-            study,
-            series,
-            instance,
-        },
-    )
-    .await
-}
-
-async fn metadata(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    scope: Scope,
-) -> Result<HttpResponse, ApiError> {
+    let scope = target.scope;
     if !accepts_dicom_json(&ranges(&request)?) {
         return Err(ApiError::NotAcceptable(
             "metadata is available as application/dicom+json".into(),
@@ -528,11 +449,13 @@ pub async fn frames(
     Ok(multipart_response(parts))
 }
 
-async fn pixeldata(
+/// Pixel data of a study, series or instance (PS3.18 §10.4.1.1.6).
+pub async fn pixeldata(
     state: web::ReqData<AppState>,
     request: HttpRequest,
-    scope: Scope,
+    target: Target,
 ) -> Result<HttpResponse, ApiError> {
+    let scope = target.scope;
     let choice = negotiate_bulk(&ranges(&request)?);
     let instances: Vec<StoredInstance> = wado::locate(&state.services, scope)
         .await?
@@ -593,36 +516,4 @@ async fn pixeldata(
         }
     }
     Ok(multipart_response(parts))
-}
-
-pub async fn study_pixeldata(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let study = path.into_inner();
-    pixeldata(state, request, Scope::Study { study }).await
-}
-
-pub async fn series_pixeldata(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series) = path.into_inner();
-    pixeldata(state, request, Scope::Series { study, series }).await
-}
-
-pub async fn instance_pixeldata(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series, instance) = path.into_inner();
-    let scope = Scope::Instance {
-        study,
-        series,
-        instance,
-    };
-    pixeldata(state, request, scope).await
 }
