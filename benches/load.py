@@ -930,6 +930,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def finish(args, results: dict, problems: list[str], rc: int, server, data_dir: str,
+           report: str, details: list[str] | None = None, summary: str = "") -> int:
+    """The end of a bench run, shared by the benches that import this module: keep
+    the data directory when something went wrong (or --keep-data), remove it
+    otherwise, write the JSON results, print the Markdown report and the problems.
+    Returns the exit code (3 when the run had problems but did not fail)."""
+    results["problems"] = problems
+    if args.keep_data or rc != 0 or problems:
+        results["server"]["data_dir"] = data_dir
+        results["server"]["log"] = server.log_path
+        log(f"data dir kept: {data_dir} (server log: {server.log_path})")
+        if problems or rc != 0:
+            print(server.log_tail(20), file=sys.stderr)
+    else:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    print(report)
+    print()
+    if problems:
+        print("Problems observed:")
+        for problem in problems + (details or []):
+            print(f"  - {problem}")
+    if results.get("aborted"):
+        print(f"Run aborted: {results['aborted']}")
+    print(f"JSON written to {args.out}{summary}")
+    return 3 if rc == 0 and problems else rc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not (os.path.isfile(args.bin) and os.access(args.bin, os.X_OK)):
@@ -1025,36 +1055,10 @@ def main(argv: list[str] | None = None) -> int:
     if big and (big["error"] or big["http_status"] != 200
                 or big["referenced_instances"] != big["instances"]):
         problems.append(f"big: {big['error'] or 'not all instances referenced'}")
-    results["problems"] = problems
-
-    keep = args.keep_data or rc != 0 or bool(problems)
-    if keep:
-        results["server"]["data_dir"] = data_dir
-        results["server"]["log"] = server.log_path
-        log(f"data dir kept: {data_dir} (server log: {server.log_path})")
-        if problems or rc != 0:
-            print(server.log_tail(20), file=sys.stderr)
-    else:
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-
-    print(markdown(results))
-    print()
-    if problems:
-        print("Problems observed: " + "; ".join(problems))
-        for phase in ("stow", "qido", "wado"):
-            ph = results.get(phase) or {}
-            for s in ph.get("error_samples", []) + ph.get("mismatch_samples", []):
-                print(f"  - {phase}: {s}")
-    if results.get("aborted"):
-        print(f"Run aborted: {results['aborted']}")
-    print(f"JSON written to {args.out}")
-    if rc == 0 and problems:
-        rc = 3
-    return rc
+    return finish(args, results, problems, rc, server, data_dir, markdown(results),
+                  details=[f"{phase}: {sample}" for phase in ("stow", "qido", "wado")
+                           for sample in (results.get(phase) or {}).get("error_samples", [])
+                           + (results.get(phase) or {}).get("mismatch_samples", [])])
 
 
 if __name__ == "__main__":

@@ -33,11 +33,9 @@ import argparse
 import datetime as dt
 import hashlib
 import io
-import json
 import os
 import platform
 import random
-import shutil
 import signal
 import sys
 import tempfile
@@ -638,34 +636,8 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"metadata/{key}: {m[key]['errors']} errors, e.g. {m[key]['error_samples'][0]}")
     if m and not m.get("etags_distinct"):
         problems.append("metadata: the ETag did not change after storing one more instance")
-    results["problems"] = problems
-
-    keep = args.keep_data or rc != 0 or bool(problems)
-    if keep:
-        results["server"]["data_dir"] = data_dir
-        results["server"]["log"] = server.log_path
-        log(f"data dir kept: {data_dir} (server log: {server.log_path})")
-        if problems or rc != 0:
-            print(server.log_tail(20), file=sys.stderr)
-    else:
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-
-    print(markdown(results))
-    print()
-    if problems:
-        print("Problems observed:")
-        for p in problems:
-            print(f"  - {p}")
-    if results.get("aborted"):
-        print(f"Run aborted: {results['aborted']}")
-    print(f"JSON written to {args.out} (wall {results['meta']['wall_s']} s)")
-    if rc == 0 and problems:
-        rc = 3
-    return rc
+    return load.finish(args, results, problems, rc, server, data_dir, markdown(results),
+                       summary=f" (wall {results['meta']['wall_s']} s)")
 
 
 if __name__ == "__main__":
