@@ -88,11 +88,9 @@ fn two_processes_and_four_clients_agree_on_one_study() {
     assert_eq!(response.status().as_u16(), 200);
     // Every indexed instance decrypts from the shared store, and the duplicate
     // uploads left nothing behind (give the background clean-up a moment).
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let (ok, out) = verify(&data);
-    assert!(ok, "{out}");
-    assert!(
-        out.contains("40 indexed blobs checked, 0 failed, 0 orphaned"),
-        "{out}"
-    );
+    wait_until("verify finds every blob indexed and nothing else", || {
+        let (ok, out) = verify(&data);
+        eprintln!("{out}");
+        ok && out.contains("40 indexed blobs checked, 0 failed, 0 orphaned")
+    });
 }

@@ -117,12 +117,12 @@ fn deleting_instances_series_and_studies() {
         204
     );
     assert_eq!(status(&server, Method::DELETE, "/studies/12.1"), 404);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let (ok, out) = verify(&server.data_dir);
-    assert!(
-        ok && out.contains("0 indexed blobs checked, 0 failed, 0 orphaned"),
-        "{out}"
-    );
+    // The blobs go behind the response.
+    wait_until("verify finds no blob left", || {
+        let (ok, out) = verify(&server.data_dir);
+        eprintln!("{out}");
+        ok && out.contains("0 indexed blobs checked, 0 failed, 0 orphaned")
+    });
 
     // Storing it again brings it back.
     assert_eq!(store(&server, "/studies", &[dicom_file(&a)]).0, 200);

@@ -57,8 +57,9 @@ fn per_part_failures_give_202_and_409() {
     assert_eq!(status, 409, "{body}");
     assert!(body.get("00081199").is_none());
     // Rejected parts leave no blob behind: only the one stored instance remains.
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(server.blob_files().len(), 1);
+    wait_until("only the stored instance's blob is left", || {
+        server.blob_files().len() == 1
+    });
 }
 
 #[test]
@@ -90,8 +91,9 @@ fn restoring_is_idempotent_and_conflicts_are_refused() {
         .send()
         .unwrap();
     assert_eq!(response.bytes().unwrap().to_vec(), original);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(server.blob_files().len(), 1);
+    wait_until("only the stored instance's blob is left", || {
+        server.blob_files().len() == 1
+    });
 
     // Counts do not double.
     let studies: serde_json::Value = client()
@@ -197,12 +199,9 @@ fn an_aborted_upload_leaves_no_blob_and_no_row() {
         stream.flush().unwrap();
         std::thread::sleep(Duration::from_millis(500));
     } // connection dropped
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        server.blob_files().is_empty(),
-        "left behind: {:?}",
-        server.blob_files()
-    );
+    wait_until("the aborted request's blobs are removed", || {
+        server.blob_files().is_empty()
+    });
     let r = client()
         .get(server.url("/studies?StudyInstanceUID=1.2.8.1"))
         .send()
@@ -234,8 +233,7 @@ fn orphaned_blobs_are_swept_at_start_up() {
     let orphan = kept.join("blobs/instances/0123456789abcdef0123456789abcdef");
     std::fs::write(&orphan, b"left by a crash").unwrap();
     let server = Server::spawn(&kept, &[("KASTELL__STORAGE__ORPHAN_GRACE_SECS", "0")]);
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(!orphan.exists(), "the orphan survived the sweep");
+    wait_until("the start-up sweep removes the orphan", || !orphan.exists());
     assert_eq!(server.blob_files().len(), 1, "the indexed blob must stay");
     let r = client()
         .get(server.url("/studies/1.2.9.1"))
@@ -261,6 +259,7 @@ fn overwrite_can_be_enabled() {
         .send()
         .unwrap();
     assert_eq!(response.bytes().unwrap().to_vec(), replacement);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(server.blob_files().len(), 1, "the replaced blob is removed");
+    wait_until("the replaced blob is removed", || {
+        server.blob_files().len() == 1
+    });
 }

@@ -77,7 +77,7 @@ def stored(api, manifest, health_url) -> StoredFixtures:
     """
     import requests
 
-    deadline = time.time() + 30
+    deadline = time.time() + 60
     while True:
         try:
             if requests.get(health_url, timeout=5).status_code == 200:

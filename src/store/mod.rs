@@ -1102,6 +1102,24 @@ mod tests {
             .unwrap();
         std::mem::forget(writer);
         let instances = dir.path().join("instances");
+        // The parts already handed to the backend are written by tasks that
+        // outlive the forgotten writer; a file still being written is younger
+        // than any cutoff, so wait until nothing changes it any more.
+        let staging_file = std::fs::read_dir(&instances)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains('#'))
+            .expect("the backend stages uploads in files");
+        let mut last = None;
+        loop {
+            let meta = std::fs::metadata(&staging_file).unwrap();
+            let now = Some((meta.len(), meta.modified().unwrap()));
+            if now == last {
+                break;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let staged = |dir: &std::path::Path| {
             std::fs::read_dir(dir)
                 .unwrap()

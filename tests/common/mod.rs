@@ -233,6 +233,17 @@ pub fn cli(args: &[&str], data_dir: &Path) -> (bool, String) {
     )
 }
 
+/// Waits until `done` holds, polling, for at most a minute: the server finishes
+/// some work (clean-ups, sweeps) behind its responses, and a loaded machine may
+/// take a while. Fails naming `what` when it never happens.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `kastell verify` on a data directory (with the test's index and blob store).
 pub fn verify(data_dir: &Path) -> (bool, String) {
     cli(&["verify"], data_dir)
