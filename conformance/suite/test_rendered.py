@@ -382,6 +382,103 @@ def test_palette_colour(api, palette):
 
 
 # --------------------------------------------------------------------------
+# Modality LUT and VOI LUT sequences (PS3.3 C.11.1, C.11.2)
+# --------------------------------------------------------------------------
+VOI_LUT_FIRST, VOI_LUT_ENTRIES, VOI_LUT_BITS = -1000, 2500, 12
+
+
+def _store_variant(api, path: str, change) -> tuple[pydicom.Dataset, dict]:
+    """A copy of the file at `path` changed by `change(ds)`, with fresh UIDs, stored."""
+    from pydicom.uid import generate_uid
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    resp = kh.stow(api, [buf.getvalue()])
+    assert resp.status_code == 200, describe(resp)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue())), {
+        "study_instance_uid": str(ds.StudyInstanceUID), "series_instance_uid": str(ds.SeriesInstanceUID),
+        "sop_instance_uid": str(ds.SOPInstanceUID)}
+
+
+@pytest.fixture(scope="module")
+def lut_images(api, manifest):
+    """CT_small with a non-linear 12-bit VOI LUT (signed first value mapped, OW data) and a
+    stored window it must be preferred to; MR_small with an inverting Modality LUT (US data)
+    instead of a rescale. Both deleted afterwards."""
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+
+    def with_voi_lut(ds):
+        item = Dataset()
+        item.add(DataElement(0x00283002, "SS", [VOI_LUT_ENTRIES, VOI_LUT_FIRST, VOI_LUT_BITS]))
+        curve = np.round(4095 * (np.arange(VOI_LUT_ENTRIES) / (VOI_LUT_ENTRIES - 1)) ** 0.5).astype("<u2")
+        item.add(DataElement(0x00283006, "OW", curve.tobytes()))
+        item.LUTExplanation = "gamma 0.5"
+        ds.VOILUTSequence = [item]
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+
+    def with_modality_lut(ds):
+        item = Dataset()
+        item.add(DataElement(0x00283002, "US", [4096, 0, 16]))
+        item.add(DataElement(0x00283006, "US", [4095 - v for v in range(4096)]))
+        item.ModalityLUTType = "US"
+        ds.ModalityLUTSequence = [item]
+        for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+            if keyword in ds:
+                delattr(ds, keyword)
+
+    stored = {
+        "voi": _store_variant(api, manifest.path(manifest.by_name("CT_small.dcm")), with_voi_lut),
+        "modality": _store_variant(api, manifest.path(manifest.by_name("MR_small.dcm")), with_modality_lut),
+    }
+    yield stored
+    for _, entry in stored.values():
+        api.session.delete(api.url(kh.study_path(entry["study_instance_uid"])), timeout=kh.TIMEOUT)
+
+
+def test_voi_lut_sequence_is_the_default_presentation(api, lut_images):
+    """The VOI LUT (preferred to the stored window, as pydicom's apply_voi_lut does) applied to
+    the modality values, its 12-bit output scaled to 8 bits, +-1."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    ds, entry = lut_images["voi"]
+    values = np.floor(apply_modality_lut(ds.pixel_array, ds)).astype(np.int32)
+    ref = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64) / ((1 << VOI_LUT_BITS) - 1) * 255.0
+    assert not np.allclose(ref, kp.voi(values, 40, 400)), "the fixture must tell the LUT from the window"
+    ok, msg = kp.within(kp.gray(png_of(api, entry)), ref, kp.RENDER_TOL)
+    assert ok, msg
+
+
+def test_window_parameter_overrides_the_voi_lut(api, lut_images):
+    ds, entry = lut_images["voi"]
+    x = kp.modality(ds.pixel_array, ds)
+    got = kp.gray(png_of(api, entry, {"window": "300,1200,linear"}))
+    ok, msg = kp.within(got, kp.voi(x, 300, 1200, "linear"), kp.RENDER_TOL)
+    assert ok, msg
+
+
+def test_voi_lut_in_thumbnail(api, lut_images):
+    """Thumbnails present the image the same way: same mean grey as the rendered image, +-2."""
+    _, entry = lut_images["voi"]
+    full = kp.gray(png_of(api, entry)).astype(np.float64)
+    resp = api.get(entry_path(entry) + "/thumbnail", headers=PNG)
+    thumb = kp.gray(kp.image_array(single_image(resp, "image/png"))).astype(np.float64)
+    assert abs(full.mean() - thumb.mean()) <= 2, f"rendered mean {full.mean():.1f}, thumbnail {thumb.mean():.1f}"
+
+
+def test_modality_lut_sequence_replaces_the_rescale(api, lut_images):
+    """Stored values through the Modality LUT (pydicom's apply_modality_lut), then the window."""
+    ds, entry = lut_images["modality"]
+    x = kp.modality(ds.pixel_array, ds)
+    assert x.max() > 4095 - 200, "the fixture's Modality LUT must invert the values"
+    got = kp.gray(png_of(api, entry, {"window": "3000,2000,linear"}))
+    ok, msg = kp.within(got, kp.voi(x, 3000, 2000, "linear"), kp.RENDER_TOL)
+    assert ok, msg
+
+
+# --------------------------------------------------------------------------
 # viewport
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("name,viewport,size", [

@@ -1,13 +1,13 @@
 //! Rendering a frame for people (PS3.18 §8.3.5, rendered and thumbnail resources):
-//! modality rescale, VOI windowing (linear, linear-exact, sigmoid per PS3.3
-//! C.11.2.1), MONOCHROME1 inversion, colour conversion and palettes, then region,
+//! modality rescale or Modality LUT, VOI windowing (linear, linear-exact, sigmoid
+//! per PS3.3 C.11.2.1) or VOI LUT, MONOCHROME1 inversion, colour conversion and palettes, then region,
 //! viewport and annotation, in that order (DICOMWEB.md rule 96), and encoding as
 //! JPEG, PNG or GIF.
 
 use std::io::Cursor;
 
 use dicom_core::value::Value;
-use dicom_core::Tag;
+use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_pixeldata::{ConvertOptions, DecodedPixelData, ModalityLutOption, VoiLutOption};
@@ -224,6 +224,32 @@ fn presentation(
         return Ok(DynamicImage::ImageRgb8(image.to_rgb8()));
     }
     let values = modality_values(header, decoded)?;
+    let invert = photometric == "MONOCHROME1";
+    let to_grey = |y: f64| {
+        let y = y.round() as u8;
+        if invert {
+            255 - y
+        } else {
+            y
+        }
+    };
+    // A requested window wins; otherwise the instance's own VOI: its VOI LUT
+    // (preferred, as most viewers do, when it also has a window), its window,
+    // or the full range of the values.
+    let voi_lut = match window {
+        Some(_) => None,
+        None => LookupTable::usable(header, tags::VOILUT_SEQUENCE),
+    };
+    if let Some(lut) = voi_lut {
+        let scale = 255.0 / lut.max_output();
+        let grey: Vec<u8> = values
+            .iter()
+            .map(|v| to_grey(f64::from(lut.look_up(v.floor() as i64)) * scale))
+            .collect();
+        return GrayImage::from_raw(columns, rows, grey)
+            .map(DynamicImage::ImageLuma8)
+            .ok_or_else(|| DicomError::Malformed("pixel data shorter than Rows x Columns".into()));
+    }
     let window = window.or_else(|| stored_window(header)).unwrap_or_else(|| {
         let (min, max) = values
             .iter()
@@ -235,26 +261,16 @@ fn presentation(
             function: VoiFunction::LinearExact,
         }
     });
-    let invert = photometric == "MONOCHROME1";
-    let grey: Vec<u8> = values
-        .iter()
-        .map(|v| {
-            let y = window.apply(*v).round() as u8;
-            if invert {
-                255 - y
-            } else {
-                y
-            }
-        })
-        .collect();
+    let grey: Vec<u8> = values.iter().map(|v| to_grey(window.apply(*v))).collect();
     GrayImage::from_raw(columns, rows, grey)
         .map(DynamicImage::ImageLuma8)
         .ok_or_else(|| DicomError::Malformed("pixel data shorter than Rows x Columns".into()))
 }
 
-/// The stored values of a monochrome frame through the modality rescale (PS3.3
-/// C.11.1), for every BitsAllocated DICOM allows (1, 8, 16, 32): values are
-/// masked to BitsStored and sign-extended when PixelRepresentation is 1.
+/// The stored values of a monochrome frame through the Modality LUT or else the
+/// modality rescale (PS3.3 C.11.1), for every BitsAllocated DICOM allows (1, 8,
+/// 16, 32): values are masked to BitsStored and sign-extended when
+/// PixelRepresentation is 1.
 fn modality_values(
     header: &InMemDicomObject,
     decoded: &DecodedPixelData<'_>,
@@ -295,6 +311,20 @@ fn modality_values(
         (1i64 << stored) - 1
     };
     let sign_bit = 1i64 << (stored - 1);
+    let stored_value = |v: i64| {
+        let v = v & mask;
+        if signed && bits > 1 && v & sign_bit != 0 {
+            v - (mask + 1)
+        } else {
+            v
+        }
+    };
+    if let Some(lut) = LookupTable::usable(header, tags::MODALITY_LUT_SEQUENCE) {
+        return Ok(raw
+            .into_iter()
+            .map(|v| f64::from(lut.look_up(stored_value(v))))
+            .collect());
+    }
     let slope = float_list(header, tags::RESCALE_SLOPE)
         .first()
         .copied()
@@ -305,16 +335,100 @@ fn modality_values(
         .unwrap_or(0.0);
     Ok(raw
         .into_iter()
-        .map(|v| {
-            let v = v & mask;
-            let v = if signed && bits > 1 && v & sign_bit != 0 {
-                v - (mask + 1)
-            } else {
-                v
-            };
-            v as f64 * slope + intercept
-        })
+        .map(|v| stored_value(v) as f64 * slope + intercept)
         .collect())
+}
+
+/// The first item of a sequence, if the data set has one.
+fn first_item(dataset: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> {
+    dataset.get(tag)?.items()?.first()
+}
+
+/// A Modality or VOI LUT (PS3.3 C.11.1.1, C.11.2.1.1): LUT Descriptor (number of
+/// entries, first value mapped, bits per entry) and LUT Data.
+struct LookupTable {
+    first_mapped: i64,
+    bits: u32,
+    entries: Vec<u16>,
+}
+
+impl LookupTable {
+    /// The table in the first item of `sequence`, if there is one that can be
+    /// used: a broken table is passed over (with a warning) for the rescale or
+    /// window the instance also has, as viewers do, rather than failing the image.
+    fn usable(dataset: &InMemDicomObject, sequence: Tag) -> Option<Self> {
+        let item = first_item(dataset, sequence)?;
+        match Self::read(item) {
+            Ok(table) => Some(table),
+            Err(error) => {
+                tracing::warn!(%sequence, %error, "lookup table ignored");
+                None
+            }
+        }
+    }
+
+    fn read(item: &InMemDicomObject) -> Result<Self, DicomError> {
+        let malformed = |what: &str| DicomError::Malformed(format!("lookup table: {what}"));
+        let descriptor = item
+            .get(tags::LUT_DESCRIPTOR)
+            .ok_or(DicomError::MissingAttribute("LUT Descriptor"))?;
+        let values: Vec<i64> = match descriptor.value() {
+            Value::Primitive(v) => v
+                .to_multi_int::<i64>()
+                .map_err(|_| malformed("descriptor is not numeric"))?,
+            _ => return Err(malformed("descriptor is not numeric")),
+        };
+        let [count, first_mapped, bits] = values[..] else {
+            return Err(malformed("descriptor has not three values"));
+        };
+        // PS3.3 C.11.1.1.1: 0 entries means 2^16; the first value mapped is
+        // signed when the descriptor says so (SS) or was read unsigned from a
+        // value that is negative.
+        let count = if count == 0 { 65536 } else { count as usize };
+        let first_mapped = if descriptor.vr() != VR::SS && first_mapped > i64::from(i16::MAX) {
+            first_mapped - 65536
+        } else {
+            first_mapped
+        };
+        if !(1..=16).contains(&bits) {
+            return Err(malformed("bits per entry must be 1 to 16"));
+        }
+        let data = match item.get(tags::LUT_DATA).map(|e| e.value()) {
+            Some(Value::Primitive(v)) => v.to_bytes().into_owned(),
+            _ => return Err(DicomError::MissingAttribute("LUT Data")),
+        };
+        // 16-bit words as the standard writes them; tables of 8-bit entries
+        // packed one per byte are read as they come.
+        let entries: Vec<u16> = if data.len() >= 2 * count {
+            data.chunks_exact(2)
+                .take(count)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        } else if bits <= 8 && data.len() >= count {
+            data.iter().take(count).map(|b| u16::from(*b)).collect()
+        } else {
+            return Err(malformed("fewer data than entries"));
+        };
+        // Tables that declare more bits than their values use are common; the
+        // output range comes from the declaration unless a value exceeds it.
+        let widest = entries.iter().max().map_or(1, |m| 16 - m.leading_zeros());
+        Ok(Self {
+            first_mapped,
+            bits: (bits as u32).max(widest),
+            entries,
+        })
+    }
+
+    /// The entry for `value`: the first below the range, the last above it.
+    fn look_up(&self, value: i64) -> u16 {
+        let last = self.entries.len() as i64 - 1;
+        self.entries[(value - self.first_mapped).clamp(0, last) as usize]
+    }
+
+    /// The largest output the table's bit depth allows.
+    fn max_output(&self) -> f64 {
+        f64::from((1u32 << self.bits) - 1)
+    }
 }
 
 /// Looks up PALETTE COLOR indices in the red, green and blue tables (PS3.3
