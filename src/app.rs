@@ -612,23 +612,52 @@ async fn retire_with(services: &Services, tenant: &str, version: u32) -> anyhow:
     Ok(checked)
 }
 
-/// Destroys every key of a tenant: its objects can never be read again.
-/// Audited.
-pub fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<()> {
-    let index = open_index(config)?;
-    let result = master_key(config).and_then(|master| {
-        let ring = KeyRing::new(master, Arc::new(IndexKeyLoader(index.clone())));
-        Ok(ring.shred(tenant)?)
-    });
+/// What crypto-shredding a tenant erased.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShredReport {
+    pub studies: usize,
+    pub instances: usize,
+}
+
+/// Crypto-shredding, the erasure path: destroys every key of a tenant, so that
+/// its objects (and every copy of them in blob backups) can never be read again,
+/// then erases what the index still knew of them — the studies' attributes,
+/// patient data included — keeping only their UIDs so that retrieval answers
+/// 410 Gone, and removes the unreadable blobs. Running it again finishes an
+/// erasure that was interrupted. Audited.
+pub async fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<ShredReport> {
+    let tenants = build_tenants(config)?;
+    let result = async {
+        let services = tenants
+            .all()
+            .await?
+            .into_iter()
+            .find_map(|(name, services)| (name == tenant).then_some(services))
+            .ok_or_else(|| anyhow::anyhow!("there is no tenant {tenant}"))?;
+        services.store.keys().shred(tenant)?;
+        let mut report = ShredReport::default();
+        let studies = services.with_index(|index| index.study_uids()).await?;
+        for study in studies {
+            report.instances +=
+                crate::service::delete::delete(&services, crate::index::Scope::Study { study })
+                    .await?;
+            report.studies += 1;
+        }
+        anyhow::Ok(report)
+    }
+    .await;
     let event = match &result {
-        Ok(()) => AuditEvent::cli(tenant, Action::KeyShred, Outcome::Success)
+        Ok(report) => AuditEvent::cli(tenant, Action::KeyShred, Outcome::Success)
             .status(0)
-            .detail("every key version destroyed"),
+            .detail(format!(
+                "every key version destroyed; {} studies ({} instances) erased from the index",
+                report.studies, report.instances
+            )),
         Err(error) => AuditEvent::cli(tenant, Action::KeyShred, Outcome::Failure)
             .status(1)
             .detail(format!("{error:#}")),
     };
-    audit_cli(&index, event, result)
+    audit_cli(&tenants.default_services().index, event, result)
 }
 
 /// What `kastell verify` found.

@@ -426,8 +426,12 @@ fn main() -> anyhow::Result<()> {
                     "shredding destroys every image of tenant {tenant} for good; repeat with --yes"
                 );
             }
-            kastell::app::shred_tenant(&config, &tenant)?;
-            println!("tenant {tenant}: every key destroyed; its images can no longer be read");
+            let erased = tokio_runtime()?.block_on(kastell::app::shred_tenant(&config, &tenant))?;
+            println!(
+                "tenant {tenant}: every key destroyed; its images can no longer be read; \
+                 {} studies ({} instances) erased from the index, their UIDs kept for 410 Gone",
+                erased.studies, erased.instances
+            );
             Ok(())
         }
         Command::Generate {

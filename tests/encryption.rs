@@ -8,6 +8,59 @@ use std::process::Command;
 
 use common::*;
 
+/// Whether any table of the index holds `text` (case-insensitively): on SQLite
+/// in the bytes of its files, free pages and journal included; on PostgreSQL in
+/// any row of the tables the test's index uses.
+fn index_contains(data_dir: &Path, text: &str) -> bool {
+    let needle = text.to_lowercase();
+    if std::env::var("KASTELL_TEST_INDEX").as_deref() == Ok("postgres") {
+        use diesel::{Connection, QueryableByName, RunQueryDsl};
+        #[derive(QueryableByName)]
+        struct Found {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            found: i64,
+        }
+        let url = std::fs::read_to_string(data_dir.join("test-index-url")).unwrap();
+        let mut conn = diesel::PgConnection::establish(&url).unwrap();
+        let tables = [
+            "studies",
+            "series",
+            "instances",
+            "series_requests",
+            "derived_blobs",
+        ];
+        return tables.iter().any(|table| {
+            diesel::sql_query(format!(
+                "SELECT count(*) AS found FROM {table} t WHERE lower(t::text) LIKE $1"
+            ))
+            .bind::<diesel::sql_types::Text, _>(format!("%{needle}%"))
+            .get_result::<Found>(&mut conn)
+            .unwrap_or_else(|e| panic!("searching {table}: {e}"))
+            .found
+                > 0
+        });
+    }
+    let mut pending = vec![data_dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("blobs") {
+                    pending.push(path);
+                }
+            } else if std::fs::read(&path)
+                .unwrap()
+                .to_ascii_lowercase()
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 fn kastell(args: &[&str], data_dir: &Path, env: &[(&str, &str)]) -> (bool, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kastell"));
     command
@@ -173,11 +226,17 @@ fn rotation_rewraps_and_keeps_everything_readable() {
 #[test]
 fn shredding_a_tenant_makes_its_images_gone() {
     let server = Server::start();
+    let mut named = Spec::new("7.1", "7.1.1", "7.1.1.1");
+    named.patient_name = "Shredded^Person".into();
     assert_eq!(
         store(
             &server,
             "/studies",
-            &[dicom_file(&Spec::new("7.1", "7.1.1", "7.1.1.1"))]
+            &[
+                dicom_file(&named),
+                dicom_file(&Spec::new("7.1", "7.1.1", "7.1.1.2")),
+                dicom_file(&Spec::new("7.2", "7.2.1", "7.2.1.1"))
+            ]
         )
         .0,
         200
@@ -197,9 +256,32 @@ fn shredding_a_tenant_makes_its_images_gone() {
         &[],
     );
     assert!(ok, "{out}");
+    assert!(
+        out.contains("2 studies (3 instances) erased from the index"),
+        "{out}"
+    );
+    // The index no longer holds the patient's data, only the UIDs (for 410).
+    assert!(
+        !index_contains(&data, "Shredded^Person"),
+        "the patient's name survived shredding"
+    );
+    let (ok, out) = kastell(&["verify"], &data, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("0 indexed blobs checked, 0 failed, 0 orphaned"),
+        "the unreadable blobs are removed: {out}"
+    );
+    // Running it again (e.g. after an interruption) finds nothing left to erase.
+    let (ok, out) = kastell(
+        &["keys", "shred", "--tenant", "default", "--yes"],
+        &data,
+        &[],
+    );
+    assert!(ok && out.contains("0 studies (0 instances)"), "{out}");
     let server = Server::spawn(&data, &[]);
     for resource in [
         "/studies/7.1",
+        "/studies/7.2",
         "/studies/7.1/series/7.1.1/instances/7.1.1.1/metadata",
     ] {
         let response = client().get(server.url(resource)).send().unwrap();
@@ -210,12 +292,11 @@ fn shredding_a_tenant_makes_its_images_gone() {
         .send()
         .unwrap();
     assert_eq!(bulk.status().as_u16(), 410);
-    // Search still answers (the index keeps the UIDs so retrieval can say 410).
-    let search = client()
-        .get(server.url("/studies?StudyInstanceUID=7.1"))
-        .send()
-        .unwrap();
-    assert_eq!(search.status().as_u16(), 200);
+    // Search finds nothing of them any more.
+    for query in ["/studies", "/instances?PatientName=Shredded*"] {
+        let search = client().get(server.url(query)).send().unwrap();
+        assert_eq!(search.status().as_u16(), 204, "{query}");
+    }
 }
 
 #[test]

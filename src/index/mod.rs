@@ -77,10 +77,12 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         // WAL lets readers run beside the writer; FULL sync because an acknowledged
         // STOW must survive a power cut; case-sensitive LIKE because DICOM string
-        // matching is case-sensitive (person names are matched on folded copies).
+        // matching is case-sensitive (person names are matched on folded copies);
+        // secure_delete because a deleted or shredded study's patient data must
+        // not linger in free pages of the file.
         conn.batch_execute(&format!(
             "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-             PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON;",
+             PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; PRAGMA secure_delete = ON;",
             self.busy_timeout.as_millis()
         ))
         .map_err(diesel::r2d2::Error::QueryError)
@@ -705,6 +707,20 @@ impl Index {
             &[Bind::Text(uid.clone())],
         )?);
         Ok(!rows.is_empty())
+    }
+
+    /// The Study Instance UID of every study in the index.
+    pub fn study_uids(&self) -> Result<Vec<String>, IndexError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            study_instance_uid: String,
+        }
+        let rows = with_conn!(self, conn => conn.load::<Row>(
+            "SELECT study_instance_uid FROM studies ORDER BY study_pk",
+            &[],
+        )?);
+        Ok(rows.into_iter().map(|r| r.study_instance_uid).collect())
     }
 
     /// Every indexed blob with its plaintext size, in index order.
