@@ -271,6 +271,16 @@ struct ServeArgs {
     common: CommonArgs,
 }
 
+/// The jurisdiction policy for a command that writes personal data or keys
+/// (`serve` checks it itself): it refuses, naming every violation, before
+/// anything is opened. Commands that only read, and the erasure paths (retire,
+/// shred), are not held back by it.
+fn enforce_sovereignty(config: &Config, what: &str) -> anyhow::Result<()> {
+    kastell::app::enforce_sovereignty(config)
+        .map(drop)
+        .with_context(|| format!("kastell refuses to {what}"))
+}
+
 fn load(common: &CommonArgs, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
     let overrides = Overrides {
         listen,
@@ -312,6 +322,7 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => {
             let config = load(&merge(&cli.common, &args), None)?;
             kastell::telemetry::init(&config.log);
+            enforce_sovereignty(&config, "migrate the index")?;
             let applied = kastell::index::Index::migrate(&config.effective_index_url())?;
             if applied.is_empty() {
                 println!("the index schema is up to date");
@@ -336,6 +347,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let config = load(&merge(&cli.common, &common), None)?;
             kastell::telemetry::init(&config.log);
+            enforce_sovereignty(&config, "add a tenant")?;
             let display = display_name.unwrap_or_else(|| name.clone());
             let added = kastell::app::add_tenant(&config, &name, &display)?;
             println!(
@@ -378,6 +390,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let config = load(&merge(&cli.common, &common), None)?;
             kastell::telemetry::init(&config.log);
+            enforce_sovereignty(&config, "rotate a key")?;
             let report =
                 tokio_runtime()?.block_on(kastell::app::rotate_tenant_key(&config, &tenant))?;
             println!(
@@ -443,6 +456,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let config = load(&merge(&cli.common, &common), None)?;
             kastell::telemetry::init(&config.log);
+            enforce_sovereignty(&config, "generate an index")?;
             let index = kastell::app::open_index(&config)?;
             let started = std::time::Instant::now();
             let generated = kastell::index::generate::generate(
@@ -607,6 +621,7 @@ fn import(
         config.log.level = "warn".into();
     }
     kastell::telemetry::init(&config.log);
+    enforce_sovereignty(&config, "import")?;
     let jobs = jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
     });

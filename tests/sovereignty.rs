@@ -98,6 +98,52 @@ fn serve_refuses_a_violating_configuration_before_opening_anything() {
 }
 
 #[test]
+fn commands_that_write_data_or_keys_refuse_a_violating_configuration_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let source = dir.path().join("to-import");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(
+        source.join("one.dcm"),
+        common::dicom_file(&common::Spec::new("1.9.1", "1.9.1.1", "1.9.1.1.1")),
+    )
+    .unwrap();
+    let violating = [
+        ("KASTELL__SERVER__LOCATION__COUNTRY", "DE"),
+        ("KASTELL__INDEX__LOCATION__COUNTRY", "US"),
+        ("KASTELL__INDEX__LOCATION__OPERATOR", "Example Cloud Inc."),
+    ];
+    let data_dir = data.to_str().unwrap();
+    let source_dir = source.to_str().unwrap();
+    for (args, what) in [
+        (vec!["import", source_dir], "import"),
+        (vec!["migrate"], "migrate the index"),
+        (vec!["tenants", "add", "radiology"], "add a tenant"),
+        (vec!["keys", "rotate", "--tenant", "default"], "rotate a key"),
+        (vec!["generate", "--studies", "1"], "generate an index"),
+    ] {
+        let mut args = args;
+        args.extend(["--data-dir", data_dir]);
+        let output = kastell(&args, &violating);
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("kastell refuses to {what}")),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("sovereignty.personal_data_countries"),
+            "{stderr}"
+        );
+        assert!(!data.join("index.sqlite").exists(), "{args:?} opened the index");
+        assert!(!data.join("blobs").exists(), "{args:?} opened the blob store");
+    }
+    // The same commands run where the policy holds.
+    let output = kastell(&["import", source_dir, "--data-dir", data_dir], &[]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
 fn serve_requiring_declarations_refuses_an_undeclared_host() {
     let dir = tempfile::tempdir().unwrap();
     let output = serve_expecting_refusal(
