@@ -225,16 +225,50 @@ fn orphaned_blobs_are_swept_at_start_up() {
         .0,
         200
     );
+    // A derived object the index records: the series metadata, cached behind
+    // the response.
+    let metadata = client()
+        .get(server.url("/studies/1.2.9.1/series/1.2.9.1.1/metadata"))
+        .send()
+        .unwrap();
+    assert_eq!(metadata.status().as_u16(), 200);
+    let derived = |data: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(data.join("blobs/derived"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    wait_until("the series metadata is cached", || {
+        derived(&server.data_dir).len() == 1
+    });
     let data_dir = server.data_dir.clone();
     let dir = tempfile::tempdir().unwrap();
     let kept = dir.path().join("data");
     std::fs::rename(&data_dir, &kept).unwrap();
     drop(server);
+    let cached = derived(&kept);
+    // Left by a crash: an instance blob whose rows were never committed, and a
+    // derived object written but never recorded (an hour ago, so that verify
+    // does not take it for one on its way to being recorded).
     let orphan = kept.join("blobs/instances/0123456789abcdef0123456789abcdef");
     std::fs::write(&orphan, b"left by a crash").unwrap();
+    let derived_orphan = kept.join("blobs/derived/fedcba9876543210fedcba9876543210");
+    std::fs::write(&derived_orphan, b"left by a crash").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&derived_orphan)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let (ok, out) = verify(&kept);
+    assert!(ok && out.contains("0 failed, 2 orphaned"), "{out}");
+    assert!(out.contains("0123456789abcdef0123456789abcdef"), "{out}");
+    assert!(out.contains("fedcba9876543210fedcba9876543210"), "{out}");
     let server = Server::spawn(&kept, &[("KASTELL__STORAGE__ORPHAN_GRACE_SECS", "0")]);
-    wait_until("the start-up sweep removes the orphan", || !orphan.exists());
+    wait_until("the start-up sweep removes the orphans", || {
+        !orphan.exists() && !derived_orphan.exists()
+    });
     assert_eq!(server.blob_files().len(), 1, "the indexed blob must stay");
+    assert_eq!(derived(&kept), cached, "the recorded derived object must stay");
     let r = client()
         .get(server.url("/studies/1.2.9.1"))
         .header("Accept", "multipart/related; type=\"application/dicom\"")

@@ -768,14 +768,19 @@ impl Index {
         let mut found = HashSet::new();
         for chunk in keys.chunks(500) {
             let mut sql = SqlBuilder::new();
-            sql.push("SELECT blob_key FROM instances WHERE blob_key IN (");
-            for (i, key) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
+            for (n, table) in ["instances", "derived_blobs"].into_iter().enumerate() {
+                if n > 0 {
+                    sql.push(" UNION ALL ");
                 }
-                sql.bind(Bind::Text(key.clone()));
+                sql.push(&format!("SELECT blob_key FROM {table} WHERE blob_key IN ("));
+                for (i, key) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(Bind::Text(key.clone()));
+                }
+                sql.push(")");
             }
-            sql.push(")");
             let rows = with_conn!(self, conn => conn.load::<BlobKeyRow>(sql.sql(), sql.binds())?);
             found.extend(rows.into_iter().map(|row| row.blob_key));
         }

@@ -12,6 +12,7 @@ use tokio::sync::RwLock;
 
 use super::{ServiceError, Services};
 use crate::index::{Index, IndexOptions};
+use crate::store::BlobKind;
 
 /// How long a tenant's registry status is trusted before it is read again.
 const STATUS_TTL: Duration = Duration::from_secs(5);
@@ -140,12 +141,16 @@ impl Tenants {
     }
 
     /// Removes blobs that no tenant's index references and that are older than the
-    /// grace period: what a crash in the middle of a STOW left behind. The blob
+    /// grace period: what a crash in the middle of a STOW, or between writing a
+    /// derived object (metadata, thumbnail) and recording it, left behind. The blob
     /// store is shared, so a blob is an orphan only if every index disowns it.
     pub async fn sweep_orphans(&self) -> Result<usize, ServiceError> {
         let grace = self.default.settings.orphan_grace;
         let stale = self.default.store.remove_stale_uploads(grace).await?;
-        let candidates = self.default.store.instance_keys_older_than(grace).await?;
+        let mut candidates = Vec::new();
+        for kind in [BlobKind::Instance, BlobKind::Derived] {
+            candidates.extend(self.default.store.keys_older_than(kind, grace).await?);
+        }
         if candidates.is_empty() {
             return Ok(stale);
         }

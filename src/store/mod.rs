@@ -704,17 +704,18 @@ impl BlobStore {
         removed
     }
 
-    /// Keys of every instance blob last modified before `now - grace`.
+    /// Keys of every blob of `kind` last modified before `now - grace`.
     #[tracing::instrument(name = "store.list", skip_all)]
-    pub async fn instance_keys_older_than(
+    pub async fn keys_older_than(
         &self,
+        kind: BlobKind,
         grace: Duration,
     ) -> Result<Vec<BlobKey>, StoreError> {
         let _timer = StoreTimer::start("list", &self.description);
         let cutoff = SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let prefix = ObjectPath::from(BlobKind::Instance.prefix());
+        let prefix = ObjectPath::from(kind.prefix());
         let mut listing = self.inner.list(Some(&prefix));
         let mut keys = Vec::new();
         while let Some(meta) = listing.next().await {
@@ -1078,7 +1079,7 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         let left = store
-            .instance_keys_older_than(Duration::ZERO)
+            .keys_older_than(BlobKind::Instance, Duration::ZERO)
             .await
             .unwrap();
         assert!(left.is_empty(), "aborted upload left {left:?}");
