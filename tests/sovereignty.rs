@@ -119,7 +119,10 @@ fn commands_that_write_data_or_keys_refuse_a_violating_configuration_too() {
         (vec!["import", source_dir], "import"),
         (vec!["migrate"], "migrate the index"),
         (vec!["tenants", "add", "radiology"], "add a tenant"),
-        (vec!["keys", "rotate", "--tenant", "default"], "rotate a key"),
+        (
+            vec!["keys", "rotate", "--tenant", "default"],
+            "rotate a key",
+        ),
         (vec!["generate", "--studies", "1"], "generate an index"),
     ] {
         let mut args = args;
@@ -135,8 +138,14 @@ fn commands_that_write_data_or_keys_refuse_a_violating_configuration_too() {
             stderr.contains("sovereignty.personal_data_countries"),
             "{stderr}"
         );
-        assert!(!data.join("index.sqlite").exists(), "{args:?} opened the index");
-        assert!(!data.join("blobs").exists(), "{args:?} opened the blob store");
+        assert!(
+            !data.join("index.sqlite").exists(),
+            "{args:?} opened the index"
+        );
+        assert!(
+            !data.join("blobs").exists(),
+            "{args:?} opened the blob store"
+        );
     }
     // The same commands run where the policy holds.
     let output = kastell(&["import", source_dir, "--data-dir", data_dir], &[]);

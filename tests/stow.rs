@@ -225,19 +225,18 @@ fn orphaned_blobs_are_swept_at_start_up() {
         .0,
         200
     );
-    // A derived object the index records: the series metadata, cached behind
-    // the response.
-    let metadata = client()
-        .get(server.url("/studies/1.2.9.1/series/1.2.9.1.1/metadata"))
+    // A derived object the index records: the instance's thumbnail, cached.
+    let thumbnail = client()
+        .get(server.url("/studies/1.2.9.1/series/1.2.9.1.1/instances/1.2.9.1.1.1/thumbnail"))
         .send()
         .unwrap();
-    assert_eq!(metadata.status().as_u16(), 200);
+    assert_eq!(thumbnail.status().as_u16(), 200);
     let derived = |data: &std::path::Path| -> Vec<std::path::PathBuf> {
         std::fs::read_dir(data.join("blobs/derived"))
             .map(|d| d.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default()
     };
-    wait_until("the series metadata is cached", || {
+    wait_until("the thumbnail is cached", || {
         derived(&server.data_dir).len() == 1
     });
     let data_dir = server.data_dir.clone();
@@ -268,7 +267,11 @@ fn orphaned_blobs_are_swept_at_start_up() {
         !orphan.exists() && !derived_orphan.exists()
     });
     assert_eq!(server.blob_files().len(), 1, "the indexed blob must stay");
-    assert_eq!(derived(&kept), cached, "the recorded derived object must stay");
+    assert_eq!(
+        derived(&kept),
+        cached,
+        "the recorded derived object must stay"
+    );
     let r = client()
         .get(server.url("/studies/1.2.9.1"))
         .header("Accept", "multipart/related; type=\"application/dicom\"")
