@@ -320,7 +320,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     // The audit trail lives in the control index, whatever the tenant.
-    let audit = crate::audit::AuditLog::start(services.index.clone());
+    let chain_key = audit_chain_key(&config, &services.index)?;
+    let audit = crate::audit::AuditLog::start(services.index.clone(), chain_key);
     let tenants = Arc::new(Tenants::new(
         services,
         &config.keys.default_tenant,
@@ -507,7 +508,7 @@ pub async fn rotate_tenant_key(config: &Config, tenant: &str) -> anyhow::Result<
             .status(1)
             .detail(format!("{error:#}")),
     };
-    audit_cli(&control.index, event, result)
+    audit_cli(config, &control.index, event, result)
 }
 
 async fn rotate_with(
@@ -549,14 +550,46 @@ async fn rotate_with(
     Ok(report)
 }
 
+/// The key that seals the audit chain in the control index `index`, made on
+/// first use (wrapped by the master key provider).
+pub fn audit_chain_key(config: &Config, index: &Index) -> anyhow::Result<crate::audit::ChainKey> {
+    let provider = master_key(config)?;
+    Ok(crate::audit::ChainKey::load_or_create(index, &*provider)?)
+}
+
+/// Appends `events` to the audit trail of the control index `index` (for the
+/// command line; the server goes through its `AuditLog`).
+pub fn append_audit(config: &Config, index: &Index, events: &[AuditEvent]) -> anyhow::Result<()> {
+    let key = audit_chain_key(config, index)?;
+    crate::audit::append(index, &key, events)?;
+    Ok(())
+}
+
+/// Verifies the audit trail of the control index `index`, keyed rows with the
+/// installation's chain key (none made yet: every row is unkeyed).
+pub fn verify_audit(
+    config: &Config,
+    index: &Index,
+    anchor: Option<crate::audit::Anchor>,
+) -> anyhow::Result<crate::audit::VerifyReport> {
+    let provider = master_key(config)?;
+    let key = crate::audit::ChainKey::load(index, &*provider)?;
+    Ok(crate::audit::verify_anchored(index, key, anchor)?)
+}
+
 /// Appends the audit record of a command-line operation, then hands back the
 /// operation's result. An operation that happened but could not be audited fails
 /// the command, so the operator knows the trail lacks it.
-fn audit_cli<T>(index: &Index, event: AuditEvent, result: anyhow::Result<T>) -> anyhow::Result<T> {
+fn audit_cli<T>(
+    config: &Config,
+    index: &Index,
+    event: AuditEvent,
+    result: anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let action = event.action;
-    match (crate::audit::append(index, &[event]), result) {
+    match (append_audit(config, index, &[event]), result) {
         (Ok(_), result) => result,
-        (Err(audit), Ok(_)) => Err(anyhow::Error::new(audit).context(format!(
+        (Err(audit), Ok(_)) => Err(audit.context(format!(
             "the {action} operation was carried out, but its audit record could not be written"
         ))),
         (Err(audit), Err(error)) => {
@@ -590,7 +623,7 @@ pub async fn retire_tenant_key(
             .status(1)
             .detail(format!("key version {version}: {error:#}")),
     };
-    audit_cli(&tenants.default_services().index, event, result)
+    audit_cli(config, &tenants.default_services().index, event, result)
 }
 
 async fn retire_with(services: &Services, tenant: &str, version: u32) -> anyhow::Result<usize> {
@@ -657,7 +690,7 @@ pub async fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<Shred
             .status(1)
             .detail(format!("{error:#}")),
     };
-    audit_cli(&tenants.default_services().index, event, result)
+    audit_cli(config, &tenants.default_services().index, event, result)
 }
 
 /// How long a derived object may exist before its index row: `verify` does not

@@ -507,7 +507,7 @@ fn main() -> anyhow::Result<()> {
             kastell::telemetry::init(&config.log);
             let anchor = anchor.as_deref().map(str::parse).transpose()?;
             let index = kastell::app::open_index(&config)?;
-            let report = kastell::audit::verify_anchored(&index, anchor)?;
+            let report = kastell::app::verify_audit(&config, &index, anchor)?;
             print!("{report}");
             match report.first_broken() {
                 None => Ok(()),
@@ -557,7 +557,8 @@ fn main() -> anyhow::Result<()> {
                 "{count} events since {since} as {}",
                 format.as_str()
             ));
-            audit::append(&index, &[event]).context("recording the export in the audit trail")?;
+            kastell::app::append_audit(&config, &index, &[event])
+                .context("recording the export in the audit trail")?;
             if let Some(path) = output {
                 println!("{count} audit events written to {}", path.display());
             }
@@ -643,7 +644,7 @@ fn import(
     // The import stores around HTTP: it leaves one audit record of its own (the
     // directory is named by the operator and may name patients: not recorded).
     {
-        use kastell::audit::{self, Action, AuditEvent, Outcome};
+        use kastell::audit::{Action, AuditEvent, Outcome};
         let outcome = if report.failed > 0 {
             Outcome::Failure
         } else {
@@ -660,7 +661,8 @@ fn import(
             report.stored, report.already_present, report.skipped, report.failed
         ));
         let index = kastell::app::open_index(&config)?;
-        audit::append(&index, &[event]).context("recording the import in the audit trail")?;
+        kastell::app::append_audit(&config, &index, &[event])
+            .context("recording the import in the audit trail")?;
     }
     if report.failed > 0 {
         anyhow::bail!(

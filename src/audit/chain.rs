@@ -15,28 +15,38 @@
 //!                (integers — seq, status — as decimal ASCII)
 //! ```
 //!
-//! `hash = lowercase hex( SHA-256( prev_hash || canonical(row) ) )`, where
-//! `prev_hash` enters as its 64 ASCII hex characters and is the previous row's
-//! `hash`, or [`GENESIS_HASH`] (64 zeros) for seq 1. The text hashed is exactly
-//! the text stored: verification never parses or normalises a row.
+//! `hash = lowercase hex( HMAC-SHA256( chain key, prev_hash || canonical(row) ) )`,
+//! where `prev_hash` enters as its 64 ASCII hex characters and is the previous
+//! row's `hash`, or [`GENESIS_HASH`] (64 zeros) for seq 1. The text hashed is
+//! exactly the text stored: verification never parses or normalises a row.
+//!
+//! The chain key ([`ChainKey`]) is 32 random bytes made once per installation,
+//! kept in the index only wrapped by the master key provider (like the tenant
+//! keys; `audit_chain_key`), with the first seq it seals bound into the
+//! wrapping. Rows before that seq were written by a Kastell that did not yet key
+//! the chain: their `hash` is the plain `SHA-256( prev_hash || canonical(row) )`,
+//! and the report counts them apart.
 //!
 //! # What the chain detects, and what it cannot
 //!
 //! With `seq` gap-free and part of the hash, [`verify`] finds a row edited in
 //! place (its hash no longer matches), a row deleted (a gap in `seq`), and a row
-//! inserted or replaced (the next row no longer links to it). It cannot, on its
-//! own, detect the removal of the newest rows (the shorter chain is still a
-//! valid chain), nor a chain rewritten from some row onwards by someone who
-//! recomputes every later hash (SHA-256 takes no secret). Both are caught by an
-//! anchor kept outside this database: `kastell audit verify` prints the head
-//! (seq and hash) and the count; an operator records them elsewhere (a ticket,
-//! a WORM bucket, a signed e-mail, another system's log) and later runs
-//! `kastell audit verify --anchor SEQ:HASH`, which fails unless the row `SEQ`
-//! still carries `HASH`.
+//! inserted or replaced (the next row no longer links to it). Because the hash
+//! takes a secret the database does not hold in the clear, someone who can write
+//! the database but does not hold the master key cannot recompute the chain
+//! after such a change (unkeyed rows before the key's first seq excepted). What
+//! the chain cannot show on its own is the removal of the newest rows (the
+//! shorter chain is still a valid chain). An anchor kept outside this database
+//! catches that: `kastell audit verify` prints the head (seq and hash); an
+//! operator records it elsewhere (a ticket, a WORM bucket, a signed e-mail,
+//! another system's log) and later runs `kastell audit verify --anchor SEQ:HASH`,
+//! which fails unless the row `SEQ` still carries `HASH`.
 
 use ring::digest::{Context, SHA256};
+use ring::hmac;
 
 use super::{AuditError, AuditEvent};
+use crate::crypto::{KeyProvider, SecretKey};
 use crate::index::audit::{AuditHead, AuditRow};
 use crate::index::Index;
 
@@ -82,8 +92,94 @@ pub fn canonical(row: &AuditRow) -> Vec<u8> {
     out
 }
 
-/// The hash a row must carry after `prev_hash`.
-pub fn row_hash(prev_hash: &str, row: &AuditRow) -> String {
+/// What the master key provider binds a wrapped chain key to: its purpose and
+/// the first seq it seals (so that neither can be changed in the index).
+fn chain_key_context(first_keyed_seq: i64) -> Vec<u8> {
+    format!("kastell/audit-chain-key/v1 first_keyed_seq={first_keyed_seq}").into_bytes()
+}
+
+/// The secret that seals the chain from [`ChainKey::first_keyed_seq`] on.
+#[derive(Clone)]
+pub struct ChainKey {
+    key: hmac::Key,
+    first_keyed_seq: i64,
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainKey")
+            .field("first_keyed_seq", &self.first_keyed_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many times a new key is tried when other writers keep appending while it
+/// is made (each try takes a moment; more than a few means something is wrong).
+const CHAIN_KEY_ATTEMPTS: usize = 20;
+
+impl ChainKey {
+    pub fn new(secret: &SecretKey, first_keyed_seq: i64) -> Self {
+        ChainKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret.expose()),
+            first_keyed_seq,
+        }
+    }
+
+    /// The first seq this key seals; rows before it are hash-chained only.
+    pub fn first_keyed_seq(&self) -> i64 {
+        self.first_keyed_seq
+    }
+
+    /// The installation's chain key, if one was made.
+    pub fn load(index: &Index, provider: &dyn KeyProvider) -> Result<Option<Self>, AuditError> {
+        let Some(stored) = index.audit_chain_key()? else {
+            return Ok(None);
+        };
+        let secret = provider
+            .unwrap_tenant_key(
+                &stored.wrapped_key,
+                &chain_key_context(stored.first_keyed_seq),
+            )
+            .map_err(AuditError::ChainKey)?;
+        Ok(Some(ChainKey::new(&secret, stored.first_keyed_seq)))
+    }
+
+    /// The installation's chain key, made (and stored wrapped) by the first
+    /// writer that needs it, to seal from the row after the current head.
+    pub fn load_or_create(index: &Index, provider: &dyn KeyProvider) -> Result<Self, AuditError> {
+        for _ in 0..CHAIN_KEY_ATTEMPTS {
+            if let Some(key) = Self::load(index, provider)? {
+                return Ok(key);
+            }
+            let first_keyed_seq = index.audit_head()?.map_or(1, |head| head.seq + 1);
+            let secret = SecretKey::generate().map_err(AuditError::ChainKey)?;
+            let wrapped = provider
+                .wrap_tenant_key(&secret, &chain_key_context(first_keyed_seq))
+                .map_err(AuditError::ChainKey)?;
+            if index.create_audit_chain_key(wrapped, first_keyed_seq)? {
+                tracing::info!(first_keyed_seq, "made the audit chain key");
+                return Ok(ChainKey::new(&secret, first_keyed_seq));
+            }
+        }
+        Err(AuditError::ChainKeyContention)
+    }
+}
+
+/// The hash a row must carry after `prev_hash`: keyed from the key's first seq,
+/// plain SHA-256 before it (rows of a Kastell that did not key the chain yet).
+pub fn row_hash(key: &ChainKey, prev_hash: &str, row: &AuditRow) -> String {
+    if row.seq >= key.first_keyed_seq {
+        let mut mac = hmac::Context::with_key(&key.key);
+        mac.update(prev_hash.as_bytes());
+        mac.update(&canonical(row));
+        hex::encode(mac.sign().as_ref())
+    } else {
+        unkeyed_row_hash(prev_hash, row)
+    }
+}
+
+/// The hash of a row written before the chain was keyed.
+pub fn unkeyed_row_hash(prev_hash: &str, row: &AuditRow) -> String {
     let mut digest = Context::new(&SHA256);
     digest.update(prev_hash.as_bytes());
     digest.update(&canonical(row));
@@ -92,7 +188,7 @@ pub fn row_hash(prev_hash: &str, row: &AuditRow) -> String {
 
 /// The rows that append `events` after `head`: consecutive seqs, each linked to
 /// the one before.
-pub fn seal(head: Option<&AuditHead>, events: &[AuditEvent]) -> Vec<AuditRow> {
+pub fn seal(key: &ChainKey, head: Option<&AuditHead>, events: &[AuditEvent]) -> Vec<AuditRow> {
     let (mut seq, mut prev) = match head {
         Some(head) => (head.seq, head.hash.clone()),
         None => (0, GENESIS_HASH.to_string()),
@@ -103,7 +199,7 @@ pub fn seal(head: Option<&AuditHead>, events: &[AuditEvent]) -> Vec<AuditRow> {
             seq += 1;
             let mut row = event.to_row();
             row.seq = seq;
-            row.hash = row_hash(&prev, &row);
+            row.hash = row_hash(key, &prev, &row);
             row.prev_hash = std::mem::replace(&mut prev, row.hash.clone());
             row
         })
@@ -188,6 +284,10 @@ impl std::str::FromStr for Anchor {
 pub struct VerifyReport {
     /// Rows walked.
     pub events: u64,
+    /// Rows before the chain key's first seq (or all, when there is no key yet):
+    /// hash-chained with SHA-256 only, so someone who can write the database
+    /// could have recomputed them.
+    pub unkeyed_events: u64,
     /// The newest row as stored: record it elsewhere to anchor the chain.
     pub head: Option<AuditHead>,
     /// The first breaks, in seq order (at most 100 listed).
@@ -231,14 +331,21 @@ impl std::fmt::Display for VerifyReport {
                 }
             }
         }
+        if self.unkeyed_events > 0 {
+            writeln!(
+                f,
+                "{} of them written before the chain was keyed: hash-chained only (SHA-256)",
+                self.unkeyed_events
+            )?;
+        }
         match &self.head {
             Some(head) => {
                 writeln!(f, "head: seq {} hash {}", head.seq, head.hash)?;
                 writeln!(
                     f,
                     "anchor: {}:{} (keep it outside this database: `kastell audit verify \
-                     --anchor` with it also detects removed newest rows or a rewritten chain, \
-                     which the chain alone cannot)",
+                     --anchor` with it also detects removed newest rows, which the chain \
+                     alone cannot)",
                     head.seq, head.hash
                 )
             }
@@ -250,6 +357,7 @@ impl std::fmt::Display for VerifyReport {
 /// Walks rows in seq order and collects breaks.
 #[derive(Debug)]
 pub struct ChainWalk {
+    key: Option<ChainKey>,
     expected_seq: i64,
     prev_hash: String,
     anchor: Option<Anchor>,
@@ -258,8 +366,11 @@ pub struct ChainWalk {
 }
 
 impl ChainWalk {
-    pub fn new(anchor: Option<Anchor>) -> Self {
+    /// A walk checking keyed rows with `key`; without one (no key was ever
+    /// made), every row is taken as written before the chain was keyed.
+    pub fn new(key: Option<ChainKey>, anchor: Option<Anchor>) -> Self {
         ChainWalk {
+            key,
             expected_seq: 1,
             prev_hash: GENESIS_HASH.to_string(),
             anchor,
@@ -292,7 +403,18 @@ impl ChainWalk {
         } else if row.prev_hash != self.prev_hash {
             self.broken(row.seq, Problem::Unlinked);
         }
-        if row_hash(&row.prev_hash, row) != row.hash {
+        let expected = match &self.key {
+            Some(key) => row_hash(key, &row.prev_hash, row),
+            None => unkeyed_row_hash(&row.prev_hash, row),
+        };
+        if self
+            .key
+            .as_ref()
+            .is_none_or(|key| row.seq < key.first_keyed_seq)
+        {
+            self.report.unkeyed_events += 1;
+        }
+        if expected != row.hash {
             self.broken(row.seq, Problem::Edited);
         }
         if let Some(anchor) = &self.anchor {
@@ -323,14 +445,19 @@ impl ChainWalk {
     }
 }
 
-/// Walks the whole trail in seq order, one page at a time.
-pub fn verify(index: &Index) -> Result<VerifyReport, AuditError> {
-    verify_anchored(index, None)
+/// Walks the whole trail in seq order, one page at a time, checking keyed rows
+/// with `key` (`None`: no key was ever made).
+pub fn verify(index: &Index, key: Option<ChainKey>) -> Result<VerifyReport, AuditError> {
+    verify_anchored(index, key, None)
 }
 
 /// [`verify`], and also checks that the row of `anchor` still carries its hash.
-pub fn verify_anchored(index: &Index, anchor: Option<Anchor>) -> Result<VerifyReport, AuditError> {
-    let mut walk = ChainWalk::new(anchor);
+pub fn verify_anchored(
+    index: &Index,
+    key: Option<ChainKey>,
+    anchor: Option<Anchor>,
+) -> Result<VerifyReport, AuditError> {
+    let mut walk = ChainWalk::new(key, anchor);
     let mut after = i64::MIN;
     loop {
         let page = index.audit_page(after, PAGE)?;
@@ -362,13 +489,17 @@ mod tests {
         .status(200)
     }
 
+    fn key() -> ChainKey {
+        ChainKey::new(&SecretKey::from_bytes(&[7; 32]).unwrap(), 1)
+    }
+
     fn chain(n: usize) -> Vec<AuditRow> {
         let events: Vec<_> = (0..n).map(event).collect();
-        seal(None, &events)
+        seal(&key(), None, &events)
     }
 
     fn walk(rows: &[AuditRow], anchor: Option<Anchor>) -> VerifyReport {
-        let mut walk = ChainWalk::new(anchor);
+        let mut walk = ChainWalk::new(Some(key()), anchor);
         for row in rows {
             walk.push(row);
         }
@@ -393,7 +524,10 @@ mod tests {
         // The seq is part of the hash.
         let mut e = a.clone();
         e.seq += 1;
-        assert_ne!(row_hash(GENESIS_HASH, &a), row_hash(GENESIS_HASH, &e));
+        assert_ne!(
+            row_hash(&key(), GENESIS_HASH, &a),
+            row_hash(&key(), GENESIS_HASH, &e)
+        );
     }
 
     #[test]
@@ -408,6 +542,7 @@ mod tests {
         assert_eq!(rows[2].prev_hash, rows[1].hash);
         assert_eq!(rows[0].hash.len(), 64);
         let more = seal(
+            &key(),
             Some(&AuditHead {
                 seq: 3,
                 hash: rows[2].hash.clone(),
@@ -436,7 +571,7 @@ mod tests {
 
         // Edited and re-hashed: the next row no longer links to it.
         let mut rehashed = edited.clone();
-        rehashed[2].hash = row_hash(&rehashed[2].prev_hash, &rehashed[2]);
+        rehashed[2].hash = row_hash(&key(), &rehashed[2].prev_hash, &rehashed[2]);
         let report = walk(&rehashed, None);
         assert_eq!(
             report.breaks,
@@ -464,7 +599,7 @@ mod tests {
         let mut forged = rows.clone();
         let mut fake = forged[0].clone();
         fake.seq = 0;
-        fake.hash = row_hash(&fake.prev_hash, &fake);
+        fake.hash = row_hash(&key(), &fake.prev_hash, &fake);
         forged.insert(0, fake);
         assert_eq!(walk(&forged, None).first_broken(), Some(0));
     }
@@ -490,7 +625,7 @@ mod tests {
         // Rewritten from seq 2 on, every hash recomputed: only the anchor tells.
         let mut events: Vec<_> = (0..5).map(event).collect();
         events[1].actor = "mallory".into();
-        let rewritten = seal(None, &events);
+        let rewritten = seal(&key(), None, &events);
         assert!(walk(&rewritten, None).is_intact());
         assert_eq!(walk(&rewritten, Some(anchor)).first_broken(), Some(5));
     }
@@ -503,5 +638,66 @@ mod tests {
         assert!("12".parse::<Anchor>().is_err());
         assert!("0:00".parse::<Anchor>().is_err());
         assert!(format!("x:{}", "0".repeat(64)).parse::<Anchor>().is_err());
+    }
+
+    fn walk_with(key: &ChainKey, rows: &[AuditRow]) -> VerifyReport {
+        let mut walk = ChainWalk::new(Some(key.clone()), None);
+        for row in rows {
+            walk.push(row);
+        }
+        walk.finish()
+    }
+
+    /// How someone recomputes a row's hash.
+    type Forger<'a> = &'a dyn Fn(&str, &AuditRow) -> String;
+
+    #[test]
+    fn without_the_key_a_rewritten_chain_is_detected() {
+        let mut rows = chain(6);
+        rows[2].actor = "mallory".into();
+        // Recomputed from the edited row on, as someone with access to the
+        // database only can: with plain SHA-256, or with a key of their own.
+        let other = ChainKey::new(&SecretKey::from_bytes(&[8; 32]).unwrap(), 1);
+        let by_other_key = |prev: &str, row: &AuditRow| row_hash(&other, prev, row);
+        let forgers: [Forger; 2] = [&unkeyed_row_hash, &by_other_key];
+        for forge in forgers {
+            let mut forged = rows.clone();
+            for i in 2..forged.len() {
+                forged[i].prev_hash = forged[i - 1].hash.clone();
+                forged[i].hash = forge(&forged[i].prev_hash, &forged[i]);
+            }
+            let report = walk(&forged, None);
+            assert_eq!(report.first_broken(), Some(3), "{report}");
+            assert_eq!(report.break_count, 4, "{report}");
+            assert!(report.breaks.iter().all(|b| b.problem == Problem::Edited));
+        }
+    }
+
+    #[test]
+    fn rows_before_the_key_are_unkeyed_and_none_after_it() {
+        let events: Vec<_> = (0..6).map(event).collect();
+        let later = ChainKey::new(&SecretKey::from_bytes(&[7; 32]).unwrap(), 4);
+        let rows = seal(&later, None, &events);
+        assert_eq!(rows[2].hash, unkeyed_row_hash(&rows[2].prev_hash, &rows[2]));
+        assert_ne!(rows[3].hash, unkeyed_row_hash(&rows[3].prev_hash, &rows[3]));
+        let report = walk_with(&later, &rows);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.unkeyed_events, 3);
+        assert!(report.to_string().contains("3 of them written before"));
+        // An unkeyed row where the key seals is a forgery.
+        let mut forged = rows.clone();
+        forged[4].actor = "mallory".into();
+        forged[4].hash = unkeyed_row_hash(&forged[4].prev_hash, &forged[4]);
+        forged[5].prev_hash = forged[4].hash.clone();
+        forged[5].hash = unkeyed_row_hash(&forged[5].prev_hash, &forged[5]);
+        let report = walk_with(&later, &forged);
+        assert_eq!(report.first_broken(), Some(5), "{report}");
+        // Without any key, every row is checked as unkeyed.
+        let mut walk = ChainWalk::new(None, None);
+        for row in &rows[..3] {
+            walk.push(row);
+        }
+        let report = walk.finish();
+        assert!(report.is_intact() && report.unkeyed_events == 3, "{report}");
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{chain, AuditError, AuditEvent};
+use super::{chain, AuditError, AuditEvent, ChainKey};
 use crate::index::audit::AuditHead;
 use crate::index::Index;
 
@@ -62,7 +62,7 @@ enum Message {
 /// [`AuditLog::flush`] before the runtime shuts down so nothing is left behind.
 ///
 /// The server is meant to start one in `app::run` with
-/// `AuditLog::start(services.index.clone())` (inside the server's runtime), hand
+/// `AuditLog::start(services.index.clone(), chain_key)` (inside the server's runtime), hand
 /// clones to the handlers through the app state, and after `server.run().await`
 /// call `flush()` under a timeout, so the last batch is stored before exit.
 #[derive(Clone)]
@@ -84,13 +84,13 @@ impl std::fmt::Debug for AuditLog {
 impl AuditLog {
     /// Starts the writer for `index` with the default sizes. Must be called within
     /// a tokio runtime (the server's); the writer runs as a task of it.
-    pub fn start(index: Index) -> AuditLog {
-        Self::start_with(index, AuditLogOptions::default())
+    pub fn start(index: Index, key: ChainKey) -> AuditLog {
+        Self::start_with(index, key, AuditLogOptions::default())
     }
 
-    pub fn start_with(index: Index, options: AuditLogOptions) -> AuditLog {
+    pub fn start_with(index: Index, key: ChainKey, options: AuditLogOptions) -> AuditLog {
         let (sender, receiver) = mpsc::channel(options.capacity.max(1));
-        tokio::spawn(run_writer(index, receiver, options));
+        tokio::spawn(run_writer(index, key, receiver, options));
         AuditLog { sender }
     }
 
@@ -124,7 +124,12 @@ impl AuditLog {
     }
 }
 
-async fn run_writer(index: Index, mut receiver: mpsc::Receiver<Message>, options: AuditLogOptions) {
+async fn run_writer(
+    index: Index,
+    key: ChainKey,
+    mut receiver: mpsc::Receiver<Message>,
+    options: AuditLogOptions,
+) {
     let max_batch = options.max_batch.max(1);
     let mut last_written: Option<AuditHead> = None;
     let mut batch: Vec<AuditEvent> = Vec::with_capacity(max_batch);
@@ -150,7 +155,7 @@ async fn run_writer(index: Index, mut receiver: mpsc::Receiver<Message>, options
         }
         if !batch.is_empty() {
             let events = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
-            last_written = write_until_stored(&index, events, last_written).await;
+            last_written = write_until_stored(&index, &key, events, last_written).await;
         }
         for done in waiting.drain(..) {
             let _ = done.send(());
@@ -170,6 +175,7 @@ fn take(message: Message, batch: &mut Vec<AuditEvent>, waiting: &mut Vec<oneshot
 /// batch is never dropped. Returns the head written.
 async fn write_until_stored(
     index: &Index,
+    key: &ChainKey,
     events: Vec<AuditEvent>,
     last_written: Option<AuditHead>,
 ) -> Option<AuditHead> {
@@ -177,11 +183,12 @@ async fn write_until_stored(
     let mut events = events;
     loop {
         let index = index.clone();
+        let key = key.clone();
         let known = last_written.clone();
         let attempt = tokio::task::spawn_blocking(move || {
             let result = index.append_audit(|head| {
                 check_head(known.as_ref(), head);
-                chain::seal(head, &events)
+                chain::seal(&key, head, &events)
             });
             (events, result)
         })

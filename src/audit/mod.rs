@@ -26,7 +26,9 @@ use std::time::SystemTime;
 use crate::index::audit::{AuditHead, AuditRow};
 use crate::index::{Index, IndexError};
 
-pub use chain::{verify, verify_anchored, Anchor, Break, Problem, VerifyReport, GENESIS_HASH};
+pub use chain::{
+    verify, verify_anchored, Anchor, Break, ChainKey, Problem, VerifyReport, GENESIS_HASH,
+};
 pub use export::{export_atna, export_fhir, parse_since, write_export, ExportFormat};
 pub use log::{AuditLog, AuditLogOptions};
 
@@ -56,6 +58,12 @@ pub enum AuditError {
     Since(String),
     #[error("invalid anchor {0:?}: expected SEQ:HASH as printed by `kastell audit verify`")]
     Anchor(String),
+    /// The wrapped chain key does not open: another master key, or the stored
+    /// key (or the seq bound to it) was changed.
+    #[error("the audit chain key cannot be used (another master key, or its row in the index was changed): {0}")]
+    ChainKey(#[source] crate::crypto::CryptoError),
+    #[error("the audit chain key could not be made: other writers kept appending")]
+    ChainKeyContention,
 }
 
 /// Declares a closed set of values stored as kebab-case text.
@@ -350,6 +358,10 @@ pub fn format_time(at: SystemTime) -> String {
 /// Appends `events` to the trail now, in one transaction, and returns the new
 /// head. Blocking: the command line uses it directly; the server goes through
 /// [`AuditLog`], whose writer calls this on the blocking pool.
-pub fn append(index: &Index, events: &[AuditEvent]) -> Result<Option<AuditHead>, AuditError> {
-    Ok(index.append_audit(|head| chain::seal(head, events))?)
+pub fn append(
+    index: &Index,
+    key: &ChainKey,
+    events: &[AuditEvent],
+) -> Result<Option<AuditHead>, AuditError> {
+    Ok(index.append_audit(|head| chain::seal(key, head, events))?)
 }

@@ -8,8 +8,27 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
 
 use super::*;
+use crate::crypto::{LocalMasterKey, SecretKey};
 use crate::index::audit::AuditRow;
 use crate::index::IndexOptions;
+
+/// The master key the tests' chain keys are wrapped with.
+fn provider() -> LocalMasterKey {
+    LocalMasterKey::new(&SecretKey::from_bytes(&[7; 32]).unwrap(), "test")
+}
+
+/// The database's chain key, made on first use like the server does.
+fn chain_key(index: &Index) -> ChainKey {
+    ChainKey::load_or_create(index, &provider()).unwrap()
+}
+
+fn append(index: &Index, events: &[AuditEvent]) -> Result<Option<AuditHead>, AuditError> {
+    super::append(index, &chain_key(index), events)
+}
+
+fn verify(index: &Index) -> Result<VerifyReport, AuditError> {
+    super::verify(index, ChainKey::load(index, &provider())?)
+}
 
 struct TestDb {
     index: Index,
@@ -41,6 +60,17 @@ impl TestDb {
             "ALTER TABLE audit_events DISABLE TRIGGER USER;"
         } else {
             "DROP TRIGGER IF EXISTS audit_events_no_update; DROP TRIGGER IF EXISTS audit_events_no_delete;"
+        };
+        self.raw(&format!("{disable} {sql}")).unwrap();
+    }
+
+    /// Like [`TestDb::tamper`], on the chain key's row.
+    fn tamper_key(&self, sql: &str) {
+        let disable = if self.is_postgres() {
+            "ALTER TABLE audit_chain_key DISABLE TRIGGER USER;"
+        } else {
+            "DROP TRIGGER IF EXISTS audit_chain_key_no_update; \
+             DROP TRIGGER IF EXISTS audit_chain_key_no_delete;"
         };
         self.raw(&format!("{disable} {sql}")).unwrap();
     }
@@ -236,7 +266,7 @@ fn forged_rows_are_detected() {
         forged.seq = 6;
         forged.actor = "mallory".into();
         forged.prev_hash = rows[4].hash.clone();
-        forged.hash = chain::row_hash(&forged.prev_hash, &forged);
+        forged.hash = chain::row_hash(&chain_key(&db.index), &forged.prev_hash, &forged);
         db.tamper(&format!(
             "UPDATE audit_events SET seq = seq + 1000000 WHERE seq > 5; \
              UPDATE audit_events SET seq = seq - 999999 WHERE seq > 1000000; {}",
@@ -281,6 +311,85 @@ fn forged_rows_are_detected() {
 }
 
 #[test]
+fn the_chain_key_is_made_once_wrapped_and_bound_to_its_first_seq() {
+    for db in databases() {
+        // Rows of a Kastell that did not key the chain yet.
+        db.index
+            .append_audit(|head| {
+                assert!(head.is_none());
+                let mut prev = GENESIS_HASH.to_string();
+                events(0..3)
+                    .iter()
+                    .zip(1..)
+                    .map(|(event, seq)| {
+                        let mut row = event.to_row();
+                        row.seq = seq;
+                        row.prev_hash = prev.clone();
+                        row.hash = chain::unkeyed_row_hash(&prev, &row);
+                        prev = row.hash.clone();
+                        row
+                    })
+                    .collect()
+            })
+            .unwrap();
+        let report = verify(&db.index).unwrap();
+        assert!(report.is_intact() && report.unkeyed_events == 3, "{report}");
+        // The first writer that needs a key makes it, to seal from seq 4.
+        append(&db.index, &events(3..6)).unwrap();
+        assert_eq!(chain_key(&db.index).first_keyed_seq(), 4);
+        let report = verify(&db.index).unwrap();
+        assert!(report.is_intact(), "{report}");
+        assert_eq!((report.events, report.unkeyed_events), (6, 3));
+        // Stored wrapped: not under another master key, and not with its first
+        // seq moved (to pass keyed rows off as unkeyed ones).
+        let stranger = LocalMasterKey::new(&SecretKey::from_bytes(&[9; 32]).unwrap(), "other");
+        assert!(matches!(
+            ChainKey::load(&db.index, &stranger),
+            Err(AuditError::ChainKey(_))
+        ));
+        db.tamper_key("UPDATE audit_chain_key SET first_keyed_seq = 100");
+        assert!(matches!(
+            ChainKey::load(&db.index, &provider()),
+            Err(AuditError::ChainKey(_))
+        ));
+        // Removed, a new key is made from the head on: the rows sealed with the
+        // old one no longer verify.
+        db.tamper_key("DELETE FROM audit_chain_key");
+        append(&db.index, &events(6..7)).unwrap();
+        let report = verify(&db.index).unwrap();
+        assert_eq!(report.first_broken(), Some(4), "{report}");
+    }
+}
+
+#[test]
+fn an_intruder_without_the_master_key_cannot_recompute_the_chain() {
+    for db in databases() {
+        append(&db.index, &events(0..8)).unwrap();
+        let rows = db.index.audit_page(0, 100).unwrap();
+        // Row 3 edited, and every hash from there recomputed and relinked with
+        // what the database holds: a plain SHA-256 chain.
+        let mut prev = rows[1].hash.clone();
+        let mut rewritten = String::new();
+        for row in &rows[2..] {
+            let mut row = row.clone();
+            if row.seq == 3 {
+                row.actor = "mallory".into();
+            }
+            row.prev_hash = prev.clone();
+            row.hash = chain::unkeyed_row_hash(&prev, &row);
+            prev = row.hash.clone();
+            rewritten.push_str(&insert_literal(&row));
+        }
+        db.tamper(&format!(
+            "DELETE FROM audit_events WHERE seq >= 3; {rewritten}"
+        ));
+        let report = verify(&db.index).unwrap();
+        assert_eq!(report.first_broken(), Some(3), "{report}");
+        assert_eq!(report.break_count, 6, "{report}");
+    }
+}
+
+#[test]
 fn an_anchor_detects_removed_newest_rows() {
     for db in databases() {
         append(&db.index, &events(0..5)).unwrap();
@@ -288,7 +397,8 @@ fn an_anchor_detects_removed_newest_rows() {
         let anchor: Anchor = format!("{}:{}", head.seq, head.hash).parse().unwrap();
         db.tamper("DELETE FROM audit_events WHERE seq >= 4");
         assert!(verify(&db.index).unwrap().is_intact());
-        let report = chain::verify_anchored(&db.index, Some(anchor)).unwrap();
+        let key = ChainKey::load(&db.index, &provider()).unwrap();
+        let report = chain::verify_anchored(&db.index, key, Some(anchor)).unwrap();
         assert_eq!(
             report.breaks,
             vec![Break {
@@ -305,6 +415,7 @@ async fn the_log_batches_applies_backpressure_and_flushes() {
         // A channel of one: every record waits for the writer, none is lost.
         let log = AuditLog::start_with(
             db.index.clone(),
+            chain_key(&db.index),
             AuditLogOptions {
                 capacity: 1,
                 max_batch: 16,
@@ -337,8 +448,8 @@ async fn two_writers_on_one_database_keep_one_chain() {
             max_delay: Duration::from_millis(5),
         };
         let logs = [
-            AuditLog::start_with(db.index.clone(), options),
-            AuditLog::start_with(db.reopen(), options),
+            AuditLog::start_with(db.index.clone(), chain_key(&db.index), options),
+            AuditLog::start_with(db.reopen(), chain_key(&db.index), options),
         ];
         let mut tasks = Vec::new();
         for (w, log) in logs.iter().enumerate() {

@@ -4,12 +4,12 @@
 //! closure of [`Index::append_audit`], so that the head it continues from is the
 //! one under the lock.
 
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::QueryableByName;
 
 use super::conn::{Dialect, IndexConn};
 use super::sql::{Bind, SqlBuilder};
-use super::{with_conn, Index, IndexError, IndexPool};
+use super::{now, with_conn, Index, IndexError, IndexPool};
 use diesel::{PgConnection, SqliteConnection};
 
 /// Transaction-scoped advisory lock that serialises audit writers sharing one
@@ -69,7 +69,62 @@ pub struct AuditHead {
     pub hash: String,
 }
 
+/// The key that seals the chain, as stored (`audit_chain_key`): wrapped by the
+/// master key provider, with the first seq it seals.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct StoredChainKey {
+    #[diesel(sql_type = Binary)]
+    pub wrapped_key: Vec<u8>,
+    #[diesel(sql_type = BigInt)]
+    pub first_keyed_seq: i64,
+}
+
 impl Index {
+    /// The audit chain's key, if one was made.
+    pub fn audit_chain_key(&self) -> Result<Option<StoredChainKey>, IndexError> {
+        Ok(with_conn!(self, conn => conn.load::<StoredChainKey>(
+            "SELECT wrapped_key, first_keyed_seq FROM audit_chain_key WHERE id = 1",
+            &[],
+        )?)
+        .pop())
+    }
+
+    /// Stores the audit chain's key, to seal from `first_keyed_seq` on, if no
+    /// key exists yet and the trail's head is still just before that seq (both
+    /// checked under the writers' lock). Returns whether it was stored; when not,
+    /// another process made the key or appended meanwhile: read it, or try again.
+    pub fn create_audit_chain_key(
+        &self,
+        wrapped_key: Vec<u8>,
+        first_keyed_seq: i64,
+    ) -> Result<bool, IndexError> {
+        with_conn!(self, conn => conn.write(|conn| {
+            if conn.dialect() == Dialect::Postgres {
+                conn.run("SELECT pg_advisory_xact_lock(?)", &[Bind::Int(AUDIT_LOCK)])?;
+            }
+            let exists = !conn
+                .load::<AuditHead>(
+                    "SELECT first_keyed_seq AS seq, created_at AS hash FROM audit_chain_key",
+                    &[],
+                )?
+                .is_empty();
+            let head_seq = read_head(conn)?.map_or(0, |head| head.seq);
+            if exists || head_seq + 1 != first_keyed_seq {
+                return Ok(false);
+            }
+            conn.run(
+                "INSERT INTO audit_chain_key (id, wrapped_key, first_keyed_seq, created_at) \
+                 VALUES (1, ?, ?, ?)",
+                &[
+                    Bind::Bytes(wrapped_key.clone()),
+                    Bind::Int(first_keyed_seq),
+                    Bind::Text(now()),
+                ],
+            )?;
+            Ok(true)
+        }))
+    }
+
     /// Appends a batch to the audit trail in one transaction. Takes the writers'
     /// lock, reads the head under it, and asks `seal` for the rows that continue
     /// it (`None`: the trail is empty); returns the new head (`None` when `seal`
