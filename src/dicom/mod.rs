@@ -4,6 +4,7 @@
 
 pub mod attributes;
 pub mod charset;
+pub mod compose;
 pub mod files;
 pub mod fragments;
 pub mod header;

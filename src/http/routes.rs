@@ -10,6 +10,8 @@ use super::{delete, qido, rendered, stow, wado};
 
 const DICOM_JSON: &str = "application/dicom+json";
 const MULTIPART_DICOM: &str = "multipart/related; type=\"application/dicom\"";
+/// DICOM JSON metadata with bulk data parts (STOW-RS).
+const MULTIPART_DICOM_JSON: &str = "multipart/related; type=\"application/dicom+json\"";
 const SINGLE_DICOM: &str = "application/dicom";
 const MULTIPART_OCTET: &str = "multipart/related; type=\"application/octet-stream\"";
 const OCTET: &str = "application/octet-stream";
@@ -89,7 +91,7 @@ pub fn endpoints() -> Vec<Endpoint> {
     const INSTANCES: &[&str] = &[MULTIPART_DICOM];
     const INSTANCE: &[&str] = &[MULTIPART_DICOM, SINGLE_DICOM];
     const JSON: &[&str] = &[DICOM_JSON];
-    const STOW: &[&str] = &[MULTIPART_DICOM];
+    const STOW: &[&str] = &[MULTIPART_DICOM, MULTIPART_DICOM_JSON];
     const BULK: &[&str] = &[MULTIPART_OCTET, OCTET];
     vec![
         endpoint(M::GET, "/studies", "SearchForStudies", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_studies)),

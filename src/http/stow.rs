@@ -40,12 +40,17 @@ async fn run(
         ContentTypeError::Unsupported(m) => ApiError::UnsupportedMediaType(m),
         ContentTypeError::Malformed(m) => ApiError::BadRequest(m),
     })?;
-    if related.related_type != "application/dicom" {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "STOW-RS accepts multipart/related; type=\"application/dicom\"; got type={:?}",
-            related.related_type
-        )));
-    }
+    // PS3.10 files, or DICOM JSON metadata with bulk data parts.
+    let json_metadata = match related.related_type.as_str() {
+        "application/dicom" => false,
+        "application/dicom+json" => true,
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "STOW-RS accepts multipart/related with type=\"application/dicom\" or \
+                 type=\"application/dicom+json\"; got type={other:?}"
+            )))
+        }
+    };
     let limit = state.max_request_bytes;
     let declared_length = request
         .headers()
@@ -62,6 +67,7 @@ async fn run(
     let mut multipart = multer::Multipart::with_constraints(stream, related.boundary, constraints);
     let mut session = StowSession::new(state.services.clone(), target_study);
     let mut parts = 0usize;
+    let mut metadata = Vec::new();
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
@@ -69,6 +75,10 @@ async fn run(
             Err(error) => return Err(multipart_error(error, limit)),
         };
         parts += 1;
+        if json_metadata {
+            receive_json_request_part(&mut session, field, &mut metadata, limit).await?;
+            continue;
+        }
         let acceptable = field
             .content_type()
             .is_none_or(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"));
@@ -87,6 +97,23 @@ async fn run(
         return Err(ApiError::BadRequest(
             "the multipart body has no parts".into(),
         ));
+    }
+    if json_metadata {
+        let mut datasets = Vec::new();
+        for part in &metadata {
+            datasets.extend(
+                crate::dicom::compose::metadata_datasets(part)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+            );
+        }
+        if datasets.is_empty() {
+            return Err(ApiError::BadRequest(
+                "no application/dicom+json part with a data set".into(),
+            ));
+        }
+        // Counted per data set from here on (the Warning's "of N").
+        parts = datasets.len();
+        session.store_metadata(datasets).await?;
     }
     let outcome = session.commit().await?;
     // The audit record (written by the tenancy middleware) names what was stored.
@@ -116,6 +143,74 @@ async fn run(
     Ok(response
         .content_type("application/dicom+json")
         .body(outcome.response(&base_url).to_string()))
+}
+
+/// The largest metadata part read: the JSON of a few thousand instances.
+const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
+
+/// One part of a request with DICOM JSON metadata: a metadata part is read
+/// whole (it is parsed when the request has ended, with every bulk data part
+/// in); any other part is bulk data, staged under its Content-Location (and
+/// `cid:` + its Content-ID), the URIs a BulkDataURI names it by.
+async fn receive_json_request_part(
+    session: &mut StowSession,
+    mut field: multer::Field<'static>,
+    metadata: &mut Vec<bytes::Bytes>,
+    limit: u64,
+) -> Result<(), ApiError> {
+    let media = field.content_type().cloned();
+    let essence = media
+        .as_ref()
+        .map(|m| m.essence_str().to_ascii_lowercase())
+        .unwrap_or_else(|| "application/octet-stream".into());
+    if essence == "application/dicom+json" {
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_METADATA_BYTES {
+                        return Err(ApiError::PayloadTooLarge(MAX_METADATA_BYTES as u64));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(error) => return Err(multipart_error(error, limit)),
+            }
+        }
+        metadata.push(body.freeze());
+        return Ok(());
+    }
+    let header = |name: &str| {
+        field
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+    };
+    let mut uris = Vec::new();
+    uris.extend(header("content-location"));
+    if let Some(id) = header("content-id") {
+        uris.push(format!(
+            "cid:{}",
+            id.trim_start_matches('<').trim_end_matches('>')
+        ));
+    }
+    let transfer_syntax = media
+        .as_ref()
+        .and_then(|m| m.get_param("transfer-syntax"))
+        .map(|v| v.as_str().to_string());
+    let mut bulk = session
+        .begin_bulk(uris, &essence, transfer_syntax.as_deref())
+        .await?;
+    loop {
+        match field.chunk().await {
+            Ok(Some(chunk)) => bulk.write(chunk).await?,
+            Ok(None) => break,
+            Err(error) => return Err(multipart_error(error, limit)),
+        }
+    }
+    session.finish_bulk(bulk).await?;
+    Ok(())
 }
 
 fn multipart_error(error: multer::Error, limit: u64) -> ApiError {

@@ -20,6 +20,9 @@ use crate::index::{NewInstance, StoreOutcome};
 use crate::store::{BlobKey, BlobKind, BlobWriter};
 use crate::telemetry::metrics::instances_stored;
 
+mod json;
+pub use json::BulkWriter;
+
 /// Failure reasons of the Store Instances Response (PS3.18 Table I.2-2 and ours, as
 /// documented in the Conformance Statement).
 pub mod reason {
@@ -190,6 +193,8 @@ pub struct StowSession {
     uncommitted: Vec<BlobKey>,
     /// Parts begun so far (the next part's number).
     parts: usize,
+    /// Bulk data parts of a request with DICOM JSON metadata.
+    bulk: json::BulkParts,
     /// Declared last, so that it is released after `drop` has handed the
     /// uncommitted blobs to the store's deletion.
     _uploads: crate::store::UploadGuard,
@@ -205,6 +210,7 @@ impl StowSession {
             failed: Vec::new(),
             uncommitted: Vec::new(),
             parts: 0,
+            bulk: json::BulkParts::default(),
         }
     }
 
