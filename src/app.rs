@@ -341,6 +341,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(error) => tracing::warn!(%error, "the orphan sweep failed"),
         }
     });
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let site = http::tenancy::Site {
         tenants,
         path_prefix: config.dicomweb.path_prefix.clone(),
@@ -351,6 +352,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sovereignty_report,
         authenticator,
         audit: audit.clone(),
+        draining: draining.clone(),
     };
     let prefix = config.dicomweb.path_prefix.clone();
     let wado_uri_path = config.dicomweb.wado_uri_path.clone();
@@ -386,7 +388,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (forced_tx, forced_rx) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(stop_on_signal(
         server.handle(),
-        config.server.shutdown_timeout_secs,
+        Shutdown {
+            drain_delay: Duration::from_secs(config.server.drain_delay_secs),
+            timeout_secs: config.server.shutdown_timeout_secs,
+            draining,
+        },
         forced_tx,
     ));
     let forced = tokio::select! {
@@ -421,7 +427,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The life cycle on signals. The first SIGTERM or SIGINT closes the listening
+/// The life cycle on signals. The first SIGTERM or SIGINT makes `/readyz` answer
+/// 503, goes on serving for the drain delay (if any), then closes the listening
 /// socket and gives the requests in flight up to `timeout_secs` to finish; a STOW
 /// that finishes is committed and answered, one cut off at the timeout is dropped
 /// with its blobs and never acknowledged (nothing is acknowledged before its index
@@ -431,7 +438,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// next start's orphan sweep.
 async fn stop_on_signal(
     server: actix_web::dev::ServerHandle,
-    timeout_secs: u64,
+    shutdown: Shutdown,
     forced: tokio::sync::oneshot::Sender<i32>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -449,17 +456,50 @@ async fn stop_on_signal(
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
+    shutdown
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let second = async {
+        tokio::select! {
+            _ = term.recv() => ("SIGTERM", 128 + 15),
+            _ = int.recv() => ("SIGINT", 128 + 2),
+        }
+    };
+    tokio::pin!(second);
+    if !shutdown.drain_delay.is_zero() {
+        tracing::info!(
+            signal = first,
+            drain_delay_secs = shutdown.drain_delay.as_secs(),
+            "draining: /readyz answers 503 while requests are still served"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(shutdown.drain_delay) => {}
+            second = &mut second => return exit_at_once(second, forced),
+        }
+    }
     tracing::info!(
         signal = first,
-        timeout_secs,
+        timeout_secs = shutdown.timeout_secs,
         "shutting down: no new connections, in-flight requests may finish"
     );
     let stopped = server.stop(true);
     let second = tokio::select! {
         () = stopped => return,
-        _ = term.recv() => ("SIGTERM", 128 + 15),
-        _ = int.recv() => ("SIGINT", 128 + 2),
+        second = &mut second => second,
     };
+    exit_at_once(second, forced);
+}
+
+/// What the life cycle on signals needs of the configuration.
+struct Shutdown {
+    drain_delay: Duration,
+    timeout_secs: u64,
+    /// Set at the first signal (read by `/readyz`).
+    draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The second signal: the process exits now with 128 + its number.
+fn exit_at_once(second: (&str, i32), forced: tokio::sync::oneshot::Sender<i32>) {
     tracing::warn!(
         signal = second.0,
         "second signal: exiting without waiting for in-flight requests"

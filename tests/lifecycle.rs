@@ -318,3 +318,28 @@ fn sigint_stops_an_idle_server_cleanly() {
         .expect("the server exits");
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+#[test]
+fn with_a_drain_delay_readyz_fails_first_while_requests_are_still_served() {
+    let mut server = Server::start_with(&[("KASTELL__SERVER__DRAIN_DELAY_SECS", "10")]);
+    let get = |path: &str| {
+        client()
+            .get(format!("http://127.0.0.1:{}{path}", server.port))
+            .send()
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(get("/readyz").unwrap(), 200);
+    server.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get("/readyz").unwrap() != 503 {
+        assert!(Instant::now() < deadline, "/readyz never answered 503");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still serving: alive, and DICOMweb answers.
+    assert_eq!(get("/healthz").unwrap(), 200);
+    assert_eq!(get("/dicomweb/studies").unwrap(), 204);
+    let exit = server
+        .wait_exit(Duration::from_secs(60))
+        .expect("the server exits after the delay");
+    assert!(exit.success(), "exit status {exit:?}");
+}

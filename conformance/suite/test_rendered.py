@@ -51,6 +51,22 @@ def size_of(body: bytes) -> tuple[int, int]:
     return kp.open_image(body).size
 
 
+def _store_variant(api, path: str, change) -> tuple[pydicom.Dataset, dict]:
+    """A copy of the file at `path` changed by `change(ds)`, with fresh UIDs, stored."""
+    from pydicom.uid import generate_uid
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    resp = kh.stow(api, [buf.getvalue()])
+    assert resp.status_code == 200, describe(resp)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue())), {
+        "study_instance_uid": str(ds.StudyInstanceUID), "series_instance_uid": str(ds.SeriesInstanceUID),
+        "sop_instance_uid": str(ds.SOPInstanceUID)}
+
+
 # --------------------------------------------------------------------------
 # Media types, levels
 # --------------------------------------------------------------------------
@@ -309,18 +325,9 @@ def test_window_malformed_400(api, manifest, value):
 @pytest.fixture(scope="module")
 def monochrome1(api, manifest):
     """MR_small turned MONOCHROME1 with fresh UIDs; deleted afterwards."""
-    from pydicom.uid import generate_uid
     e = manifest.by_name("MR_small.dcm")
-    ds = pydicom.dcmread(manifest.path(e))
-    ds.PhotometricInterpretation = "MONOCHROME1"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    resp = kh.stow(api, [buf.getvalue()])
-    assert resp.status_code == 200, describe(resp)
-    entry = {"study_instance_uid": str(ds.StudyInstanceUID), "series_instance_uid": str(ds.SeriesInstanceUID),
-             "sop_instance_uid": str(ds.SOPInstanceUID)}
+    _, entry = _store_variant(api, manifest.path(e),
+                              lambda ds: setattr(ds, "PhotometricInterpretation", "MONOCHROME1"))
     yield e, entry
     api.session.delete(api.url(kh.study_path(entry["study_instance_uid"])), timeout=kh.TIMEOUT)
 
@@ -351,19 +358,10 @@ def test_colour_rendered_as_rgb(api, manifest, name):
 def palette(api):
     """pydicom's PALETTE COLOR example, stored with fresh UIDs; deleted afterwards."""
     from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
     path = get_testdata_file("examples_palette.dcm", download=False)
     if not path:
         pytest.skip("pydicom ships no palette colour example")
-    ds = pydicom.dcmread(path)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    resp = kh.stow(api, [buf.getvalue()])
-    assert resp.status_code == 200, describe(resp)
-    entry = {"study_instance_uid": str(ds.StudyInstanceUID), "series_instance_uid": str(ds.SeriesInstanceUID),
-             "sop_instance_uid": str(ds.SOPInstanceUID)}
+    ds, entry = _store_variant(api, path, lambda ds: None)
     yield ds, entry
     api.session.delete(api.url(kh.study_path(entry["study_instance_uid"])), timeout=kh.TIMEOUT)
 
@@ -385,22 +383,6 @@ def test_palette_colour(api, palette):
 # Modality LUT and VOI LUT sequences (PS3.3 C.11.1, C.11.2)
 # --------------------------------------------------------------------------
 VOI_LUT_FIRST, VOI_LUT_ENTRIES, VOI_LUT_BITS = -1000, 2500, 12
-
-
-def _store_variant(api, path: str, change) -> tuple[pydicom.Dataset, dict]:
-    """A copy of the file at `path` changed by `change(ds)`, with fresh UIDs, stored."""
-    from pydicom.uid import generate_uid
-    ds = pydicom.dcmread(path)
-    change(ds)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    resp = kh.stow(api, [buf.getvalue()])
-    assert resp.status_code == 200, describe(resp)
-    return pydicom.dcmread(io.BytesIO(buf.getvalue())), {
-        "study_instance_uid": str(ds.StudyInstanceUID), "series_instance_uid": str(ds.SeriesInstanceUID),
-        "sop_instance_uid": str(ds.SOPInstanceUID)}
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,11 @@ pub struct ServerConfig {
     pub max_request_bytes: u64,
     /// How long in-flight requests may take to finish on shutdown, in seconds.
     pub shutdown_timeout_secs: u64,
+    /// On SIGTERM or SIGINT, how long to keep serving with `/readyz` answering
+    /// 503 before the listening socket closes, in seconds: time for a load
+    /// balancer to take the instance out of rotation, so that no client meets a
+    /// refused connection during a rolling update.
+    pub drain_delay_secs: u64,
     /// Origins browsers may call from (a viewer served elsewhere), e.g.
     /// `["https://viewer.example.org"]`; `["*"]` allows any; empty disables CORS.
     pub cors_allowed_origins: Vec<String>,
@@ -283,6 +288,7 @@ impl Default for ServerConfig {
             workers: 0,
             max_request_bytes: 16 * 1024 * 1024 * 1024,
             shutdown_timeout_secs: 30,
+            drain_delay_secs: 0,
             cors_allowed_origins: Vec::new(),
             location: None,
         }

@@ -167,7 +167,12 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-async fn readyz(state: web::ReqData<AppState>) -> HttpResponse {
+async fn readyz(state: web::ReqData<AppState>, site: web::Data<tenancy::Site>) -> HttpResponse {
+    if site.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("shutting down\n");
+    }
     let services = state.services.clone();
     let index_ok = services.with_index(|index| index.probe()).await.is_ok();
     let store_ok = services.store.probe().await.is_ok();

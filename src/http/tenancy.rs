@@ -35,6 +35,8 @@ pub struct Site {
     pub sovereignty_report: Arc<serde_json::Value>,
     pub authenticator: Authenticator,
     pub audit: AuditLog,
+    /// Set on the first SIGTERM or SIGINT: `/readyz` answers 503 from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Instances a STOW request stored, by study: put in the request's extensions by
