@@ -14,6 +14,7 @@ pub mod pixels;
 pub mod render;
 pub mod text;
 pub mod transfer_syntax;
+pub mod xml;
 
 pub use dicom_core::Tag;
 

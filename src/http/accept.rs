@@ -160,11 +160,40 @@ pub fn negotiate_instances(ranges: &[MediaRange], single_allowed: bool) -> Optio
 
 /// Whether DICOM JSON (metadata, search results) is acceptable.
 pub fn accepts_dicom_json(ranges: &[MediaRange]) -> bool {
-    ranges.iter().any(|r| {
-        matches!(
-            r.essence.as_str(),
-            "application/dicom+json" | "application/json" | "application/*"
-        ) || r.is_wildcard()
+    ranges.iter().any(is_dicom_json)
+}
+
+fn is_dicom_json(range: &MediaRange) -> bool {
+    matches!(
+        range.essence.as_str(),
+        "application/dicom+json" | "application/json" | "application/*"
+    ) || range.is_wildcard()
+}
+
+/// The representation of DICOM data sets (search results, metadata, the Store
+/// Instances Response): DICOM JSON, or the Native DICOM Model in XML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataModel {
+    Json,
+    Xml,
+}
+
+/// The client's preferred data model: the first acceptable range that names
+/// one, JSON for wildcards (the default representation). XML is
+/// `multipart/related; type="application/dicom+xml"`, or, where one document
+/// answers (`single_xml`, the Store Instances Response), `application/dicom+xml`.
+pub fn negotiate_model(ranges: &[MediaRange], single_xml: bool) -> Option<DataModel> {
+    ranges.iter().find_map(|range| {
+        if is_dicom_json(range) {
+            Some(DataModel::Json)
+        } else if (range.essence == "multipart/related"
+            && range.related_type().as_deref() == Some("application/dicom+xml"))
+            || (single_xml && range.essence == "application/dicom+xml")
+        {
+            Some(DataModel::Xml)
+        } else {
+            None
+        }
     })
 }
 
@@ -223,6 +252,40 @@ pub fn negotiate_bulk(ranges: &[MediaRange]) -> BulkChoice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_model_follows_preference() {
+        let ranges = |text: &str| acceptable(&[], Some(text));
+        let xml = r#"multipart/related; type="application/dicom+xml""#;
+        assert_eq!(negotiate_model(&ranges(xml), false), Some(DataModel::Xml));
+        assert_eq!(
+            negotiate_model(
+                &ranges(&format!("{xml}, application/dicom+json;q=0.5")),
+                false
+            ),
+            Some(DataModel::Xml)
+        );
+        assert_eq!(
+            negotiate_model(
+                &ranges(&format!("{xml};q=0.4, application/dicom+json")),
+                false
+            ),
+            Some(DataModel::Json)
+        );
+        assert_eq!(
+            negotiate_model(&ranges("*/*"), false),
+            Some(DataModel::Json)
+        );
+        assert_eq!(
+            negotiate_model(&ranges("application/dicom+xml"), false),
+            None
+        );
+        assert_eq!(
+            negotiate_model(&ranges("application/dicom+xml"), true),
+            Some(DataModel::Xml)
+        );
+        assert_eq!(negotiate_model(&ranges("text/html"), false), None);
+    }
 
     #[test]
     fn parses_quoted_and_unquoted_types() {

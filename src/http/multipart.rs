@@ -90,6 +90,37 @@ pub fn multipart_body(
         .boxed()
 }
 
+/// DICOM data sets (DICOM JSON objects) as `multipart/related;
+/// type="application/dicom+xml"`: one Native DICOM Model document a part,
+/// written as each data set arrives.
+pub fn xml_response(
+    builder: &mut actix_web::HttpResponseBuilder,
+    datasets: BoxStream<'static, Result<serde_json::Value, StoreError>>,
+) -> actix_web::HttpResponse {
+    let boundary = new_boundary();
+    let parts = datasets
+        .map(|dataset| {
+            dataset.map(|dataset| {
+                let xml = match dataset.as_object() {
+                    Some(object) => crate::dicom::xml::to_native_dicom_model(object),
+                    None => crate::dicom::xml::to_native_dicom_model(&Default::default()),
+                };
+                OutgoingPart {
+                    content_type: crate::dicom::xml::DICOM_XML.to_string(),
+                    content_location: None,
+                    body: stream::once(async move { Ok(Bytes::from(xml)) }).boxed(),
+                }
+            })
+        })
+        .boxed();
+    builder
+        .content_type(format!(
+            "multipart/related; type=\"{}\"; boundary={boundary}",
+            crate::dicom::xml::DICOM_XML
+        ))
+        .streaming(multipart_body(boundary, parts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::accept::{acceptable, accepts_dicom_json};
+use super::accept::{acceptable, negotiate_model, DataModel};
 use super::error::ApiError;
 use super::{query_pairs, AppState};
 use crate::dicom::attributes;
@@ -171,11 +171,14 @@ async fn search(
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok());
-    if !accepts_dicom_json(&acceptable(&parsed.accept, header_accept)) {
-        return Err(ApiError::NotAcceptable(
-            "search results are available as application/dicom+json only".into(),
-        ));
-    }
+    let model =
+        negotiate_model(&acceptable(&parsed.accept, header_accept), false).ok_or_else(|| {
+            ApiError::NotAcceptable(
+                "search results are available as application/dicom+json or \
+                 multipart/related; type=\"application/dicom+xml\""
+                    .into(),
+            )
+        })?;
     let base_url = state.base_url(&request);
     let page = qido::search(&state.services, parsed.request, &base_url).await?;
 
@@ -204,11 +207,19 @@ async fn search(
     } else {
         HttpResponse::Ok()
     };
+    response.insert_header((header::VARY, "Accept"));
     for warning in warnings {
         response.append_header((header::WARNING, warning));
     }
     if page.results.is_empty() {
         return Ok(response.finish());
+    }
+    if model == DataModel::Xml {
+        let results = futures_util::stream::iter(page.results.into_iter().map(Ok));
+        return Ok(super::multipart::xml_response(
+            &mut response,
+            futures_util::StreamExt::boxed(results),
+        ));
     }
     let body =
         serde_json::to_vec(&page.results).map_err(|e| ApiError::BadRequest(e.to_string()))?;

@@ -12,6 +12,8 @@ const DICOM_JSON: &str = "application/dicom+json";
 const MULTIPART_DICOM: &str = "multipart/related; type=\"application/dicom\"";
 /// DICOM JSON metadata with bulk data parts (STOW-RS).
 const MULTIPART_DICOM_JSON: &str = "multipart/related; type=\"application/dicom+json\"";
+/// Native DICOM Model documents (search results, metadata, STOW-RS metadata).
+const MULTIPART_DICOM_XML: &str = "multipart/related; type=\"application/dicom+xml\"";
 const SINGLE_DICOM: &str = "application/dicom";
 const MULTIPART_OCTET: &str = "multipart/related; type=\"application/octet-stream\"";
 const OCTET: &str = "application/octet-stream";
@@ -90,33 +92,35 @@ pub fn endpoints() -> Vec<Endpoint> {
     use Method as M;
     const INSTANCES: &[&str] = &[MULTIPART_DICOM];
     const INSTANCE: &[&str] = &[MULTIPART_DICOM, SINGLE_DICOM];
-    const JSON: &[&str] = &[DICOM_JSON];
-    const STOW: &[&str] = &[MULTIPART_DICOM, MULTIPART_DICOM_JSON];
+    // DICOM JSON, or the Native DICOM Model (XML), a document a part.
+    const MODELS: &[&str] = &[DICOM_JSON, MULTIPART_DICOM_XML];
+    const STOW: &[&str] = &[MULTIPART_DICOM, MULTIPART_DICOM_JSON, MULTIPART_DICOM_XML];
+    const STORE_RESPONSE: &[&str] = &[DICOM_JSON, "application/dicom+xml"];
     const BULK: &[&str] = &[MULTIPART_OCTET, OCTET];
     vec![
-        endpoint(M::GET, "/studies", "SearchForStudies", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_studies)),
-        endpoint(M::POST, "/studies", "StoreInstances", STOW, JSON, &[], || web::post().to(stow::store)),
-        endpoint(M::GET, "/series", "SearchForSeries", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_all_series)),
-        endpoint(M::GET, "/instances", "SearchForInstances", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_all_instances)),
+        endpoint(M::GET, "/studies", "SearchForStudies", &[], MODELS, QIDO_PARAMS, || web::get().to(qido::search_studies)),
+        endpoint(M::POST, "/studies", "StoreInstances", STOW, STORE_RESPONSE, &[], || web::post().to(stow::store)),
+        endpoint(M::GET, "/series", "SearchForSeries", &[], MODELS, QIDO_PARAMS, || web::get().to(qido::search_all_series)),
+        endpoint(M::GET, "/instances", "SearchForInstances", &[], MODELS, QIDO_PARAMS, || web::get().to(qido::search_all_instances)),
         endpoint(M::GET, "/studies/{study}", "RetrieveStudy", &[], INSTANCES, &["accept"], || web::get().to(wado::retrieve)),
-        endpoint(M::POST, "/studies/{study}", "StoreInstances", STOW, JSON, &[], || web::post().to(stow::store_in_study)),
+        endpoint(M::POST, "/studies/{study}", "StoreInstances", STOW, STORE_RESPONSE, &[], || web::post().to(stow::store_in_study)),
         endpoint(M::DELETE, "/studies/{study}", "DeleteStudy", &[], &[], &[], || web::delete().to(delete::delete)),
-        endpoint(M::GET, "/studies/{study}/metadata", "RetrieveStudyMetadata", &[], JSON, &["accept"], || web::get().to(wado::metadata)),
+        endpoint(M::GET, "/studies/{study}/metadata", "RetrieveStudyMetadata", &[], MODELS, &["accept"], || web::get().to(wado::metadata)),
         endpoint(M::GET, "/studies/{study}/rendered", "RetrieveRenderedStudy", &[], IMAGES, RENDERED_PARAMS, || web::get().to(rendered::rendered)),
         endpoint(M::GET, "/studies/{study}/thumbnail", "RetrieveStudyThumbnail", &[], IMAGES, THUMBNAIL_PARAMS, || web::get().to(rendered::thumbnail)),
         endpoint(M::GET, "/studies/{study}/pixeldata", "RetrieveStudyPixelData", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::pixeldata)),
-        endpoint(M::GET, "/studies/{study}/series", "SearchForStudySeries", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_study_series)),
-        endpoint(M::GET, "/studies/{study}/instances", "SearchForStudyInstances", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_study_instances)),
+        endpoint(M::GET, "/studies/{study}/series", "SearchForStudySeries", &[], MODELS, QIDO_PARAMS, || web::get().to(qido::search_study_series)),
+        endpoint(M::GET, "/studies/{study}/instances", "SearchForStudyInstances", &[], MODELS, QIDO_PARAMS, || web::get().to(qido::search_study_instances)),
         endpoint(M::GET, "/studies/{study}/series/{series}", "RetrieveSeries", &[], INSTANCES, &["accept"], || web::get().to(wado::retrieve)),
         endpoint(M::DELETE, "/studies/{study}/series/{series}", "DeleteSeries", &[], &[], &[], || web::delete().to(delete::delete)),
-        endpoint(M::GET, "/studies/{study}/series/{series}/metadata", "RetrieveSeriesMetadata", &[], JSON, &["accept"], || web::get().to(wado::metadata)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/metadata", "RetrieveSeriesMetadata", &[], MODELS, &["accept"], || web::get().to(wado::metadata)),
         endpoint(M::GET, "/studies/{study}/series/{series}/rendered", "RetrieveRenderedSeries", &[], IMAGES, RENDERED_PARAMS, || web::get().to(rendered::rendered)),
         endpoint(M::GET, "/studies/{study}/series/{series}/thumbnail", "RetrieveSeriesThumbnail", &[], IMAGES, THUMBNAIL_PARAMS, || web::get().to(rendered::thumbnail)),
         endpoint(M::GET, "/studies/{study}/series/{series}/pixeldata", "RetrieveSeriesPixelData", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::pixeldata)),
-        endpoint(M::GET, "/studies/{study}/series/{series}/instances", "SearchForSeriesInstances", &[], JSON, QIDO_PARAMS, || web::get().to(qido::search_series_instances)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances", "SearchForSeriesInstances", &[], MODELS, QIDO_PARAMS, || web::get().to(qido::search_series_instances)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}", "RetrieveInstance", &[], INSTANCE, &["accept"], || web::get().to(wado::retrieve)),
         endpoint(M::DELETE, "/studies/{study}/series/{series}/instances/{instance}", "DeleteInstance", &[], &[], &[], || web::delete().to(delete::delete)),
-        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/metadata", "RetrieveInstanceMetadata", &[], JSON, &["accept"], || web::get().to(wado::metadata)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/metadata", "RetrieveInstanceMetadata", &[], MODELS, &["accept"], || web::get().to(wado::metadata)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/rendered", "RetrieveRenderedInstance", &[], IMAGES, RENDERED_PARAMS, || web::get().to(rendered::rendered)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/thumbnail", "RetrieveInstanceThumbnail", &[], IMAGES, THUMBNAIL_PARAMS, || web::get().to(rendered::thumbnail)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/pixeldata", "RetrieveInstancePixelData", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::pixeldata)),

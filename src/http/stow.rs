@@ -4,9 +4,11 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
+use super::accept::{acceptable, negotiate_model, DataModel};
 use super::error::ApiError;
 use super::multipart::{parse_related_content_type, ContentTypeError};
 use super::AppState;
+use crate::dicom::DicomError;
 use crate::service::stow::StowSession;
 
 pub async fn store(
@@ -40,17 +42,30 @@ async fn run(
         ContentTypeError::Unsupported(m) => ApiError::UnsupportedMediaType(m),
         ContentTypeError::Malformed(m) => ApiError::BadRequest(m),
     })?;
-    // PS3.10 files, or DICOM JSON metadata with bulk data parts.
-    let json_metadata = match related.related_type.as_str() {
-        "application/dicom" => false,
-        "application/dicom+json" => true,
+    // PS3.10 files, or metadata (DICOM JSON or XML) with bulk data parts.
+    let metadata_model = match related.related_type.as_str() {
+        "application/dicom" => None,
+        "application/dicom+json" => Some(DataModel::Json),
+        "application/dicom+xml" => Some(DataModel::Xml),
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "STOW-RS accepts multipart/related with type=\"application/dicom\" or \
-                 type=\"application/dicom+json\"; got type={other:?}"
+                "STOW-RS accepts multipart/related with type=\"application/dicom\", \
+                 \"application/dicom+json\" or \"application/dicom+xml\"; got type={other:?}"
             )))
         }
     };
+    // The response's representation, settled before anything is stored.
+    let accept = request
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let response_model = negotiate_model(&acceptable(&[], accept), true).ok_or_else(|| {
+        ApiError::NotAcceptable(
+            "the Store Instances Response is available as application/dicom+json or \
+             application/dicom+xml"
+                .into(),
+        )
+    })?;
     let limit = state.max_request_bytes;
     let declared_length = request
         .headers()
@@ -75,8 +90,8 @@ async fn run(
             Err(error) => return Err(multipart_error(error, limit)),
         };
         parts += 1;
-        if json_metadata {
-            receive_json_request_part(&mut session, field, &mut metadata, limit).await?;
+        if let Some(model) = metadata_model {
+            receive_metadata_request_part(&mut session, model, field, &mut metadata, limit).await?;
             continue;
         }
         let acceptable = field
@@ -98,17 +113,22 @@ async fn run(
             "the multipart body has no parts".into(),
         ));
     }
-    if json_metadata {
+    if let Some(model) = metadata_model {
         let mut datasets = Vec::new();
         for part in &metadata {
-            datasets.extend(
-                crate::dicom::compose::metadata_datasets(part)
-                    .map_err(|e| ApiError::BadRequest(e.to_string()))?,
-            );
+            let read = match model {
+                DataModel::Json => crate::dicom::compose::metadata_datasets(part),
+                // One Native DICOM Model document holds one data set.
+                DataModel::Xml => std::str::from_utf8(part)
+                    .map_err(|_| DicomError::Malformed("the metadata part is not UTF-8".into()))
+                    .and_then(crate::dicom::xml::from_native_dicom_model)
+                    .map(|dataset| vec![dataset]),
+            };
+            datasets.extend(read.map_err(|e| ApiError::BadRequest(e.to_string()))?);
         }
         if datasets.is_empty() {
             return Err(ApiError::BadRequest(
-                "no application/dicom+json part with a data set".into(),
+                "no metadata part with a data set".into(),
             ));
         }
         // Counted per data set from here on (the Warning's "of N").
@@ -140,20 +160,28 @@ async fn run(
             )),
         ));
     }
-    Ok(response
-        .content_type("application/dicom+json")
-        .body(outcome.response(&base_url).to_string()))
+    let body = outcome.response(&base_url);
+    Ok(match response_model {
+        DataModel::Json => response
+            .content_type("application/dicom+json")
+            .body(body.to_string()),
+        DataModel::Xml => response.content_type(crate::dicom::xml::DICOM_XML).body(
+            crate::dicom::xml::to_native_dicom_model(body.as_object().expect("an object")),
+        ),
+    })
 }
 
 /// The largest metadata part read: the JSON of a few thousand instances.
 const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
 
-/// One part of a request with DICOM JSON metadata: a metadata part is read
-/// whole (it is parsed when the request has ended, with every bulk data part
-/// in); any other part is bulk data, staged under its Content-Location (and
-/// `cid:` + its Content-ID), the URIs a BulkDataURI names it by.
-async fn receive_json_request_part(
+/// One part of a request with metadata (DICOM JSON or XML, as `model`): a
+/// metadata part is read whole (it is parsed when the request has ended, with
+/// every bulk data part in); any other part is bulk data, staged under its
+/// Content-Location (and `cid:` + its Content-ID), the URIs a BulkDataURI (or an
+/// XML BulkData uri) names it by.
+async fn receive_metadata_request_part(
     session: &mut StowSession,
+    model: DataModel,
     mut field: multer::Field<'static>,
     metadata: &mut Vec<bytes::Bytes>,
     limit: u64,
@@ -163,7 +191,11 @@ async fn receive_json_request_part(
         .as_ref()
         .map(|m| m.essence_str().to_ascii_lowercase())
         .unwrap_or_else(|| "application/octet-stream".into());
-    if essence == "application/dicom+json" {
+    let metadata_type = match model {
+        DataModel::Json => "application/dicom+json",
+        DataModel::Xml => crate::dicom::xml::DICOM_XML,
+    };
+    if essence == metadata_type {
         let mut body = bytes::BytesMut::new();
         loop {
             match field.chunk().await {

@@ -8,7 +8,8 @@ use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 
 use super::accept::{
-    acceptable, accepts_dicom_json, negotiate_bulk, negotiate_instances, BulkChoice, MediaRange,
+    acceptable, negotiate_bulk, negotiate_instances, negotiate_model, BulkChoice, DataModel,
+    MediaRange,
 };
 use super::error::ApiError;
 use super::multipart::{multipart_body, new_boundary, OutgoingPart};
@@ -120,16 +121,22 @@ pub async fn metadata(
     target: Target,
 ) -> Result<HttpResponse, ApiError> {
     let scope = target.scope;
-    if !accepts_dicom_json(&ranges(&request)?) {
-        return Err(ApiError::NotAcceptable(
-            "metadata is available as application/dicom+json".into(),
-        ));
-    }
+    let model = negotiate_model(&ranges(&request)?, false).ok_or_else(|| {
+        ApiError::NotAcceptable(
+            "metadata is available as application/dicom+json or \
+             multipart/related; type=\"application/dicom+xml\""
+                .into(),
+        )
+    })?;
     let instances = wado::locate(&state.services, scope).await?;
     let base_url = state.base_url(&request);
     // Viewers fetch series metadata on every study open: an unchanged series is
     // answered 304 without reading a single blob.
-    let etag = wado::metadata_etag(&instances, &base_url);
+    let mut etag = wado::metadata_etag(&instances, &base_url);
+    if model == DataModel::Xml {
+        // Another representation, another entity tag.
+        etag = format!("{}-xml\"", etag.trim_end_matches('"'));
+    }
     let revalidated = request
         .headers()
         .get_all(header::IF_NONE_MATCH)
@@ -142,7 +149,20 @@ pub async fn metadata(
     if revalidated {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, etag))
+            .insert_header((header::VARY, "Accept"))
             .finish());
+    }
+    if model == DataModel::Xml {
+        // One document an instance, written as each instance's metadata
+        // arrives (the cached JSON of a series is not used).
+        let datasets = wado::metadata_stream(state.services.clone(), instances, base_url)
+            .map(|item| item.map_err(wado::to_store_error))
+            .boxed();
+        let mut response = HttpResponse::Ok();
+        response
+            .insert_header((header::ETAG, etag))
+            .insert_header((header::VARY, "Accept"));
+        return Ok(super::multipart::xml_response(&mut response, datasets));
     }
     // One JSON array: cached series come from their derived object, others are
     // written as each instance's metadata arrives.
@@ -150,6 +170,7 @@ pub async fn metadata(
     Ok(HttpResponse::Ok()
         .content_type("application/dicom+json")
         .insert_header((header::ETAG, etag))
+        .insert_header((header::VARY, "Accept"))
         .streaming(body))
 }
 
