@@ -163,6 +163,16 @@ fn a_tampered_object_never_yields_its_data() {
         let body = response.text().unwrap();
         assert!(body.contains("integrity"), "{resource}: {body}");
     }
+    // In either metadata representation.
+    let response = client()
+        .get(server.url("/studies/5.1/metadata"))
+        .header(
+            "Accept",
+            "multipart/related; type=\"application/dicom+xml\"",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 500);
     // verify names it.
     let (ok, out) = kastell(&["verify"], &server.data_dir, &[]);
     assert!(!ok, "{out}");

@@ -154,9 +154,16 @@ pub async fn metadata(
     }
     if model == DataModel::Xml {
         // One document an instance, written as each instance's metadata
-        // arrives (the cached JSON of a series is not used).
-        let datasets = wado::metadata_stream(state.services.clone(), instances, base_url)
-            .map(|item| item.map_err(wado::to_store_error))
+        // arrives (the cached JSON of a series is not used). The first is read
+        // before answering, so that an unreadable object gets a status (410,
+        // 500) rather than a cut-off body, as in JSON.
+        let mut items = wado::metadata_stream(state.services.clone(), instances, base_url);
+        let first = items
+            .next()
+            .await
+            .ok_or(crate::service::ServiceError::NotFound("instance"))??;
+        let datasets = futures_util::stream::once(async { Ok(first) })
+            .chain(items.map(|item| item.map_err(wado::to_store_error)))
             .boxed();
         let mut response = HttpResponse::Ok();
         response
