@@ -21,6 +21,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::{format_time, Action, ActorKind, AuditError, Outcome, StoredEvent};
+use crate::dicom::xml::escape;
 use crate::index::Index;
 
 /// How Kastell names itself as the audit source and as a participant.
@@ -147,28 +148,6 @@ fn network_type(address: &str) -> &'static str {
     }
 }
 
-/// Text for XML content and attribute values: markup characters escaped,
-/// whitespace that attribute normalisation would fold kept as references, and
-/// characters XML 1.0 forbids replaced by U+FFFD.
-pub fn xml_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 fn coded(out: &mut String, element: &str, (code, meaning): Code) {
     out.push_str(&format!(
         "<{element} csd-code=\"{code}\" codeSystemName=\"DCM\" originalText=\"{meaning}\"/>"
@@ -196,19 +175,19 @@ pub fn atna_message(stored: &StoredEvent) -> String {
     if let Some(description) = outcome_description(stored) {
         out.push_str(&format!(
             "<EventOutcomeDescription>{}</EventOutcomeDescription>",
-            xml_escape(&description)
+            escape(&description)
         ));
     }
     out.push_str("</EventIdentification>");
 
     out.push_str(&format!(
         "<ActiveParticipant UserID=\"{}\" UserIsRequestor=\"true\"",
-        xml_escape(&event.actor)
+        escape(&event.actor)
     ));
     if let Some(address) = &event.client_address {
         out.push_str(&format!(
             " NetworkAccessPointID=\"{}\" NetworkAccessPointTypeCode=\"{}\"",
-            xml_escape(address),
+            escape(address),
             network_type(address)
         ));
     }
@@ -227,7 +206,7 @@ pub fn atna_message(stored: &StoredEvent) -> String {
     out.push_str(&format!(
         "<AuditSourceIdentification AuditEnterpriseSiteID=\"{}\" AuditSourceID=\"{AUDIT_SOURCE_ID}\">\
          <AuditSourceTypeCode csd-code=\"4\"/></AuditSourceIdentification>",
-        xml_escape(&event.tenant)
+        escape(&event.tenant)
     ));
 
     if let Some(study) = &event.study_uid {
@@ -235,7 +214,7 @@ pub fn atna_message(stored: &StoredEvent) -> String {
         out.push_str(&format!(
             "<ParticipantObjectIdentification ParticipantObjectID=\"{}\" \
              ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"3\">",
-            xml_escape(study)
+            escape(study)
         ));
         coded(&mut out, "ParticipantObjectIDTypeCode", STUDY_INSTANCE_UID);
         let details = event

@@ -103,7 +103,11 @@ fn keyword_of(key: &str) -> Option<&'static str> {
         .map(|entry| entry.alias())
 }
 
-fn escape(text: &str) -> String {
+/// Text for XML content and attribute values (every XML Kastell writes: the
+/// Native DICOM Model, DICOM audit messages, the WADL): markup characters
+/// escaped, whitespace that attribute normalisation would fold kept as
+/// references, and characters XML 1.0 forbids replaced by U+FFFD.
+pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -112,8 +116,10 @@ fn escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            // Not allowed in XML 1.0 at all; DICOM text should not hold them.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }

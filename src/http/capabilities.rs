@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::routes::{self, Endpoint};
 use super::wado::ranges;
 use super::AppState;
+use crate::dicom::xml::escape;
 
 const WADL: &str = "application/vnd.sun.wadl+xml";
 
@@ -53,13 +54,6 @@ fn tree(endpoints: &[Endpoint]) -> Node<'_> {
         node.methods.push(endpoint);
     }
     root
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn wadl_node(node: &Node, depth: usize, out: &mut String) {
