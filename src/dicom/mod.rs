@@ -5,6 +5,7 @@
 pub mod attributes;
 pub mod charset;
 pub mod compose;
+pub mod document;
 pub mod files;
 pub mod fragments;
 pub mod header;

@@ -263,9 +263,28 @@ pub async fn rendered(
         })?),
         None => None,
     };
-    let (format, multipart) = negotiate_image(&ranges(&request)?).ok_or_else(not_acceptable)?;
+    let ranges = ranges(&request)?;
     let single_item = matches!(scope, Scope::Instance { .. });
     let instances = wado::locate(&state.services, scope).await?;
+    if single_item && frame_numbers.is_none() && !render::has_pixel_data(&instances[0]) {
+        // A report or an encapsulated document: rendered as text or as itself.
+        let wanted: Vec<String> = ranges
+            .iter()
+            .map(|range| match range.related_type() {
+                Some(related) if range.essence == "multipart/related" => related,
+                _ => range.essence.clone(),
+            })
+            .collect();
+        let (media_type, body) =
+            render::render_document(&state.services, &instances[0], &wanted, &params.options)
+                .await?;
+        let mut response = HttpResponse::Ok();
+        if let Some(warning) = params.warning {
+            response.insert_header((header::WARNING, state.warning(&warning)));
+        }
+        return Ok(response.content_type(media_type).body(body));
+    }
+    let (format, multipart) = negotiate_image(&ranges).ok_or_else(not_acceptable)?;
     if single_item {
         let instance = &instances[0];
         let numbers = frame_numbers.unwrap_or_default();

@@ -8,8 +8,9 @@ use futures_util::StreamExt;
 
 use super::wado::{self, Frames};
 use super::{derived, ServiceError, Services};
+use crate::dicom::document::{self, TextFormat};
 use crate::dicom::pixels::FramePixels;
-use crate::dicom::render::{self, ImageFormat, RenderOptions, Viewport};
+use crate::dicom::render::{self, Annotation, ImageFormat, RenderOptions, Viewport};
 use crate::dicom::transfer_syntax;
 use crate::index::{Scope, StoredInstance};
 
@@ -44,6 +45,59 @@ fn to_pixels(frames: Frames) -> Vec<FramePixels> {
             }
         })
         .collect()
+}
+
+/// Renders an instance that is a document rather than an image, in the first of
+/// `wanted` (media types in the client's order of preference, wildcards
+/// included) it can be had in: a Structured Report as text/html (for
+/// wildcards) or text/plain, naming the patient only with
+/// `annotation=patient`; an Encapsulated Document as the document it holds.
+/// Returns the media type and the body.
+pub async fn render_document(
+    services: &Services,
+    instance: &StoredInstance,
+    wanted: &[String],
+    options: &RenderOptions,
+) -> Result<(String, Bytes), ServiceError> {
+    let header = wado::read_header(services, instance).await?;
+    if let Some((media_type, bytes)) = document::encapsulated_document(&header) {
+        let (kind, _) = media_type
+            .split_once('/')
+            .unwrap_or((media_type.as_str(), ""));
+        let acceptable = wanted
+            .iter()
+            .any(|w| w == &media_type || w == "*/*" || w.strip_suffix("/*") == Some(kind));
+        return if acceptable {
+            Ok((media_type, Bytes::from(bytes)))
+        } else {
+            Err(ServiceError::NotAcceptable(format!(
+                "this instance holds a document of type {media_type}"
+            )))
+        };
+    }
+    if !document::is_structured_report(&header) {
+        return Err(ServiceError::NotAcceptable(
+            "this instance has neither pixel data nor a document to render".into(),
+        ));
+    }
+    let format = wanted
+        .iter()
+        .find_map(|w| match w.as_str() {
+            "text/html" | "text/*" | "*/*" => Some(TextFormat::Html),
+            "text/plain" => Some(TextFormat::Plain),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            ServiceError::NotAcceptable(
+                "a structured report renders as text/html or text/plain".into(),
+            )
+        })?;
+    let with_patient = options.annotations.contains(&Annotation::Patient);
+    let text = document::render_report(&header, format, with_patient);
+    Ok((
+        format!("{}; charset=utf-8", format.media_type()),
+        Bytes::from(text),
+    ))
 }
 
 /// Renders one instance: frame `frame` (1-based), or without one, the first frame
