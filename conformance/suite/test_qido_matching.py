@@ -410,3 +410,47 @@ def test_empty_result_is_204(api):
     resp = api.get("/studies", params={"PatientID": "KST-NO-SUCH-PATIENT"}, headers={"Accept": kh.DICOM_JSON})
     assert resp.status_code == 204, describe(resp)
     assert resp.content == b""
+
+
+# --------------------------------------------------------------------------
+# emptyvaluematching (PS3.18 §8.3.4.5)
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def empty_and_filled(api):
+    """Two studies of one patient: PatientSex empty in the first, "F" in the second; both
+    with an empty ReferringPhysicianName. Deleted afterwards."""
+    import io
+    import uuid
+
+    import pydicom
+    patient = f"KST-EMPTY-{uuid.uuid4().hex[:8]}"
+    studies = []
+    for sex in ("", "F"):
+        st, se, sop = kh.new_uid(), kh.new_uid(), kh.new_uid()
+        ds = pydicom.dcmread(io.BytesIO(kh.make_instance(st, se, sop, patient_id=patient)))
+        ds.PatientSex = sex
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        assert kh.stow(api, [buf.getvalue()]).status_code == 200
+        studies.append(st)
+    yield patient, studies
+    for st in studies:
+        api.session.delete(api.url(kh.study_path(st)), timeout=kh.TIMEOUT)
+
+
+def test_empty_value_matching_finds_empty_values(api, empty_and_filled):
+    patient, (empty, filled) = empty_and_filled
+    resp, found = kh.qido(api, "/studies", {"PatientID": patient, "PatientSex": '""',
+                                             "emptyvaluematching": "true"})
+    assert resp.status_code == 200, describe(resp)
+    assert kh.uids(found, "0020000D") == [empty]
+    assert not [w for w in kh.warnings_of(resp) if "emptyvaluematching" in w]
+    _, both = kh.qido(api, "/studies", {"PatientID": patient, "ReferringPhysicianName": '""',
+                                         "emptyvaluematching": "true"})
+    assert sorted(kh.uids(both, "0020000D")) == sorted([empty, filled])
+
+
+def test_without_empty_value_matching_two_quotes_are_a_literal(api, empty_and_filled):
+    patient, _ = empty_and_filled
+    resp, found = kh.qido(api, "/studies", {"PatientID": patient, "PatientSex": '""'})
+    assert resp.status_code == 204 and not found, describe(resp)

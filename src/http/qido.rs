@@ -97,6 +97,7 @@ fn parse_search(
         matches: vec![],
         include: vec![],
         fuzzy: false,
+        empty_value_matching: false,
         limit: None,
         offset: 0,
     };
@@ -120,11 +121,7 @@ fn parse_search(
                 })?
             }
             "fuzzymatching" => request.fuzzy = parse_bool(&name, &value)?,
-            "emptyvaluematching" => {
-                if parse_bool(&name, &value)? {
-                    unsupported_flags.push("emptyvaluematching");
-                }
-            }
+            "emptyvaluematching" => request.empty_value_matching = parse_bool(&name, &value)?,
             "multiplevaluematching" => {
                 if parse_bool(&name, &value)? {
                     unsupported_flags.push("multiplevaluematching");

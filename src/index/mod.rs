@@ -1212,6 +1212,7 @@ pub(crate) mod tests {
                 matches: vec![],
                 include: vec![qido::IncludeField::All],
                 fuzzy: false,
+                empty_value_matching: false,
                 limit: Some(5000),
                 offset: 0,
             };
@@ -1252,6 +1253,7 @@ pub(crate) mod tests {
                 matches: vec![],
                 include: vec![],
                 fuzzy: false,
+                empty_value_matching: false,
                 limit: None,
                 offset: 0,
             };

@@ -62,6 +62,8 @@ pub struct SearchRequest {
     pub matches: Vec<MatchKey>,
     pub include: Vec<IncludeField>,
     pub fuzzy: bool,
+    /// `emptyvaluematching=true`: a key of `""` matches empty values.
+    pub empty_value_matching: bool,
     pub limit: Option<u64>,
     pub offset: u64,
 }
@@ -171,6 +173,10 @@ pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
             continue;
         }
         push_unique(&mut requested, attr);
+        if request.empty_value_matching && key.value == EMPTY_VALUE {
+            add_empty_condition(&mut sql, attr);
+            continue;
+        }
         if combined.is_some() && (attr.column == "study_date" || attr.column == "study_time") {
             continue;
         }
@@ -289,6 +295,30 @@ fn string_match(sql: &mut SqlBuilder, column: &str, value: &str) {
     } else {
         sql.push(&format!("{column} = "))
             .bind(Bind::Text(value.to_string()));
+    }
+}
+
+/// The key value that, with `emptyvaluematching=true`, matches empty values:
+/// two double quotes (PS3.18 §8.3.4.5).
+pub const EMPTY_VALUE: &str = "\"\"";
+
+/// `emptyvaluematching=true` with a key of `""`: the attribute is empty or absent,
+/// for the value representations that can be empty and matched on (PS3.18
+/// §8.3.4.5: AE, CS, DA, DT, LO, LT, PN, SH, ST, TM, UC, UR, UT). Other
+/// attributes (UIDs, numbers, counts) are matched universally.
+fn add_empty_condition(sql: &mut SqlBuilder, attr: &Attr) {
+    match attr.kind {
+        Kind::Text | Kind::PersonName | Kind::Date | Kind::Time => {
+            let column = qualified(attr, "");
+            sql.push(&format!(" AND ({column} IS NULL OR {column} = '')"));
+        }
+        Kind::ModalitiesInStudy => {
+            sql.push(
+                " AND NOT EXISTS (SELECT 1 FROM series m WHERE m.study_fk = st.study_pk \
+                 AND m.modality IS NOT NULL AND m.modality <> '')",
+            );
+        }
+        _ => {}
     }
 }
 
@@ -544,6 +574,7 @@ mod tests {
             matches,
             include: vec![],
             fuzzy: false,
+            empty_value_matching: false,
             limit: None,
             offset: 0,
         }
