@@ -705,9 +705,19 @@ fn chain(
         Custody {
             data: DataKind::AuditTrail,
             rule: personal_rule.clone(),
-            held: vec![held(index, "audit records, in the index database", false)],
-            encryption: format!("like the rest of the index, {index_at_rest}"),
-            keys: index_readers.into(),
+            held: vec![held(
+                index,
+                "audit records, in the index database, chained by HMAC-SHA256 under a chain \
+                 key kept wrapped by the master key",
+                false,
+            )],
+            encryption: format!(
+                "like the rest of the index, {index_at_rest}; whoever can write the index but \
+                 does not hold the master key cannot edit the trail undetected"
+            ),
+            keys: format!(
+                "{index_readers}; the chain key opens with the master key ({key_holders})"
+            ),
         },
         Custody {
             data: DataKind::Logs,
