@@ -80,6 +80,9 @@ enum Command {
         /// Files imported in parallel (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
+        /// The summary as text, or as JSON for scripts.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -568,8 +571,15 @@ fn main() -> anyhow::Result<()> {
             dir,
             tenant,
             jobs,
+            format,
             common,
-        } => import(&merge(&cli.common, &common), &dir, tenant.as_deref(), jobs),
+        } => import(
+            &merge(&cli.common, &common),
+            &dir,
+            tenant.as_deref(),
+            jobs,
+            format,
+        ),
         Command::Stats {
             format,
             blobs,
@@ -614,6 +624,7 @@ fn import(
     dir: &std::path::Path,
     tenant: Option<&str>,
     jobs: Option<usize>,
+    format: ReportFormat,
 ) -> anyhow::Result<()> {
     let mut config = load(common, None)?;
     // The summary says what happened to every file; the pipeline's per-file
@@ -640,7 +651,10 @@ fn import(
     ));
     progress.finish();
     let report = report?;
-    print!("import of {}: {report}", dir.display());
+    match format {
+        ReportFormat::Text => print!("import of {}: {report}", dir.display()),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
+    }
     // The import stores around HTTP: it leaves one audit record of its own (the
     // directory is named by the operator and may name patients: not recorded).
     {

@@ -150,12 +150,37 @@ fn import_takes_every_form_skips_what_is_not_an_instance_and_resumes() {
     );
 
     // Again: everything is found, nothing is stored twice.
-    let (ok, again) = cli(&["import", src], &data);
+    // Again, with the summary as JSON for scripts.
+    let (ok, again) = cli(&["import", src, "--format", "json"], &data);
     assert!(!ok, "{again}");
-    assert_eq!(count(&again, "stored"), 0, "{again}");
-    assert_eq!(count(&again, "already present"), 11, "{again}");
-    assert_eq!(count(&again, "skipped"), 2, "{again}");
-    assert_eq!(count(&again, "failed"), 2, "{again}");
+    let summary: serde_json::Value =
+        serde_json::Deserializer::from_str(&again[again.find('{').unwrap()..])
+            .into_iter()
+            .next()
+            .unwrap()
+            .unwrap();
+    assert_eq!(summary["stored"], 0, "{again}");
+    assert_eq!(summary["already_present"], 11, "{again}");
+    assert_eq!(summary["skipped"], 2, "{again}");
+    assert_eq!(summary["failed"], 2, "{again}");
+    assert_eq!(
+        summary["skipped_reasons"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        2
+    );
+    assert_eq!(
+        summary["failed_reasons"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|g| g["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        2
+    );
 
     // A file that changed since (same SOP Instance UID, other pixels) is not
     // taken for the stored one: it is refused like a conflicting STOW part.

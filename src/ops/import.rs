@@ -155,6 +155,42 @@ impl ImportReport {
     }
 }
 
+impl ImportReport {
+    /// The summary as JSON, for scripts (`kastell import --format json`): the
+    /// counts, the reasons with their counts (and example paths for failures),
+    /// the time taken and the rates.
+    pub fn to_json(&self) -> serde_json::Value {
+        let failed_reasons: serde_json::Map<String, serde_json::Value> = self
+            .failed_reasons
+            .iter()
+            .map(|(reason, group)| {
+                let examples: Vec<String> = group
+                    .examples
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                (
+                    reason.clone(),
+                    serde_json::json!({"count": group.count, "examples": examples}),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "files": self.files,
+            "bytes": self.bytes,
+            "stored": self.stored,
+            "already_present": self.already_present,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "skipped_reasons": self.skipped_reasons,
+            "failed_reasons": failed_reasons,
+            "elapsed_secs": self.elapsed.as_secs_f64(),
+            "instances_per_sec": self.instances_per_sec(),
+            "megabytes_per_sec": self.megabytes_per_sec(),
+        })
+    }
+}
+
 impl std::fmt::Display for ImportReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
