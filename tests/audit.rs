@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use diesel::connection::SimpleConnection;
@@ -19,14 +18,7 @@ struct Run {
 }
 
 fn kastell(args: &[&str], data_dir: &Path) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_kastell"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(index_args(data_dir))
-        .args(blob_args(data_dir))
-        .envs(master_key_env())
-        .env("RUST_LOG", "warn")
+    let output = cli_command(args, data_dir)
         .env("USER", "operator-7")
         .output()
         .expect("run kastell");

@@ -8,8 +8,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -621,43 +619,17 @@ fn metrics_are_served_for_prometheus_without_credentials() {
     assert!(again.contains("endpoint=\"Metrics\""), "{again}");
 }
 
-/// Starts the server with its log on a file (the common harness discards it).
-fn spawn_logging(data_dir: &Path, env: &[(&str, &str)], log: &Path) -> (std::process::Child, u16) {
-    let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kastell"));
-    command
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(index_args(data_dir))
-        .args(blob_args(data_dir))
-        .envs(master_key_env())
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
-    let child = command.spawn().expect("start kastell");
-    wait_for("the server to answer", || {
-        reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz"))
-            .is_ok_and(|r| r.status().is_success())
-    });
-    (child, port)
-}
-
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("kastell.log");
-    let (mut child, port) = spawn_logging(
+    let server = Server::spawn_logging(
         &data,
         &[("KASTELL__LOG__FORMAT", "json"), ("RUST_LOG", "info")],
         &log,
     );
-    let server_url = |path: &str| format!("http://127.0.0.1:{port}/dicomweb{path}");
+    let server_url = |path: &str| server.url(path);
     let spec = patient();
     let (content_type, body) = multipart(&[dicom_file(&spec)]);
     let stored = client()
@@ -685,8 +657,7 @@ fn json_logs_are_one_object_per_line() {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .any(|entry| is_search(&entry))
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 
     let text = std::fs::read_to_string(&log).unwrap();
     let mut entries = Vec::new();

@@ -35,6 +35,16 @@ impl Server {
 
     /// Starts a server on an existing data directory.
     pub fn spawn(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_to(data_dir, env, Stdio::null())
+    }
+
+    /// Starts a server on an existing data directory with its log (standard
+    /// error) written to `log`; `env` may set RUST_LOG.
+    pub fn spawn_logging(data_dir: &Path, env: &[(&str, &str)], log: &Path) -> Self {
+        Self::spawn_to(data_dir, env, std::fs::File::create(log).unwrap().into())
+    }
+
+    fn spawn_to(data_dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_kastell"));
         command
@@ -50,7 +60,7 @@ impl Server {
             .envs(master_key_env())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         for (key, value) in env {
             command.env(key, value);
         }
@@ -210,19 +220,24 @@ pub fn master_key_env() -> Vec<(String, String)> {
     }
 }
 
-/// Runs a `kastell` CLI command on a data directory, with the test's index, blob
-/// store and master key; returns success and stdout + stderr.
-pub fn cli(args: &[&str], data_dir: &Path) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_kastell"))
+/// A `kastell` CLI command on a data directory, with the test's index, blob
+/// store and master key, logging warnings only.
+pub fn cli_command(args: &[&str], data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kastell"));
+    command
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .args(index_args(data_dir))
         .args(blob_args(data_dir))
         .envs(master_key_env())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run kastell");
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// Runs [`cli_command`]; returns success and stdout + stderr.
+pub fn cli(args: &[&str], data_dir: &Path) -> (bool, String) {
+    let output = cli_command(args, data_dir).output().expect("run kastell");
     (
         output.status.success(),
         format!(
