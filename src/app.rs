@@ -219,12 +219,7 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
         })?;
     let keys = key_ring(config, &index)?;
     let blob_url = config.effective_blob_url();
-    let options: Vec<(String, String)> = config
-        .storage
-        .blob_options
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let options = config.storage.blob_option_pairs();
     let store = BlobStore::from_url(
         &blob_url,
         &options,
@@ -902,12 +897,7 @@ pub async fn stats(
     };
     let blob_url = config.effective_blob_url();
     let listed = if list_blobs {
-        let options: Vec<(String, String)> = config
-            .storage
-            .blob_options
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let options = config.storage.blob_option_pairs();
         Some(crate::store::usage(&blob_url, &options).await?)
     } else {
         None

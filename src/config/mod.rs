@@ -295,6 +295,16 @@ impl Default for ServerConfig {
     }
 }
 
+impl StorageConfig {
+    /// `blob_options` as the (name, value) pairs the blob store is built with.
+    pub fn blob_option_pairs(&self) -> Vec<(String, String)> {
+        self.blob_options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {

@@ -158,11 +158,7 @@ pub fn negotiate_instances(ranges: &[MediaRange], single_allowed: bool) -> Optio
     choice
 }
 
-/// Whether DICOM JSON (metadata, search results) is acceptable.
-pub fn accepts_dicom_json(ranges: &[MediaRange]) -> bool {
-    ranges.iter().any(is_dicom_json)
-}
-
+/// Whether a range takes DICOM JSON (metadata, search results).
 fn is_dicom_json(range: &MediaRange) -> bool {
     matches!(
         range.essence.as_str(),
