@@ -901,6 +901,18 @@ def default_bin() -> str:
     return primary
 
 
+
+def add_run_args(p, *, big_timeout: float | None = None) -> None:
+    """The arguments every bench takes for its server run: where the data directory
+    goes and whether it stays, and the timeouts."""
+    p.add_argument("--data-root", default=None,
+                   help="parent directory for the temporary data dir (system temp if unset)")
+    p.add_argument("--keep-data", action="store_true", help="do not delete the data dir")
+    p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout (s)")
+    if big_timeout is not None:
+        p.add_argument("--big-timeout", type=float, default=big_timeout, help="big STOW timeout (s)")
+    p.add_argument("--startup-timeout", type=float, default=60.0)
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -916,12 +928,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-big", action="store_true", help="skip the big STOW / RSS phase")
     p.add_argument("--out", default="results.json", help="JSON results file")
     p.add_argument("--seed", type=int, default=20240601)
-    p.add_argument("--data-root", default=None,
-                   help="parent directory for the temporary data dir (system temp if unset)")
-    p.add_argument("--keep-data", action="store_true", help="do not delete the data dir")
-    p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout (s)")
-    p.add_argument("--big-timeout", type=float, default=1800.0, help="big STOW timeout (s)")
-    p.add_argument("--startup-timeout", type=float, default=60.0)
+    add_run_args(p, big_timeout=1800.0)
     a = p.parse_args(argv)
     if a.instances < 1 or a.studies < 1 or a.series_per_study < 1 or a.per_request < 1 \
             or a.clients < 1 or a.big_mib < 1:

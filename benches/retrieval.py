@@ -543,12 +543,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", default="", help="comma list of phases to skip: frames,metadata,rendered")
     p.add_argument("--out", default="retrieval.json", help="JSON results file")
     p.add_argument("--seed", type=int, default=20240605)
-    p.add_argument("--data-root", default=None,
-                   help="parent directory for the temporary data dir (system temp if unset)")
-    p.add_argument("--keep-data", action="store_true", help="do not delete the data dir")
-    p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout (s)")
-    p.add_argument("--big-timeout", type=float, default=600.0, help="multi-frame STOW timeout (s)")
-    p.add_argument("--startup-timeout", type=float, default=60.0)
+    load.add_run_args(p, big_timeout=600.0)
     a = p.parse_args(argv)
     if min(a.frames, a.frame_size, a.series_instances, a.per_request, a.cold, a.thumb_cold, a.reps) < 1:
         p.error("counts must be >= 1")
