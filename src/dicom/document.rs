@@ -11,6 +11,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
 use super::instance::text;
+use super::xml::escape;
 
 /// The text types a report is rendered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,15 +114,16 @@ pub fn render_report(dataset: &InMemDicomObject, format: TextFormat, with_patien
             out
         }
         TextFormat::Html => {
-            let title = html_escape(&title);
+            let title = escape(&title);
             let mut out = format!(
                 "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
                  <body><h1>{title}</h1>\n"
             );
             for line in lines {
                 let level = (line.depth + 2).min(6);
-                let name = html_escape(&line.name);
-                let value = html_escape(&line.value).replace('\n', "<br>");
+                let name = escape(&line.name);
+                // The escape keeps line breaks as &#10;: shown as such in HTML.
+                let value = escape(&line.value).replace("&#10;", "<br>");
                 let margin = line.depth * 2;
                 let _ = if line.heading {
                     writeln!(
@@ -213,13 +215,6 @@ fn item_value(item: &InMemDicomObject, value_type: &str) -> String {
         _ => None,
     };
     value.unwrap_or_default()
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
