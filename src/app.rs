@@ -315,7 +315,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     // The audit trail lives in the control index, whatever the tenant.
-    let chain_key = audit_chain_key(&config, &services.index)?;
+    // With the master key the services already hold: loading it again would
+    // read (or warn about) it twice.
+    let chain_key =
+        crate::audit::ChainKey::load_or_create(&services.index, services.store.keys().provider())?;
     let audit = crate::audit::AuditLog::start(services.index.clone(), chain_key);
     let tenants = Arc::new(Tenants::new(
         services,

@@ -130,6 +130,12 @@ impl KeyRing {
         }
     }
 
+    /// The master key provider the tenant keys are wrapped by (the audit chain
+    /// key is wrapped by it too).
+    pub fn provider(&self) -> &dyn KeyProvider {
+        self.provider.as_ref()
+    }
+
     pub fn provider_description(&self) -> String {
         self.provider.describe()
     }
