@@ -351,6 +351,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         authenticator,
         audit: audit.clone(),
         draining: draining.clone(),
+        trusted_proxies: crate::config::proxies::TrustedProxies::parse(
+            &config.server.trusted_proxies,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("server.trusted_proxies")?,
+        client_address_header: config.server.client_address_header,
     };
     let prefix = config.dicomweb.path_prefix.clone();
     let wado_uri_path = config.dicomweb.wado_uri_path.clone();
@@ -402,8 +408,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(exit_code) = forced_rx => Some(exit_code),
     };
     // Every answered request is in the audit writer: write what it still holds,
-    // on the forced path too (acknowledged work must leave its record).
-    match tokio::time::timeout(Duration::from_secs(30), audit.flush()).await {
+    // with the counts of refusals not recorded one by one, on the forced path
+    // too (acknowledged work must leave its record).
+    match tokio::time::timeout(Duration::from_secs(30), audit.close()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::error!(%error, "AUDIT EVENTS NOT WRITTEN AT SHUTDOWN"),
         Err(_) => tracing::error!(
