@@ -306,6 +306,16 @@ pub fn enforce_sovereignty(config: &Config) -> Result<sovereignty::Report, sover
 /// and lets in-flight requests finish for up to `server.shutdown_timeout_secs`
 /// (see [`stop_on_signal`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before anything is created: the embedded defaults are for loopback only.
+    let exposure = config
+        .check_exposure()
+        .context("kastell refuses to start")?;
+    for risk in exposure {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "!!! INSECURE EXPOSURE ALLOWED (server.allow_insecure_exposure): {risk} !!!"
+        );
+    }
     // Before any backend is opened: a configuration that breaks the jurisdiction
     // policy must not create, migrate or write to anything.
     let report = enforce_sovereignty(&config).context("kastell refuses to start")?;

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod exposure;
 pub mod proxies;
 
 use figment::providers::{Env, Format, Serialized, Toml};
