@@ -452,7 +452,7 @@ fn a_flood_of_refusals_from_one_client_is_recorded_up_to_the_limit_then_counted(
 }
 
 #[test]
-fn wado_uri_records_the_decoded_uids_it_served() {
+fn wado_uri_and_wado_rs_record_the_decoded_uids_they_served() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::spawn(&dir.path().join("data"), &[]);
     let file = dicom_file(&Spec::new("8.8", "8.8.1", "8.8.1.1"));
@@ -464,6 +464,12 @@ fn wado_uri_records_the_decoded_uids_it_served() {
     );
     let response = client().get(url).send().unwrap();
     assert_eq!(response.status().as_u16(), 200);
+    // WADO-RS: the path's UIDs as the router decoded them.
+    let metadata = client()
+        .get(server.url("/studies/8%2E8/series/8.8.1/instances/8.8.1%2E1/metadata"))
+        .send()
+        .unwrap();
+    assert_eq!(metadata.status().as_u16(), 200);
     let data = server.terminate();
     let bundle = exported(&data);
     // DICOM Instances Transferred with action R(ead): the retrieve.
@@ -475,9 +481,11 @@ fn wado_uri_records_the_decoded_uids_it_served() {
         .filter(|r| r["action"] == "R" && r.get("entity").is_some())
         .map(|r| r["entity"].to_string())
         .collect();
-    assert_eq!(reads.len(), 1, "{bundle}");
-    for uid in ["urn:oid:8.8\"", "\"8.8.1\"", "\"8.8.1.1\""] {
-        assert!(reads[0].contains(uid), "{uid} in {}", reads[0]);
+    assert_eq!(reads.len(), 2, "{bundle}");
+    for read in &reads {
+        for uid in ["urn:oid:8.8\"", "\"8.8.1\"", "\"8.8.1.1\""] {
+            assert!(read.contains(uid), "{uid} in {read}");
+        }
     }
     assert!(!bundle.to_string().contains("%2E"), "decoded: {bundle}");
 }
