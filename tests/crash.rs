@@ -291,6 +291,7 @@ fn assert_unavailable(what: &str, answer: (u16, Option<String>, String, Duration
     assert_eq!(status, 503, "{what}: {text}");
     assert!(retry_after.is_some(), "{what}: 503 without Retry-After");
     assert!(took < FAIL_WITHIN, "{what} took {took:?}");
+    eprintln!("{what}: 503 in {took:.1?}");
 }
 
 #[test]
