@@ -52,8 +52,17 @@ class Servers:
         self.failed: dict[str, str] = {}
 
     def get(self, name: str, env: dict[str, str] | None = None, tenants=()) -> hostile.Server:
+        """The server `name`, started on first use, and started again (same data
+        directory) when a previous case killed it, so that one crash does not
+        fail every case after it."""
         if name in self.failed:
             pytest.fail(self.failed[name])
+        if name in self.running and not self.running[name].alive():
+            try:
+                self.running[name].start()
+            except RuntimeError as exc:
+                self.failed[name] = str(exc)
+                pytest.fail(str(exc))
         if name not in self.running:
             (self.root / name).mkdir()
             try:
@@ -76,17 +85,18 @@ def servers(tmp_path_factory):
     s.stop()
 
 
-@pytest.fixture(scope="session")
+# Function-scoped: each case gets a live server (see Servers.get).
+@pytest.fixture
 def default(servers) -> hostile.Server:
     return servers.get("default")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tight(servers) -> hostile.Server:
     return servers.get("tight")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def busy(servers) -> hostile.Server:
     return servers.get("busy")
 

@@ -11,6 +11,7 @@ import glob
 import http.client
 import io
 import os
+import re
 import shlex
 import socket
 import struct
@@ -81,21 +82,27 @@ class Server:
         self.env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **(env or {})}
         for tenant in tenants:
             self.cli("tenants", "add", tenant)
+        self.http = session()
+        self.start()
+
+    def start(self) -> None:
+        """Starts the server (again, after a crash: same data directory, new port)."""
         self.port = free_port()
         wrapper = shlex.split(os.environ.get("KASTELL_SERVER_WRAPPER", ""))
         cmd = wrapper + [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}",
                          "--data-dir", str(self.data_dir)]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "wb"))
+        self.log_from = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         self.pid = self.proc.pid  # prlimit execs the server: same process
-        self.http = session()
         self.root_url = f"http://127.0.0.1:{self.port}"
         self.api = kh.Api(self.root_url + "/dicomweb")
         self.api.session = self.http
         deadline = time.time() + 30
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server {name!r} exited at start ({self.proc.returncode}): {self.log_tail()}")
+                raise RuntimeError(f"server {self.name!r} exited at start ({self.proc.returncode}): "
+                                   f"{self.log_tail()}")
             try:
                 if requests.get(self.root_url + "/healthz", timeout=2).status_code == 200:
                     break
@@ -103,7 +110,7 @@ class Server:
                 pass
             if time.time() > deadline:
                 self.stop()
-                raise RuntimeError(f"server {name!r} not healthy after 30 s: {self.log_tail()}")
+                raise RuntimeError(f"server {self.name!r} not healthy after 30 s: {self.log_tail()}")
             time.sleep(0.1)
 
     def cli(self, *args: str) -> str:
@@ -113,11 +120,17 @@ class Server:
             raise RuntimeError(f"kastell {' '.join(args)} failed: {out.stdout}{out.stderr}")
         return out.stdout + out.stderr
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_tail(self, lines: int = 4) -> str:
+        """The end of the server's log without backtrace frames and start-up warnings."""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            with open(self.log, "rb") as log:
+                log.seek(self.log_from)
+                text = log.read().decode(errors="replace").splitlines()
         except OSError:
             return "(no log)"
+        kept = [line for line in text if line.strip() and not re.match(r"^\s+(\d+: |at )", line)
+                and "!!!" not in line and "backtrace" not in line.lower()]
+        return "\n".join(kept[-lines:])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -132,12 +145,16 @@ class Server:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def status_field(self, field: str) -> int:
-        """A `Vm*` line of /proc/PID/status, in KiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise KeyError(field)
+    def status_field(self, field: str) -> int | None:
+        """A `Vm*` line of /proc/PID/status, in KiB (None once the process has
+        exited: a zombie has no memory lines)."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return None
 
     def reset_peak(self) -> None:
         Path(f"/proc/{self.pid}/clear_refs").write_text("5")
@@ -189,13 +206,13 @@ class Watch:
     def __exit__(self, exc_type, exc, tb):
         problems = []
         s = self.server
-        if not s.alive():
-            # give a dying process a moment to be reaped
-            time.sleep(0.3)
+        peak = s.status_field("VmHWM")
+        if peak is None or not s.alive():
+            time.sleep(0.3)  # let a dying process be reaped
         if not s.alive():
             problems.append(f"the server died (exit {s.proc.returncode}); log: {s.log_tail()}")
         else:
-            self.peak_mib = s.status_field("VmHWM") / 1024
+            self.peak_mib = (peak or 0) / 1024
             health = s.healthz()
             if health != 200:
                 problems.append(f"/healthz answered {health}")
@@ -207,6 +224,12 @@ class Watch:
                 raise AssertionError(f"{exc}\nAND {text}") from exc
             raise AssertionError(text)
         return False
+
+
+def brief(resp: requests.Response) -> str:
+    """Status, type and the start of the body (describe() without the long URL)."""
+    return (f"{resp.request.method} -> {resp.status_code} {resp.headers.get('Content-Type', '')!r} "
+            f"{resp.content[:160]!r}")
 
 
 # ---------------------------------------------------------------------------
