@@ -161,7 +161,9 @@ class Server:
 
     def healthz(self, timeout: float = 5) -> int | str:
         try:
-            return self.http.get(self.root_url + "/healthz", timeout=timeout).status_code
+            # a fresh connection: a pooled one may be closing (short keep-alive)
+            with session() as fresh:
+                return fresh.get(self.root_url + "/healthz", timeout=timeout).status_code
         except requests.RequestException as exc:
             return f"no answer ({type(exc).__name__})"
 

@@ -26,8 +26,9 @@ def served(server) -> str | None:
     """None when a normal search and /healthz are answered within 3 s, else why not."""
     try:
         started = time.time()
-        search = server.http.get(server.api.url("/studies"), headers={"Accept": kh.DICOM_JSON}, timeout=3)
-        health = server.http.get(server.root_url + "/healthz", timeout=3)
+        with hostile.session() as fresh:  # new connections, as a new client opens
+            search = fresh.get(server.api.url("/studies"), headers={"Accept": kh.DICOM_JSON}, timeout=3)
+            health = fresh.get(server.root_url + "/healthz", timeout=3)
     except requests.RequestException as exc:
         return f"another client was not served: {exc!r}"
     if search.status_code not in (200, 204) or health.status_code != 200:
