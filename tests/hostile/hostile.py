@@ -32,12 +32,20 @@ SCRIPT_CAPABLE = ("text/html", "image/svg+xml", "application/xhtml+xml")
 VIOLATIONS: list[str] = []
 
 
+# Refusals the HTTP layer (actix-http's dispatcher) writes itself when it cannot
+# parse a request head, before any application code: bare status lines, no
+# Content-Type, no body; nothing there to sniff, and no way for the application
+# to add a header to them.
+HEAD_REFUSALS = {400, 408, 413, 414, 431}
+
+
 def check_headers(where: str, status: int, headers) -> None:
     """Records a response without `X-Content-Type-Options: nosniff`, or of a
     script-capable type without a sandboxing Content-Security-Policy (contract)."""
     lower = {k.lower(): v for k, v in headers.items()}
     get = lower.get
-    if (get("x-content-type-options") or "").strip().lower() != "nosniff":
+    bare = status in HEAD_REFUSALS and not get("content-type") and get("content-length", "0") == "0"
+    if not bare and (get("x-content-type-options") or "").strip().lower() != "nosniff":
         VIOLATIONS.append(f"{where} -> {status}: no X-Content-Type-Options: nosniff")
     mtype = kh.parse_media_type(get("content-type") or "")[0]
     if mtype in SCRIPT_CAPABLE or mtype.endswith("xml"):

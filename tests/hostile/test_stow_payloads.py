@@ -37,7 +37,7 @@ def assert_part_refused(resp, reason: int, or_400: bool = False):
     assert failure_reasons(resp) == [reason], describe(resp)
 
 
-def post_metadata(api, related_type: str, metadata: bytes) -> "requests.Response":
+def post_metadata(api, related_type: str, metadata: bytes):
     boundary = f"kastell-{uuid.uuid4().hex}"
     body = kh.encode_multipart([(metadata, related_type)], boundary)
     return api.post("/studies", data=body, headers={
