@@ -11,6 +11,7 @@ import json
 import uuid
 
 import pytest
+from test_stow_json import _json_part, _post  # the conformance suite's STOW of JSON + bulk parts
 from test_xml import _to_xml  # the conformance suite's JSON -> Native DICOM Model writer
 
 import hostile
@@ -129,6 +130,49 @@ def test_a_deflate_bomb_fails_the_part(default):
 def test_a_small_deflated_instance_is_stored(default):
     """Control of the bomb: the same construction inflating to 1 MiB is stored."""
     assert kh.stow(default.api, [hostile.deflate_bomb(1 << 20)]).status_code == 200
+
+
+def _referencing(ds, uri: str, count: int) -> dict:
+    """The data set as DICOM JSON plus `count` private OB attributes, all with the
+    one BulkDataURI `uri` (private blocks 0x10.. of group 0029, 256 a block)."""
+    doc = ds.to_json_dict(bulk_data_threshold=1 << 30)
+    for n in range(count):
+        block = 0x10 + n // 256
+        doc[f"002900{block:02X}"] = {"vr": "LO", "Value": [f"HOSTILE {block}"]}
+        doc[f"0029{block:02X}{n % 256:02X}"] = {"vr": "OB", "BulkDataURI": uri}
+    return doc
+
+
+def test_one_bulk_part_referenced_1000_times_fails_the_data_set(default):
+    """A 64 KiB bulk part named by 1000 attributes would make a 64 MiB instance;
+    contract: max_bulk_references 16 a part, the data set fails 0xC000. A data set
+    naming it twice is stored. RSS bound 256 MiB."""
+    bulk = bytes(range(256)) * 256
+    control_ds, _ = hostile.instance()
+    uri = f"{default.api.base}/bulk/{uuid.uuid4().hex}"
+    control = _post(default.api, [_json_part([_referencing(control_ds, uri, 2)]),
+                                  (bulk, {"Content-Type": "application/octet-stream", "Content-Location": uri})])
+    assert control.status_code == 200, describe(control)
+    ds, _ = hostile.instance()
+    uri = f"{default.api.base}/bulk/{uuid.uuid4().hex}"
+    with default.watch(rss_mib=256):
+        resp = _post(default.api, [_json_part([_referencing(ds, uri, 1000)]),
+                                   (bulk, {"Content-Type": "application/octet-stream", "Content-Location": uri})])
+        assert_part_refused(resp, NOT_DICOM)
+
+
+def test_a_metadata_part_over_64_mib_is_refused(default):
+    """One 65 MiB DICOM JSON part (a private UT value); contract:
+    max_metadata_part_bytes 64 MiB, the part fails (0xC000) or the request is
+    413. RSS bound 256 MiB (the part is not held whole, let alone parsed)."""
+    ds, _ = hostile.instance()
+    doc = ds.to_json_dict(bulk_data_threshold=1 << 30)
+    doc["00290010"] = {"vr": "LO", "Value": ["HOSTILE"]}
+    doc["00291001"] = {"vr": "UT", "Value": ["A" * (65 << 20)]}
+    with default.watch(rss_mib=256):
+        resp = post_metadata(default.api, "application/dicom+json", json.dumps([doc]).encode())
+        if resp.status_code != 413:
+            assert_part_refused(resp, NOT_DICOM)
 
 
 # --------------------------------------------------------------------------
