@@ -144,10 +144,10 @@ def _referencing(ds, uri: str, count: int) -> dict:
 
 
 def test_one_bulk_part_referenced_1000_times_fails_the_data_set(default):
-    """A 64 KiB bulk part named by 1000 attributes would make a 64 MiB instance;
+    """A 16 KiB bulk part named by 1000 attributes would make a 16 MiB instance;
     contract: max_bulk_references 16 a part, the data set fails 0xC000. A data set
     naming it twice is stored. RSS bound 256 MiB."""
-    bulk = bytes(range(256)) * 256
+    bulk = bytes(range(256)) * 64
     control_ds, _ = hostile.instance()
     uri = f"{default.api.base}/bulk/{uuid.uuid4().hex}"
     control = _post(default.api, [_json_part([_referencing(control_ds, uri, 2)]),
