@@ -1,7 +1,8 @@
 """Hostile STOW-RS payloads (issue 11 contract, `[limits]`): sequences nested far
 beyond max_sequence_depth (32) in PS3.10, DICOM JSON and XML; elements declaring
-4 GiB that are not there; a deflate bomb; an image claiming 2^31-1 frames; more
-parts than max_parts. Each is refused with the contract's status and failure
+4 GiB that are not there; a deflate bomb; one bulk part named 1000 times; a
+65 MiB metadata part; an image claiming 2^31-1 frames; more parts than
+max_parts. Each is refused with the contract's status and failure
 reason while the server lives, answers /healthz and stays within the case's
 peak-RSS bound. A small control of the same shape is stored first where the
 refusal could otherwise have another cause."""
