@@ -236,6 +236,7 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             crate::config::redact_url(&blob_url)
         )
     })?;
+    crate::dicom::guard::ParseLimits::install(config.limits.parse_limits());
     Ok(Services {
         index,
         store,
@@ -244,6 +245,11 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             overwrite_existing: config.dicomweb.overwrite_existing,
             qido_max_results: config.dicomweb.qido_max_results as u64,
             orphan_grace: Duration::from_secs(config.storage.orphan_grace_secs),
+            limits: config.limits.clone(),
+            decoding: crate::service::DecodingBudget::new(
+                config.limits.max_decoding_bytes,
+                config.limits.retry_after_secs,
+            ),
         }),
     })
 }
@@ -356,17 +362,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let wado_uri_path = config.dicomweb.wado_uri_path.clone();
     let origins = config.server.cors_allowed_origins.clone();
     let data = web::Data::new(site);
+    let shield = web::Data::new(http::shield::Shield::new(config.limits.clone()));
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(shield.clone())
             .wrap(actix_web::middleware::from_fn(http::tenancy::resolve))
             .wrap(http::cors(&origins))
+            .wrap(actix_web::middleware::from_fn(http::shield::protect))
             // Outermost: refused and preflight requests are counted and traced too.
             .wrap(actix_web::middleware::from_fn(http::telemetry::observe))
             .configure(|c| http::configure(c, &prefix, &wado_uri_path))
             .default_service(web::to(http::not_found))
     })
     .shutdown_timeout(config.server.shutdown_timeout_secs)
+    // Slow clients (slowloris) cannot hold a connection open without sending.
+    .client_request_timeout(Duration::from_secs(config.limits.header_timeout_secs))
+    .keep_alive(Duration::from_secs(config.limits.keep_alive_secs))
     // Signals are ours (stop_on_signal): actix would stop at once on SIGINT.
     .disable_signals()
     // Streamed multipart answers end in small writes; without NODELAY, Nagle and the

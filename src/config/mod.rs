@@ -11,6 +11,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod limits;
+pub use limits::LimitsConfig;
+
 /// Prefix of every environment variable that sets a config key.
 pub const ENV_PREFIX: &str = "KASTELL__";
 
@@ -26,6 +29,7 @@ pub struct Config {
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub sovereignty: SovereigntyConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -10,6 +10,7 @@ pub mod multipart;
 mod qido;
 mod rendered;
 pub mod routes;
+pub mod shield;
 mod stow;
 mod target;
 pub mod telemetry;

@@ -95,8 +95,50 @@ pub(super) fn split_tenant<'a>(path: &'a str, site: &Site) -> Option<(&'a str, &
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
+    if !is_tenant_name(tenant) {
+        return None;
+    }
     let under = |base: &str| tail == base || tail.starts_with(&format!("{base}/"));
     (under(&site.path_prefix) || under(&site.wado_uri_path)).then_some((tenant, tail))
+}
+
+/// Whether a path segment can be a tenant's name (what `kastell tenants add`
+/// accepts): anything else is refused before it is looked up.
+fn is_tenant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The path the router matches (actix decodes percent-encoded characters that
+/// need no encoding, so `/%61dmin` is routed as `/admin`), refused with 400 when
+/// it holds a form a proxy, the router or a file system could read otherwise:
+/// empty or dot segments, encoded slashes, backslashes or NUL.
+pub(super) fn routed_path(request: &ServiceRequest) -> Result<String, ApiError> {
+    let raw = request.path();
+    let lower = raw.to_ascii_lowercase();
+    let refused = |why: &str| Err(ApiError::BadRequest(format!("the request path {why}")));
+    if raw.contains("//") {
+        return refused("has an empty segment");
+    }
+    if raw.contains('\\') || ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+        return refused("holds an encoded slash, a backslash or NUL");
+    }
+    let routed = request.match_info().as_str().to_string();
+    let decoded = percent_encoding::percent_decode_str(&routed).decode_utf8_lossy();
+    if routed
+        .split('/')
+        .chain(decoded.split('/'))
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return refused("has a dot segment");
+    }
+    if routed.contains("//") {
+        return refused("has an empty segment");
+    }
+    Ok(routed)
 }
 
 /// The middleware: resolves the tenant, rewrites the path, attaches the state.
@@ -108,7 +150,9 @@ pub async fn resolve(
         .app_data::<web::Data<Site>>()
         .cloned()
         .expect("the Site is registered as app data");
-    let path = request.path().to_string();
+    // Every decision below is made on the path the router will match, after
+    // refusing forms that could mean one thing here and another there.
+    let path = routed_path(&request)?;
     // Health checks answer without credentials (orchestrators probe them), and so
     // do the metrics (scrapers rarely carry tokens; they hold no patient data).
     let open_path = path == "/healthz" || path == "/readyz" || path == "/metrics";
@@ -138,7 +182,14 @@ pub async fn resolve(
             )
         }
         None if path.starts_with("/tenants/") => {
-            return Err(ApiError::NotFound("no such resource".into()).into())
+            let name = path["/tenants/".len()..]
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            if !is_tenant_name(name) {
+                return Err(ApiError::BadRequest("invalid tenant name in the path".into()).into());
+            }
+            return Err(ApiError::NotFound("no such resource".into()).into());
         }
         None => (
             site.tenants.default_name().to_string(),
@@ -202,6 +253,11 @@ pub async fn resolve(
         Some(principal)
     };
     let services = site.tenants.get(&tenant).await.map_err(ApiError::from)?;
+    // Counted only once the tenant exists: one counter per tenant served.
+    let _slot = match request.app_data::<web::Data<super::shield::Shield>>() {
+        Some(shield) if !open_path => Some(shield.tenant_slot(&tenant)?),
+        _ => None,
+    };
     let method = request.method().clone();
     let started = std::time::Instant::now();
     request.extensions_mut().insert(AppState {
