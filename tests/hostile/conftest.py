@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hostile  # noqa: E402
 
-# Timeouts of the `tight` server, seconds (contract: server.client_request_timeout_secs,
-# server.keep_alive_secs, limits.body_idle_timeout_secs).
+# Timeouts of the `tight` server, seconds: limits.header_timeout_secs,
+# limits.keep_alive_secs and limits.body_idle_timeout_secs (the contract first
+# named the first two server.client_request_timeout_secs and server.keep_alive_secs).
 TIGHT_TIMEOUT = 2
 TIGHT_MAX_PARTS = 100
 BUSY_MAX_IN_FLIGHT = 3
@@ -33,8 +34,8 @@ BUSY_MAX_IN_FLIGHT = 3
 CONFIGS = {
     "default": {},
     "tight": {
-        "KASTELL__SERVER__CLIENT_REQUEST_TIMEOUT_SECS": str(TIGHT_TIMEOUT),
-        "KASTELL__SERVER__KEEP_ALIVE_SECS": str(TIGHT_TIMEOUT),
+        "KASTELL__LIMITS__HEADER_TIMEOUT_SECS": str(TIGHT_TIMEOUT),
+        "KASTELL__LIMITS__KEEP_ALIVE_SECS": str(TIGHT_TIMEOUT),
         "KASTELL__LIMITS__BODY_IDLE_TIMEOUT_SECS": str(TIGHT_TIMEOUT),
         "KASTELL__LIMITS__MAX_PARTS": str(TIGHT_MAX_PARTS),
     },

@@ -58,7 +58,7 @@ def ended(sock: socket.socket, outcome: dict) -> bool:
 
 def test_headers_sent_one_byte_a_second_are_cut_off_while_others_are_served(tight):
     """Ten clients send `GET ... HTTP/1.1` one byte a second; each connection is
-    closed (or answered 408) within client_request_timeout + 4 s."""
+    closed (or answered 408) within header_timeout + 4 s."""
     request = b"GET /dicomweb/studies HTTP/1.1\r\nHost: slow\r\nAccept: application/dicom+json\r\n\r\n"
     with tight.watch(rss_mib=RSS):
         socks = [connect(tight) for _ in range(CLIENTS)]
@@ -90,7 +90,7 @@ def test_headers_sent_one_byte_a_second_are_cut_off_while_others_are_served(tigh
         statuses = {hostile.head_status(o["head"]) for o in outcomes if o.get("head")}
         assert len(closed_at) == len(socks), (
             f"{len(socks) - len(closed_at)} of {len(socks)} trickling clients still connected after "
-            f"{time.time() - started:.0f} s (client_request_timeout {TIGHT_TIMEOUT} s)")
+            f"{time.time() - started:.0f} s (header_timeout {TIGHT_TIMEOUT} s)")
         assert statuses <= {408}, f"trickling clients were answered {statuses}"
         assert not not_served, not_served[0]
 
