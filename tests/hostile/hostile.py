@@ -137,7 +137,8 @@ class Server:
         except OSError:
             return "(no log)"
         kept = [line for line in text if line.strip() and not re.match(r"^\s+(\d+: |at )", line)
-                and "!!!" not in line and "backtrace" not in line.lower()]
+                and "!!!" not in line and "backtrace" not in line.lower()
+                and "request parse error" not in line]  # the suite's own unparseable heads
         return "\n".join(kept[-lines:])
 
     def stop(self) -> None:
@@ -392,12 +393,12 @@ def _meta_end(file: bytes) -> int:
 def deflate_bomb(inflated_bytes: int) -> bytes:
     """A Deflated Explicit VR Little Endian file whose data set inflates to
     `inflated_bytes`: the small valid instance with a private OB element of zeros
-    before Pixel Data (deflate packs ~1000:1)."""
+    before Pixel Data (deflate packs ~1000:1). With 0, the instance alone."""
     ds, file = instance()
     meta_end = _meta_end(file)
     body = file[meta_end:]
     at = body.rindex(PIXEL_DATA_OB)
-    pad = inflated_bytes - len(body)
+    pad = max(0, inflated_bytes - len(body))
     pad -= pad % 2
     # Raw deflate blocks that end byte-aligned with no reference to what came
     # before (full flush) can be concatenated: the run of zeros is one such piece,
@@ -408,8 +409,8 @@ def deflate_bomb(inflated_bytes: int) -> bytes:
 
     unit = 1 << 24
     count, rest = divmod(pad, unit)
-    out = [piece(body[:at] + PRIVATE_CREATOR + struct.pack("<HH2sHI", 0x0029, 0x1001, b"OB", 0, pad)),
-           piece(bytes(unit)) * count, piece(bytes(rest) + body[at:], final=True)]
+    padding = PRIVATE_CREATOR + struct.pack("<HH2sHI", 0x0029, 0x1001, b"OB", 0, pad) if pad else b""
+    out = [piece(body[:at] + padding), piece(bytes(unit)) * count, piece(bytes(rest) + body[at:], final=True)]
     ds.file_meta.TransferSyntaxUID = kh.DEFLATED
     meta = io.BytesIO()
     pydicom.filewriter.write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
