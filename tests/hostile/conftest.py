@@ -112,3 +112,10 @@ def pytest_runtest_call(item):
         raise AssertionError(f"browser safety headers missing on {len(hostile.VIOLATIONS)} response(s):\n  "
                              f"{shown}" + (f"\n  ... and {more} more" if more > 0 else ""))
     return result
+
+
+def pytest_terminal_summary(terminalreporter):
+    if hostile.PEAKS:
+        terminalreporter.section("peak RSS of the server per case (MiB, bound)")
+        for case, peak, bound in hostile.PEAKS:
+            terminalreporter.write_line(f"{peak:7.0f} / {bound:4d}  {case}")

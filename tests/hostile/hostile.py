@@ -199,6 +199,9 @@ class Server:
         return last
 
 
+PEAKS: list[tuple[str, float, int]] = []  # (case, peak RSS MiB, bound MiB), for the summary
+
+
 class Watch:
     """Around one hostile request: peak RSS reset before; after, the process is
     alive, /healthz answers 200 and VmHWM stayed under the case's bound. Its
@@ -224,6 +227,8 @@ class Watch:
             problems.append(f"the server died (exit {s.proc.returncode}); log: {s.log_tail()}")
         else:
             self.peak_mib = (peak or 0) / 1024
+            case = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0].split("::")[-1]
+            PEAKS.append((case, self.peak_mib, self.rss_mib))
             health = s.healthz()
             if health != 200:
                 problems.append(f"/healthz answered {health}")

@@ -164,11 +164,11 @@ def attempts(site: Site, group: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("who", ["reader-of-a", "no-credentials"])
 @pytest.mark.parametrize("group", ["admin", "tenant-b", "default-tenant", "writes-on-a"])
 def test_no_spelling_of_a_forbidden_path_gets_through(site, group, who):
-    """RSS bound 256 MiB over the whole group."""
+    """RSS bound 128 MiB over the whole group."""
     authorization = site.reader_a if who == "reader-of-a" else None
     wrong = []
     tried = attempts(site, group)
-    with site.server.watch(rss_mib=256):
+    with site.server.watch(rss_mib=128):
         for method, path in tried:
             status = site.send(method, path, authorization)
             if status not in ALLOWED:

@@ -37,14 +37,14 @@ def encapsulated_html() -> Dataset:
 def test_an_encapsulated_document_claiming_text_html_is_an_attachment(default, accept):
     """Served as application/octet-stream with Content-Disposition: attachment
     (text/html is not on the allow-list); with only text/html acceptable, 406 also
-    does. Never text/html without a sandboxing CSP. RSS bound 256 MiB."""
+    does. Never text/html without a sandboxing CSP. RSS bound 128 MiB."""
     ds = encapsulated_html()
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     resp = kh.stow(default.api, [buf.getvalue()])
     assert resp.status_code == 200, describe(resp)
     path = kh.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID) + "/rendered"
-    with default.watch(rss_mib=256):
+    with default.watch(rss_mib=128):
         resp = default.http.get(default.api.url(path), headers={"Accept": accept}, timeout=kh.TIMEOUT)
         mtype = kh.parse_media_type(resp.headers.get("Content-Type", ""))[0]
         assert not (mtype == "text/html" and "sandbox" not in resp.headers.get("Content-Security-Policy", "")), \
@@ -76,9 +76,9 @@ ECHO_CASES = {
 @pytest.mark.parametrize("case", list(ECHO_CASES))
 def test_error_bodies_do_not_echo_markup(default, case):
     """The answer to a request carrying `<script>` (an error, mostly) holds no
-    `<script`. RSS bound 256 MiB."""
+    `<script`. RSS bound 128 MiB."""
     method, path, headers = ECHO_CASES[case]
-    with default.watch(rss_mib=256):
+    with default.watch(rss_mib=128):
         status, hdrs, body = hostile.raw(default, method, path, {"Accept": "*/*", **headers},
                                          body=b"" if method == "POST" else None)
         assert status < 500, f"{status} {body[:200]!r}"

@@ -13,7 +13,7 @@ from PIL import Image
 import hostile
 import kastell_helpers as kh
 
-RSS = 256  # MiB: the default bound of these cases (a debug server idles far below)
+RSS = 128  # MiB: the bound of these cases (a debug server idles at ~40 MiB)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ UID_ROUTES = [
 @pytest.mark.parametrize("bad", list(BAD_UIDS.values()), ids=list(BAD_UIDS))
 def test_invalid_uids_in_paths_are_400_and_not_echoed(default, bad):
     """UIDs in paths: at most 64 characters of [0-9.]; the error body never echoes
-    markup. STOW to /studies/{bad} too. RSS bound 256 MiB."""
+    markup. STOW to /studies/{bad} too. RSS bound 128 MiB."""
     wrong = []
     with default.watch(rss_mib=RSS):
         for method, template in UID_ROUTES:

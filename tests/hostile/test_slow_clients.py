@@ -17,7 +17,7 @@ import hostile
 import kastell_helpers as kh
 from conftest import BUSY_MAX_IN_FLIGHT, TIGHT_TIMEOUT
 
-RSS = 256  # MiB
+RSS = 128  # MiB
 SLACK = 4  # seconds past a timeout before the server counts as not having acted
 CLIENTS = 10
 
