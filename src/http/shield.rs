@@ -235,4 +235,89 @@ mod tests {
         drop(a);
         assert!(shield.tenant_slot("t").is_ok());
     }
+
+    fn app_with(
+        limits: LimitsConfig,
+    ) -> actix_web::App<
+        impl actix_web::dev::ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<BoxBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        >,
+    > {
+        actix_web::App::new()
+            .app_data(web::Data::new(Shield::new(limits)))
+            .wrap(actix_web::middleware::from_fn(protect))
+            .route(
+                "/panic",
+                web::get().to(|| async {
+                    panic!("a handler bug");
+                    #[allow(unreachable_code)]
+                    actix_web::HttpResponse::Ok().finish()
+                }),
+            )
+            .route(
+                "/page",
+                web::get().to(|| async {
+                    actix_web::HttpResponse::Ok()
+                        .content_type("text/html")
+                        .body("<p>hi</p>")
+                }),
+            )
+    }
+
+    #[actix_web::test]
+    async fn a_panicking_handler_answers_500_and_the_next_request_is_served() {
+        let app = actix_web::test::init_service(app_with(LimitsConfig::default())).await;
+        let request = actix_web::test::TestRequest::get()
+            .uri("/panic")
+            .to_request();
+        let error = actix_web::test::try_call_service(&app, request)
+            .await
+            .err()
+            .expect("the panic is answered as an error");
+        let response = error.error_response();
+        assert_eq!(response.status(), 500);
+        assert_eq!(
+            response
+                .headers()
+                .get(header::X_CONTENT_TYPE_OPTIONS)
+                .unwrap(),
+            "nosniff"
+        );
+        let request = actix_web::test::TestRequest::get()
+            .uri("/page")
+            .to_request();
+        let response = actix_web::test::call_service(&app, request).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response
+                .headers()
+                .get(header::CONTENT_SECURITY_POLICY)
+                .unwrap(),
+            SANDBOX_POLICY
+        );
+    }
+
+    #[actix_web::test]
+    async fn long_targets_get_414_and_excess_requests_503() {
+        let limits = LimitsConfig {
+            max_url_bytes: 64,
+            max_in_flight: 0,
+            ..LimitsConfig::default()
+        };
+        let app = actix_web::test::init_service(app_with(limits)).await;
+        let long = format!("/page?{}", "a".repeat(100));
+        let request = actix_web::test::TestRequest::get().uri(&long).to_request();
+        let response = actix_web::test::call_service(&app, request).await;
+        assert_eq!(response.status(), 414);
+        let request = actix_web::test::TestRequest::get()
+            .uri("/page")
+            .to_request();
+        let response = actix_web::test::call_service(&app, request).await;
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "2");
+    }
 }

@@ -119,6 +119,19 @@ pub async fn instance_body(
         });
     }
     // Re-encoding needs the whole object; this holds one instance, never a study.
+    // What it holds (the object, its parsed form, the output and, transcoding,
+    // the decoded pixels) is taken from the shared decoding budget first.
+    let decoded = match representation {
+        Representation::Transcoded(_) => {
+            let header = read_header(services, instance).await?;
+            decoded_bytes(&header, None)
+        }
+        _ => 0,
+    };
+    let cost = (instance.blob_size.max(0) as u64)
+        .saturating_mul(3)
+        .saturating_add(decoded.saturating_mul(2));
+    let _permit = services.settings.decoding.take(cost)?;
     let file = services.store.read_all(&key).await?;
     let reencoded = tokio::task::spawn_blocking(move || {
         let meta = parse_file_meta(&file)?.ok_or(DicomError::Truncated)?;
@@ -784,6 +797,23 @@ pub async fn frames(
     })
 }
 
+/// The bytes `frames` decoded frames of an instance take (all its frames when
+/// `None`), from its header.
+fn decoded_bytes(header: &InMemDicomObject, frames: Option<u64>) -> u64 {
+    use dicom_dictionary_std::tags;
+    let number = |tag| {
+        instance::text(header, tag)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let frames = frames.unwrap_or_else(|| number(tags::NUMBER_OF_FRAMES).max(1));
+    number(tags::ROWS)
+        .saturating_mul(number(tags::COLUMNS))
+        .saturating_mul(number(tags::SAMPLES_PER_PIXEL).max(1))
+        .saturating_mul(number(tags::BITS_ALLOCATED).div_ceil(8).max(1))
+        .saturating_mul(frames)
+}
+
 /// The frame index recorded at STOW, if any.
 fn frame_boundaries(instance: &StoredInstance) -> Option<Vec<u64>> {
     instance
@@ -811,6 +841,10 @@ pub async fn decode_frames(
         )));
     }
     let header = read_header(services, instance).await?;
+    let _permit = services
+        .settings
+        .decoding
+        .take(decoded_bytes(&header, Some(frames.frames.len() as u64)))?;
     let syntax = frames.transfer_syntax;
     let decoded = tokio::task::spawn_blocking(move || {
         frames
