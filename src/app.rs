@@ -102,6 +102,18 @@ pub fn master_key(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
             )));
         }
         MasterKeySource::File(path) => {
+            let shared = crate::private_files::shared_mode_bits(&path)
+                .with_context(|| format!("reading the master key file {}", path.display()))?;
+            if shared != 0 {
+                anyhow::bail!(
+                    "the master key file {} is accessible to its group or to others (mode \
+                     bits {shared:03o} beyond the owner's): whoever can read it can read every \
+                     image. Make it readable by the service user only: \
+                     `chmod 600 {}` (or 400)",
+                    path.display(),
+                    path.display()
+                );
+            }
             let bytes = std::fs::read(&path)
                 .with_context(|| format!("reading the master key file {}", path.display()))?;
             let key = decode_key(&bytes)?;
@@ -117,9 +129,9 @@ pub fn master_key(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
         MasterKeySource::Development(path) => path,
     };
     if !path.exists() {
-        std::fs::create_dir_all(&config.storage.data_dir)?;
+        crate::private_files::create_dir_all(&config.storage.data_dir)?;
         let key = SecretKey::generate()?;
-        write_private_file(&path, key.expose())?;
+        crate::private_files::write_new(&path, key.expose())?;
     }
     let key = decode_key(&std::fs::read(&path)?)?;
     tracing::warn!(
@@ -131,15 +143,6 @@ pub fn master_key(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
         &key,
         format!("development key {}", path.display()),
     )))
-}
-
-fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 /// The key ring over the index's tenant keys, with the default tenant's key made.
@@ -209,6 +212,16 @@ pub fn add_tenant(config: &Config, name: &str, display_name: &str) -> anyhow::Re
 /// Opens the index and the blob store named by the configuration (the default
 /// tenant's services; other tenants are reached through [`Tenants`]).
 pub fn build_services(config: &Config) -> anyhow::Result<Services> {
+    // The embedded index and blobs live in the data directory: only the service
+    // user may enter it (0700 when Kastell creates it, whatever the umask).
+    if config.storage.blob_url.is_empty() || config.index.url.is_empty() {
+        crate::private_files::create_dir_all(&config.storage.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                config.storage.data_dir.display()
+            )
+        })?;
+    }
     let index_url = config.effective_index_url();
     let index = Index::open(&index_url, index_options(config.index.pool_size, config))
         .with_context(|| {
@@ -299,6 +312,16 @@ pub fn enforce_sovereignty(config: &Config) -> Result<sovereignty::Report, sover
 /// and lets in-flight requests finish for up to `server.shutdown_timeout_secs`
 /// (see [`stop_on_signal`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before anything is created: the embedded defaults are for loopback only.
+    let exposure = config
+        .check_exposure()
+        .context("kastell refuses to start")?;
+    for risk in exposure {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "!!! INSECURE EXPOSURE ALLOWED (server.allow_insecure_exposure): {risk} !!!"
+        );
+    }
     // Before any backend is opened: a configuration that breaks the jurisdiction
     // policy must not create, migrate or write to anything.
     let report = enforce_sovereignty(&config).context("kastell refuses to start")?;
@@ -357,6 +380,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         authenticator,
         audit: audit.clone(),
         draining: draining.clone(),
+        trusted_proxies: crate::config::proxies::TrustedProxies::parse(
+            &config.server.trusted_proxies,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("server.trusted_proxies")?,
+        client_address_header: config.server.client_address_header,
     };
     let prefix = config.dicomweb.path_prefix.clone();
     let wado_uri_path = config.dicomweb.wado_uri_path.clone();
@@ -414,8 +443,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(exit_code) = forced_rx => Some(exit_code),
     };
     // Every answered request is in the audit writer: write what it still holds,
-    // on the forced path too (acknowledged work must leave its record).
-    match tokio::time::timeout(Duration::from_secs(30), audit.flush()).await {
+    // with the counts of refusals not recorded one by one, on the forced path
+    // too (acknowledged work must leave its record).
+    match tokio::time::timeout(Duration::from_secs(30), audit.close()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::error!(%error, "AUDIT EVENTS NOT WRITTEN AT SHUTDOWN"),
         Err(_) => tracing::error!(

@@ -4,6 +4,7 @@
 pub mod accept;
 pub mod auth;
 mod capabilities;
+mod client_addr;
 mod delete;
 pub mod error;
 pub mod multipart;

@@ -276,8 +276,7 @@ mod tests {
             .to_request();
         let error = actix_web::test::try_call_service(&app, request)
             .await
-            .err()
-            .expect("the panic is answered as an error");
+            .expect_err("the panic is answered as an error");
         let response = error.error_response();
         assert_eq!(response.status(), 500);
         assert_eq!(

@@ -14,12 +14,14 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 
 use super::auth::{authenticate, forbidden};
+use super::client_addr::client_address;
 use super::error::ApiError;
 use super::telemetry::endpoint_name;
 use super::AppState;
 use crate::audit::{Action as AuditAction, ActorKind, AuditEvent, AuditLog, Outcome};
 use crate::auth::{Action, Authenticator};
 use crate::auth::{Principal, PrincipalKind};
+use crate::config::proxies::{ClientAddressHeader, TrustedProxies};
 use crate::service::tenants::Tenants;
 use actix_web::http::Method;
 
@@ -37,6 +39,9 @@ pub struct Site {
     pub audit: AuditLog,
     /// Set on the first SIGTERM or SIGINT: `/readyz` answers 503 from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Peers whose forwarding header names the client (`server.trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
+    pub client_address_header: ClientAddressHeader,
 }
 
 /// Instances a STOW request stored, by study: put in the request's extensions by
@@ -75,6 +80,25 @@ async fn record(site: &Site, event: AuditEvent) {
     if let Err(error) = site.audit.record(event).await {
         tracing::error!(%error, "AUDIT EVENT NOT RECORDED");
     }
+}
+
+/// Hands a refusal (login failure, access denied) to the audit writer, within
+/// the per-client limits that keep a flood from growing the trail.
+async fn record_refusal(site: &Site, event: AuditEvent) {
+    if let Err(error) = site.audit.record_refusal(event).await {
+        tracing::error!(%error, "AUDIT EVENT NOT RECORDED");
+    }
+}
+
+/// The UIDs a WADO-URI request names, decoded as its handler decodes them.
+fn wado_uri_uids(request: &actix_web::HttpRequest) -> [Option<String>; 3] {
+    let pairs = super::query_pairs(request).unwrap_or_default();
+    ["studyUID", "seriesUID", "objectUID"].map(|name| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.clone())
+    })
 }
 
 /// What a request asks to do, by method: searching and retrieving read, STOW
@@ -196,11 +220,12 @@ pub async fn resolve(
             site.path_prefix.clone(),
         ),
     };
-    let client = request
-        .connection_info()
-        .realip_remote_addr()
-        .unwrap_or("-")
-        .to_string();
+    let client = client_address(
+        request.peer_addr().map(|peer| peer.ip()),
+        request.headers(),
+        &site.trusted_proxies,
+        site.client_address_header,
+    );
     // Who is asking, and may they: before anything of the tenant is touched, so an
     // unknown tenant and a forbidden one look alike to a caller without rights.
     // Refusals are audited (login failure, access denied).
@@ -231,7 +256,7 @@ pub async fn resolve(
                     request.method(),
                     request.match_pattern().unwrap_or_default()
                 ));
-                record(&site, event).await;
+                record_refusal(&site, event).await;
                 return Err(error.into());
             }
         };
@@ -247,7 +272,7 @@ pub async fn resolve(
             .client_address(&client)
             .status(403)
             .detail(format!("{action} needed"));
-            record(&site, event).await;
+            record_refusal(&site, event).await;
             return Err(forbidden(&principal, scope, action).into());
         }
         Some(principal)
@@ -297,46 +322,59 @@ pub async fn resolve(
                 .extensions()
                 .get::<StoredStudies>()
                 .map(|s| s.0.clone());
+            // A record lists at most MAX_INSTANCE_UIDS instances: a large STOW
+            // is spread over several records rather than cut.
             let events: Vec<AuditEvent> = match stored {
                 Some(studies) if !studies.is_empty() => studies
                     .into_iter()
-                    .map(|(study, instances)| base.clone().study(study).instances(instances))
+                    .flat_map(|(study, instances)| {
+                        let study = base.clone().study(study);
+                        if instances.is_empty() {
+                            return vec![study];
+                        }
+                        instances
+                            .chunks(crate::audit::MAX_INSTANCE_UIDS)
+                            .map(|chunk| study.clone().instances(chunk.to_vec()))
+                            .collect()
+                    })
                     .collect(),
                 _ => {
-                    let query = response.request().query_string();
-                    let wado_uid = |name: &str| {
-                        query
-                            .split('&')
-                            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
-                            .map(str::to_string)
+                    // Path segments as the route matched them (what the handler
+                    // serves), or the decoded query of WADO-URI (no other
+                    // route's query values are recorded).
+                    let [wado_study, wado_series, wado_object] = if endpoint == "RetrieveWadoUri" {
+                        wado_uri_uids(response.request())
+                    } else {
+                        [None, None, None]
                     };
                     let mut event = base;
-                    if let Some(study) = info
-                        .get("study")
-                        .map(str::to_string)
-                        .or_else(|| wado_uid("studyUID"))
-                    {
+                    if let Some(study) = info.get("study").map(str::to_string).or(wado_study) {
                         event = event.study(study);
                     }
-                    if let Some(series) = info
-                        .get("series")
-                        .map(str::to_string)
-                        .or_else(|| wado_uid("seriesUID"))
-                    {
+                    if let Some(series) = info.get("series").map(str::to_string).or(wado_series) {
                         event = event.series(series);
                     }
-                    if let Some(instance) = info
-                        .get("instance")
-                        .map(str::to_string)
-                        .or_else(|| wado_uid("objectUID"))
+                    if let Some(instance) = info.get("instance").map(str::to_string).or(wado_object)
                     {
                         event = event.instances([instance]);
                     }
                     vec![event]
                 }
             };
-            for event in events {
-                record(&site, event).await;
+            // Stores and deletes are in the trail before they are answered (a
+            // crash right after the answer keeps them); reads are batched.
+            if matches!(action, AuditAction::Store | AuditAction::Delete) {
+                if let Err(error) = site.audit.record_committed(events).await {
+                    tracing::error!(%error, %action, "AUDIT EVENT NOT RECORDED: not acknowledging");
+                    return Err(ApiError::Unavailable(format!(
+                        "the audit record of this {action} could not be written"
+                    ))
+                    .into());
+                }
+            } else {
+                for event in events {
+                    record(&site, event).await;
+                }
             }
         }
     }
