@@ -59,12 +59,12 @@ cargo test --locked "${features[@]}"
 step "integration tests with the index on PostgreSQL"
 KASTELL_TEST_INDEX=postgres cargo test --locked "${features[@]}" --test '*'
 
-step "two server processes sharing one PostgreSQL and one S3 bucket (moto)"
+step "on one PostgreSQL and one S3 bucket (moto): two server processes sharing them; kill -9 in ingest; the S3 connection cut and restored"
 (
     eval "$(tests/backends/start_s3.sh)"
     trap 'tests/backends/stop.sh "$KASTELL_S3_STATE"' EXIT
     KASTELL_TEST_INDEX=postgres KASTELL_TEST_BLOB_URL="s3://$KASTELL_S3_BUCKET/rust" \
-        cargo test --locked "${features[@]}" --test concurrency
+        cargo test --locked "${features[@]}" --test concurrency --test crash
 )
 
 step "DICOMweb conformance suite against the running server (index on SQLite; server at trace level, its log checked for patient data)"
