@@ -80,6 +80,13 @@ KASTELL_INDEX_URL="$KASTELL_TEST_POSTGRES/$suite_db" KASTELL_BIN="$CARGO_TARGET_
 # into ~/.cache/kastell-npm when missing). Prints its own ==> steps.
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/backends/run_suites.sh s3 azure
 
+# Issue 11: hostile input against the real server, each server under a 4 GiB
+# address-space cap; every case checks its status, that the process lives and
+# answers /healthz, and its peak RSS (about 30 s; the Python packages are
+# the conformance suite's).
+step "hostile-input suite (bombs, limits, slow clients, authorization on every path spelling)"
+KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/hostile/run.sh
+
 step "OHIF viewer end to end in headless Chromium"
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/viewer/run.sh
 
