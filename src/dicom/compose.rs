@@ -161,7 +161,14 @@ impl JsonInstance {
         let bits = number(tags::BITS_ALLOCATED)?;
         let samples = number(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
         let frames = number(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
-        Some((rows * columns * samples * frames * bits).div_ceil(8))
+        // In u128: five u64 values from a client overflow u64 (found by fuzzing);
+        // a count no u64 holds is no part's size.
+        let bits = [columns, samples, frames, bits]
+            .into_iter()
+            .fold(u128::from(rows), |product, n| {
+                product.saturating_mul(u128::from(n))
+            });
+        Some(u64::try_from(bits.div_ceil(8)).unwrap_or(u64::MAX))
     }
 }
 

@@ -584,11 +584,11 @@ pub fn check_pixel_description(
     } else {
         samples
     };
-    let bits_needed = u128::from(rows)
-        * u128::from(columns)
-        * u128::from(samples)
-        * u128::from(bits)
-        * u128::from(frames);
+    let bits_needed = [columns, samples, bits, frames]
+        .into_iter()
+        .fold(u128::from(rows), |product, n| {
+            product.saturating_mul(u128::from(n))
+        });
     let bytes_needed = bits_needed.div_ceil(8);
     if bytes_needed > u128::from(length) {
         return Err(DicomError::PixelMismatch(format!(
