@@ -225,11 +225,12 @@ impl Layout {
             .ok_or(CryptoError::Integrity("the object is truncated"))?;
         let sealed = segment_size + TAG_LEN;
         let segments = body.div_ceil(sealed).max(1);
-        let plaintext_len = body - segments * TAG_LEN;
         let last = body - (segments - 1) * sealed;
         if last < TAG_LEN {
             return Err(CryptoError::Integrity("the object is truncated"));
         }
+        // Every segment holds its tag (checked above for the last one).
+        let plaintext_len = body - segments * TAG_LEN;
         Ok(Self {
             header_len,
             segment_size,
@@ -441,6 +442,27 @@ pub(crate) mod tests {
         let mut longer = body.clone();
         longer.extend_from_slice(&body[..sealed]);
         assert!(open_all(&key, id, 64, &longer).is_err());
+    }
+
+    /// fuzz/regressions/blob_container/crash-2690026ccd30ca6a6d848595138df1ba3dbcf262:
+    /// a body whose last segment is shorter than a tag (18 bytes with 1-byte
+    /// segments) made the plaintext length underflow before the check.
+    #[test]
+    fn a_last_segment_shorter_than_its_tag_is_truncation() {
+        for (segment_size, body) in [
+            (1u32, 18u64),
+            (1, 17 + 17 + 5),
+            (64, 80 + 15),
+            (16, 32 + 15),
+        ] {
+            assert_eq!(
+                Layout::from_ciphertext_len(7, segment_size, 7 + body),
+                Err(CryptoError::Integrity("the object is truncated")),
+                "{body} bytes in segments of {segment_size}"
+            );
+        }
+        let layout = Layout::from_ciphertext_len(7, 1, 7 + 17 + 16).unwrap();
+        assert_eq!((layout.segments, layout.plaintext_len), (2, 1));
     }
 
     #[test]
