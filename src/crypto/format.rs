@@ -88,6 +88,11 @@ impl Header {
                 "unsupported format version or algorithm",
             ));
         }
+        // The wrapped key is bound to the header as `authenticated_prefix` writes
+        // it, reserved bytes zero: any other value would go unauthenticated.
+        if bytes[6..8] != [0, 0] {
+            return Err(CryptoError::Format("reserved header bytes are not zero"));
+        }
         let segment_size = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         if segment_size == 0 || segment_size > 64 * 1024 * 1024 {
             return Err(CryptoError::Format("segment size out of range"));
@@ -480,6 +485,16 @@ pub(crate) mod tests {
         let mut bad = bytes.clone();
         bad[0] = b'X';
         assert!(Header::decode(&bad).is_err());
+        // fuzz/regressions/blob_container/crash-reserved-header-bytes: the
+        // reserved bytes are not authenticated, so they must be zero.
+        for reserved in [6, 7] {
+            let mut bad = bytes.clone();
+            bad[reserved] = 1;
+            assert_eq!(
+                Header::decode(&bad),
+                Err(CryptoError::Format("reserved header bytes are not zero"))
+            );
+        }
         assert!(Header::decode(b"DICM and more than thirty bytes of stuff").is_err());
     }
 
