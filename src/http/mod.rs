@@ -4,12 +4,14 @@
 pub mod accept;
 pub mod auth;
 mod capabilities;
+mod client_addr;
 mod delete;
 pub mod error;
 pub mod multipart;
 pub mod qido;
 mod rendered;
 pub mod routes;
+pub mod shield;
 mod stow;
 mod target;
 pub mod telemetry;
