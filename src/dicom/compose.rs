@@ -484,6 +484,22 @@ mod fuzz_regressions {
         assert!(read(part).iter().all(Result::is_err));
     }
 
+    /// Rows, Columns, SamplesPerPixel and BitsAllocated of 65535 and two frames:
+    /// the product overflows u64 (a panic in debug builds; in release it wraps,
+    /// and a small bulk part could match the wrapped size).
+    #[test]
+    #[ignore = "issue 11: the pixel description product must be checked"]
+    fn a_pixel_description_too_large_to_count_is_refused_without_overflow() {
+        let part =
+            include_bytes!("../../fuzz/regressions/dicom_json/crash-pixel-description-overflow");
+        for instance in read(part) {
+            // Whatever it answers (no count, or a refusal), it must not overflow.
+            let _ = instance
+                .expect("a valid data set")
+                .expected_native_pixel_bytes();
+        }
+    }
+
     /// A SOP Instance UID with a `<` in it: the data set was accepted and
     /// composed into a file whose meta group dicom-rs cannot read back.
     #[test]
