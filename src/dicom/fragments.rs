@@ -157,7 +157,12 @@ impl FragmentScanner {
         let starts: Vec<u64> = if frames == 1 {
             vec![first]
         } else if let Some(table) = extended_offsets.filter(|t| t.len() == frames) {
-            table.iter().map(|o| first + o).collect()
+            // The table comes from the client's header: an offset past the end of
+            // any stream names no fragment.
+            table
+                .iter()
+                .map(|o| first.checked_add(*o))
+                .collect::<Option<_>>()?
         } else if self.offset_table.len() >= 4 * frames && self.offset_table.len() % 4 == 0 {
             self.offset_table
                 .chunks_exact(4)
@@ -306,6 +311,24 @@ mod tests {
         broken.extend([0x08, 0x00, 0x10, 0x00, 0, 0, 0, 0]);
         broken.extend(delimiter());
         assert_eq!(scan(&broken, 1)[0], None);
+    }
+
+    /// fuzz/regressions/fragments/crash-41fb86eed3981abb11f1c4bcc600aa67592b68d2:
+    /// an Extended Offset Table entry near `u64::MAX` overflowed the addition.
+    #[test]
+    fn extended_offsets_past_any_stream_give_no_index() {
+        let mut stream = item(&[]);
+        stream.extend(item(&[0xFF, 0x4F, 1, 2]));
+        stream.extend(item(&[0xFF, 0x4F, 3, 4]));
+        stream.extend(delimiter());
+        let mut scanner = FragmentScanner::new(100);
+        scanner.feed(&stream);
+        let table = [0, 0xFFFF_FFFF_FFFF_FFFC];
+        assert_eq!(scanner.frame_boundaries(2, Some(&table)), None);
+        assert_eq!(
+            scanner.frame_boundaries(2, Some(&[0, 12])),
+            Some(vec![108, 120, 132])
+        );
     }
 
     #[test]

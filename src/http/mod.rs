@@ -8,7 +8,7 @@ mod client_addr;
 mod delete;
 pub mod error;
 pub mod multipart;
-mod qido;
+pub mod qido;
 mod rendered;
 pub mod routes;
 pub mod shield;
@@ -16,7 +16,7 @@ mod stow;
 mod target;
 pub mod telemetry;
 pub mod tenancy;
-mod wado;
+pub mod wado;
 mod wado_uri;
 
 use actix_web::http::Method;
@@ -93,8 +93,13 @@ fn has_port(host: &str) -> bool {
 /// `requests`, browsers' form encoding) send spaces as `+` and a literal plus as
 /// `%2B`, so we follow them (documented in the Conformance Statement).
 pub fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    parse_query(request.query_string())
+}
+
+/// The pairs of a query string (without its `?`), as [`query_pairs`] reads them.
+pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     let mut pairs = Vec::new();
-    for piece in request.query_string().split('&').filter(|p| !p.is_empty()) {
+    for piece in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
         let decode = |s: &str| {
             let s = s.replace('+', " ");

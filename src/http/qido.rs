@@ -71,11 +71,11 @@ pub async fn search_series_instances(
 }
 
 /// A parsed search: the request plus what the HTTP layer itself ignored.
-struct ParsedSearch {
-    request: SearchRequest,
-    accept: Vec<String>,
-    ignored: Vec<String>,
-    unsupported_flags: Vec<&'static str>,
+pub struct ParsedSearch {
+    pub request: SearchRequest,
+    pub accept: Vec<String>,
+    pub ignored: Vec<String>,
+    pub unsupported_flags: Vec<&'static str>,
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
@@ -88,7 +88,8 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
     }
 }
 
-fn parse_search(
+/// The query parameters of a search, as the handler reads them.
+pub fn parse_search(
     pairs: Vec<(String, String)>,
     resource: Resource,
 ) -> Result<ParsedSearch, ApiError> {

@@ -234,13 +234,19 @@ fn requested_range(
     request: &HttpRequest,
     total: u64,
 ) -> Result<Option<std::ops::Range<u64>>, ApiError> {
-    let Some(value) = request
+    match request
         .headers()
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-    else {
-        return Ok(None);
-    };
+    {
+        Some(value) => byte_range(value, total),
+        None => Ok(None),
+    }
+}
+
+/// A `Range` header value against a body of `total` bytes, as [`requested_range`]
+/// reads it.
+pub fn byte_range(value: &str, total: u64) -> Result<Option<std::ops::Range<u64>>, ApiError> {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return Ok(None);
     };

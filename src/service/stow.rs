@@ -463,7 +463,7 @@ impl Drop for StowSession {
 }
 
 /// The frame index of encapsulated pixel data, as stored in the index.
-fn frame_boundaries(fragments: &FragmentScanner, dataset: &InMemDicomObject) -> Option<String> {
+pub fn frame_boundaries(fragments: &FragmentScanner, dataset: &InMemDicomObject) -> Option<String> {
     let frames = instance::text(dataset, tags::NUMBER_OF_FRAMES)
         .and_then(|n| n.trim().parse::<u64>().ok())
         .unwrap_or(1)
@@ -491,7 +491,7 @@ fn reason_for(error: &DicomError) -> u16 {
 }
 
 /// The index record of a parsed instance.
-fn new_instance(
+pub fn new_instance(
     header: &ParsedHeader,
     key: &BlobKey,
     size: u64,
