@@ -128,6 +128,7 @@ impl JsonInstance {
                 }
             }
         }
+        check_keys(&by_value)?;
         // serde's messages quote the offending value, which may be a patient's
         // name: only where it is goes into the error (and so into logs).
         let dataset: InMemDicomObject =
@@ -174,7 +175,7 @@ impl JsonInstance {
 
 fn parse_tag(key: &str) -> Result<Tag, DicomError> {
     let bad = || DicomError::Malformed(format!("{key:?} is not an 8-digit hexadecimal tag"));
-    if key.len() != 8 {
+    if key.len() != 8 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let group = u16::from_str_radix(&key[..4], 16).map_err(|_| bad())?;
@@ -204,9 +205,31 @@ fn required_uid(
         .unwrap_or_default();
     if value.is_empty() {
         Err(DicomError::MissingAttribute(name))
+    } else if !super::transfer_syntax::looks_like_uid(&value) {
+        // It names the composed file's meta group and the blob's index row.
+        Err(DicomError::Malformed(format!("{name} is not a UID")))
     } else {
         Ok(value)
     }
+}
+
+/// Checks that every key of the data set and of its sequence items is a tag
+/// (eight hexadecimal digits) before dicom-json reads them (its tag parser
+/// panics on other text; found by fuzzing). Depth is bounded by
+/// [`super::guard::check_json_depth`] before a metadata part is parsed.
+fn check_keys(attributes: &Map<String, Json>) -> Result<(), DicomError> {
+    for (key, attribute) in attributes {
+        parse_tag(key)?;
+        let is_sequence = attribute.get("vr").and_then(Json::as_str) == Some("SQ");
+        if let (true, Some(Json::Array(values))) = (is_sequence, attribute.get("Value")) {
+            for item in values {
+                if let Json::Object(item) = item {
+                    check_keys(item)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The transfer syntax a compressed bulk data part is in: its `transfer-syntax`
@@ -458,8 +481,7 @@ mod tests {
 }
 
 /// Inputs the dicom_json fuzz target (fuzz/) found: each must be refused with an
-/// error, without a panic. Ignored until the metadata checks of issue 11 refuse
-/// them; run with `--ignored`.
+/// error, without a panic.
 #[cfg(test)]
 mod fuzz_regressions {
     use super::*;
@@ -474,7 +496,6 @@ mod fuzz_regressions {
 
     /// `parse_tag` slices an 8-byte key at byte 4, inside the `é` of `000é016`.
     #[test]
-    #[ignore = "issue 11: parse_tag must take only 8 ASCII hex digits"]
     fn a_tag_key_that_is_not_ascii_is_an_error() {
         let part =
             include_bytes!("../../fuzz/regressions/dicom_json/crash-non-ascii-top-level-tag");
@@ -483,7 +504,6 @@ mod fuzz_regressions {
 
     /// The same key inside a sequence item: dicom-json's tag parser panics.
     #[test]
-    #[ignore = "issue 11: keys inside items must be checked before dicom-json reads them"]
     fn a_tag_key_that_is_not_ascii_in_an_item_is_an_error() {
         let part = include_bytes!(
             "../../fuzz/regressions/dicom_json/crash-db52d47507be0ea3d217d968e9bcd2be76f77a62"
@@ -495,7 +515,6 @@ mod fuzz_regressions {
     /// the product overflows u64 (a panic in debug builds; in release it wraps,
     /// and a small bulk part could match the wrapped size).
     #[test]
-    #[ignore = "issue 11: the pixel description product must be checked"]
     fn a_pixel_description_too_large_to_count_is_refused_without_overflow() {
         let part =
             include_bytes!("../../fuzz/regressions/dicom_json/crash-pixel-description-overflow");
@@ -510,7 +529,6 @@ mod fuzz_regressions {
     /// A SOP Instance UID with a `<` in it: the data set was accepted and
     /// composed into a file whose meta group dicom-rs cannot read back.
     #[test]
-    #[ignore = "issue 11: SOP Class and Instance UIDs must be UIDs"]
     fn a_sop_instance_uid_that_is_not_a_uid_is_an_error() {
         let part = include_bytes!(
             "../../fuzz/regressions/dicom_json/crash-f12d8641f1d014f6b26c8bc68d15cec6b5474eb3"

@@ -302,6 +302,13 @@ fn overrun(pos: usize) -> DicomError {
     ))
 }
 
+/// The VRs of PS3.5 Table 6.2-1, as dicom-rs knows them.
+const KNOWN_VRS: [&[u8; 2]; 34] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+];
+
 struct ElementHeader {
     group: u16,
     element: u16,
@@ -354,7 +361,11 @@ impl Reader<'_> {
             });
         }
         let vr = self.bytes::<2>(pos + 4)?;
-        if !vr.iter().all(u8::is_ascii_uppercase) {
+        // dicom-rs reads a VR it does not know as UN, with a four-byte length,
+        // where these two bytes would be the length of a short VR: the two
+        // readings of such an element disagree, so it is refused (found by
+        // fuzzing: an unknown VR hid a 3 GB length from this walk).
+        if !KNOWN_VRS.contains(&&vr) {
             return Err(DicomError::Malformed(format!(
                 "invalid VR bytes {vr:02X?} for ({group:04X},{element:04X}) at offset {pos}"
             )));
