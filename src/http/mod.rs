@@ -72,11 +72,33 @@ impl AppState {
         format!("{}://{}{}", info.scheme(), host, self.path_prefix)
     }
 
-    /// A `Warning` header value (PS3.18 §8.3.4.4.1 form).
+    /// A `Warning` header value (PS3.18 §8.3.4.4.1 form). The text often quotes
+    /// the request (ignored parameter names, unknown keywords): anything but
+    /// visible ASCII is escaped (`\u{e9}`) so that the value is a valid header,
+    /// and it is cut at [`MAX_WARNING_CHARS`].
     pub fn warning(&self, text: &str) -> String {
-        format!("299 {}: {}", self.warning_agent, text)
+        warning_value(&self.warning_agent, text)
     }
 }
+
+fn warning_value(agent: &str, text: &str) -> String {
+    let mut value = format!("299 {agent}: ");
+    for c in text.chars() {
+        if value.len() >= MAX_WARNING_CHARS {
+            value.push_str(" (truncated)");
+            break;
+        }
+        if c == ' ' || c.is_ascii_graphic() {
+            value.push(c);
+        } else {
+            value.extend(c.escape_unicode());
+        }
+    }
+    value
+}
+
+/// The longest `Warning` value we send (clients and proxies limit header sizes).
+const MAX_WARNING_CHARS: usize = 1024;
 
 fn has_port(host: &str) -> bool {
     match host.rsplit_once(':') {
@@ -247,6 +269,15 @@ mod tests {
         );
         assert_eq!(pairs[1].1, "+0100");
         assert_eq!(pairs[2], ("includefield".to_string(), String::new()));
+    }
+
+    #[test]
+    fn warnings_quoting_the_request_are_valid_header_values() {
+        let warning = warning_value("kastell", "ignored: caf\u{e9}\n\u{1}x");
+        assert_eq!(warning, "299 kastell: ignored: caf\\u{e9}\\u{a}\\u{1}x");
+        assert!(actix_web::http::header::HeaderValue::from_str(&warning).is_ok());
+        let long = warning_value("kastell", &"a".repeat(10_000));
+        assert!(long.len() < MAX_WARNING_CHARS + 20 && long.ends_with("(truncated)"));
     }
 
     #[test]
