@@ -111,8 +111,8 @@ pub fn wadl(endpoints: &[Endpoint], base: &str) -> String {
     );
     out.push_str(&format!(
         "  <doc title=\"Kastell {}\">DICOMweb (PS3.18) Studies Service. Matching: fuzzymatching \
-         supported for person names; emptyvaluematching and multiplevaluematching not supported. \
-         Charsets: UTF-8.</doc>\n",
+         supported for person names; emptyvaluematching supported; multiplevaluematching not \
+         supported. Charsets: UTF-8.</doc>\n",
         env!("CARGO_PKG_VERSION")
     ));
     out.push_str(&format!("  <resources base=\"{}/\">\n", escape(base)));
@@ -149,7 +149,7 @@ pub fn json_description(endpoints: &[Endpoint], base: &str) -> Json {
             "doc": {
                 "title": format!("Kastell {}", env!("CARGO_PKG_VERSION")),
                 "fuzzymatching": true,
-                "emptyvaluematching": false,
+                "emptyvaluematching": true,
                 "multiplevaluematching": false,
                 "charsets": ["UTF-8"],
             },

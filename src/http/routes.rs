@@ -27,6 +27,24 @@ const IMAGES: &[&str] = &[
     "multipart/related; type=\"image/png\"",
     "multipart/related; type=\"image/gif\"",
 ];
+/// An instance's rendered resource: its image, or a Structured Report as text, or
+/// the document an Encapsulated Document holds (PS3.18 §10.4.1.1.3).
+const RENDERED_INSTANCE: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "multipart/related; type=\"image/jpeg\"",
+    "multipart/related; type=\"image/png\"",
+    "multipart/related; type=\"image/gif\"",
+    "text/html",
+    "text/plain",
+    "application/pdf",
+    "text/xml",
+    "model/stl",
+    "model/obj",
+    "model/mtl",
+    OCTET,
+];
 const COMPRESSED_FRAMES: &[&str] = &[
     MULTIPART_OCTET,
     "multipart/related; type=\"image/jpeg\"",
@@ -41,8 +59,12 @@ const QIDO_PARAMS: &[&str] = &[
     "{attributeID}",
     "includefield",
     "fuzzymatching",
+    "emptyvaluematching",
+    "multiplevaluematching",
     "limit",
     "offset",
+    "accept",
+    "charset",
 ];
 const RENDERED_PARAMS: &[&str] = &[
     "accept",
@@ -143,7 +165,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}", "RetrieveInstance", &[], INSTANCE, &["accept"], || web::get().to(wado::retrieve)),
         endpoint(M::DELETE, "/studies/{study}/series/{series}/instances/{instance}", "DeleteInstance", &[], &[], &[], || web::delete().to(delete::delete)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/metadata", "RetrieveInstanceMetadata", &[], MODELS, &["accept"], || web::get().to(wado::metadata)),
-        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/rendered", "RetrieveRenderedInstance", &[], IMAGES, RENDERED_PARAMS, || web::get().to(rendered::rendered)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/rendered", "RetrieveRenderedInstance", &[], RENDERED_INSTANCE, RENDERED_PARAMS, || web::get().to(rendered::rendered)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/thumbnail", "RetrieveInstanceThumbnail", &[], IMAGES, THUMBNAIL_PARAMS, || web::get().to(rendered::thumbnail)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/pixeldata", "RetrieveInstancePixelData", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::pixeldata)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", "RetrieveFrames", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::frames)),
