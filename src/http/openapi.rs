@@ -235,7 +235,11 @@ fn query_parameter(name: &str) -> Json {
     let (schema, style) = match name {
         "includefield" => (comma_list(string()), Some("form")),
         "fuzzymatching" | "emptyvaluematching" | "multiplevaluematching" => (boolean(), None),
-        "limit" | "offset" => (count(0), None),
+        "limit" => (count(0), None),
+        "offset" => (
+            json!({"type": "integer", "minimum": 0, "maximum": 10_000_000}),
+            None,
+        ),
         "quality" | "imageQuality" => (
             json!({"type": "integer", "minimum": 1, "maximum": 100}),
             None,
