@@ -3,10 +3,40 @@
 # Kastell — DICOMweb archive (STOW-RS / QIDO-RS / WADO-RS).
 #
 #   docker build -t kastell .
-#   docker run --rm -p 8080:8080 -v kastell-data:/var/lib/kastell kastell
 #
-# The server runs as uid/gid 10001. A named volume inherits the ownership of
-# /var/lib/kastell; for a bind mount, `chown 10001:10001` the host directory first.
+# Credentials first. The container listens on 0.0.0.0, and Kastell refuses to
+# serve on a non-loopback address while requests without credentials may write
+# or delete (the default auth.anonymous) or the master key is the generated
+# development key; the refusal names what to configure. So give it:
+#
+#   1. a master key file, readable by uid 10001 only (a key file its group or
+#      others may read is refused):
+#        head -c 32 /dev/urandom > master.key
+#        chmod 600 master.key && sudo chown 10001:10001 master.key
+#   2. credentials for the clients, with anonymous writes off:
+#      KASTELL__AUTH__ANONYMOUS='[]' (or '["read"]'), then API keys
+#      (`kastell apikeys add`, below) and/or OIDC tokens
+#      (KASTELL__AUTH__JWT__ISSUER, __AUDIENCE, __JWKS_URL).
+#
+#   cat > kastell.env <<'EOF'
+#   KASTELL__KEYS__MASTER_KEY_FILE=/run/secrets/master_key
+#   KASTELL__AUTH__ANONYMOUS=[]
+#   EOF
+#   KEY="$PWD/master.key:/run/secrets/master_key:ro"
+#   docker run --rm -p 8080:8080 --env-file kastell.env -v "$KEY" -v kastell-data:/var/lib/kastell kastell
+#   docker run --rm --env-file kastell.env -v "$KEY" -v kastell-data:/var/lib/kastell kastell apikeys add --tenant default --name CT_SCANNER_1 --permissions read,write
+#
+# (the second prints the API key once; clients send `Authorization: ApiKey kst_…`).
+#
+# Behind a reverse proxy, name it in KASTELL__SERVER__TRUSTED_PROXIES (e.g.
+# '["172.16.0.0/12"]') so that the audit trail records the client's address from
+# its X-Forwarded-For instead of the proxy's. A throwaway trial on the embedded
+# defaults needs -e KASTELL__SERVER__ALLOW_INSECURE_EXPOSURE=true: anyone who
+# reaches the port may then store and delete, and the key sits in the volume.
+#
+# The server runs as uid/gid 10001. A named volume inherits the ownership (and
+# the 0700 mode) of /var/lib/kastell; for a bind mount, `chown 10001:10001` and
+# `chmod 700` the host directory first.
 # README.md ("Operating Kastell") runs it with PostgreSQL and S3 (compose).
 #
 # Requires BuildKit (the default builder since Docker 23) for the cache mounts.
@@ -66,7 +96,7 @@ RUN apt-get update \
  && groupadd --system --gid 10001 kastell \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
             --home-dir /var/lib/kastell --shell /usr/sbin/nologin kastell \
- && install -d -o kastell -g kastell -m 0750 /var/lib/kastell
+ && install -d -o kastell -g kastell -m 0700 /var/lib/kastell
 
 COPY --from=builder /out/kastell /usr/local/bin/kastell
 
@@ -77,8 +107,9 @@ ENV KASTELL__SERVER__LISTEN=0.0.0.0:8080 \
 
 USER 10001:10001
 WORKDIR /var/lib/kastell
-# The embedded SQLite index, the local blob store and the development master key
-# live here; with PostgreSQL and S3 configured it holds nothing that must persist.
+# The embedded SQLite index and the local blob store live here (and the
+# development master key, only with ALLOW_INSECURE_EXPOSURE); with PostgreSQL and
+# S3 configured it holds nothing that must persist.
 VOLUME /var/lib/kastell
 EXPOSE 8080
 # SIGTERM stops accepting connections and gives in-flight requests up to

@@ -102,6 +102,18 @@ pub fn master_key(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
             )));
         }
         MasterKeySource::File(path) => {
+            let shared = crate::private_files::shared_mode_bits(&path)
+                .with_context(|| format!("reading the master key file {}", path.display()))?;
+            if shared != 0 {
+                anyhow::bail!(
+                    "the master key file {} is accessible to its group or to others (mode \
+                     bits {shared:03o} beyond the owner's): whoever can read it can read every \
+                     image. Make it readable by the service user only: \
+                     `chmod 600 {}` (or 400)",
+                    path.display(),
+                    path.display()
+                );
+            }
             let bytes = std::fs::read(&path)
                 .with_context(|| format!("reading the master key file {}", path.display()))?;
             let key = decode_key(&bytes)?;
@@ -117,9 +129,9 @@ pub fn master_key(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
         MasterKeySource::Development(path) => path,
     };
     if !path.exists() {
-        std::fs::create_dir_all(&config.storage.data_dir)?;
+        crate::private_files::create_dir_all(&config.storage.data_dir)?;
         let key = SecretKey::generate()?;
-        write_private_file(&path, key.expose())?;
+        crate::private_files::write_new(&path, key.expose())?;
     }
     let key = decode_key(&std::fs::read(&path)?)?;
     tracing::warn!(
@@ -131,15 +143,6 @@ pub fn master_key(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
         &key,
         format!("development key {}", path.display()),
     )))
-}
-
-fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 /// The key ring over the index's tenant keys, with the default tenant's key made.
@@ -209,6 +212,16 @@ pub fn add_tenant(config: &Config, name: &str, display_name: &str) -> anyhow::Re
 /// Opens the index and the blob store named by the configuration (the default
 /// tenant's services; other tenants are reached through [`Tenants`]).
 pub fn build_services(config: &Config) -> anyhow::Result<Services> {
+    // The embedded index and blobs live in the data directory: only the service
+    // user may enter it (0700 when Kastell creates it, whatever the umask).
+    if config.storage.blob_url.is_empty() || config.index.url.is_empty() {
+        crate::private_files::create_dir_all(&config.storage.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                config.storage.data_dir.display()
+            )
+        })?;
+    }
     let index_url = config.effective_index_url();
     let index = Index::open(&index_url, index_options(config.index.pool_size, config))
         .with_context(|| {
@@ -236,6 +249,7 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             crate::config::redact_url(&blob_url)
         )
     })?;
+    crate::dicom::guard::ParseLimits::install(config.limits.parse_limits());
     Ok(Services {
         index,
         store,
@@ -244,6 +258,11 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             overwrite_existing: config.dicomweb.overwrite_existing,
             qido_max_results: config.dicomweb.qido_max_results as u64,
             orphan_grace: Duration::from_secs(config.storage.orphan_grace_secs),
+            limits: config.limits.clone(),
+            decoding: crate::service::DecodingBudget::new(
+                config.limits.max_decoding_bytes,
+                config.limits.retry_after_secs,
+            ),
         }),
     })
 }
@@ -293,6 +312,16 @@ pub fn enforce_sovereignty(config: &Config) -> Result<sovereignty::Report, sover
 /// and lets in-flight requests finish for up to `server.shutdown_timeout_secs`
 /// (see [`stop_on_signal`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before anything is created: the embedded defaults are for loopback only.
+    let exposure = config
+        .check_exposure()
+        .context("kastell refuses to start")?;
+    for risk in exposure {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "!!! INSECURE EXPOSURE ALLOWED (server.allow_insecure_exposure): {risk} !!!"
+        );
+    }
     // Before any backend is opened: a configuration that breaks the jurisdiction
     // policy must not create, migrate or write to anything.
     let report = enforce_sovereignty(&config).context("kastell refuses to start")?;
@@ -351,22 +380,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         authenticator,
         audit: audit.clone(),
         draining: draining.clone(),
+        trusted_proxies: crate::config::proxies::TrustedProxies::parse(
+            &config.server.trusted_proxies,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("server.trusted_proxies")?,
+        client_address_header: config.server.client_address_header,
     };
     let prefix = config.dicomweb.path_prefix.clone();
     let wado_uri_path = config.dicomweb.wado_uri_path.clone();
     let origins = config.server.cors_allowed_origins.clone();
     let data = web::Data::new(site);
+    let shield = web::Data::new(http::shield::Shield::new(config.limits.clone()));
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(shield.clone())
             .wrap(actix_web::middleware::from_fn(http::tenancy::resolve))
             .wrap(http::cors(&origins))
+            .wrap(actix_web::middleware::from_fn(http::shield::protect))
             // Outermost: refused and preflight requests are counted and traced too.
             .wrap(actix_web::middleware::from_fn(http::telemetry::observe))
             .configure(|c| http::configure(c, &prefix, &wado_uri_path))
             .default_service(web::to(http::not_found))
     })
     .shutdown_timeout(config.server.shutdown_timeout_secs)
+    // Slow clients (slowloris) cannot hold a connection open without sending.
+    .client_request_timeout(Duration::from_secs(config.limits.header_timeout_secs))
+    .keep_alive(Duration::from_secs(config.limits.keep_alive_secs))
     // Signals are ours (stop_on_signal): actix would stop at once on SIGINT.
     .disable_signals()
     // Streamed multipart answers end in small writes; without NODELAY, Nagle and the
@@ -402,8 +443,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(exit_code) = forced_rx => Some(exit_code),
     };
     // Every answered request is in the audit writer: write what it still holds,
-    // on the forced path too (acknowledged work must leave its record).
-    match tokio::time::timeout(Duration::from_secs(30), audit.flush()).await {
+    // with the counts of refusals not recorded one by one, on the forced path
+    // too (acknowledged work must leave its record).
+    match tokio::time::timeout(Duration::from_secs(30), audit.close()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::error!(%error, "AUDIT EVENTS NOT WRITTEN AT SHUTDOWN"),
         Err(_) => tracing::error!(

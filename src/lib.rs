@@ -12,6 +12,7 @@ pub mod dicom;
 pub mod http;
 pub mod index;
 pub mod ops;
+pub mod private_files;
 pub mod service;
 pub mod sovereignty;
 pub mod store;

@@ -326,3 +326,166 @@ fn dicomweb_requests_and_refusals_are_audited() {
         "no query values in the audit trail"
     );
 }
+
+/// The client addresses recorded in the trail, in order.
+fn client_addresses(bundle: &serde_json::Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["agent"][0]["network"]["address"].as_str())
+        .map(String::from)
+        .collect()
+}
+
+/// A search sent with forged forwarding headers.
+fn search_claiming_to_be_forwarded(server: &Server) {
+    let response = client()
+        .get(server.url("/studies"))
+        .header("X-Forwarded-For", "198.51.100.1, 203.0.113.77")
+        .header("Forwarded", "for=203.0.113.78")
+        .header("X-Real-IP", "203.0.113.79")
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+#[test]
+fn a_forged_forwarded_for_is_recorded_only_from_a_trusted_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // No trusted proxies (the default): the TCP peer is the client.
+    let server = Server::spawn(&data, &[]);
+    search_claiming_to_be_forwarded(&server);
+    let data = server.terminate();
+    let addresses = client_addresses(&exported(&data));
+    assert_eq!(addresses, vec!["127.0.0.1"], "the peer, not the headers");
+
+    // The loopback peer declared a trusted proxy: the right-most hop it did not
+    // write itself is the client; the hop the client prepended is not believed.
+    let server = Server::spawn(
+        &data,
+        &[("KASTELL__SERVER__TRUSTED_PROXIES", "[\"127.0.0.1\"]")],
+    );
+    search_claiming_to_be_forwarded(&server);
+    let data = server.terminate();
+    let bundle = exported(&data);
+    let addresses = client_addresses(&bundle);
+    assert_eq!(addresses.last().unwrap(), "203.0.113.77", "{addresses:?}");
+    let text = bundle.to_string();
+    for forged in ["198.51.100.1", "203.0.113.78", "203.0.113.79"] {
+        assert!(!text.contains(forged), "{forged} is not in the trail");
+    }
+}
+
+/// The FHIR resources of one action's records (by the DICOM event code).
+fn with_event_code<'a>(bundle: &'a serde_json::Value, code: &str) -> Vec<&'a serde_json::Value> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["type"]["code"] == code)
+        .collect()
+}
+
+#[test]
+fn a_store_or_delete_answered_then_a_kill_9_leaves_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::spawn(&data, &[]);
+    let file = dicom_file(&Spec::new("7.7", "7.7.1", "7.7.1.1"));
+    assert_eq!(store(&server, "/studies", &[file]).0, 200);
+    // No graceful stop: SIGKILL right after the answer.
+    let data = server.stop();
+    let verified = kastell(&["audit", "verify"], &data);
+    assert!(verified.ok, "{}", verified.all);
+    let bundle = exported(&data);
+    // DICOM Instances Transferred (110104) with action C(reate) is the store.
+    let stored: Vec<_> = with_event_code(&bundle, "110104")
+        .into_iter()
+        .filter(|r| r["action"] == "C")
+        .collect();
+    assert_eq!(stored.len(), 1, "{bundle}");
+    assert!(stored[0].to_string().contains("7.7.1.1"), "{}", stored[0]);
+
+    let server = Server::spawn(&data, &[]);
+    let deleted = client().delete(server.url("/studies/7.7")).send().unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    let data = server.stop();
+    let bundle = exported(&data);
+    // DICOM Study Deleted (110105).
+    let deletes = with_event_code(&bundle, "110105");
+    assert_eq!(deletes.len(), 1, "{bundle}");
+    assert!(deletes[0].to_string().contains("7.7"));
+}
+
+#[test]
+fn a_flood_of_refusals_from_one_client_is_recorded_up_to_the_limit_then_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::spawn(&dir.path().join("data"), &[]);
+    for _ in 0..40 {
+        let refused = client()
+            .get(server.url("/studies"))
+            .header("Authorization", "Bearer not-a-token")
+            .send()
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 401);
+    }
+    // The aggregated record of the window still open is written at shutdown.
+    let data = server.terminate();
+    let verified = kastell(&["audit", "verify"], &data);
+    assert!(verified.ok, "{}", verified.all);
+    let bundle = exported(&data);
+    // DICOM User Authentication (110114): the login failures.
+    let failures = with_event_code(&bundle, "110114");
+    assert_eq!(
+        failures.len(),
+        11,
+        "10 one by one, then one count: {bundle}"
+    );
+    let last = failures[10]["outcomeDesc"].as_str().unwrap();
+    assert!(
+        last.contains("30 more login-failure records of this client suppressed"),
+        "{last}"
+    );
+}
+
+#[test]
+fn wado_uri_and_wado_rs_record_the_decoded_uids_they_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::spawn(&dir.path().join("data"), &[]);
+    let file = dicom_file(&Spec::new("8.8", "8.8.1", "8.8.1.1"));
+    assert_eq!(store(&server, "/studies", &[file]).0, 200);
+    let url = format!(
+        "http://127.0.0.1:{}/wado?requestType=WADO&studyUID=8%2E8&seriesUID=8.8%2E1\
+         &objectUID=8%2E8%2E1%2E1&contentType=application%2Fdicom",
+        server.port
+    );
+    let response = client().get(url).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    // WADO-RS: the path's UIDs as the router decoded them.
+    let metadata = client()
+        .get(server.url("/studies/8%2E8/series/8.8.1/instances/8.8.1%2E1/metadata"))
+        .send()
+        .unwrap();
+    assert_eq!(metadata.status().as_u16(), 200);
+    let data = server.terminate();
+    let bundle = exported(&data);
+    // DICOM Instances Transferred with action R(ead): the retrieve.
+    let reads: Vec<String> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["action"] == "R" && r.get("entity").is_some())
+        .map(|r| r["entity"].to_string())
+        .collect();
+    assert_eq!(reads.len(), 2, "{bundle}");
+    for read in &reads {
+        for uid in ["urn:oid:8.8\"", "\"8.8.1\"", "\"8.8.1.1\""] {
+            assert!(read.contains(uid), "{uid} in {read}");
+        }
+    }
+    assert!(!bundle.to_string().contains("%2E"), "decoded: {bundle}");
+}

@@ -372,9 +372,11 @@ fn the_master_key_guards_everything() {
     let (ok, out) = kastell(&["verify"], &data, &[("KASTELL__KEYS__MASTER_KEY", key_b)]);
     assert!(!ok, "{out}");
     assert!(out.contains("tenant"), "{out}");
-    // A key file works like the variable.
+    // A key file (readable by its owner only) works like the variable.
     let key_file = dir.path().join("master.key");
     std::fs::write(&key_file, key_a).unwrap();
+    let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(&key_file, owner_only).unwrap();
     let (ok, out) = kastell(
         &["verify"],
         &data,

@@ -19,13 +19,22 @@
 //!   writer also remembers the head it last wrote and reports loudly if the
 //!   stored head has moved backwards since: the newest rows were removed, the
 //!   one tampering the chain itself cannot show.
+//! * **Writes and deletes are durable before they are answered.**
+//!   [`AuditLog::record_committed`] waits until its record is committed: the
+//!   server records STOW and DELETE that way, so a request acknowledged and then
+//!   a crash (`kill -9`) still leaves its record. Reads stay batched.
+//! * **Refusals cannot flood the trail**: [`AuditLog::record_refusal`] goes
+//!   through a [`RefusalLimiter`]; a task writes the aggregated records of
+//!   windows that ended, and [`AuditLog::close`] those still open.
 //! * **Blocking work** (the database) runs on tokio's blocking pool.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::limit::{RefusalLimiter, RefusalLimits};
 use super::{chain, AuditError, AuditEvent, ChainKey};
 use crate::index::audit::AuditHead;
 use crate::index::Index;
@@ -39,6 +48,8 @@ pub struct AuditLogOptions {
     pub max_batch: usize,
     /// Longest an event waits for its batch to fill.
     pub max_delay: Duration,
+    /// How many refusals (login failures, access denied) are recorded one by one.
+    pub refusals: RefusalLimits,
 }
 
 impl Default for AuditLogOptions {
@@ -47,6 +58,7 @@ impl Default for AuditLogOptions {
             capacity: 10_000,
             max_batch: 500,
             max_delay: Duration::from_millis(200),
+            refusals: RefusalLimits::default(),
         }
     }
 }
@@ -68,6 +80,7 @@ enum Message {
 #[derive(Clone)]
 pub struct AuditLog {
     sender: mpsc::Sender<Message>,
+    refusals: Arc<RefusalLimiter>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -91,7 +104,13 @@ impl AuditLog {
     pub fn start_with(index: Index, key: ChainKey, options: AuditLogOptions) -> AuditLog {
         let (sender, receiver) = mpsc::channel(options.capacity.max(1));
         tokio::spawn(run_writer(index, key, receiver, options));
-        AuditLog { sender }
+        let refusals = Arc::new(RefusalLimiter::new(options.refusals));
+        tokio::spawn(write_ended_windows(
+            sender.downgrade(),
+            refusals.clone(),
+            options.refusals.window,
+        ));
+        AuditLog { sender, refusals }
     }
 
     /// Queues an event. Returns at once unless the channel is full, then waits for
@@ -113,6 +132,37 @@ impl AuditLog {
             })
     }
 
+    /// Records events and waits until they are committed (with every event
+    /// recorded before them): for what must be in the trail before it is
+    /// acknowledged (stores, deletes).
+    pub async fn record_committed(
+        &self,
+        events: impl IntoIterator<Item = AuditEvent>,
+    ) -> Result<(), AuditError> {
+        for event in events {
+            self.record(event).await?;
+        }
+        self.flush().await
+    }
+
+    /// Records a refusal (login failure, access denied) within the limits of
+    /// its client: beyond them it is counted in an aggregated record instead.
+    pub async fn record_refusal(&self, event: AuditEvent) -> Result<(), AuditError> {
+        for event in self.refusals.admit(event, std::time::Instant::now()) {
+            self.record(event).await?;
+        }
+        Ok(())
+    }
+
+    /// At shutdown: records the aggregates of refusal windows still open, then
+    /// waits until everything recorded is stored.
+    pub async fn close(&self) -> Result<(), AuditError> {
+        for event in self.refusals.drain() {
+            self.record(event).await?;
+        }
+        self.flush().await
+    }
+
     /// Waits until every event recorded before this call is stored.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (done, stored) = oneshot::channel();
@@ -121,6 +171,27 @@ impl AuditLog {
             .await
             .map_err(|_| AuditError::WriterStopped)?;
         stored.await.map_err(|_| AuditError::WriterStopped)
+    }
+}
+
+/// Hands the aggregated records of refusal windows that ended to the writer, a
+/// few times per window, until the last [`AuditLog`] is gone.
+async fn write_ended_windows(
+    sender: mpsc::WeakSender<Message>,
+    refusals: Arc<RefusalLimiter>,
+    window: Duration,
+) {
+    let period = (window / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(sender) = sender.upgrade() else {
+            return;
+        };
+        for event in refusals.ended(std::time::Instant::now()) {
+            if sender.send(Message::Event(Box::new(event))).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

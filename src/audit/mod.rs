@@ -6,7 +6,8 @@
 //!
 //! * [`AuditEvent`] is what a caller records; [`StoredEvent`] is a chained row.
 //! * [`AuditLog`] is the handle the server records through: a bounded channel to
-//!   one background writer that appends in batches.
+//!   one background writer that appends in batches; stores and deletes wait for
+//!   their commit, refusals are rate-limited per client ([`limit`]).
 //! * [`append`] writes synchronously (the CLI, whose process ends right after).
 //! * [`verify`] walks the chain; [`export_atna`] / [`export_fhir`] /
 //!   [`write_export`] turn rows into the two interchange formats.
@@ -16,6 +17,7 @@
 
 pub mod chain;
 pub mod export;
+pub mod limit;
 mod log;
 #[cfg(test)]
 mod tests;
@@ -30,11 +32,49 @@ pub use chain::{
     verify, verify_anchored, Anchor, Break, ChainKey, Problem, VerifyReport, GENESIS_HASH,
 };
 pub use export::{export_atna, export_fhir, parse_since, write_export, ExportFormat};
+pub use limit::{RefusalLimiter, RefusalLimits};
 pub use log::{AuditLog, AuditLogOptions};
 
 /// Longest `detail` kept, in characters; longer text is cut (it is a note for
 /// operators, not a log).
 pub const MAX_DETAIL_CHARS: usize = 500;
+/// Longest actor (token subject, API key name, OS user) kept, in characters.
+pub const MAX_ACTOR_CHARS: usize = 256;
+/// Longest client address kept (an IPv6 address with zone fits), in characters.
+pub const MAX_ADDRESS_CHARS: usize = 64;
+/// Longest tenant name kept, in characters.
+pub const MAX_TENANT_CHARS: usize = 64;
+/// Longest UID kept, in characters: the DICOM maximum (PS3.5 §9.1); a longer
+/// one is not a UID, and is cut.
+pub const MAX_UID_CHARS: usize = 64;
+/// Most instance UIDs one record lists; the server splits larger lists over
+/// several records, and a longer list is cut with a count of what was left out.
+pub const MAX_INSTANCE_UIDS: usize = 500;
+/// What a cut field ends with, so that nobody takes it for the whole value.
+pub const TRUNCATION_MARKER: &str = "…[truncated]";
+
+/// `text` cut to `max` characters plus [`TRUNCATION_MARKER`] when longer: a
+/// request cannot write more than a bounded amount into one record.
+pub fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}{TRUNCATION_MARKER}", &text[..end]),
+    }
+}
+
+/// At most [`MAX_INSTANCE_UIDS`] UIDs, each bounded, space-separated; what was
+/// left out is counted in a last `…[+N more]` word.
+fn bounded_uid_list(uids: &[String]) -> String {
+    let mut words: Vec<String> = uids
+        .iter()
+        .take(MAX_INSTANCE_UIDS)
+        .map(|uid| bounded(uid, MAX_UID_CHARS).replace(' ', "_"))
+        .collect();
+    if uids.len() > MAX_INSTANCE_UIDS {
+        words.push(format!("…[+{}-more]", uids.len() - MAX_INSTANCE_UIDS));
+    }
+    words.join(" ")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -176,6 +216,9 @@ pub struct AuditEvent {
     pub instance_uids: Vec<String>,
     /// A short note for operators, cut to [`MAX_DETAIL_CHARS`]. Never patient
     /// names or IDs, never query values (a QIDO query may hold a name).
+    ///
+    /// Every text field is bounded when stored (see [`bounded`] and the `MAX_*`
+    /// constants), whatever a request put in it.
     pub detail: Option<String>,
 }
 
@@ -251,27 +294,25 @@ impl AuditEvent {
     /// The row for this event, without its place in the chain (seq and hashes
     /// are filled in by [`chain::seal`]).
     fn to_row(&self) -> AuditRow {
-        let detail = self.detail.as_ref().map(|d| {
-            if d.chars().count() > MAX_DETAIL_CHARS {
-                d.chars().take(MAX_DETAIL_CHARS).collect()
-            } else {
-                d.clone()
-            }
-        });
+        let uid = |uid: &Option<String>| uid.as_deref().map(|u| bounded(u, MAX_UID_CHARS));
         AuditRow {
             seq: 0,
             at: format_time(self.at),
-            actor: self.actor.clone(),
+            actor: bounded(&self.actor, MAX_ACTOR_CHARS),
             actor_kind: self.actor_kind.as_str().to_string(),
-            client_address: self.client_address.clone(),
-            tenant: self.tenant.clone(),
+            client_address: self
+                .client_address
+                .as_deref()
+                .map(|a| bounded(a, MAX_ADDRESS_CHARS)),
+            tenant: bounded(&self.tenant, MAX_TENANT_CHARS),
             action: self.action.as_str().to_string(),
             outcome: self.outcome.as_str().to_string(),
             status: self.status,
-            study_uid: self.study_uid.clone(),
-            series_uid: self.series_uid.clone(),
-            instance_uids: (!self.instance_uids.is_empty()).then(|| self.instance_uids.join(" ")),
-            detail,
+            study_uid: uid(&self.study_uid),
+            series_uid: uid(&self.series_uid),
+            instance_uids: (!self.instance_uids.is_empty())
+                .then(|| bounded_uid_list(&self.instance_uids)),
+            detail: self.detail.as_deref().map(|d| bounded(d, MAX_DETAIL_CHARS)),
             prev_hash: String::new(),
             hash: String::new(),
         }

@@ -420,6 +420,7 @@ async fn the_log_batches_applies_backpressure_and_flushes() {
                 capacity: 1,
                 max_batch: 16,
                 max_delay: Duration::from_millis(20),
+                ..Default::default()
             },
         );
         for e in events(0..100) {
@@ -437,6 +438,78 @@ async fn the_log_batches_applies_backpressure_and_flushes() {
     }
 }
 
+/// A store or delete is in the database when `record_committed` returns, even
+/// with batches that would otherwise wait for a long time; reads stay batched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_records_are_stored_before_the_call_returns() {
+    for db in databases() {
+        let log = AuditLog::start_with(
+            db.index.clone(),
+            chain_key(&db.index),
+            AuditLogOptions {
+                max_delay: Duration::from_secs(3600),
+                ..Default::default()
+            },
+        );
+        log.record(event(1)).await.unwrap();
+        let store = AuditEvent::new(
+            "pacs",
+            ActorKind::ApiKey,
+            "default",
+            Action::Store,
+            Outcome::Success,
+        )
+        .study("1.2.3");
+        tokio::time::timeout(Duration::from_secs(30), log.record_committed([store]))
+            .await
+            .expect("not held back for the batch delay")
+            .unwrap();
+        let all = stored(&db.index);
+        assert_eq!(all.len(), 2, "the read before it is written along");
+        assert_eq!(all[1].event.action, Action::Store);
+    }
+}
+
+/// A flood of refusals leaves the per-client limit of records and, at close,
+/// one aggregated record counting the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_limited_per_client_and_counted_at_close() {
+    for db in databases() {
+        let log = AuditLog::start_with(
+            db.index.clone(),
+            chain_key(&db.index),
+            AuditLogOptions {
+                refusals: RefusalLimits {
+                    per_window: 5,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        for _ in 0..200 {
+            let refusal = AuditEvent::new(
+                "unknown",
+                ActorKind::Anonymous,
+                "default",
+                Action::LoginFailure,
+                Outcome::Failure,
+            )
+            .client_address("203.0.113.9")
+            .status(401);
+            log.record_refusal(refusal).await.unwrap();
+        }
+        log.close().await.unwrap();
+        let all = stored(&db.index);
+        assert_eq!(all.len(), 6);
+        let detail = all[5].event.detail.as_deref().unwrap();
+        assert!(
+            detail.starts_with("195 more login-failure records"),
+            "{detail}"
+        );
+        assert!(verify(&db.index).unwrap().is_intact());
+    }
+}
+
 /// Two server processes on one database (two pools, two writers), recording at
 /// the same time: one chain, no fork, no gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,6 +519,7 @@ async fn two_writers_on_one_database_keep_one_chain() {
             capacity: 64,
             max_batch: 7,
             max_delay: Duration::from_millis(5),
+            ..Default::default()
         };
         let logs = [
             AuditLog::start_with(db.index.clone(), chain_key(&db.index), options),
@@ -519,11 +593,54 @@ fn exports_stream_the_same_documents_and_honour_since() {
 }
 
 #[test]
-fn long_details_are_cut() {
-    let row = AuditEvent::cli("t", Action::KeyShred, Outcome::Success)
-        .detail("é".repeat(MAX_DETAIL_CHARS + 10))
-        .to_row();
-    assert_eq!(row.detail.unwrap().chars().count(), MAX_DETAIL_CHARS);
+fn every_text_field_is_bounded_with_a_marker() {
+    let huge = "x".repeat(1 << 20);
+    let uids: Vec<String> = (0..MAX_INSTANCE_UIDS + 7)
+        .map(|n| format!("1.2.3.{n}"))
+        .collect();
+    let row = AuditEvent::new(
+        &huge,
+        ActorKind::Token,
+        &huge,
+        Action::Store,
+        Outcome::Success,
+    )
+    .client_address(&huge)
+    .study(&huge)
+    .series("1.2.3")
+    .instances(uids)
+    .instances([huge.clone()])
+    .detail("é".repeat(MAX_DETAIL_CHARS + 10))
+    .to_row();
+    let detail = row.detail.unwrap();
+    assert_eq!(
+        detail.chars().count(),
+        MAX_DETAIL_CHARS + TRUNCATION_MARKER.chars().count()
+    );
+    assert!(detail.ends_with(TRUNCATION_MARKER));
+    assert_eq!(row.actor, bounded(&huge, MAX_ACTOR_CHARS));
+    assert!(row.actor.ends_with(TRUNCATION_MARKER));
+    assert!(row.tenant.len() < 100 && row.tenant.ends_with(TRUNCATION_MARKER));
+    let address = row.client_address.unwrap();
+    assert!(address.len() < 100 && address.ends_with(TRUNCATION_MARKER));
+    let study = row.study_uid.unwrap();
+    assert_eq!(
+        study,
+        format!("{}{TRUNCATION_MARKER}", "x".repeat(MAX_UID_CHARS))
+    );
+    assert_eq!(
+        row.series_uid.as_deref(),
+        Some("1.2.3"),
+        "short values are kept"
+    );
+    let instances = row.instance_uids.unwrap();
+    let words: Vec<&str> = instances.split(' ').collect();
+    assert_eq!(words.len(), MAX_INSTANCE_UIDS + 1);
+    assert_eq!(words[0], "1.2.3.0");
+    assert_eq!(*words.last().unwrap(), "…[+8-more]");
+    // However much a request sends, a record stays small.
+    let total = row.actor.len() + row.tenant.len() + address.len() + instances.len() + detail.len();
+    assert!(total < 64 * 1024, "{total} bytes");
 }
 
 #[test]

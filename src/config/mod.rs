@@ -7,9 +7,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod exposure;
+pub mod proxies;
+
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+mod limits;
+pub use limits::LimitsConfig;
 
 /// Prefix of every environment variable that sets a config key.
 pub const ENV_PREFIX: &str = "KASTELL__";
@@ -26,6 +32,7 @@ pub struct Config {
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub sovereignty: SovereigntyConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,6 +54,16 @@ pub struct ServerConfig {
     /// Origins browsers may call from (a viewer served elsewhere), e.g.
     /// `["https://viewer.example.org"]`; `["*"]` allows any; empty disables CORS.
     pub cors_allowed_origins: Vec<String>,
+    /// Reverse proxies (IP addresses or CIDR blocks) whose `client_address_header`
+    /// names the client in the audit trail and access log. Empty: the TCP peer is
+    /// the client and no forwarding header is believed.
+    pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies write: `x-forwarded-for` or `forwarded`.
+    pub client_address_header: proxies::ClientAddressHeader,
+    /// Serve on a non-loopback address although anonymous requests may write or
+    /// delete, or the master key is the generated development key. Refused
+    /// without this; meant for closed test networks only.
+    pub allow_insecure_exposure: bool,
     /// Where the host running Kastell is. It decrypts images, holds the master key in
     /// memory and writes the logs; backends local to it (the SQLite file, the local
     /// blob directory, a loopback database) inherit this declaration.
@@ -290,6 +307,9 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 30,
             drain_delay_secs: 0,
             cors_allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            client_address_header: proxies::ClientAddressHeader::XForwardedFor,
+            allow_insecure_exposure: false,
             location: None,
         }
     }
@@ -499,6 +519,8 @@ impl Config {
         }
         self.validate_auth()?;
         self.validate_telemetry()?;
+        proxies::TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(|e| ConfigError::Rule(format!("server.trusted_proxies: {e}")))?;
         if self.index.pool_size == 0 || self.dicomweb.qido_max_results == 0 {
             return Err(ConfigError::Rule(
                 "index.pool_size and dicomweb.qido_max_results must be positive".into(),

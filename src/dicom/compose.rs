@@ -52,6 +52,7 @@ impl BulkReference {
 /// The data sets of a metadata part: a JSON array of DICOM JSON objects (a
 /// single object is taken as an array of one, as dicomweb-client does).
 pub fn metadata_datasets(part: &[u8]) -> Result<Vec<Json>, DicomError> {
+    super::guard::check_json_depth(part, &super::guard::ParseLimits::current())?;
     match serde_json::from_slice::<Json>(part) {
         Ok(Json::Array(datasets)) => Ok(datasets),
         Ok(object @ Json::Object(_)) => Ok(vec![object]),

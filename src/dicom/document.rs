@@ -35,7 +35,27 @@ pub fn is_structured_report(dataset: &InMemDicomObject) -> bool {
         || text(dataset, tags::VALUE_TYPE).as_deref() == Some("CONTAINER")
 }
 
-/// The document an Encapsulated Document instance holds, with its media type.
+/// The document types an Encapsulated Document is rendered as (PS3.3
+/// C.24.2: PDF, CDA, STL, OBJ/MTL, plus plain text). Anything else a modality
+/// or an attacker declares (text/html, image/svg+xml, ...) is served as
+/// `application/octet-stream`, as an attachment: the archive's origin must
+/// never run markup from an instance.
+pub const DOCUMENT_TYPES: &[&str] = &[
+    "application/pdf",
+    "text/plain",
+    "text/xml",
+    "application/xml",
+    "model/stl",
+    "model/obj",
+    "model/mtl",
+];
+
+/// The media type an instance's document is served as.
+pub const UNLISTED_DOCUMENT_TYPE: &str = "application/octet-stream";
+
+/// The document an Encapsulated Document instance holds, with the media type it
+/// is served as (its declared one if on [`DOCUMENT_TYPES`], else
+/// [`UNLISTED_DOCUMENT_TYPE`]).
 pub fn encapsulated_document(dataset: &InMemDicomObject) -> Option<(String, Vec<u8>)> {
     let element = dataset.get(tags::ENCAPSULATED_DOCUMENT)?;
     let Value::Primitive(value) = element.value() else {
@@ -50,6 +70,11 @@ pub fn encapsulated_document(dataset: &InMemDicomObject) -> Option<(String, Vec<
     if media_type == "application/pdf" && bytes.last() == Some(&0) {
         bytes.pop();
     }
+    let media_type = if DOCUMENT_TYPES.contains(&media_type.as_str()) {
+        media_type
+    } else {
+        UNLISTED_DOCUMENT_TYPE.to_string()
+    };
     Some((media_type, bytes))
 }
 

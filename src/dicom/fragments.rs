@@ -7,6 +7,10 @@
 /// The Basic Offset Table is kept only up to this size (4 bytes per frame: enough
 /// for four million frames); larger tables are ignored and the markers decide.
 const MAX_OFFSET_TABLE: usize = 16 * 1024 * 1024;
+/// Fragments followed in one Pixel Data value: about 16 bytes of memory each;
+/// a million is more than any real multi-frame object has (one fragment per
+/// frame, or a few per frame).
+pub const MAX_FRAGMENTS: usize = 1_000_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Item {
@@ -31,6 +35,8 @@ pub struct FragmentScanner {
     /// Offset of the sequence delimiter, once seen.
     end: Option<u64>,
     broken: bool,
+    /// More fragments than [`MAX_FRAGMENTS`].
+    too_many: bool,
 }
 
 impl FragmentScanner {
@@ -44,6 +50,7 @@ impl FragmentScanner {
             offset_table: Vec::new(),
             end: None,
             broken: false,
+            too_many: false,
         }
     }
 
@@ -75,6 +82,12 @@ impl FragmentScanner {
             self.position += 8;
             self.pending.clear();
             match tag {
+                (0xFFFE, 0xE000) if length != u32::MAX && self.items.len() >= MAX_FRAGMENTS => {
+                    // Millions of empty fragments would grow this list without
+                    // bound: such pixel data is not followed further.
+                    self.broken = true;
+                    self.too_many = true;
+                }
                 (0xFFFE, 0xE000) if length != u32::MAX => {
                     self.items.push(Item {
                         offset: item_offset,
@@ -105,6 +118,18 @@ impl FragmentScanner {
                 self.offset_table.clear();
             }
         }
+    }
+
+    /// The fragments seen (Basic Offset Table not counted), or `None` when the
+    /// value could not be followed to its end (malformed, or more than
+    /// [`MAX_FRAGMENTS`]).
+    pub fn fragment_count(&self) -> Option<usize> {
+        (self.end.is_some() && !self.broken).then(|| self.items.len().saturating_sub(1))
+    }
+
+    /// Whether the value holds more fragments than are followed.
+    pub fn too_many_fragments(&self) -> bool {
+        self.too_many
     }
 
     /// The stream offset just after the sequence delimiter (where elements after

@@ -7,6 +7,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 
+use super::guard::ParseLimits;
 use super::header::FileMeta;
 use super::text::trim_value;
 use super::DicomError;
@@ -45,7 +46,10 @@ pub fn parse_header(bytes: &[u8], meta: &FileMeta) -> Result<ParsedHeader, Dicom
 /// Parses the data set of `bytes` (a PS3.10 stream from its start) up to Pixel Data,
 /// with text decoded to UTF-8, without requiring any attribute.
 pub fn parse_dataset(bytes: &[u8], meta: &FileMeta) -> Result<InMemDicomObject, DicomError> {
-    let source = &bytes[meta.magic_offset..];
+    super::guard::check_file(bytes, meta, &ParseLimits::current())?;
+    let source = bytes
+        .get(meta.magic_offset..)
+        .ok_or(DicomError::Truncated)?;
     let mut options = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
     // A deflated data set is kept whole (its byte offsets mean nothing), Pixel Data
     // included; otherwise `bytes` end before Pixel Data anyway.
@@ -93,9 +97,10 @@ pub fn items(dataset: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
 /// Re-encodes a whole PS3.10 file in Explicit VR Little Endian. Only for natively
 /// encoded objects (the pixel data bytes are kept, byte-swapped where needed).
 pub fn reencode_explicit_le(file: &[u8], meta: &FileMeta) -> Result<Vec<u8>, DicomError> {
+    super::guard::check_file(file, meta, &ParseLimits::current())?;
     let mut object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
-        .from_reader(&file[meta.magic_offset..])
+        .from_reader(file.get(meta.magic_offset..).ok_or(DicomError::Truncated)?)
         .map_err(|e| DicomError::Malformed(e.to_string()))?;
     object.meta_mut().set_transfer_syntax(
         &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
@@ -114,6 +119,13 @@ pub fn parse_trailer(bytes: &[u8], transfer_syntax: &str) -> Result<InMemDicomOb
     let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get(transfer_syntax)
         .ok_or_else(|| DicomError::UnsupportedTransferSyntax(transfer_syntax.to_string()))?;
+    let encoding = super::transfer_syntax::encoding_of(transfer_syntax);
+    let limits = ParseLimits::current();
+    if encoding.deflated {
+        // A deflated data set has no Pixel Data boundary: nothing is stored after it.
+        return Ok(InMemDicomObject::new_empty());
+    }
+    super::guard::check_dataset(bytes, 0, encoding, &limits)?;
     InMemDicomObject::read_dataset_with_ts(bytes, ts)
         .map_err(|e| DicomError::Malformed(e.to_string()))
 }

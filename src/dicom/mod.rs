@@ -8,6 +8,7 @@ pub mod compose;
 pub mod document;
 pub mod files;
 pub mod fragments;
+pub mod guard;
 pub mod header;
 pub mod instance;
 pub mod json;
@@ -35,6 +36,10 @@ pub enum DicomError {
     UnsupportedTransferSyntax(String),
     #[error("cannot encode the object: {0}")]
     Encode(String),
+    /// Rows, Columns, samples, bits or NumberOfFrames promise more pixel data
+    /// than the object holds.
+    #[error("the pixel description does not match Pixel Data: {0}")]
+    PixelMismatch(String),
     #[error("the requested region lies outside the image")]
     OutsideImage,
     /// The stored pixel data cannot be decoded by this build (e.g. 12-bit JPEG).

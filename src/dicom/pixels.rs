@@ -194,9 +194,10 @@ pub fn transcode(file: &[u8], meta: &FileMeta, target: &str) -> Result<Vec<u8>, 
     let ts = TransferSyntaxRegistry
         .get(target)
         .ok_or_else(|| DicomError::UnsupportedTransferSyntax(target.to_string()))?;
+    super::guard::check_file(file, meta, &super::guard::ParseLimits::current())?;
     let mut object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
-        .from_reader(&file[meta.magic_offset..])
+        .from_reader(file.get(meta.magic_offset..).ok_or(DicomError::Truncated)?)
         .map_err(|e| DicomError::Malformed(e.to_string()))?;
     let samples = super::instance::text(&object, tags::SAMPLES_PER_PIXEL)
         .and_then(|s| s.trim().parse::<u16>().ok())

@@ -37,6 +37,22 @@ pub enum ApiError {
     /// an API key) cannot be reached: 503. The text is logged, not sent.
     #[error("{0}")]
     Unavailable(String),
+    /// More parts in one multipart body than the configured limit: 413.
+    #[error("the request has more than {0} parts")]
+    TooManyParts(usize),
+    /// The request target is longer than the configured limit: 414.
+    #[error("the request URL exceeds the configured limit of {0} bytes")]
+    UriTooLong(usize),
+    /// Too many requests in flight (in all or for the tenant): 503 with
+    /// `Retry-After`.
+    #[error("the server is busy; retry after {0} s")]
+    Overloaded(u64),
+    /// The client stopped sending the request body: 408.
+    #[error("the request body stalled for more than {0} s")]
+    BodyTimeout(u64),
+    /// A handler panicked: 500 for that request alone.
+    #[error("a request handler panicked")]
+    Panicked,
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -48,6 +64,9 @@ impl ApiError {
             ApiError::Service(ServiceError::Gone(what)) => format!("this {what} was deleted"),
             ApiError::Service(ServiceError::NotAcceptable(why)) => why.clone(),
             ApiError::Service(ServiceError::TenantDisabled) => "this tenant is disabled".into(),
+            ApiError::Service(error @ (ServiceError::TooLarge(_) | ServiceError::Busy { .. })) => {
+                error.to_string()
+            }
             ApiError::Service(ServiceError::Dicom(
                 error @ (DicomError::OutsideImage | DicomError::CannotDecode(_)),
             )) => error.to_string(),
@@ -61,7 +80,7 @@ impl ApiError {
             ApiError::Service(ServiceError::Store(StoreError::Integrity(_))) => {
                 "the stored object failed its integrity check; the incident is logged".to_string()
             }
-            ApiError::Service(_) => "internal server error".to_string(),
+            ApiError::Service(_) | ApiError::Panicked => "internal server error".to_string(),
             ApiError::Unavailable(_) => {
                 "a service this request needs is unavailable; retry later".to_string()
             }
@@ -83,7 +102,14 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::TooManyParts(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Service(error) => match error {
+                ServiceError::TooLarge(_) => StatusCode::BAD_REQUEST,
+                ServiceError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
                 ServiceError::Gone(_) => StatusCode::GONE,
                 ServiceError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
@@ -112,14 +138,27 @@ impl ResponseError for ApiError {
         if let ApiError::RangeNotSatisfiable(total) = self {
             response.insert_header((header::CONTENT_RANGE, format!("bytes */{total}")));
         }
+        match self {
+            ApiError::Overloaded(secs)
+            | ApiError::Service(ServiceError::Busy {
+                retry_after_secs: secs,
+            }) => {
+                response.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            _ => {}
+        }
         if let ApiError::Unauthorized { challenge, .. } = self {
             if let Ok(challenge) = HeaderValue::from_str(challenge) {
                 response.insert_header((header::WWW_AUTHENTICATE, challenge));
             }
         }
-        response
+        let mut response = response
             .content_type("text/html; charset=utf-8")
-            .body(status_report(status, &self.public_message()))
+            .body(status_report(status, &self.public_message()));
+        // Errors raised by middleware become responses outside it: the headers
+        // every response carries are set here too.
+        super::shield::secure_headers(response.headers_mut());
+        response
     }
 }
 

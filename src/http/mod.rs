@@ -4,6 +4,7 @@
 pub mod accept;
 pub mod auth;
 mod capabilities;
+mod client_addr;
 mod delete;
 pub mod error;
 pub mod multipart;
@@ -11,6 +12,7 @@ mod openapi;
 mod qido;
 mod rendered;
 pub mod routes;
+pub mod shield;
 mod stow;
 mod target;
 pub mod telemetry;

@@ -171,7 +171,21 @@ async fn search(
     request: HttpRequest,
     resource: Resource,
 ) -> Result<HttpResponse, ApiError> {
+    super::target::check_path_uids(&request)?;
     let parsed = parse_search(query_pairs(&request)?, resource)?;
+    let limits = &state.services.settings.limits;
+    if parsed.request.offset > limits.max_query_offset {
+        return Err(ApiError::BadRequest(format!(
+            "offset may be at most {}",
+            limits.max_query_offset
+        )));
+    }
+    if parsed.request.include.len() > limits.max_includefields {
+        return Err(ApiError::BadRequest(format!(
+            "at most {} includefield names may be given",
+            limits.max_includefields
+        )));
+    }
     let header_accept = request
         .headers()
         .get(header::ACCEPT)

@@ -256,11 +256,15 @@ pub async fn rendered(
     let Target { scope, frames } = target;
     let params = parse_params(&query_pairs(&request)?, false)?;
     let frame_numbers = match &frames {
-        Some(list) => Some(wado::parse_frame_list(list).map_err(|_| {
-            ApiError::BadRequest(format!(
-                "invalid frame list {list:?}: frame numbers start at 1"
-            ))
-        })?),
+        Some(list) => {
+            let max = state.services.settings.limits.max_frames_per_request;
+            Some(wado::parse_frame_list(list, max).map_err(|invalid| {
+                ApiError::BadRequest(format!(
+                    "invalid frame list: {}; frame numbers start at 1, at most {max} of them",
+                    invalid.0
+                ))
+            })?)
+        }
         None => None,
     };
     let ranges = ranges(&request)?;
@@ -281,6 +285,14 @@ pub async fn rendered(
         let mut response = HttpResponse::Ok();
         if let Some(warning) = params.warning {
             response.insert_header((header::WARNING, state.warning(&warning)));
+        }
+        // A document from an instance never runs on the archive's origin.
+        response.insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            super::shield::SANDBOX_POLICY,
+        ));
+        if media_type == crate::dicom::document::UNLISTED_DOCUMENT_TYPE {
+            response.insert_header((header::CONTENT_DISPOSITION, "attachment"));
         }
         return Ok(response.content_type(media_type).body(body));
     }
@@ -385,7 +397,7 @@ pub async fn thumbnail(
     } = target;
     let params = parse_params(&query_pairs(&request)?, true)?;
     let frame = match &frame {
-        Some(text) => match wado::parse_frame_list(text) {
+        Some(text) => match wado::parse_frame_list(text, 1) {
             Ok(list) if list.len() == 1 => Some(list[0]),
             _ => {
                 return Err(ApiError::BadRequest(format!(

@@ -34,6 +34,7 @@ async fn run(
     body: web::Payload,
     target_study: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
+    super::target::check_path_uids(&request)?;
     let content_type = request
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
@@ -76,7 +77,17 @@ async fn run(
         return Err(ApiError::PayloadTooLarge(limit));
     }
 
-    let stream = sendable(body);
+    let limits = state.services.settings.limits.clone();
+    let idle = std::time::Duration::from_secs(limits.body_idle_timeout_secs);
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = sendable(body, idle, stalled.clone());
+    let multipart_error = |error: multer::Error, limit: u64| {
+        if stalled.load(std::sync::atomic::Ordering::Acquire) {
+            ApiError::BodyTimeout(limits.body_idle_timeout_secs)
+        } else {
+            multipart_error(error, limit)
+        }
+    };
     let constraints =
         multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit));
     let mut multipart = multer::Multipart::with_constraints(stream, related.boundary, constraints);
@@ -90,8 +101,20 @@ async fn run(
             Err(error) => return Err(multipart_error(error, limit)),
         };
         parts += 1;
+        if parts > limits.max_parts {
+            return Err(ApiError::TooManyParts(limits.max_parts));
+        }
         if let Some(model) = metadata_model {
-            receive_metadata_request_part(&mut session, model, field, &mut metadata, limit).await?;
+            receive_metadata_request_part(
+                &mut session,
+                model,
+                field,
+                &mut metadata,
+                &limits,
+                limit,
+                &multipart_error,
+            )
+            .await?;
             continue;
         }
         let acceptable = field
@@ -171,9 +194,6 @@ async fn run(
     })
 }
 
-/// The largest metadata part read: the JSON of a few thousand instances.
-const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
-
 /// One part of a request with metadata (DICOM JSON or XML, as `model`): a
 /// metadata part is read whole (it is parsed when the request has ended, with
 /// every bulk data part in); any other part is bulk data, staged under its
@@ -184,7 +204,9 @@ async fn receive_metadata_request_part(
     model: DataModel,
     mut field: multer::Field<'static>,
     metadata: &mut Vec<bytes::Bytes>,
+    limits: &crate::config::LimitsConfig,
     limit: u64,
+    multipart_error: &impl Fn(multer::Error, u64) -> ApiError,
 ) -> Result<(), ApiError> {
     let media = field.content_type().cloned();
     let essence = media
@@ -196,12 +218,19 @@ async fn receive_metadata_request_part(
         DataModel::Xml => crate::dicom::xml::DICOM_XML,
     };
     if essence == metadata_type {
+        // Metadata is read whole (it is parsed once every bulk part is in):
+        // bounded per part and for the request.
+        let held: u64 = metadata.iter().map(|m| m.len() as u64).sum();
         let mut body = bytes::BytesMut::new();
         loop {
             match field.chunk().await {
                 Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_METADATA_BYTES {
-                        return Err(ApiError::PayloadTooLarge(MAX_METADATA_BYTES as u64));
+                    let size = (body.len() + chunk.len()) as u64;
+                    if size > limits.max_metadata_part_bytes {
+                        return Err(ApiError::PayloadTooLarge(limits.max_metadata_part_bytes));
+                    }
+                    if held + size > limits.max_metadata_bytes {
+                        return Err(ApiError::PayloadTooLarge(limits.max_metadata_bytes));
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -254,12 +283,30 @@ fn multipart_error(error: multer::Error, limit: u64) -> ApiError {
 
 /// multer needs a `Send` stream and actix's payload is not: forward the chunks
 /// through a small bounded channel (which also gives back-pressure).
+/// A body that sends nothing for `idle` ends with an error and sets `stalled`:
+/// a slow client cannot hold a request (and its staged blobs) open for ever.
 fn sendable(
     mut body: web::Payload,
+    idle: std::time::Duration,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     actix_web::rt::spawn(async move {
-        while let Some(chunk) = body.next().await {
+        loop {
+            let chunk = match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => {
+                    stalled.store(true, std::sync::atomic::Ordering::Release);
+                    let _ = sender
+                        .send(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the request body stalled",
+                        )))
+                        .await;
+                    break;
+                }
+            };
             let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
             let failed = chunk.is_err();
             if sender.send(chunk).await.is_err() || failed {

@@ -14,12 +14,14 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 
 use super::auth::{authenticate, forbidden};
+use super::client_addr::client_address;
 use super::error::ApiError;
 use super::telemetry::endpoint_name;
 use super::AppState;
 use crate::audit::{Action as AuditAction, ActorKind, AuditEvent, AuditLog, Outcome};
 use crate::auth::{Action, Authenticator};
 use crate::auth::{Principal, PrincipalKind};
+use crate::config::proxies::{ClientAddressHeader, TrustedProxies};
 use crate::service::tenants::Tenants;
 use actix_web::http::Method;
 
@@ -37,6 +39,9 @@ pub struct Site {
     pub audit: AuditLog,
     /// Set on the first SIGTERM or SIGINT: `/readyz` answers 503 from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Peers whose forwarding header names the client (`server.trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
+    pub client_address_header: ClientAddressHeader,
 }
 
 /// Instances a STOW request stored, by study: put in the request's extensions by
@@ -77,6 +82,25 @@ async fn record(site: &Site, event: AuditEvent) {
     }
 }
 
+/// Hands a refusal (login failure, access denied) to the audit writer, within
+/// the per-client limits that keep a flood from growing the trail.
+async fn record_refusal(site: &Site, event: AuditEvent) {
+    if let Err(error) = site.audit.record_refusal(event).await {
+        tracing::error!(%error, "AUDIT EVENT NOT RECORDED");
+    }
+}
+
+/// The UIDs a WADO-URI request names, decoded as its handler decodes them.
+fn wado_uri_uids(request: &actix_web::HttpRequest) -> [Option<String>; 3] {
+    let pairs = super::query_pairs(request).unwrap_or_default();
+    ["studyUID", "seriesUID", "objectUID"].map(|name| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.clone())
+    })
+}
+
 /// What a request asks to do, by method: searching and retrieving read, STOW
 /// writes, DELETE deletes.
 fn action_of(method: &Method) -> Action {
@@ -95,8 +119,50 @@ pub(super) fn split_tenant<'a>(path: &'a str, site: &Site) -> Option<(&'a str, &
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
+    if !is_tenant_name(tenant) {
+        return None;
+    }
     let under = |base: &str| tail == base || tail.starts_with(&format!("{base}/"));
     (under(&site.path_prefix) || under(&site.wado_uri_path)).then_some((tenant, tail))
+}
+
+/// Whether a path segment can be a tenant's name (what `kastell tenants add`
+/// accepts): anything else is refused before it is looked up.
+fn is_tenant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The path the router matches (actix decodes percent-encoded characters that
+/// need no encoding, so `/%61dmin` is routed as `/admin`), refused with 400 when
+/// it holds a form a proxy, the router or a file system could read otherwise:
+/// empty or dot segments, encoded slashes, backslashes or NUL.
+pub(super) fn routed_path(request: &ServiceRequest) -> Result<String, ApiError> {
+    let raw = request.path();
+    let lower = raw.to_ascii_lowercase();
+    let refused = |why: &str| Err(ApiError::BadRequest(format!("the request path {why}")));
+    if raw.contains("//") {
+        return refused("has an empty segment");
+    }
+    if raw.contains('\\') || ["%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+        return refused("holds an encoded slash, a backslash or NUL");
+    }
+    let routed = request.match_info().as_str().to_string();
+    let decoded = percent_encoding::percent_decode_str(&routed).decode_utf8_lossy();
+    if routed
+        .split('/')
+        .chain(decoded.split('/'))
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return refused("has a dot segment");
+    }
+    if routed.contains("//") {
+        return refused("has an empty segment");
+    }
+    Ok(routed)
 }
 
 /// The middleware: resolves the tenant, rewrites the path, attaches the state.
@@ -108,7 +174,9 @@ pub async fn resolve(
         .app_data::<web::Data<Site>>()
         .cloned()
         .expect("the Site is registered as app data");
-    let path = request.path().to_string();
+    // Every decision below is made on the path the router will match, after
+    // refusing forms that could mean one thing here and another there.
+    let path = routed_path(&request)?;
     // Health checks answer without credentials (orchestrators probe them), and so
     // do the metrics (scrapers rarely carry tokens; they hold no patient data).
     let open_path = path == "/healthz" || path == "/readyz" || path == "/metrics";
@@ -138,18 +206,26 @@ pub async fn resolve(
             )
         }
         None if path.starts_with("/tenants/") => {
-            return Err(ApiError::NotFound("no such resource".into()).into())
+            let name = path["/tenants/".len()..]
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            if !is_tenant_name(name) {
+                return Err(ApiError::BadRequest("invalid tenant name in the path".into()).into());
+            }
+            return Err(ApiError::NotFound("no such resource".into()).into());
         }
         None => (
             site.tenants.default_name().to_string(),
             site.path_prefix.clone(),
         ),
     };
-    let client = request
-        .connection_info()
-        .realip_remote_addr()
-        .unwrap_or("-")
-        .to_string();
+    let client = client_address(
+        request.peer_addr().map(|peer| peer.ip()),
+        request.headers(),
+        &site.trusted_proxies,
+        site.client_address_header,
+    );
     // Who is asking, and may they: before anything of the tenant is touched, so an
     // unknown tenant and a forbidden one look alike to a caller without rights.
     // Refusals are audited (login failure, access denied).
@@ -180,7 +256,7 @@ pub async fn resolve(
                     request.method(),
                     request.match_pattern().unwrap_or_default()
                 ));
-                record(&site, event).await;
+                record_refusal(&site, event).await;
                 return Err(error.into());
             }
         };
@@ -196,12 +272,17 @@ pub async fn resolve(
             .client_address(&client)
             .status(403)
             .detail(format!("{action} needed"));
-            record(&site, event).await;
+            record_refusal(&site, event).await;
             return Err(forbidden(&principal, scope, action).into());
         }
         Some(principal)
     };
     let services = site.tenants.get(&tenant).await.map_err(ApiError::from)?;
+    // Counted only once the tenant exists: one counter per tenant served.
+    let _slot = match request.app_data::<web::Data<super::shield::Shield>>() {
+        Some(shield) if !open_path => Some(shield.tenant_slot(&tenant)?),
+        _ => None,
+    };
     let method = request.method().clone();
     let started = std::time::Instant::now();
     request.extensions_mut().insert(AppState {
@@ -241,46 +322,59 @@ pub async fn resolve(
                 .extensions()
                 .get::<StoredStudies>()
                 .map(|s| s.0.clone());
+            // A record lists at most MAX_INSTANCE_UIDS instances: a large STOW
+            // is spread over several records rather than cut.
             let events: Vec<AuditEvent> = match stored {
                 Some(studies) if !studies.is_empty() => studies
                     .into_iter()
-                    .map(|(study, instances)| base.clone().study(study).instances(instances))
+                    .flat_map(|(study, instances)| {
+                        let study = base.clone().study(study);
+                        if instances.is_empty() {
+                            return vec![study];
+                        }
+                        instances
+                            .chunks(crate::audit::MAX_INSTANCE_UIDS)
+                            .map(|chunk| study.clone().instances(chunk.to_vec()))
+                            .collect()
+                    })
                     .collect(),
                 _ => {
-                    let query = response.request().query_string();
-                    let wado_uid = |name: &str| {
-                        query
-                            .split('&')
-                            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
-                            .map(str::to_string)
+                    // Path segments as the route matched them (what the handler
+                    // serves), or the decoded query of WADO-URI (no other
+                    // route's query values are recorded).
+                    let [wado_study, wado_series, wado_object] = if endpoint == "RetrieveWadoUri" {
+                        wado_uri_uids(response.request())
+                    } else {
+                        [None, None, None]
                     };
                     let mut event = base;
-                    if let Some(study) = info
-                        .get("study")
-                        .map(str::to_string)
-                        .or_else(|| wado_uid("studyUID"))
-                    {
+                    if let Some(study) = info.get("study").map(str::to_string).or(wado_study) {
                         event = event.study(study);
                     }
-                    if let Some(series) = info
-                        .get("series")
-                        .map(str::to_string)
-                        .or_else(|| wado_uid("seriesUID"))
-                    {
+                    if let Some(series) = info.get("series").map(str::to_string).or(wado_series) {
                         event = event.series(series);
                     }
-                    if let Some(instance) = info
-                        .get("instance")
-                        .map(str::to_string)
-                        .or_else(|| wado_uid("objectUID"))
+                    if let Some(instance) = info.get("instance").map(str::to_string).or(wado_object)
                     {
                         event = event.instances([instance]);
                     }
                     vec![event]
                 }
             };
-            for event in events {
-                record(&site, event).await;
+            // Stores and deletes are in the trail before they are answered (a
+            // crash right after the answer keeps them); reads are batched.
+            if matches!(action, AuditAction::Store | AuditAction::Delete) {
+                if let Err(error) = site.audit.record_committed(events).await {
+                    tracing::error!(%error, %action, "AUDIT EVENT NOT RECORDED: not acknowledging");
+                    return Err(ApiError::Unavailable(format!(
+                        "the audit record of this {action} could not be written"
+                    ))
+                    .into());
+                }
+            } else {
+                for event in events {
+                    record(&site, event).await;
+                }
             }
         }
     }

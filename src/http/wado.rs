@@ -310,6 +310,7 @@ pub async fn bulkdata(
     request: HttpRequest,
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    super::target::check_path_uids(&request)?;
     let (study, series, instance, bulk_path) = path.into_inner();
     let ranges = ranges(&request)?;
     let choice = negotiate_bulk(&ranges);
@@ -445,10 +446,13 @@ pub async fn frames(
     request: HttpRequest,
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    super::target::check_path_uids(&request)?;
     let (study, series, instance, list) = path.into_inner();
-    let numbers = wado::parse_frame_list(&list).map_err(|_| {
+    let max = state.services.settings.limits.max_frames_per_request;
+    let numbers = wado::parse_frame_list(&list, max).map_err(|invalid| {
         ApiError::BadRequest(format!(
-            "invalid frame list {list:?}: frame numbers start at 1"
+            "invalid frame list: {}; frame numbers start at 1, at most {max} of them",
+            invalid.0
         ))
     })?;
     let choice = negotiate_bulk(&ranges(&request)?);

@@ -376,11 +376,13 @@ impl Index {
             applied?
         } else {
             let path = sqlite_path(url)?;
+            // Only the service user may read the index: a new directory is 0700
+            // and a new database 0600 (SQLite gives its -wal and -shm files the
+            // database's mode), whatever the umask.
             if let Some(parent) = Path::new(path).parent() {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent)?;
-                }
+                crate::private_files::create_dir_all(parent)?;
             }
+            crate::private_files::create_file(Path::new(path))?;
             let mut conn =
                 SqliteConnection::establish(path).map_err(|e| IndexError::Pool(e.to_string()))?;
             conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000;")?;

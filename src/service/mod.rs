@@ -23,6 +23,65 @@ pub struct ServiceSettings {
     pub overwrite_existing: bool,
     pub qido_max_results: u64,
     pub orphan_grace: Duration,
+    pub limits: crate::config::LimitsConfig,
+    /// Decoded pixel bytes in flight across every rendering and transcoding.
+    pub decoding: DecodingBudget,
+}
+
+/// A byte budget shared by every decoding in flight (rendering, transcoding):
+/// a request that would take it past the configured total is refused with 503
+/// rather than queued, so concurrent large decodes cannot exhaust memory.
+#[derive(Debug, Clone)]
+pub struct DecodingBudget {
+    available: Arc<std::sync::atomic::AtomicU64>,
+    total: u64,
+    retry_after_secs: u64,
+}
+
+/// Bytes taken from a [`DecodingBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct DecodingPermit {
+    available: Arc<std::sync::atomic::AtomicU64>,
+    bytes: u64,
+}
+
+impl DecodingBudget {
+    pub fn new(total: u64, retry_after_secs: u64) -> Self {
+        Self {
+            available: Arc::new(std::sync::atomic::AtomicU64::new(total)),
+            total,
+            retry_after_secs,
+        }
+    }
+
+    /// Takes `bytes`, or says the server is busy.
+    pub fn take(&self, bytes: u64) -> Result<DecodingPermit, ServiceError> {
+        use std::sync::atomic::Ordering;
+        if bytes > self.total {
+            return Err(ServiceError::TooLarge(format!(
+                "decoding this needs {bytes} bytes; the server decodes at most {} at once",
+                self.total
+            )));
+        }
+        self.available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(bytes)
+            })
+            .map_err(|_| ServiceError::Busy {
+                retry_after_secs: self.retry_after_secs,
+            })?;
+        Ok(DecodingPermit {
+            available: self.available.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for DecodingPermit {
+    fn drop(&mut self) {
+        self.available
+            .fetch_add(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// What every pipeline works with; cheap to clone.
@@ -50,6 +109,12 @@ pub enum ServiceError {
     NotAcceptable(String),
     #[error("background task failed: {0}")]
     Task(String),
+    /// The request asks for more than a configured limit allows (400).
+    #[error("{0}")]
+    TooLarge(String),
+    /// A shared budget (decoding memory) is spent: try again later (503).
+    #[error("the server is busy; try again later")]
+    Busy { retry_after_secs: u64 },
     /// The tenant exists but is disabled.
     #[error("this tenant is disabled")]
     TenantDisabled,

@@ -17,6 +17,9 @@ use crate::index::{Scope, StoredInstance};
 /// The box a thumbnail fits in when the client names no viewport.
 pub const THUMBNAIL_SIZE: u32 = 128;
 
+/// The square thumbnail viewports kept as derived objects (`viewport=s,s`).
+pub const CACHED_THUMBNAIL_SIZES: [u32; 4] = [64, 128, 256, 512];
+
 /// Whether an instance has pixel data to render.
 pub fn has_pixel_data(instance: &StoredInstance) -> bool {
     instance.bits_allocated.is_some()
@@ -115,13 +118,27 @@ pub async fn render_instance(
         ));
     }
     let count = frame_count(instance);
+    if frame.is_some_and(|n| n > count) {
+        return Err(ServiceError::NotFound("frame"));
+    }
+    let header = wado::read_header(services, instance).await?;
+    let rendered_frames = match frame {
+        None if format == ImageFormat::Gif => count,
+        _ => 1,
+    };
+    // What decoding and rendering will hold, checked before anything is decoded
+    // (and before the frame list is made: NumberOfFrames comes from the instance).
+    let _permit = services.settings.decoding.take(render_cost(
+        &header,
+        options,
+        rendered_frames,
+        &services.settings.limits,
+    )?)?;
     let numbers: Vec<u64> = match frame {
-        Some(n) if n > count => return Err(ServiceError::NotFound("frame")),
         Some(n) => vec![n],
         None if format == ImageFormat::Gif => (1..=count).collect(),
         None => vec![1],
     };
-    let header = wado::read_header(services, instance).await?;
     let frames = to_pixels(wado::frames(services, instance, &numbers).await?);
     let options = options.clone();
     let delay_ms = crate::dicom::instance::text(&header, dicom_dictionary_std::tags::FRAME_TIME)
@@ -138,6 +155,56 @@ pub async fn render_instance(
     .await
     .map_err(|e| ServiceError::Task(e.to_string()))??;
     Ok(Bytes::from(image))
+}
+
+/// The decoded bytes rendering `frames` frames of an instance holds (its
+/// samples as decoded, plus the RGBA image rendered from each), refused when one
+/// frame or the output is larger than the configured pixel budget or the whole
+/// is larger than the per-rendering byte budget.
+fn render_cost(
+    header: &dicom_object::InMemDicomObject,
+    options: &RenderOptions,
+    frames: u64,
+    limits: &crate::config::LimitsConfig,
+) -> Result<u64, ServiceError> {
+    use dicom_dictionary_std::tags;
+    let number = |tag| {
+        crate::dicom::instance::text(header, tag)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (rows, columns) = (number(tags::ROWS), number(tags::COLUMNS));
+    let samples = number(tags::SAMPLES_PER_PIXEL).max(1);
+    let sample_bytes = number(tags::BITS_ALLOCATED).div_ceil(8).max(1);
+    let source_pixels = rows.saturating_mul(columns);
+    if source_pixels > limits.max_render_pixels {
+        return Err(ServiceError::TooLarge(format!(
+            "the image has {rows} x {columns} pixels; at most {} are rendered",
+            limits.max_render_pixels
+        )));
+    }
+    let output_pixels = match &options.viewport {
+        Some(viewport) => u64::from(viewport.width) * u64::from(viewport.height),
+        None => source_pixels,
+    };
+    if output_pixels > limits.max_render_pixels {
+        return Err(ServiceError::TooLarge(format!(
+            "the viewport asks for {output_pixels} pixels; at most {} are rendered",
+            limits.max_render_pixels
+        )));
+    }
+    let per_frame = source_pixels
+        .saturating_mul(samples.saturating_mul(sample_bytes).saturating_add(4))
+        .saturating_add(output_pixels.saturating_mul(4));
+    let total = per_frame.saturating_mul(frames);
+    if total > limits.max_render_bytes {
+        return Err(ServiceError::TooLarge(format!(
+            "rendering {frames} frame(s) of {rows} x {columns} needs {total} bytes; \
+             at most {} are spent on one rendering (ask for one frame)",
+            limits.max_render_bytes
+        )));
+    }
+    Ok(total)
 }
 
 /// Renders each instance of a study or series in turn (instances without pixel
@@ -192,6 +259,10 @@ pub async fn thumbnail(
         return Err(ServiceError::NotFound("frame"));
     }
     let (width, height) = viewport.unwrap_or((THUMBNAIL_SIZE, THUMBNAIL_SIZE));
+    // Only the default box and a few square sizes are kept, so that clients
+    // asking for many sizes cannot mint a cached object per size; other
+    // viewports are rendered each time (within the rendering budgets).
+    let cached = viewport.is_none() || (width == height && CACHED_THUMBNAIL_SIZES.contains(&width));
     let variant = format!(
         "{}:{}x{}:{}",
         format.media_type(),
@@ -205,8 +276,12 @@ pub async fn thumbnail(
         Scope::Series { series, .. } => series,
         Scope::Instance { instance, .. } => instance,
     };
-    if let Some(bytes) = derived::read(services, scope_uid, "thumbnail", &variant, &etag).await? {
-        return Ok(bytes);
+    if cached {
+        if let Some(bytes) =
+            derived::read(services, scope_uid, "thumbnail", &variant, &etag).await?
+        {
+            return Ok(bytes);
+        }
     }
     let options = RenderOptions {
         viewport: Some(Viewport {
@@ -235,6 +310,9 @@ pub async fn thumbnail(
         &options,
     )
     .await?;
+    if !cached {
+        return Ok(image);
+    }
     derived::write(
         services,
         scope_uid,

@@ -36,6 +36,10 @@ pub mod reason {
     pub const HEADER_TOO_LARGE: u16 = 0xC001;
     /// C002: the series already exists in another study.
     pub const SERIES_IN_OTHER_STUDY: u16 = 0xC002;
+    /// C003: Rows, Columns, samples, bits or NumberOfFrames promise more than
+    /// the Pixel Data holds (a "cannot understand" code of PS3.18 Table I.2-2's
+    /// Cxxx range).
+    pub const PIXEL_MISMATCH: u16 = 0xC003;
     /// A901: the StudyInstanceUID differs from the study in the request URL.
     pub const STUDY_MISMATCH: u16 = 0xA901;
     /// C122 (PS3.18): the part's media type is not supported.
@@ -260,7 +264,30 @@ impl StowSession {
         let writer = part.writer.take().expect("accepted part has a writer");
         let key = writer.key().clone();
         let size = writer.finish().await?;
-        match part.parse(size) {
+        let parsed = part.parse(size).and_then(|parsed| {
+            let (header, _, pixel) = &parsed;
+            let native_length = pixel.and_then(|(_, length)| length);
+            let fragments = match &part.fragments {
+                Some(fragments) if fragments.too_many_fragments() => {
+                    return Err(DicomError::Malformed(format!(
+                        "the pixel data has more than {} fragments",
+                        crate::dicom::fragments::MAX_FRAGMENTS
+                    )))
+                }
+                // Fragments that could not be followed to the end are stored as
+                // before (retrieval splits the value); the rendering budgets bound
+                // what NumberOfFrames can then make the server do.
+                Some(fragments) => fragments.fragment_count(),
+                None => None,
+            };
+            crate::dicom::guard::check_pixel_description(
+                &header.dataset,
+                native_length,
+                fragments,
+            )?;
+            Ok(parsed)
+        });
+        match parsed {
             Ok((header, header_length, pixel)) => {
                 if let Some(target) = &self.target_study {
                     if &header.study_instance_uid != target {
@@ -458,6 +485,7 @@ fn frame_boundaries(fragments: &FragmentScanner, dataset: &InMemDicomObject) -> 
 fn reason_for(error: &DicomError) -> u16 {
     match error {
         DicomError::HeaderTooLarge(_) => reason::HEADER_TOO_LARGE,
+        DicomError::PixelMismatch(_) => reason::PIXEL_MISMATCH,
         _ => reason::CANNOT_UNDERSTAND,
     }
 }

@@ -119,6 +119,19 @@ pub async fn instance_body(
         });
     }
     // Re-encoding needs the whole object; this holds one instance, never a study.
+    // What it holds (the object, its parsed form, the output and, transcoding,
+    // the decoded pixels) is taken from the shared decoding budget first.
+    let decoded = match representation {
+        Representation::Transcoded(_) => {
+            let header = read_header(services, instance).await?;
+            decoded_bytes(&header, None)
+        }
+        _ => 0,
+    };
+    let cost = (instance.blob_size.max(0) as u64)
+        .saturating_mul(3)
+        .saturating_add(decoded.saturating_mul(2));
+    let _permit = services.settings.decoding.take(cost)?;
     let file = services.store.read_all(&key).await?;
     let reencoded = tokio::task::spawn_blocking(move || {
         let meta = parse_file_meta(&file)?.ok_or(DicomError::Truncated)?;
@@ -321,25 +334,121 @@ async fn series_items(
     instances: Vec<StoredInstance>,
     base_url: &str,
 ) -> Result<ByteStream, ServiceError> {
-    let etag = metadata_etag(&instances, base_url);
-    let variant = hex::encode(
-        &ring::digest::digest(&ring::digest::SHA256, base_url.as_bytes()).as_ref()[..8],
-    );
     // Single instances are one ranged read anyway: only series are cached.
     let cacheable = instances.len() > 1;
-    let series_uid = instances[0].series_instance_uid.clone();
-    if cacheable {
-        if let Some(body) = derived::open(services, &series_uid, METADATA, &variant, &etag).await? {
-            return Ok(body);
-        }
+    if !cacheable {
+        return series_items_written(services, instances, base_url, None).await;
     }
+    // The cached copy holds a placeholder where the base URL goes, filled in
+    // as it is sent: what a client sends (Host, X-Forwarded-*) never names or
+    // mints a cached object.
+    let etag = metadata_etag(&instances, CACHED_BASE_URL);
+    let series_uid = instances[0].series_instance_uid.clone();
+    let body = match derived::open(services, &series_uid, METADATA, CACHED_VARIANT, &etag).await? {
+        Some(body) => body,
+        None => {
+            let tee = (series_uid, etag);
+            series_items_written(services, instances, CACHED_BASE_URL, Some(tee)).await?
+        }
+    };
+    let placeholder = json_string_body(CACHED_BASE_URL);
+    let base = json_string_body(base_url);
+    Ok(replace_in_stream(body, placeholder, base))
+}
+
+/// The base URL written into cached metadata, replaced by the client's on the
+/// way out (characters no URL holds, so it cannot be confused with one).
+const CACHED_BASE_URL: &str = "\u{0}kastell-base-url\u{0}";
+/// The one cached variant of a series' metadata.
+const CACHED_VARIANT: &str = "relative";
+
+/// Text as it appears inside a JSON string (escaped, without the quotes).
+fn json_string_body(text: &str) -> Vec<u8> {
+    let quoted = Json::String(text.to_string()).to_string();
+    quoted.as_bytes()[1..quoted.len() - 1].to_vec()
+}
+
+/// Replaces every `needle` in a byte stream by `with`, across chunk boundaries.
+fn replace_in_stream(body: ByteStream, needle: Vec<u8>, with: Vec<u8>) -> ByteStream {
+    struct State {
+        body: ByteStream,
+        carry: Vec<u8>,
+        done: bool,
+    }
+    let keep = needle.len().saturating_sub(1);
+    stream::unfold(
+        State {
+            body,
+            carry: Vec::new(),
+            done: false,
+        },
+        move |mut state| {
+            let (needle, with) = (needle.clone(), with.clone());
+            async move {
+                if state.done {
+                    return None;
+                }
+                let chunk = match state.body.next().await {
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(error)) => {
+                        state.done = true;
+                        return Some((Err(error), state));
+                    }
+                    None => {
+                        state.done = true;
+                        let rest = std::mem::take(&mut state.carry);
+                        return Some((Ok(Bytes::from(rest)), state));
+                    }
+                };
+                let mut buffer = std::mem::take(&mut state.carry);
+                buffer.extend_from_slice(&chunk);
+                let mut out = Vec::with_capacity(buffer.len());
+                let mut at = 0;
+                while let Some(found) = find(&buffer[at..], &needle) {
+                    out.extend_from_slice(&buffer[at..at + found]);
+                    out.extend_from_slice(&with);
+                    at += found + needle.len();
+                }
+                // The tail might begin a needle that the next chunk completes.
+                let cut = buffer.len().saturating_sub(keep).max(at);
+                out.extend_from_slice(&buffer[at..cut]);
+                state.carry = buffer[cut..].to_vec();
+                Some((Ok(Bytes::from(out)), state))
+            }
+        },
+    )
+    .boxed()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One series' metadata items joined by commas, written with `base_url`; with
+/// `cache` (series UID, entity tag), a copy goes to the derived-object cache.
+async fn series_items_written(
+    services: &Services,
+    instances: Vec<StoredInstance>,
+    base_url: &str,
+    cache: Option<(String, String)>,
+) -> Result<ByteStream, ServiceError> {
     let mut items = metadata_stream(services.clone(), instances, base_url.to_string());
     let first = items
         .next()
         .await
         .ok_or(ServiceError::NotFound("instance"))??;
-    let tee = cacheable
-        .then(|| derived::Tee::spawn(services.clone(), series_uid, METADATA, variant, etag));
+    let tee = cache.map(|(series_uid, etag)| {
+        derived::Tee::spawn(
+            services.clone(),
+            series_uid,
+            METADATA,
+            CACHED_VARIANT.to_string(),
+            etag,
+        )
+    });
     struct State {
         first: Option<Json>,
         items: BoxStream<'static, Result<Json, ServiceError>>,
@@ -571,8 +680,11 @@ pub struct Frames {
 #[derive(Debug, PartialEq, Eq)]
 pub struct InvalidFrame(pub String);
 
-/// Parses `1,3,5` into 1-based frame numbers.
-pub fn parse_frame_list(list: &str) -> Result<Vec<u64>, InvalidFrame> {
+/// Parses `1,3,5` into 1-based frame numbers, at most `max` of them.
+pub fn parse_frame_list(list: &str, max: usize) -> Result<Vec<u64>, InvalidFrame> {
+    if list.split(',').nth(max).is_some() {
+        return Err(InvalidFrame(format!("more than {max} frame numbers")));
+    }
     list.split(',')
         .map(|part| match part.trim().parse::<u64>() {
             Ok(0) | Err(_) => Err(InvalidFrame(part.to_string())),
@@ -685,6 +797,23 @@ pub async fn frames(
     })
 }
 
+/// The bytes `frames` decoded frames of an instance take (all its frames when
+/// `None`), from its header.
+fn decoded_bytes(header: &InMemDicomObject, frames: Option<u64>) -> u64 {
+    use dicom_dictionary_std::tags;
+    let number = |tag| {
+        instance::text(header, tag)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let frames = frames.unwrap_or_else(|| number(tags::NUMBER_OF_FRAMES).max(1));
+    number(tags::ROWS)
+        .saturating_mul(number(tags::COLUMNS))
+        .saturating_mul(number(tags::SAMPLES_PER_PIXEL).max(1))
+        .saturating_mul(number(tags::BITS_ALLOCATED).div_ceil(8).max(1))
+        .saturating_mul(frames)
+}
+
 /// The frame index recorded at STOW, if any.
 fn frame_boundaries(instance: &StoredInstance) -> Option<Vec<u64>> {
     instance
@@ -712,6 +841,10 @@ pub async fn decode_frames(
         )));
     }
     let header = read_header(services, instance).await?;
+    let _permit = services
+        .settings
+        .decoding
+        .take(decoded_bytes(&header, Some(frames.frames.len() as u64)))?;
     let syntax = frames.transfer_syntax;
     let decoded = tokio::task::spawn_blocking(move || {
         frames
@@ -815,4 +948,34 @@ pub fn split_frames(value: &[u8], number_of_frames: usize) -> Result<Vec<Bytes>,
         return Ok(frames);
     }
     Ok(vec![concat(fragments)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn base_urls_are_replaced_across_chunk_boundaries() {
+        let needle = json_string_body(CACHED_BASE_URL);
+        let placeholder = String::from_utf8(needle.clone()).unwrap();
+        let text = format!(
+            "[{{\"u\":\"{placeholder}/studies/1\"}},{{\"u\":\"{placeholder}/studies/2\"}}]"
+        );
+        for size in [1, 2, 3, 7, 18, 19, 20, 1000] {
+            let chunks: Vec<Result<Bytes, StoreError>> = text
+                .as_bytes()
+                .chunks(size)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            let out = replace_in_stream(
+                stream::iter(chunks).boxed(),
+                needle.clone(),
+                json_string_body("http://h\"x"),
+            );
+            let joined: Vec<u8> = out.map(|c| c.unwrap()).collect::<Vec<_>>().await.concat();
+            let parsed: Json = serde_json::from_slice(&joined).unwrap();
+            assert_eq!(parsed[1]["u"], "http://h\"x/studies/2", "chunk size {size}");
+            assert_eq!(parsed[0]["u"], "http://h\"x/studies/1", "chunk size {size}");
+        }
+    }
 }

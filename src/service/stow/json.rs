@@ -186,7 +186,21 @@ impl StowSession {
             }
         }
         let mut inline = Vec::new();
+        // What references may make the composed header hold: each bulk part
+        // named by a bounded number of attributes, all of them together no more
+        // than a header may be.
+        let mut references: std::collections::HashMap<&str, usize> = Default::default();
+        let mut inline_bytes = 0u64;
+        let max_references = self.services.settings.limits.max_bulk_references;
         for reference in instance.bulk.iter().filter(|b| !b.is_pixel_data()) {
+            let count = references.entry(reference.uri.as_str()).or_default();
+            *count += 1;
+            if *count > max_references {
+                return Err(DataSetError::Dicom(DicomError::Malformed(format!(
+                    "more than {max_references} attributes reference {}",
+                    reference.uri
+                ))));
+            }
             let parts = self.resolve(&reference.uri)?;
             let [staged] = parts.as_slice() else {
                 return Err(DataSetError::Dicom(DicomError::Malformed(format!(
@@ -195,7 +209,8 @@ impl StowSession {
                     reference.uri
                 ))));
             };
-            if staged.size > self.services.settings.max_header_bytes as u64 {
+            inline_bytes += staged.size;
+            if inline_bytes > self.services.settings.max_header_bytes as u64 {
                 return Err(DataSetError::Dicom(DicomError::HeaderTooLarge(
                     self.services.settings.max_header_bytes,
                 )));
