@@ -236,10 +236,8 @@ fn query_parameter(name: &str) -> Json {
         "includefield" => (comma_list(string()), Some("form")),
         "fuzzymatching" | "emptyvaluematching" | "multiplevaluematching" => (boolean(), None),
         "limit" => (count(0), None),
-        "offset" => (
-            json!({"type": "integer", "minimum": 0, "maximum": 10_000_000}),
-            None,
-        ),
+        // At most `limits.max_query_offset` (default 10 000 000); more is a 400.
+        "offset" => (count(0), None),
         "quality" | "imageQuality" => (
             json!({"type": "integer", "minimum": 1, "maximum": 100}),
             None,
