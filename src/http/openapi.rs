@@ -323,6 +323,7 @@ fn responses(mount: Mount, endpoint: &Endpoint) -> Json {
                 Some(produced(true)),
             ));
             codes.push((409, "no instance stored", Some(produced(true))));
+            codes.push((408, "the body stopped arriving", None));
             codes.push((413, "the request exceeds a configured limit", None));
             codes.push((
                 415,
