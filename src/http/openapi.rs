@@ -307,8 +307,10 @@ fn responses(mount: Mount, endpoint: &Endpoint) -> Json {
             .collect::<Map<_, _>>()
     };
     let search = endpoint.query.contains(&"{attributeID}");
-    // Single-part retrievals of stored bytes honour `Range`; rendered ones do not.
-    let ranged = !endpoint.query.contains(&"viewport")
+    // WADO-RS single-part retrievals of stored bytes honour `Range`; rendered ones
+    // and WADO-URI do not.
+    let ranged = mount == Mount::Prefix
+        && !endpoint.query.contains(&"viewport")
         && endpoint
             .produces
             .iter()
