@@ -17,7 +17,7 @@ use crate::index::{Index, IndexOptions};
 use crate::service::tenants::Tenants;
 use crate::service::{ServiceSettings, Services};
 use crate::sovereignty;
-use crate::store::{BlobStore, WriteOptions};
+use crate::store::{BlobStore, Retries, WriteOptions};
 
 /// Tenant keys persisted in the index database.
 struct IndexKeyLoader(Index);
@@ -240,6 +240,7 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             part_bytes: config.storage.upload_part_bytes,
             concurrency: config.storage.upload_concurrency,
         },
+        blob_retries(config),
         keys,
         &config.keys.default_tenant,
     )
@@ -265,6 +266,14 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             ),
         }),
     })
+}
+
+/// How a cloud blob store retries failed requests (`storage.blob_*retr*`).
+fn blob_retries(config: &Config) -> Retries {
+    Retries {
+        max_retries: config.storage.blob_max_retries,
+        timeout: Duration::from_millis(config.storage.blob_retry_timeout_ms),
+    }
 }
 
 /// What the backends' libraries read from the environment to pick their endpoints
@@ -943,7 +952,7 @@ pub async fn stats(
     let blob_url = config.effective_blob_url();
     let listed = if list_blobs {
         let options = config.storage.blob_option_pairs();
-        Some(crate::store::usage(&blob_url, &options).await?)
+        Some(crate::store::usage(&blob_url, &options, blob_retries(config)).await?)
     } else {
         None
     };

@@ -178,23 +178,9 @@ fn check_after_restart(
             .iter()
             .find(|(_, u, _)| u == uid)
             .expect("an instance of the request");
-        let response = client()
-            .get(server.url(&format!("/studies/{STUDY}/series/{series}/instances/{uid}")))
-            .header(
-                "Accept",
-                "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
-            )
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200, "{uid}");
-        let content_type = response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let body = response.bytes().unwrap();
-        let parts = split_multipart(&content_type, &body);
-        assert_eq!(parts.len(), 1);
-        assert!(parts[0].1 == *bytes, "{uid} is not byte-identical");
+        let stored = retrieve_instance(&server, STUDY, series, uid)
+            .unwrap_or_else(|status| panic!("{uid}: {status}"));
+        assert!(stored == *bytes, "{uid} is not byte-identical");
     }
     let found: Vec<serde_json::Value> = client()
         .get(server.url(&format!("/studies/{STUDY}/instances?limit=1000")))

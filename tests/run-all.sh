@@ -60,12 +60,12 @@ cargo test --locked "${features[@]}"
 step "integration tests with the index on PostgreSQL"
 KASTELL_TEST_INDEX=postgres cargo test --locked "${features[@]}" --test '*'
 
-step "two server processes sharing one PostgreSQL and one S3 bucket (moto)"
+step "on one PostgreSQL and one S3 bucket (moto): two server processes sharing them; kill -9 in ingest; the S3 connection cut and restored"
 (
     eval "$(tests/backends/start_s3.sh)"
     trap 'tests/backends/stop.sh "$KASTELL_S3_STATE"' EXIT
     KASTELL_TEST_INDEX=postgres KASTELL_TEST_BLOB_URL="s3://$KASTELL_S3_BUCKET/rust" \
-        cargo test --locked "${features[@]}" --test concurrency
+        cargo test --locked "${features[@]}" --test concurrency --test crash
 )
 
 step "DICOMweb conformance suite against the running server (index on SQLite; server at trace level, its log checked for patient data)"
@@ -80,6 +80,13 @@ KASTELL_INDEX_URL="$KASTELL_TEST_POSTGRES/$suite_db" KASTELL_BIN="$CARGO_TARGET_
 # a trap whatever happens: moto's S3 server, then Azurite (installed from npm
 # into ~/.cache/kastell-npm when missing). Prints its own ==> steps.
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/backends/run_suites.sh s3 azure
+
+# Issue 11: hostile input against the real server, each server under a 4 GiB
+# address-space cap; every case checks its status, that the process lives and
+# answers /healthz, and its peak RSS (about 30 s; the Python packages are
+# the conformance suite's).
+step "hostile-input suite (bombs, limits, slow clients, authorization on every path spelling)"
+KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/hostile/run.sh
 
 step "OHIF viewer end to end in headless Chromium"
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/viewer/run.sh

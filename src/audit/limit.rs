@@ -85,7 +85,7 @@ impl RefusalLimiter {
     /// the aggregated record of the client's previous window when that one ended.
     pub fn admit(&self, event: AuditEvent, now: Instant) -> Vec<AuditEvent> {
         let mut out = Vec::new();
-        let mut tallies = self.tallies.lock().expect("the refusal tallies");
+        let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
         let mut key = (client_key(event.client_address.as_deref()), event.action);
         if !tallies.contains_key(&key) && tallies.len() >= self.limits.max_clients {
             out.extend(self.take_ended(&mut tallies, now));
@@ -114,13 +114,13 @@ impl RefusalLimiter {
     /// The aggregated records of windows that ended by `now` (their tallies are
     /// forgotten): called periodically so that a flood that stopped is counted.
     pub fn ended(&self, now: Instant) -> Vec<AuditEvent> {
-        let mut tallies = self.tallies.lock().expect("the refusal tallies");
+        let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
         self.take_ended(&mut tallies, now)
     }
 
     /// Every pending aggregated record, windows ended or not (at shutdown).
     pub fn drain(&self) -> Vec<AuditEvent> {
-        let mut tallies = self.tallies.lock().expect("the refusal tallies");
+        let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<AuditEvent> = tallies
             .drain()
             .filter_map(|(key, tally)| self.aggregate(&key.0, tally))

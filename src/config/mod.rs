@@ -91,6 +91,13 @@ pub struct StorageConfig {
     /// Blobs not referenced by the index and older than this many seconds are
     /// removed by the orphan sweep at start-up (left-overs of a crash mid-upload).
     pub orphan_grace_secs: u64,
+    /// A cloud backend retries a failed request (connection error, timeout,
+    /// server error) at most this many times...
+    pub blob_max_retries: usize,
+    /// ...and begins no retry later than this after the first attempt, in
+    /// milliseconds; then the request fails with 503. Bounds how long a request
+    /// waits for a blob store that went away.
+    pub blob_retry_timeout_ms: u64,
     /// Where the blob store is; a local one (file://, memory://, a loopback
     /// endpoint) inherits `server.location` when this is absent.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -335,6 +342,8 @@ impl Default for StorageConfig {
             upload_concurrency: 2,
             max_header_bytes: 64 * 1024 * 1024,
             orphan_grace_secs: 24 * 3600,
+            blob_max_retries: 3,
+            blob_retry_timeout_ms: 10_000,
             location: None,
         }
     }

@@ -141,7 +141,12 @@ impl KeyRing {
     }
 
     fn tenant(&self, tenant: &str) -> Result<Arc<TenantKeys>, CryptoError> {
-        if let Some(keys) = self.tenants.read().expect("key ring lock").get(tenant) {
+        if let Some(keys) = self
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+        {
             if keys.loaded.elapsed() < REFRESH {
                 return Ok(keys.clone());
             }
@@ -149,7 +154,7 @@ impl KeyRing {
         let keys = Arc::new(self.unwrap_all(self.loader.load(tenant)?)?);
         self.tenants
             .write()
-            .expect("key ring lock")
+            .unwrap_or_else(|e| e.into_inner())
             .insert(tenant.to_string(), keys.clone());
         Ok(keys)
     }
@@ -181,7 +186,10 @@ impl KeyRing {
     }
 
     fn forget(&self, tenant: &str) {
-        self.tenants.write().expect("key ring lock").remove(tenant);
+        self.tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(tenant);
     }
 
     /// The key new objects of `tenant` are encrypted under.

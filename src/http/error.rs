@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::dicom::DicomError;
 use crate::index::IndexError;
-use crate::service::ServiceError;
+use crate::service::{Outage, ServiceError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +57,22 @@ pub enum ApiError {
     Service(#[from] ServiceError),
 }
 
+/// What a 503 tells clients to wait before they try again, in seconds.
+const RETRY_AFTER_SECS: u32 = 5;
+
 impl ApiError {
     fn public_message(&self) -> String {
+        if let ApiError::Service(error) = self {
+            match error.outage() {
+                Some(Outage::Unavailable(what)) => {
+                    return format!("the {what} is unavailable; retry later")
+                }
+                Some(Outage::Full) => {
+                    return "there is not enough storage space for this request".to_string()
+                }
+                None => {}
+            }
+        }
         match self {
             ApiError::Service(ServiceError::NotFound(what)) => format!("{what} not found"),
             ApiError::Service(ServiceError::Gone(what)) => format!("this {what} was deleted"),
@@ -71,9 +85,6 @@ impl ApiError {
                 error @ (DicomError::OutsideImage | DicomError::CannotDecode(_)),
             )) => error.to_string(),
             ApiError::Service(ServiceError::Index(IndexError::Query(e))) => e.to_string(),
-            ApiError::Service(ServiceError::Index(IndexError::Pool(_))) => {
-                "the index is busy; retry later".to_string()
-            }
             ApiError::Service(ServiceError::Store(StoreError::Shredded)) => {
                 "this data was erased: its encryption key was destroyed".to_string()
             }
@@ -107,19 +118,10 @@ impl ResponseError for ApiError {
             ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Service(error) => match error {
-                ServiceError::TooLarge(_) => StatusCode::BAD_REQUEST,
-                ServiceError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-                ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-                ServiceError::Gone(_) => StatusCode::GONE,
-                ServiceError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
-                ServiceError::TenantDisabled => StatusCode::FORBIDDEN,
-                ServiceError::Index(IndexError::Query(_)) => StatusCode::BAD_REQUEST,
-                ServiceError::Index(IndexError::Pool(_)) => StatusCode::SERVICE_UNAVAILABLE,
-                ServiceError::Store(StoreError::Shredded) => StatusCode::GONE,
-                ServiceError::Dicom(DicomError::OutsideImage) => StatusCode::BAD_REQUEST,
-                ServiceError::Dicom(DicomError::CannotDecode(_)) => StatusCode::NOT_ACCEPTABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Service(error) => match error.outage() {
+                Some(Outage::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+                Some(Outage::Full) => StatusCode::INSUFFICIENT_STORAGE,
+                None => service_status(error),
             },
         }
     }
@@ -134,6 +136,9 @@ impl ResponseError for ApiError {
             if let Ok(allow) = HeaderValue::from_str(allow) {
                 response.insert_header((header::ALLOW, allow));
             }
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
         }
         if let ApiError::RangeNotSatisfiable(total) = self {
             response.insert_header((header::CONTENT_RANGE, format!("bytes */{total}")));
@@ -159,6 +164,23 @@ impl ResponseError for ApiError {
         // every response carries are set here too.
         super::shield::secure_headers(response.headers_mut());
         response
+    }
+}
+
+/// The status of a service error that is not an outage.
+fn service_status(error: &ServiceError) -> StatusCode {
+    match error {
+        ServiceError::TooLarge(_) => StatusCode::BAD_REQUEST,
+        ServiceError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServiceError::Gone(_) => StatusCode::GONE,
+        ServiceError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+        ServiceError::TenantDisabled => StatusCode::FORBIDDEN,
+        ServiceError::Index(IndexError::Query(_)) => StatusCode::BAD_REQUEST,
+        ServiceError::Store(StoreError::Shredded) => StatusCode::GONE,
+        ServiceError::Dicom(DicomError::OutsideImage) => StatusCode::BAD_REQUEST,
+        ServiceError::Dicom(DicomError::CannotDecode(_)) => StatusCode::NOT_ACCEPTABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -58,6 +58,50 @@ pub enum IndexError {
     InvalidTenant(String),
 }
 
+impl IndexError {
+    /// The database cannot be reached, lost the connection, is busy or cut a
+    /// statement off at its timeout: the same request may succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error as DieselError};
+        match self {
+            IndexError::Pool(_) => true,
+            IndexError::Database(DieselError::BrokenTransactionManager) => true,
+            IndexError::Database(DieselError::DatabaseError(kind, info)) => {
+                let message = info.message();
+                matches!(kind, DatabaseErrorKind::ClosedConnection)
+                    || [
+                        // libpq, when the server or the network went away
+                        "server closed the connection",
+                        "no connection to the server",
+                        "could not send data to server",
+                        "could not receive data from server",
+                        "terminating connection",
+                        "connection to server",
+                        // PostgreSQL's statement_timeout, SQLite's busy timeout
+                        "canceling statement due to statement timeout",
+                        "database is locked",
+                    ]
+                    .iter()
+                    .any(|text| message.contains(text))
+            }
+            _ => false,
+        }
+    }
+
+    /// The database has no space left (SQLITE_FULL; PostgreSQL's disk_full).
+    pub fn is_full(&self) -> bool {
+        match self {
+            IndexError::Database(diesel::result::Error::DatabaseError(_, info)) => {
+                let message = info.message();
+                message.contains("database or disk is full")
+                    || message.contains("No space left on device")
+            }
+            IndexError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+}
+
 /// Pool and timeout settings.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexOptions {
@@ -312,6 +356,19 @@ pub fn sqlite_path(url: &str) -> Result<&str, IndexError> {
         .ok_or_else(|| IndexError::UnsupportedUrl(url.to_string()))
 }
 
+/// A PostgreSQL URL whose connection attempts give up after `timeout` (libpq's
+/// `connect_timeout`, whole seconds, at least 2) unless the URL sets its own:
+/// without it, an attempt to a server that accepts and never answers waits
+/// forever and keeps one of the pool's few connecting threads with it.
+fn with_connect_timeout(url: &str, timeout: Duration) -> String {
+    if url.contains("connect_timeout=") {
+        return url.to_string();
+    }
+    let secs = timeout.as_millis().div_ceil(1000).max(2);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}connect_timeout={secs}")
+}
+
 pub(crate) fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
@@ -332,7 +389,9 @@ impl Index {
                 .connection_customizer(Box::new(PgSession {
                     statement_timeout: options.statement_timeout,
                 }))
-                .build(ConnectionManager::<PgConnection>::new(url))
+                .build(ConnectionManager::<PgConnection>::new(
+                    with_connect_timeout(url, options.acquire_timeout),
+                ))
                 .map_err(|e| IndexError::Pool(e.to_string()))?;
             IndexPool::Postgres(pool)
         } else {
@@ -1087,6 +1146,26 @@ fn refresh_aggregates<C: IndexConn>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_connection_attempts_get_a_timeout_unless_the_url_has_one() {
+        let second = Duration::from_millis(1500);
+        assert_eq!(
+            with_connect_timeout("postgres://k@db/kastell", second),
+            "postgres://k@db/kastell?connect_timeout=2"
+        );
+        assert_eq!(
+            with_connect_timeout(
+                "postgres://k@db/kastell?sslmode=require",
+                Duration::from_secs(30)
+            ),
+            "postgres://k@db/kastell?sslmode=require&connect_timeout=30"
+        );
+        assert_eq!(
+            with_connect_timeout("postgres://k@db/kastell?connect_timeout=5", second),
+            "postgres://k@db/kastell?connect_timeout=5"
+        );
+    }
 
     #[test]
     fn every_migration_reverts_cleanly() {

@@ -120,6 +120,30 @@ pub enum ServiceError {
     TenantDisabled,
 }
 
+/// A failure of a backend rather than of the request, which the HTTP layer
+/// answers with 503 (retry later) or 507.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// The named backend ("index", "blob store") cannot be reached, lost the
+    /// connection or did not answer in time.
+    Unavailable(&'static str),
+    /// No space left where the request's data would go.
+    Full,
+}
+
+impl ServiceError {
+    /// Whether this is a backend outage rather than a fault of the request.
+    pub fn outage(&self) -> Option<Outage> {
+        match self {
+            ServiceError::Index(e) if e.is_full() => Some(Outage::Full),
+            ServiceError::Store(e) if e.is_full() => Some(Outage::Full),
+            ServiceError::Index(e) if e.is_unavailable() => Some(Outage::Unavailable("index")),
+            ServiceError::Store(e) if e.is_unavailable() => Some(Outage::Unavailable("blob store")),
+            _ => None,
+        }
+    }
+}
+
 impl Services {
     /// Runs blocking index work on the blocking pool.
     pub async fn with_index<T, F>(&self, work: F) -> Result<T, ServiceError>

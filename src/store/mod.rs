@@ -44,6 +44,14 @@ pub enum StoreError {
     InvalidKey(String),
     #[error("blob store failure: {0}")]
     Backend(#[source] object_store::Error),
+    /// The backend could not be reached or did not answer in time (connection
+    /// refused or cut, timeouts, server errors left after the retries): the same
+    /// request may succeed later.
+    #[error("blob store unavailable: {0}")]
+    Unavailable(#[source] object_store::Error),
+    /// The backend has no space left for the write (ENOSPC, quota).
+    #[error("blob store out of space: {0}")]
+    Full(#[source] object_store::Error),
     #[error("blob store I/O failure: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -61,9 +69,93 @@ impl From<CryptoError> for StoreError {
 
 impl From<object_store::Error> for StoreError {
     fn from(e: object_store::Error) -> Self {
-        match e {
-            object_store::Error::NotFound { .. } => StoreError::NotFound,
-            other => StoreError::Backend(other),
+        if let object_store::Error::NotFound { .. } = e {
+            return StoreError::NotFound;
+        }
+        let io_kinds = io_kinds(&e);
+        if io_kinds.iter().copied().any(is_full) {
+            return StoreError::Full(e);
+        }
+        // A cloud backend's generic error is a request that failed on the way or
+        // at the server after object_store's retries (its specific answers, such
+        // as 404 or 412, have variants of their own).
+        let remote = matches!(&e, object_store::Error::Generic { store, .. }
+            if !matches!(*store, "LocalFileSystem" | "InMemory"));
+        if remote || io_kinds.iter().copied().any(is_network) {
+            return StoreError::Unavailable(e);
+        }
+        StoreError::Backend(e)
+    }
+}
+
+impl StoreError {
+    /// The backend cannot be reached or does not answer in time: retry later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+            || matches!(self, StoreError::Io(e) if is_network(e.kind()))
+    }
+
+    /// The backend has no space left.
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full(_))
+            || matches!(self, StoreError::Io(e) if is_full(e.kind()))
+    }
+}
+
+/// The kinds of the I/O errors in an error's chain of sources.
+fn io_kinds(error: &(dyn std::error::Error + 'static)) -> Vec<std::io::ErrorKind> {
+    let mut kinds = Vec::new();
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            kinds.push(io.kind());
+        }
+        next = error.source();
+    }
+    kinds
+}
+
+fn is_full(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(kind, StorageFull | QuotaExceeded)
+}
+
+fn is_network(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | NotConnected
+            | BrokenPipe
+            | TimedOut
+            | HostUnreachable
+            | NetworkUnreachable
+            | NetworkDown
+    )
+}
+
+/// How a cloud backend retries a failed request (connection errors, timeouts, 5xx):
+/// bounded, so that a request to a store that went away fails in bounded time
+/// (object_store's own default keeps trying for three minutes).
+#[derive(Debug, Clone, Copy)]
+pub struct Retries {
+    /// Retries of one request after its first attempt.
+    pub max_retries: usize,
+    /// No retry begins later than this after the first attempt.
+    pub timeout: Duration,
+}
+
+impl Retries {
+    fn config(self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            max_retries: self.max_retries,
+            retry_timeout: self.timeout,
+            backoff: object_store::BackoffConfig {
+                max_backoff: Duration::from_secs(2),
+                ..Default::default()
+            },
         }
     }
 }
@@ -208,6 +300,7 @@ impl std::fmt::Debug for BlobStore {
 pub fn backend_from_url(
     url: &str,
     options: &[(String, String)],
+    retries: Retries,
 ) -> Result<Arc<dyn ObjectStore>, StoreError> {
     if let Some(dir) = url.strip_prefix("file://") {
         if dir.is_empty() || !dir.starts_with('/') {
@@ -231,12 +324,30 @@ pub fn backend_from_url(
     }
     let mut settings = environment_settings();
     settings.extend(options.iter().cloned());
-    let (store, _) = object_store::parse_url_opts(&parsed, settings)?;
+    // What object_store's `parse_url_opts` does, plus the retry policy it cannot set.
+    macro_rules! build {
+        ($builder:ty) => {{
+            let builder = settings.iter().fold(
+                <$builder>::new().with_url(parsed.as_str()),
+                |builder, (key, value)| match key.parse() {
+                    Ok(key) => builder.with_config(key, value),
+                    Err(_) => builder,
+                },
+            );
+            // A configuration error, not an outage.
+            let store = builder.with_retry(retries.config()).build();
+            Arc::new(store.map_err(StoreError::Backend)?) as Arc<dyn ObjectStore>
+        }};
+    }
+    let store = match parsed.scheme() {
+        "s3" | "s3a" => build!(object_store::aws::AmazonS3Builder),
+        "gs" => build!(object_store::gcp::GoogleCloudStorageBuilder),
+        _ => build!(object_store::azure::MicrosoftAzureBuilder),
+    };
     // The host is the bucket or container; the path is our prefix. (object_store's
     // own split reads `az://` URLs as `az://account/container/...` and loses it.)
     let prefix = ObjectPath::parse(parsed.path().trim_start_matches('/'))
         .map_err(|_| StoreError::UnsupportedUrl(url.to_string()))?;
-    let store: Arc<dyn ObjectStore> = Arc::from(store);
     if prefix.as_ref().is_empty() {
         Ok(store)
     } else {
@@ -249,8 +360,12 @@ pub fn backend_from_url(
 /// Counts the objects of the store at `url` and their bytes as stored (encrypted),
 /// by listing it: one LIST request per thousand objects on a cloud store. Needs no
 /// key: nothing is opened.
-pub async fn usage(url: &str, options: &[(String, String)]) -> Result<BlobUsage, StoreError> {
-    let backend = backend_from_url(url, options)?;
+pub async fn usage(
+    url: &str,
+    options: &[(String, String)],
+    retries: Retries,
+) -> Result<BlobUsage, StoreError> {
+    let backend = backend_from_url(url, options, retries)?;
     let mut usage = BlobUsage::default();
     let mut listing = backend.list(None);
     while let Some(meta) = listing.next().await {
@@ -286,10 +401,11 @@ impl BlobStore {
         url: &str,
         options: &[(String, String)],
         write: WriteOptions,
+        retries: Retries,
         keys: Arc<KeyRing>,
         tenant: &str,
     ) -> Result<Self, StoreError> {
-        let inner = backend_from_url(url, options)?;
+        let inner = backend_from_url(url, options, retries)?;
         let mut store = Self::with_backend(
             inner,
             write,
@@ -893,6 +1009,13 @@ mod tests {
         }
     }
 
+    fn retries() -> Retries {
+        Retries {
+            max_retries: 1,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
     fn keyring() -> Arc<KeyRing> {
         let ring = crate::crypto::keyring::tests::ring();
         ring.ensure_tenant("default").unwrap();
@@ -1066,7 +1189,8 @@ mod tests {
     async fn filesystem_backend_aborted_upload_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
-        let store = BlobStore::from_url(&url, &[], options(), keyring(), "default").unwrap();
+        let store =
+            BlobStore::from_url(&url, &[], options(), retries(), keyring(), "default").unwrap();
         let key = BlobKey::new(BlobKind::Instance);
         let mut writer = store.writer(key.clone()).await.unwrap();
         writer
@@ -1089,7 +1213,8 @@ mod tests {
     async fn uploads_cut_off_by_a_killed_process_are_swept_after_the_grace() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
-        let store = BlobStore::from_url(&url, &[], options(), keyring(), "default").unwrap();
+        let store =
+            BlobStore::from_url(&url, &[], options(), retries(), keyring(), "default").unwrap();
         let done = BlobKey::new(BlobKind::Instance);
         let mut writer = store.writer(done.clone()).await.unwrap();
         writer.write(Bytes::from_static(b"kept")).await.unwrap();
@@ -1188,11 +1313,11 @@ mod tests {
         assert!(BlobKey::parse("instances/../etc/passwd").is_err());
         assert!(BlobKey::parse("1.2.840.1/abc").is_err());
         assert!(matches!(
-            backend_from_url("ftp://x/y", &[]),
+            backend_from_url("ftp://x/y", &[], retries()),
             Err(StoreError::UnsupportedUrl(_))
         ));
         assert!(matches!(
-            backend_from_url("file://relative", &[]),
+            backend_from_url("file://relative", &[], retries()),
             Err(StoreError::UnsupportedUrl(_))
         ));
     }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -295,6 +297,10 @@ pub struct Spec {
     pub instance_number: i32,
     pub transfer_syntax: String,
     pub charset: Option<String>,
+    /// Rows and columns of each frame.
+    pub size: u16,
+    /// Number of Frames (written when more than one).
+    pub frames: u32,
 }
 
 impl Spec {
@@ -313,13 +319,16 @@ impl Spec {
             instance_number: 1,
             transfer_syntax: "1.2.840.10008.1.2.1".into(),
             charset: None,
+            size: 4,
+            frames: 1,
         }
     }
 }
 
 pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
 
-/// A PS3.10 file for `spec`, with 4x4 16-bit pixel data.
+/// A PS3.10 file for `spec`, with 16-bit pixel data (4x4, one frame, unless the
+/// spec says otherwise).
 pub fn dicom_file(spec: &Spec) -> Vec<u8> {
     let mut obj = InMemDicomObject::new_empty();
     let mut put = |tag, vr, value: PrimitiveValue| obj.put(DataElement::new(tag, vr, value));
@@ -402,8 +411,15 @@ pub fn dicom_file(spec: &Spec) -> Vec<u8> {
         VR::CS,
         PrimitiveValue::from("MONOCHROME2"),
     );
-    put(tags::ROWS, VR::US, PrimitiveValue::from(4_u16));
-    put(tags::COLUMNS, VR::US, PrimitiveValue::from(4_u16));
+    put(tags::ROWS, VR::US, PrimitiveValue::from(spec.size));
+    put(tags::COLUMNS, VR::US, PrimitiveValue::from(spec.size));
+    if spec.frames > 1 {
+        put(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from(spec.frames.to_string()),
+        );
+    }
     put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16_u16));
     put(tags::BITS_STORED, VR::US, PrimitiveValue::from(12_u16));
     put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11_u16));
@@ -412,8 +428,9 @@ pub fn dicom_file(spec: &Spec) -> Vec<u8> {
         VR::US,
         PrimitiveValue::from(0_u16),
     );
-    let pixels: Vec<u16> = (0..16)
-        .map(|i| i * 100 + spec.instance_number as u16)
+    let samples = spec.frames * u32::from(spec.size) * u32::from(spec.size);
+    let pixels: Vec<u16> = (0..samples)
+        .map(|i| (i.wrapping_mul(100) as u16).wrapping_add(spec.instance_number as u16))
         .collect();
     put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into()));
     let file = obj
@@ -468,6 +485,38 @@ pub fn store(server: &Server, path: &str, parts: &[Vec<u8>]) -> (u16, serde_json
     let status = response.status().as_u16();
     let json = response.json().unwrap_or(serde_json::Value::Null);
     (status, json)
+}
+
+/// Retrieves one instance as `application/dicom` in the transfer syntax it was
+/// stored in: its bytes, or the status when it is not 200.
+pub fn retrieve_instance(
+    server: &Server,
+    study: &str,
+    series: &str,
+    instance: &str,
+) -> Result<Vec<u8>, u16> {
+    let response = client()
+        .get(server.url(&format!(
+            "/studies/{study}/series/{series}/instances/{instance}"
+        )))
+        .header(
+            "Accept",
+            "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
+        )
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(status);
+    }
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = response.bytes().unwrap();
+    let mut parts = split_multipart(&content_type, &body);
+    assert_eq!(parts.len(), 1, "one instance, one part");
+    Ok(parts.remove(0).1)
 }
 
 /// Splits a multipart body into its parts' (headers, body).
