@@ -326,6 +326,7 @@ fn responses(mount: Mount, endpoint: &Endpoint) -> Json {
             ));
             codes.push((409, "no instance stored", Some(produced(true))));
             codes.push((408, "the body stopped arriving", None));
+            codes.push((507, "the blob store is full", None));
             codes.push((413, "the request exceeds a configured limit", None));
             codes.push((
                 415,
