@@ -134,10 +134,10 @@ fn is_json_number(vr: &str) -> bool {
 
 /// Reads a Native DICOM Model document into a DICOM JSON data set.
 pub fn from_native_dicom_model(xml: &str) -> Result<Json, DicomError> {
+    super::guard::check_xml_depth(xml.as_bytes(), &super::guard::ParseLimits::current())?;
     let document = roxmltree::Document::parse(xml)
         .map_err(|e| DicomError::Malformed(format!("the metadata part is not XML: {e}")))?;
     let root = document.root_element();
-    check_xml_depth(root, &super::guard::ParseLimits::current())?;
     if root.tag_name().name() != "NativeDicomModel" {
         return Err(DicomError::Malformed(format!(
             "the root element is {:?}, not NativeDicomModel",
@@ -145,32 +145,6 @@ pub fn from_native_dicom_model(xml: &str) -> Result<Json, DicomError> {
         )));
     }
     read_attributes(root).map(Json::Object)
-}
-
-/// Refuses documents nested deeper than the sequence depth allows before the
-/// recursive reader below walks them (roxmltree itself parses without
-/// recursion). Each sequence level is two elements (DicomAttribute, Item); the
-/// walk keeps its own stack.
-fn check_xml_depth(
-    root: roxmltree::Node<'_, '_>,
-    limits: &super::guard::ParseLimits,
-) -> Result<(), DicomError> {
-    let max = limits.max_depth * 2 + 3;
-    let mut stack = vec![(root, 1usize)];
-    while let Some((node, depth)) = stack.pop() {
-        if depth > max {
-            return Err(DicomError::Malformed(format!(
-                "the metadata nests deeper than {} sequence levels",
-                limits.max_depth
-            )));
-        }
-        stack.extend(
-            node.children()
-                .filter(roxmltree::Node::is_element)
-                .map(|child| (child, depth + 1)),
-        );
-    }
-    Ok(())
 }
 
 fn read_attributes(parent: roxmltree::Node<'_, '_>) -> Result<Map<String, Json>, DicomError> {

@@ -134,7 +134,24 @@ fn parse_viewport(value: &str, thumbnail: bool) -> Result<Viewport, ApiError> {
     if parts.len() < 2 || parts.len() > 6 || (thumbnail && parts.len() != 2) {
         return Err(error());
     }
-    let size = |s: &str| s.parse::<u32>().ok().filter(|v| *v > 0 && *v <= 16384);
+    // A thumbnail is small whatever is asked: a larger viewport gets the
+    // largest cached size.
+    let largest_thumbnail = *crate::service::render::CACHED_THUMBNAIL_SIZES
+        .last()
+        .unwrap_or(&512);
+    let size = |s: &str| {
+        s.parse::<u32>()
+            .ok()
+            .filter(|v| *v > 0)
+            .map(|v| {
+                if thumbnail {
+                    v.min(largest_thumbnail)
+                } else {
+                    v
+                }
+            })
+            .filter(|v| *v <= 16384)
+    };
     let (width, height) = (
         size(parts[0]).ok_or_else(error)?,
         size(parts[1]).ok_or_else(error)?,
