@@ -17,8 +17,9 @@ shift || true
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # The instrumented build is kept apart from the main one (tests/run-all.sh sets
-# CARGO_TARGET_DIR for that), here in fuzz/target.
-export CARGO_TARGET_DIR="$PWD/target"
+# CARGO_TARGET_DIR for that), outside the clone like the main one so that
+# repeated runs on one machine reuse it; it still builds from empty.
+export CARGO_TARGET_DIR="${KASTELL_FUZZ_TARGET_DIR:-$HOME/.cache/kastell-fuzz-target}"
 if ! cargo +nightly --version >/dev/null 2>&1; then
     rustup toolchain install nightly --profile minimal
 fi
@@ -28,7 +29,7 @@ fi
 
 echo "building the fuzz targets"
 cargo +nightly fuzz build --sanitizer none
-bin="target/x86_64-unknown-linux-gnu/release"
+bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release"
 
 echo "making the seed corpora"
 rm -rf corpus

@@ -7,7 +7,8 @@
 # emulator (Azurite), both started on loopback by tests/backends/. The index runs
 # on SQLite and, for the integration tests and the suite once more, on PostgreSQL
 # (the local server, or one this script installs and starts), in databases made
-# for the run and dropped at the end. Then every fuzz target runs for 20 s
+# for the run and dropped at the end. Then the hostile-input suite, schemathesis
+# against the server's own OpenAPI description, and every fuzz target for 20 s
 # (fuzz/run.sh). Last, the Dockerfile is linted (hadolint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,6 +91,14 @@ KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/hostile/run.sh
 
 step "OHIF viewer end to end in headless Chromium"
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/viewer/run.sh
+
+# schemathesis (PyPI, pinned in the script, in a venv of its own) against the
+# OpenAPI document the server generates from its route table, on a fresh server on
+# loopback holding a few stored instances: any 5xx, dropped connection or timeout,
+# or an answer the document does not describe, fails; the server must still be
+# alive at the end. About 2 min 10 s (110 s of schemathesis, then 15 s of DELETE).
+step "schemathesis against the served OpenAPI document (no 5xx, no dropped connection)"
+KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/api/run.sh
 
 # Every fuzz target (fuzz/README.md) for 20 s, after replaying the saved crash
 # reproducers: about 3 minutes with a warm fuzz/target. The first build of the

@@ -138,3 +138,25 @@ def test_cors_preflight_is_not_capabilities(api):
 def test_options_without_accept_still_described_or_not_500(api):
     resp = _options(api, "", {"Accept": None})
     assert resp.status_code < 500, describe(resp)
+
+
+def test_openapi_document_describes_the_same_routes(api):
+    """`GET {base}/openapi.json` (an extension): OpenAPI 3.1 with every resource and
+    method of the WADL under the base path, UIDs typed, and the health checks."""
+    resp = api.session.get(api.base + "/openapi.json", timeout=30)
+    assert resp.status_code == 200, describe(resp)
+    assert resp.headers.get("Content-Type", "").split(";")[0].strip() == "application/json", describe(resp, 200)
+    doc = resp.json()
+    assert doc["openapi"].startswith("3.1"), doc["openapi"]
+    base_path = "/" + api.base.split("://", 1)[1].split("/", 1)[1].strip("/")
+    documented: dict[tuple[str, ...], set[str]] = {}
+    for path, item in doc["paths"].items():
+        if path.startswith(base_path + "/"):
+            documented.setdefault(_norm(path[len(base_path):]), set()).update(m.upper() for m in item)
+    wadl = ET.fromstring(_options(api, "", {"Accept": WADL}).content)
+    for resource, methods in _wadl_tree(wadl).items():
+        if methods:
+            assert methods <= documented.get(resource, set()), f"{resource}: {methods} not all in the OpenAPI document"
+    study = doc["paths"][base_path + "/studies/{study}"]["get"]["parameters"][0]["schema"]
+    assert study["maxLength"] == 64 and study["pattern"] == r"^[0-9]+(\.[0-9]+)*$", study
+    assert "/healthz" in doc["paths"] and "get" in doc["paths"]["/healthz"]

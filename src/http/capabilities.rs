@@ -13,7 +13,7 @@ use super::wado::ranges;
 use super::AppState;
 use crate::dicom::xml::escape;
 
-const WADL: &str = "application/vnd.sun.wadl+xml";
+pub(super) const WADL: &str = "application/vnd.sun.wadl+xml";
 
 /// A node of the resource tree: one path segment with its methods.
 struct Node<'a> {
@@ -111,8 +111,8 @@ pub fn wadl(endpoints: &[Endpoint], base: &str) -> String {
     );
     out.push_str(&format!(
         "  <doc title=\"Kastell {}\">DICOMweb (PS3.18) Studies Service. Matching: fuzzymatching \
-         supported for person names; emptyvaluematching and multiplevaluematching not supported. \
-         Charsets: UTF-8.</doc>\n",
+         supported for person names; emptyvaluematching supported; multiplevaluematching not \
+         supported. Charsets: UTF-8.</doc>\n",
         env!("CARGO_PKG_VERSION")
     ));
     out.push_str(&format!("  <resources base=\"{}/\">\n", escape(base)));
@@ -149,7 +149,7 @@ pub fn json_description(endpoints: &[Endpoint], base: &str) -> Json {
             "doc": {
                 "title": format!("Kastell {}", env!("CARGO_PKG_VERSION")),
                 "fuzzymatching": true,
-                "emptyvaluematching": false,
+                "emptyvaluematching": true,
                 "multiplevaluematching": false,
                 "charsets": ["UTF-8"],
             },
@@ -187,6 +187,12 @@ pub async fn describe(
     } else {
         (WADL, wadl(&endpoints, &base))
     };
+    Ok(with_etag(&request, content_type, body))
+}
+
+/// A generated description with a strong `ETag` of its bytes; a matching
+/// `If-None-Match` gets 304 without the body.
+pub(super) fn with_etag(request: &HttpRequest, content_type: &str, body: String) -> HttpResponse {
     let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
     let etag = format!("\"{}\"", hex::encode(&digest.as_ref()[..16]));
     let matches = request
@@ -195,14 +201,14 @@ pub async fn describe(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     if matches {
-        return Ok(HttpResponse::NotModified()
+        return HttpResponse::NotModified()
             .insert_header((header::ETAG, etag))
-            .finish());
+            .finish();
     }
-    Ok(HttpResponse::Ok()
-        .content_type(content_type)
+    HttpResponse::Ok()
+        .content_type(content_type.to_string())
         .insert_header((header::ETAG, etag))
-        .body(body))
+        .body(body)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod client_addr;
 mod delete;
 pub mod error;
 pub mod multipart;
+mod openapi;
 pub mod qido;
 mod rendered;
 pub mod routes;
@@ -19,7 +20,6 @@ pub mod tenancy;
 pub mod wado;
 mod wado_uri;
 
-use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use percent_encoding::percent_decode_str;
 
@@ -74,11 +74,33 @@ impl AppState {
         format!("{}://{}{}", info.scheme(), host, self.path_prefix)
     }
 
-    /// A `Warning` header value (PS3.18 §8.3.4.4.1 form).
+    /// A `Warning` header value (PS3.18 §8.3.4.4.1 form). The text often quotes
+    /// the request (ignored parameter names, unknown keywords): anything but
+    /// visible ASCII is escaped (`\u{e9}`) so that the value is a valid header,
+    /// and it is cut at [`MAX_WARNING_CHARS`].
     pub fn warning(&self, text: &str) -> String {
-        format!("299 {}: {}", self.warning_agent, text)
+        warning_value(&self.warning_agent, text)
     }
 }
+
+fn warning_value(agent: &str, text: &str) -> String {
+    let mut value = format!("299 {agent}: ");
+    for c in text.chars() {
+        if value.len() >= MAX_WARNING_CHARS {
+            value.push_str(" (truncated)");
+            break;
+        }
+        if c == ' ' || c.is_ascii_graphic() {
+            value.push(c);
+        } else {
+            value.extend(c.escape_unicode());
+        }
+    }
+    value
+}
+
+/// The longest `Warning` value we send (clients and proxies limit header sizes).
+const MAX_WARNING_CHARS: usize = 1024;
 
 fn has_port(host: &str) -> bool {
     match host.rsplit_once(':') {
@@ -124,43 +146,57 @@ fn resource(path: &str, allow: String) -> actix_web::Resource {
 }
 
 /// Registers every DICOMweb route of the route table under the configured
-/// prefix, the capabilities description at the prefix itself, WADO-URI, the
-/// health checks, the metrics and the administration endpoints.
+/// prefix, and the site's other resources ([`routes::site_endpoints`]: the
+/// capabilities and OpenAPI descriptions, WADO-URI, the health checks, the metrics
+/// and the administration endpoint) where they are mounted.
 pub fn configure(config: &mut web::ServiceConfig, prefix: &str, wado_uri_path: &str) {
-    config.service(resource(wado_uri_path, "GET".into()).route(web::get().to(wado_uri::retrieve)));
-    let endpoints = routes::endpoints();
-    let mut scope = web::scope(prefix).service(
-        resource("", "OPTIONS".into())
-            .route(web::method(Method::OPTIONS).to(capabilities::describe)),
-    );
-    scope = scope.service(
-        resource("/", "OPTIONS".into())
-            .route(web::method(Method::OPTIONS).to(capabilities::describe)),
-    );
-    let mut paths: Vec<&str> = Vec::new();
-    for endpoint in &endpoints {
-        if !paths.contains(&endpoint.path) {
-            paths.push(endpoint.path);
-        }
-    }
-    for path in paths {
-        let at_path: Vec<&routes::Endpoint> = endpoints.iter().filter(|e| e.path == path).collect();
-        let allow = at_path
-            .iter()
-            .map(|e| e.method.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut resource = resource(path, allow);
-        for endpoint in at_path {
-            resource = resource.route((endpoint.route)());
-        }
+    let table = routes::endpoints();
+    let site = routes::site_endpoints();
+    let mut scope = web::scope(prefix);
+    let under_prefix = site
+        .iter()
+        .filter(|(mount, _)| *mount == routes::Mount::Prefix)
+        .map(|(_, e)| (e.path, e))
+        .chain(table.iter().map(|e| (e.path, e)));
+    for resource in resources(under_prefix) {
         scope = scope.service(resource);
     }
     config.service(scope);
-    config.service(web::resource("/healthz").route(web::get().to(healthz)));
-    config.service(web::resource("/readyz").route(web::get().to(readyz)));
-    config.service(web::resource("/metrics").route(web::get().to(telemetry::metrics)));
-    config.service(web::resource("/admin/sovereignty").route(web::get().to(sovereignty)));
+    let elsewhere = site.iter().filter_map(|(mount, e)| match mount {
+        routes::Mount::Prefix => None,
+        routes::Mount::WadoUri => Some((wado_uri_path, e)),
+        routes::Mount::Root => Some((e.path, e)),
+    });
+    for resource in resources(elsewhere) {
+        config.service(resource);
+    }
+}
+
+/// One resource per path with the routes of its endpoints (in table order), and a
+/// 405 naming them for any other method.
+fn resources<'a>(
+    endpoints: impl Iterator<Item = (&'a str, &'a routes::Endpoint)>,
+) -> Vec<actix_web::Resource> {
+    let mut by_path: Vec<(&str, Vec<&routes::Endpoint>)> = Vec::new();
+    for (path, endpoint) in endpoints {
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, at_path)) => at_path.push(endpoint),
+            None => by_path.push((path, vec![endpoint])),
+        }
+    }
+    by_path
+        .into_iter()
+        .map(|(path, at_path)| {
+            let allow = at_path
+                .iter()
+                .map(|e| e.method.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            at_path.iter().fold(resource(path, allow), |resource, e| {
+                resource.route((e.route)())
+            })
+        })
+        .collect()
 }
 
 /// The control chain: where each kind of data sits, under whose law, encrypted or
@@ -254,6 +290,15 @@ mod tests {
         );
         assert_eq!(pairs[1].1, "+0100");
         assert_eq!(pairs[2], ("includefield".to_string(), String::new()));
+    }
+
+    #[test]
+    fn warnings_quoting_the_request_are_valid_header_values() {
+        let warning = warning_value("kastell", "ignored: caf\u{e9}\n\u{1}x");
+        assert_eq!(warning, "299 kastell: ignored: caf\\u{e9}\\u{a}\\u{1}x");
+        assert!(actix_web::http::header::HeaderValue::from_str(&warning).is_ok());
+        let long = warning_value("kastell", &"a".repeat(10_000));
+        assert!(long.len() < MAX_WARNING_CHARS + 20 && long.ends_with("(truncated)"));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The route table: every DICOMweb endpoint once, with what it consumes, produces
-//! and which query parameters it reads. `configure` registers it and the
-//! capabilities description (`OPTIONS /`) is generated from it, so what we say
+//! and which query parameters it reads, and beside it the site's other resources
+//! (capabilities, the OpenAPI description, WADO-URI, health, metrics,
+//! administration). `configure` registers both, and the capabilities description
+//! (`OPTIONS /`) and the OpenAPI document are generated from them, so what we say
 //! we support is what is routed.
 
 use actix_web::http::Method;
 use actix_web::{web, Route};
 
-use super::{delete, qido, rendered, stow, wado};
+use super::{capabilities, delete, openapi, qido, rendered, stow, telemetry, wado, wado_uri};
 
 const DICOM_JSON: &str = "application/dicom+json";
 const MULTIPART_DICOM: &str = "multipart/related; type=\"application/dicom\"";
@@ -25,6 +27,24 @@ const IMAGES: &[&str] = &[
     "multipart/related; type=\"image/png\"",
     "multipart/related; type=\"image/gif\"",
 ];
+/// An instance's rendered resource: its image, or a Structured Report as text, or
+/// the document an Encapsulated Document holds (PS3.18 §10.4.1.1.3).
+const RENDERED_INSTANCE: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "multipart/related; type=\"image/jpeg\"",
+    "multipart/related; type=\"image/png\"",
+    "multipart/related; type=\"image/gif\"",
+    "text/html",
+    "text/plain",
+    "application/pdf",
+    "text/xml",
+    "model/stl",
+    "model/obj",
+    "model/mtl",
+    OCTET,
+];
 const COMPRESSED_FRAMES: &[&str] = &[
     MULTIPART_OCTET,
     "multipart/related; type=\"image/jpeg\"",
@@ -39,8 +59,12 @@ const QIDO_PARAMS: &[&str] = &[
     "{attributeID}",
     "includefield",
     "fuzzymatching",
+    "emptyvaluematching",
+    "multiplevaluematching",
     "limit",
     "offset",
+    "accept",
+    "charset",
 ];
 const RENDERED_PARAMS: &[&str] = &[
     "accept",
@@ -51,6 +75,26 @@ const RENDERED_PARAMS: &[&str] = &[
     "iccprofile",
 ];
 const THUMBNAIL_PARAMS: &[&str] = &["accept", "viewport"];
+const WADO_URI_PARAMS: &[&str] = &[
+    "requestType",
+    "studyUID",
+    "seriesUID",
+    "objectUID",
+    "contentType",
+    "transferSyntax",
+    "frameNumber",
+    "rows",
+    "columns",
+    "region",
+    "windowCenter",
+    "windowWidth",
+    "imageQuality",
+    "annotation",
+    "imageAnnotation",
+    "anonymize",
+    "presentationUID",
+    "presentationSeriesUID",
+];
 
 /// One endpoint of the DICOMweb service.
 pub struct Endpoint {
@@ -121,12 +165,45 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}", "RetrieveInstance", &[], INSTANCE, &["accept"], || web::get().to(wado::retrieve)),
         endpoint(M::DELETE, "/studies/{study}/series/{series}/instances/{instance}", "DeleteInstance", &[], &[], &[], || web::delete().to(delete::delete)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/metadata", "RetrieveInstanceMetadata", &[], MODELS, &["accept"], || web::get().to(wado::metadata)),
-        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/rendered", "RetrieveRenderedInstance", &[], IMAGES, RENDERED_PARAMS, || web::get().to(rendered::rendered)),
+        endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/rendered", "RetrieveRenderedInstance", &[], RENDERED_INSTANCE, RENDERED_PARAMS, || web::get().to(rendered::rendered)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/thumbnail", "RetrieveInstanceThumbnail", &[], IMAGES, THUMBNAIL_PARAMS, || web::get().to(rendered::thumbnail)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/pixeldata", "RetrieveInstancePixelData", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::pixeldata)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", "RetrieveFrames", &[], COMPRESSED_FRAMES, &["accept"], || web::get().to(wado::frames)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", "RetrieveRenderedFrames", &[], IMAGES, RENDERED_PARAMS, || web::get().to(rendered::rendered)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", "RetrieveFrameThumbnail", &[], IMAGES, THUMBNAIL_PARAMS, || web::get().to(rendered::thumbnail)),
         endpoint(M::GET, "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path:.*}", "RetrieveBulkdata", &[], BULK, &["accept"], || web::get().to(wado::bulkdata)),
+    ]
+}
+
+/// Where a resource of the site (outside the route table's transactions) is mounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mount {
+    /// Relative to the DICOMweb prefix, like the route table.
+    Prefix,
+    /// At the configured WADO-URI path (the endpoint's own path is empty).
+    WadoUri,
+    /// At the root of the site.
+    Root,
+}
+
+/// The site's other resources, in the route table's form: the capabilities and the
+/// OpenAPI description of the DICOMweb service, WADO-URI, the health checks, the
+/// metrics and the administration endpoint.
+#[rustfmt::skip]
+pub fn site_endpoints() -> Vec<(Mount, Endpoint)> {
+    use Method as M;
+    const DESCRIPTIONS: &[&str] = &[capabilities::WADL, "application/json"];
+    const WADO_URI: &[&str] = &[SINGLE_DICOM, "image/jpeg", "image/png", "image/gif"];
+    const TEXT: &[&str] = &["text/plain"];
+    const JSON: &[&str] = &["application/json"];
+    vec![
+        (Mount::Prefix, endpoint(M::OPTIONS, "", "RetrieveCapabilities", &[], DESCRIPTIONS, &[], || web::method(Method::OPTIONS).to(capabilities::describe))),
+        (Mount::Prefix, endpoint(M::OPTIONS, "/", "RetrieveCapabilities", &[], DESCRIPTIONS, &[], || web::method(Method::OPTIONS).to(capabilities::describe))),
+        (Mount::Prefix, endpoint(M::GET, "/openapi.json", openapi::NAME, &[], JSON, &[], || web::get().to(openapi::describe))),
+        (Mount::WadoUri, endpoint(M::GET, "", "RetrieveWadoUri", &[], WADO_URI, WADO_URI_PARAMS, || web::get().to(wado_uri::retrieve))),
+        (Mount::Root, endpoint(M::GET, "/healthz", "Healthz", &[], TEXT, &[], || web::get().to(super::healthz))),
+        (Mount::Root, endpoint(M::GET, "/readyz", "Readyz", &[], TEXT, &[], || web::get().to(super::readyz))),
+        (Mount::Root, endpoint(M::GET, "/metrics", "Metrics", &[], TEXT, &[], || web::get().to(telemetry::metrics))),
+        (Mount::Root, endpoint(M::GET, "/admin/sovereignty", "AdminSovereignty", &[], JSON, &[], || web::get().to(super::sovereignty))),
     ]
 }

@@ -37,11 +37,17 @@ use crate::telemetry::metrics::INSTRUMENTS;
 /// The tenant label of requests refused before their tenant was resolved.
 const NO_TENANT: &str = "(none)";
 
-/// The endpoint names of the route table by method and path (relative to the
-/// DICOMweb prefix).
+/// The endpoint names of the route table and of the site's resources under the
+/// prefix (the OpenAPI description) by method and path (relative to the DICOMweb
+/// prefix).
 static ENDPOINTS: LazyLock<HashMap<(Method, &'static str), &'static str>> = LazyLock::new(|| {
+    let site = super::routes::site_endpoints()
+        .into_iter()
+        .filter(|(mount, _)| *mount == super::routes::Mount::Prefix)
+        .map(|(_, e)| e);
     super::routes::endpoints()
         .into_iter()
+        .chain(site)
         .map(|e| ((e.method, e.path), e.name))
         .collect()
 });
@@ -273,6 +279,7 @@ mod tests {
 
     #[test]
     fn every_route_table_endpoint_names_its_spans() {
+        use super::super::routes::Mount;
         let name = |method: &Method, pattern: Option<&str>| {
             endpoint_name(method, pattern, "/dicomweb", "/wado")
         };
@@ -284,12 +291,18 @@ mod tests {
                 "{pattern}"
             );
         }
-        assert_eq!(
-            name(&Method::OPTIONS, Some("/dicomweb")),
-            "RetrieveCapabilities"
-        );
-        assert_eq!(name(&Method::GET, Some("/wado")), "RetrieveWadoUri");
-        assert_eq!(name(&Method::GET, Some("/metrics")), "Metrics");
+        for (mount, endpoint) in super::super::routes::site_endpoints() {
+            let pattern = match mount {
+                Mount::Prefix => format!("/dicomweb{}", endpoint.path),
+                Mount::WadoUri => "/wado".to_string(),
+                Mount::Root => endpoint.path.to_string(),
+            };
+            assert_eq!(
+                name(&endpoint.method, Some(&pattern)),
+                endpoint.name,
+                "{pattern}"
+            );
+        }
         assert_eq!(
             name(&Method::PUT, Some("/dicomweb/studies/{study}")),
             "MethodNotAllowed"
