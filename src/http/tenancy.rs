@@ -25,6 +25,11 @@ use crate::config::proxies::{ClientAddressHeader, TrustedProxies};
 use crate::service::tenants::Tenants;
 use actix_web::http::Method;
 
+/// How long a store or delete waits for its audit record to be committed
+/// before it answers 503 instead of acknowledging (the record is written when
+/// the index is back).
+const AUDIT_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// What the middleware needs, shared by every worker.
 pub struct Site {
     pub tenants: Arc<Tenants>,
@@ -361,10 +366,21 @@ pub async fn resolve(
                     vec![event]
                 }
             };
-            // Stores and deletes are in the trail before they are answered (a
-            // crash right after the answer keeps them); reads are batched.
-            if matches!(action, AuditAction::Store | AuditAction::Delete) {
-                if let Err(error) = site.audit.record_committed(events).await {
+            // Stores and deletes that changed something are in the trail before
+            // they are answered (a crash right after the answer keeps them),
+            // within a bound: when the index is down the request says so rather
+            // than hang. Refusals and failures, like reads, are batched.
+            let changed = matches!(action, AuditAction::Store | AuditAction::Delete)
+                && response.status().is_success();
+            if changed {
+                let committed =
+                    tokio::time::timeout(AUDIT_COMMIT_TIMEOUT, site.audit.record_committed(events))
+                        .await;
+                if !matches!(committed, Ok(Ok(()))) {
+                    let error = match committed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => format!("not committed within {AUDIT_COMMIT_TIMEOUT:?}"),
+                    };
                     tracing::error!(%error, %action, "AUDIT EVENT NOT RECORDED: not acknowledging");
                     return Err(ApiError::Unavailable(format!(
                         "the audit record of this {action} could not be written"
