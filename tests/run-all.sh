@@ -16,7 +16,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step line says how far into the run it starts (minutes:seconds), so the
+# durations in tests/README.md can be checked against any run's log.
+run_started=$SECONDS
+step() { printf '\n==> [%d:%02d] %s\n' $(((SECONDS - run_started) / 60)) $(((SECONDS - run_started) % 60)) "$*"; }
 
 step "installing the Python packages of the conformance suite"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \

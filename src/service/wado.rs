@@ -404,7 +404,7 @@ fn replace_in_stream(body: ByteStream, needle: Vec<u8>, with: Vec<u8>) -> ByteSt
                 buffer.extend_from_slice(&chunk);
                 let mut out = Vec::with_capacity(buffer.len());
                 let mut at = 0;
-                while let Some(found) = find(&buffer[at..], &needle) {
+                while let Some(found) = memchr::memmem::find(&buffer[at..], &needle) {
                     out.extend_from_slice(&buffer[at..at + found]);
                     out.extend_from_slice(&with);
                     at += found + needle.len();
@@ -418,13 +418,6 @@ fn replace_in_stream(body: ByteStream, needle: Vec<u8>, with: Vec<u8>) -> ByteSt
         },
     )
     .boxed()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || haystack.len() < needle.len() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// One series' metadata items joined by commas, written with `base_url`; with
