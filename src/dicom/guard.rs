@@ -413,6 +413,7 @@ pub fn inflate(deflated: &[u8], limits: &ParseLimits) -> Result<Vec<u8>, DicomEr
 /// Checks the data set of a PS3.10 stream (`file` from its start, the preamble
 /// included when `meta` says so), cut before top-level Pixel Data or whole.
 pub fn check_file(file: &[u8], meta: &FileMeta, limits: &ParseLimits) -> Result<(), DicomError> {
+    check_group_length(file, meta)?;
     let dataset = file
         .get(meta.dataset_offset..)
         .ok_or(DicomError::Truncated)?;
@@ -425,6 +426,29 @@ pub fn check_file(file: &[u8], meta: &FileMeta, limits: &ParseLimits) -> Result<
         return check_dataset(&inflated, 0, encoding, limits);
     }
     check_dataset(file, meta.dataset_offset, meta.encoding, limits)
+}
+
+/// dicom-rs ends the file meta group where its group length (0002,0000) says;
+/// Kastell's scanner where group 0002 ends. A group length that disagrees
+/// would make the two read the data set from different offsets (found by
+/// fuzzing: dicom-rs then took a float value for a 1.9 GB length), so it is
+/// refused.
+fn check_group_length(file: &[u8], meta: &FileMeta) -> Result<(), DicomError> {
+    let first = meta.magic_offset + 4;
+    let Some(element) = file.get(first..first + 12) else {
+        return Ok(());
+    };
+    if element[..6] != [0x02, 0x00, 0x00, 0x00, b'U', b'L'] {
+        return Ok(());
+    }
+    let declared = u32::from_le_bytes([element[8], element[9], element[10], element[11]]);
+    let actual = meta.dataset_offset.saturating_sub(first + 12);
+    if declared as usize != actual {
+        return Err(DicomError::Malformed(format!(
+            "the file meta group length says {declared} bytes; its elements take {actual}"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks the nesting depth of JSON text without parsing it (brackets outside

@@ -162,6 +162,17 @@ mod fuzz_regressions {
         assert!(parse_reproducer(input).is_err());
     }
 
+    /// A file meta group length (0002,0000) that disagrees with the group's
+    /// elements: dicom-rs read the data set from another offset than the guard
+    /// and took a float value for a 1.9 GB length.
+    #[test]
+    fn a_meta_group_length_that_disagrees_is_an_error() {
+        let input = include_bytes!(
+            "../../fuzz/regressions/dicom_header/oom-734f1094495c865db53b8dc8bf7f996adfc6fb19"
+        );
+        assert!(parse_reproducer(input).is_err());
+    }
+
     /// Refused by the guard.
     #[test]
     fn a_length_beyond_the_bytes_present_is_an_error_too() {
