@@ -59,11 +59,13 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        // The parsing bounds have one set of defaults, the DICOM layer's.
+        let parse = crate::dicom::guard::ParseLimits::default();
         Self {
-            max_sequence_depth: 32,
-            max_elements: 500_000,
-            max_inflated_bytes: 256 * 1024 * 1024,
-            max_inflate_ratio: 200,
+            max_sequence_depth: parse.max_depth,
+            max_elements: parse.max_elements,
+            max_inflated_bytes: parse.max_inflated_bytes,
+            max_inflate_ratio: parse.max_inflate_ratio,
             max_parts: 10_000,
             max_metadata_part_bytes: 64 * 1024 * 1024,
             max_metadata_bytes: 256 * 1024 * 1024,

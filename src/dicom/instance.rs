@@ -64,6 +64,47 @@ pub fn parse_dataset(bytes: &[u8], meta: &FileMeta) -> Result<InMemDicomObject, 
     Ok(dataset)
 }
 
+/// What decoding an instance's pixels takes, from its header (0 for what is
+/// absent or not a number): the rendering and transcoding budgets read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelShape {
+    pub rows: u64,
+    pub columns: u64,
+    pub samples: u64,
+    /// Bytes of one decoded sample (BitsAllocated rounded up to bytes).
+    pub sample_bytes: u64,
+    /// NumberOfFrames, at least 1.
+    pub frames: u64,
+}
+
+impl PixelShape {
+    pub fn of(dataset: &InMemDicomObject) -> Self {
+        let number = |tag| {
+            text(dataset, tag)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        PixelShape {
+            rows: number(tags::ROWS),
+            columns: number(tags::COLUMNS),
+            samples: number(tags::SAMPLES_PER_PIXEL).max(1),
+            sample_bytes: number(tags::BITS_ALLOCATED).div_ceil(8).max(1),
+            frames: number(tags::NUMBER_OF_FRAMES).max(1),
+        }
+    }
+
+    pub fn pixels_per_frame(&self) -> u64 {
+        self.rows.saturating_mul(self.columns)
+    }
+
+    /// Decoded bytes of `frames` frames.
+    pub fn decoded_bytes(&self, frames: u64) -> u64 {
+        self.pixels_per_frame()
+            .saturating_mul(self.samples.saturating_mul(self.sample_bytes))
+            .saturating_mul(frames)
+    }
+}
+
 /// Whether leading spaces are significant in values of this VR (PS3.5 §6.2).
 pub fn keeps_leading_spaces(vr: VR) -> bool {
     matches!(vr, VR::LT | VR::ST | VR::UT | VR::UR)

@@ -167,16 +167,9 @@ fn render_cost(
     frames: u64,
     limits: &crate::config::LimitsConfig,
 ) -> Result<u64, ServiceError> {
-    use dicom_dictionary_std::tags;
-    let number = |tag| {
-        crate::dicom::instance::text(header, tag)
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let (rows, columns) = (number(tags::ROWS), number(tags::COLUMNS));
-    let samples = number(tags::SAMPLES_PER_PIXEL).max(1);
-    let sample_bytes = number(tags::BITS_ALLOCATED).div_ceil(8).max(1);
-    let source_pixels = rows.saturating_mul(columns);
+    let shape = crate::dicom::instance::PixelShape::of(header);
+    let (rows, columns) = (shape.rows, shape.columns);
+    let source_pixels = shape.pixels_per_frame();
     if source_pixels > limits.max_render_pixels {
         return Err(ServiceError::TooLarge(format!(
             "the image has {rows} x {columns} pixels; at most {} are rendered",
@@ -193,8 +186,10 @@ fn render_cost(
             limits.max_render_pixels
         )));
     }
-    let per_frame = source_pixels
-        .saturating_mul(samples.saturating_mul(sample_bytes).saturating_add(4))
+    // The decoded samples, the RGBA image made of them, the output image.
+    let per_frame = shape
+        .decoded_bytes(1)
+        .saturating_add(source_pixels.saturating_mul(4))
         .saturating_add(output_pixels.saturating_mul(4));
     let total = per_frame.saturating_mul(frames);
     if total > limits.max_render_bytes {

@@ -124,7 +124,8 @@ pub async fn instance_body(
     let decoded = match representation {
         Representation::Transcoded(_) => {
             let header = read_header(services, instance).await?;
-            decoded_bytes(&header, None)
+            let shape = instance::PixelShape::of(&header);
+            shape.decoded_bytes(shape.frames)
         }
         _ => 0,
     };
@@ -790,23 +791,6 @@ pub async fn frames(
     })
 }
 
-/// The bytes `frames` decoded frames of an instance take (all its frames when
-/// `None`), from its header.
-fn decoded_bytes(header: &InMemDicomObject, frames: Option<u64>) -> u64 {
-    use dicom_dictionary_std::tags;
-    let number = |tag| {
-        instance::text(header, tag)
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let frames = frames.unwrap_or_else(|| number(tags::NUMBER_OF_FRAMES).max(1));
-    number(tags::ROWS)
-        .saturating_mul(number(tags::COLUMNS))
-        .saturating_mul(number(tags::SAMPLES_PER_PIXEL).max(1))
-        .saturating_mul(number(tags::BITS_ALLOCATED).div_ceil(8).max(1))
-        .saturating_mul(frames)
-}
-
 /// The frame index recorded at STOW, if any.
 fn frame_boundaries(instance: &StoredInstance) -> Option<Vec<u64>> {
     instance
@@ -837,7 +821,7 @@ pub async fn decode_frames(
     let _permit = services
         .settings
         .decoding
-        .take(decoded_bytes(&header, Some(frames.frames.len() as u64)))?;
+        .take(instance::PixelShape::of(&header).decoded_bytes(frames.frames.len() as u64))?;
     let syntax = frames.transfer_syntax;
     let decoded = tokio::task::spawn_blocking(move || {
         frames
