@@ -455,7 +455,7 @@ fn check_group_length(file: &[u8], meta: &FileMeta) -> Result<(), DicomError> {
 /// strings). DICOM JSON spends three levels per sequence level (attribute,
 /// `Value` array, item), plus the array of data sets and the data set itself.
 pub fn check_json_depth(text: &[u8], limits: &ParseLimits) -> Result<(), DicomError> {
-    let max = limits.max_depth * 3 + 4;
+    let max = limits.max_depth.saturating_mul(3).saturating_add(4);
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
@@ -494,7 +494,7 @@ pub fn check_json_depth(text: &[u8], limits: &ParseLimits) -> Result<(), DicomEr
 /// The Native DICOM Model spends two levels per sequence level
 /// (DicomAttribute, Item) under NativeDicomModel.
 pub fn check_xml_depth(text: &[u8], limits: &ParseLimits) -> Result<(), DicomError> {
-    let max = limits.max_depth * 2 + 3;
+    let max = limits.max_depth.saturating_mul(2).saturating_add(3);
     let too_deep = || {
         DicomError::Malformed(format!(
             "the metadata nests deeper than {} sequence levels",

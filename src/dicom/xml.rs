@@ -43,7 +43,13 @@ fn write_attributes(out: &mut String, dataset: &Map<String, Json>) {
     for key in keys {
         let attribute = &dataset[key];
         let vr = attribute.get("vr").and_then(Json::as_str).unwrap_or("UN");
-        let _ = write!(out, "<DicomAttribute tag=\"{key}\" vr=\"{vr}\"");
+        // Keys and VRs come from data sets a client sent: escaped like values.
+        let _ = write!(
+            out,
+            "<DicomAttribute tag=\"{}\" vr=\"{}\"",
+            escape(key),
+            escape(vr)
+        );
         if let Some(keyword) = keyword_of(key) {
             let _ = write!(out, " keyword=\"{keyword}\"");
         }
@@ -72,7 +78,7 @@ fn write_attributes(out: &mut String, dataset: &Map<String, Json>) {
         } else if let Some(uri) = attribute.get("BulkDataURI").and_then(Json::as_str) {
             let _ = write!(out, "<BulkData uri=\"{}\"/>", escape(uri));
         } else if let Some(data) = attribute.get("InlineBinary").and_then(Json::as_str) {
-            let _ = write!(out, "<InlineBinary>{data}</InlineBinary>");
+            let _ = write!(out, "<InlineBinary>{}</InlineBinary>", escape(data));
         }
         out.push_str("</DicomAttribute>");
     }
@@ -250,6 +256,16 @@ fn read_person_name(node: roxmltree::Node<'_, '_>) -> Json {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tags_vrs_and_inline_binary_from_a_client_are_escaped() {
+        let dataset: Json = serde_json::json!({
+            "0009\"<1": {"vr": "C\"S<", "Value": ["x"]},
+            "00091002": {"vr": "OB", "InlineBinary": "AA==\"/><x"}
+        });
+        let xml = to_native_dicom_model(dataset.as_object().unwrap());
+        assert!(roxmltree::Document::parse(&xml).is_ok(), "{xml}");
+    }
+
     use super::*;
     use serde_json::json;
 
