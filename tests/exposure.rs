@@ -202,3 +202,50 @@ fn the_data_directory_index_and_key_are_private_whatever_the_umask() {
     assert_eq!(mode(&data.join("index.sqlite")), 0o600, "index");
     assert_eq!(mode(&data.join("development-master.key")), 0o600, "key");
 }
+
+/// The RetrieveURL a QIDO search writes for a request carrying `headers`.
+fn retrieve_url(server: &Server, headers: &[(&str, &str)]) -> String {
+    let mut request = client().get(server.url("/studies?StudyInstanceUID=1.2.77.1"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let found: serde_json::Value = response.json().unwrap();
+    first_string(&found[0], "00081190").expect("a RetrieveURL")
+}
+
+/// Forwarding headers name the host of the URLs Kastell writes only when a
+/// trusted proxy sent them: a client cannot make a response (which a shared
+/// cache in front may keep for everyone) point at another host.
+#[test]
+fn forwarded_hosts_count_only_from_trusted_proxies() {
+    let forged = [
+        ("X-Forwarded-Host", "attacker.example"),
+        ("X-Forwarded-Proto", "https"),
+    ];
+    let rfc7239 = [("Forwarded", "host=attacker.example;proto=https")];
+    let spec = Spec::new("1.2.77.1", "1.2.77.1.1", "1.2.77.1.1.1");
+
+    let server = Server::start();
+    assert_eq!(store(&server, "/studies", &[dicom_file(&spec)]).0, 200);
+    let own = format!("http://127.0.0.1:{}/dicomweb/studies/1.2.77.1", server.port);
+    assert_eq!(retrieve_url(&server, &[]), own);
+    assert_eq!(retrieve_url(&server, &forged), own);
+    assert_eq!(retrieve_url(&server, &rfc7239), own);
+
+    let proxied = Server::start_with(&[("KASTELL__SERVER__TRUSTED_PROXIES", "[\"127.0.0.1\"]")]);
+    assert_eq!(store(&proxied, "/studies", &[dicom_file(&spec)]).0, 200);
+    assert_eq!(
+        retrieve_url(&proxied, &forged),
+        "https://attacker.example/dicomweb/studies/1.2.77.1"
+    );
+    assert_eq!(
+        retrieve_url(&proxied, &rfc7239),
+        "https://attacker.example/dicomweb/studies/1.2.77.1"
+    );
+    assert_eq!(
+        retrieve_url(&proxied, &[]),
+        format!("http://127.0.0.1:{}/dicomweb/studies/1.2.77.1", proxied.port)
+    );
+}

@@ -132,7 +132,8 @@ pub struct DicomWebConfig {
     /// Path of WADO-URI (`?requestType=WADO&...`).
     pub wado_uri_path: String,
     /// Absolute base URL clients reach the server at (e.g. behind a proxy). Empty
-    /// means: derive it from `Host` / `X-Forwarded-*` of each request.
+    /// means: derive it from `Host` (or, from a trusted proxy, `X-Forwarded-*`)
+    /// of each request.
     pub public_base_url: String,
     /// Largest number of results one QIDO response carries (the server maximum).
     pub qido_max_results: u32,

@@ -152,12 +152,15 @@ pub(super) fn has_long_length(vr: &[u8]) -> bool {
 /// Parses the preamble, magic and file meta group. `Ok(None)` means more bytes are
 /// needed to decide.
 pub fn parse_file_meta(prefix: &[u8]) -> Result<Option<FileMeta>, DicomError> {
-    let magic_offset = if prefix.len() >= 132 && &prefix[128..132] == b"DICM" {
-        128
-    } else if prefix.len() >= 4 && &prefix[..4] == b"DICM" {
-        0
-    } else if prefix.len() < 132 {
+    // The magic after a preamble wins over one at the start, and a stream that
+    // starts with `DICM` is only taken as preamble-less once byte 132 is there:
+    // deciding earlier would make the answer depend on how the bytes arrive.
+    let magic_offset = if prefix.len() < 132 {
         return Ok(None);
+    } else if &prefix[128..132] == b"DICM" {
+        128
+    } else if &prefix[..4] == b"DICM" {
+        0
     } else {
         return Err(DicomError::NotDicom(
             "no DICM magic after the 128-byte preamble",
@@ -433,6 +436,23 @@ pub(crate) mod tests {
             HeaderScanner::new().scan(&garbage[..10]),
             Ok(Scan::NeedMore { .. })
         ));
+    }
+
+    /// Found by fuzzing: a stream that starts with `DICM` and has it again after
+    /// 128 bytes was read as preamble-less when the first chunk was short, and
+    /// with a preamble when it came whole.
+    #[test]
+    fn the_magic_does_not_depend_on_the_chunking() {
+        let mut file = b"DICM".to_vec();
+        file.extend_from_slice(&sample_file(&[1, 2])[4..]);
+        let whole = parse_file_meta(&file).unwrap().unwrap();
+        assert_eq!(whole.magic_offset, 128);
+        assert_eq!(parse_file_meta(&file[..40]).unwrap(), None);
+        let mut scanner = HeaderScanner::new();
+        for end in [40, 131, 132, 200, file.len()] {
+            let _ = scanner.scan(&file[..end]).unwrap();
+        }
+        assert_eq!(scanner.meta(), Some(&whole));
     }
 
     #[test]

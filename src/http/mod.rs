@@ -46,11 +46,17 @@ pub struct AppState {
     pub sovereignty_report: std::sync::Arc<serde_json::Value>,
     /// Who is asking (`None` on the health checks, which need no credentials).
     pub principal: Option<crate::auth::Principal>,
+    /// Whether the TCP peer is one of `server.trusted_proxies`: only then do
+    /// `Forwarded` / `X-Forwarded-*` name the host and scheme of the URLs we write.
+    pub from_trusted_proxy: bool,
 }
 
 impl AppState {
     /// The absolute DICOMweb base URL as this client reached us: the configured
-    /// public URL, else scheme and host from `Forwarded` / `X-Forwarded-*` / `Host`.
+    /// public URL, else scheme and host from `Forwarded` / `X-Forwarded-*` when
+    /// the peer is a trusted proxy, else from `Host` and the connection. A client
+    /// that is not a trusted proxy cannot make us write another host into a
+    /// response (a shared cache in front would keep it for everyone).
     pub fn base_url(&self, request: &HttpRequest) -> String {
         if !self.public_base_url.is_empty() {
             return format!(
@@ -59,19 +65,31 @@ impl AppState {
                 self.path_prefix
             );
         }
-        let info = request.connection_info();
-        let forwarded = ["forwarded", "x-forwarded-host"]
-            .iter()
-            .any(|h| request.headers().contains_key(*h));
-        let host = info.host();
+        let port = request.app_config().local_addr().port();
+        let (scheme, host, forwarded) = if self.from_trusted_proxy {
+            let info = request.connection_info();
+            let forwarded = ["forwarded", "x-forwarded-host"]
+                .iter()
+                .any(|h| request.headers().contains_key(*h));
+            (info.scheme().to_string(), info.host().to_string(), forwarded)
+        } else {
+            let scheme = if request.app_config().secure() { "https" } else { "http" };
+            let host = request
+                .headers()
+                .get(actix_web::http::header::HOST)
+                .and_then(|value| value.to_str().ok())
+                .or_else(|| request.uri().authority().map(|a| a.as_str()))
+                .map(str::to_string)
+                .unwrap_or_else(|| request.app_config().host().to_string());
+            (scheme.to_string(), host, false)
+        };
         // Some clients (dicomweb-client among them) send `Host` without the port.
         // When nothing in between rewrote the host, the port they reached is ours.
-        let port = request.app_config().local_addr().port();
-        let default_port = if info.scheme() == "https" { 443 } else { 80 };
-        if !forwarded && !has_port(host) && port != default_port {
-            return format!("{}://{}:{}{}", info.scheme(), host, port, self.path_prefix);
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        if !forwarded && !has_port(&host) && port != default_port {
+            return format!("{scheme}://{host}:{port}{}", self.path_prefix);
         }
-        format!("{}://{}{}", info.scheme(), host, self.path_prefix)
+        format!("{scheme}://{host}{}", self.path_prefix)
     }
 
     /// A `Warning` header value (PS3.18 §8.3.4.4.1 form). The text often quotes

@@ -300,6 +300,9 @@ pub async fn resolve(
         warning_agent: site.warning_agent.clone(),
         sovereignty_report: site.sovereignty_report.clone(),
         principal: principal.clone(),
+        from_trusted_proxy: request
+            .peer_addr()
+            .is_some_and(|peer| site.trusted_proxies.contains(peer.ip().to_canonical())),
     });
     let response = next.call(request).await?;
     // One audit record per DICOMweb request: who, what, which UIDs, how it ended.

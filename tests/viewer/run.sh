@@ -161,6 +161,9 @@ kastell="http://127.0.0.1:$kastell_port"
 start_proxy cross --dicomweb-root "$kastell/dicomweb" --wado-uri-root "$kastell/wado" --quoted-accept
 cross_origin="http://127.0.0.1:$proxy_port"
 mkdir -p "$tmp/data"
+# The same-origin proxy (tests/viewer/proxy.py) names itself in X-Forwarded-Host,
+# which Kastell honours only from a trusted proxy.
+KASTELL__SERVER__TRUSTED_PROXIES='["127.0.0.1"]' \
 KASTELL__SERVER__CORS_ALLOWED_ORIGINS="[\"$cross_origin\"]" \
     "$bin" serve --listen "127.0.0.1:$kastell_port" --data-dir "$tmp/data" >"$tmp/kastell.log" 2>&1 &
 pids+=($!)
