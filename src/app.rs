@@ -378,7 +378,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let site = http::tenancy::Site {
+    let site = http::Site {
         tenants,
         path_prefix: config.dicomweb.path_prefix.clone(),
         wado_uri_path: config.dicomweb.wado_uri_path.clone(),

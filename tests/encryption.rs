@@ -412,11 +412,9 @@ fn cached_metadata_and_thumbnails_survive_rotation_and_retirement() {
     // Both are kept as derived objects (the metadata copy is written behind the
     // response).
     let derived = server.data_dir.join("blobs/derived");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::read_dir(&derived).map_or(0, |d| d.count()) < 2 {
-        assert!(std::time::Instant::now() < deadline, "no derived objects");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until("both derived objects are written", || {
+        std::fs::read_dir(&derived).map_or(0, |d| d.count()) >= 2
+    });
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::rename(&server.data_dir, &data).unwrap();

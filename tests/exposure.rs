@@ -30,24 +30,28 @@ fn serve_exposed(data: &Path, env: &[(&str, &str)]) -> Result<(), String> {
         command.env(key, value);
     }
     let mut child = command.spawn().expect("start kastell");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let exited = poll(Duration::from_secs(30), || {
         if child.try_wait().unwrap().is_some() {
+            return Some(true);
+        }
+        reqwest::blocking::get(&url)
+            .is_ok_and(|r| r.status().is_success())
+            .then_some(false)
+    });
+    match exited {
+        Some(true) => {
             let output = child.wait_with_output().unwrap();
             assert!(!output.status.success());
-            return Err(String::from_utf8_lossy(&output.stderr).to_string());
+            Err(String::from_utf8_lossy(&output.stderr).to_string())
         }
-        let url = format!("http://127.0.0.1:{port}/healthz");
-        if reqwest::blocking::get(url).is_ok_and(|r| r.status().is_success()) {
+        served => {
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(());
+            assert!(served.is_some(), "kastell neither served nor exited");
+            Ok(())
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("kastell neither served nor exited");
 }
 
 /// A master key file of 32 random bytes with `mode`.

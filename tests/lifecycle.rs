@@ -139,14 +139,9 @@ fn start_gated_stow(
 /// Waits until the server has begun storing parts of the request (blobs beyond
 /// the `before` already there appear), so that the signal lands in the middle of it.
 fn wait_for_new_blobs(server: &Server, before: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.blob_files().len() <= before {
-        assert!(
-            Instant::now() < deadline,
-            "the server never began storing the request"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the server begins storing the request", || {
+        server.blob_files().len() > before
+    });
 }
 
 fn acknowledged(response: &serde_json::Value) -> Vec<String> {
@@ -168,10 +163,10 @@ fn check_after_restart(
 ) {
     let server = Server::spawn(data, env);
     if !env.is_empty() {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while server.blob_files().len() > acked.len() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // The sweep gets time to run; what it left is checked below.
+        poll(Duration::from_secs(60), || {
+            (server.blob_files().len() <= acked.len()).then_some(())
+        });
     }
     for uid in acked {
         let (series, _, bytes) = files
@@ -270,14 +265,9 @@ fn a_second_signal_exits_at_once_and_the_orphan_sweep_cleans_up() {
     server.signal("TERM");
     // Signals sent together may arrive as one: send the second once the first has
     // closed the listening socket.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", server.port)).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the first signal was not handled"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the first signal closes the listening socket", || {
+        std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err()
+    });
     server.signal("TERM");
     // Long before the 600 s the first signal would have waited.
     let exit = server
@@ -316,11 +306,7 @@ fn with_a_drain_delay_readyz_fails_first_while_requests_are_still_served() {
     };
     assert_eq!(get("/readyz").unwrap(), 200);
     server.signal("TERM");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get("/readyz").unwrap() != 503 {
-        assert!(Instant::now() < deadline, "/readyz never answered 503");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("/readyz answers 503", || get("/readyz").unwrap() == 503);
     // Still serving: alive, and DICOMweb answers.
     assert_eq!(get("/healthz").unwrap(), 200);
     assert_eq!(get("/dicomweb/studies").unwrap(), 204);

@@ -40,6 +40,14 @@ features=(--features jpeg-ls)
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "unused dependencies (cargo machete)"
+# A dependency nothing uses any more fails the run (cargo-machete reads the
+# sources of the package and of fuzz/, no build needed).
+if ! command -v cargo-machete >/dev/null 2>&1; then
+    cargo install cargo-machete --locked
+fi
+cargo machete
+
 step "cargo clippy -D warnings"
 cargo clippy --locked "${features[@]}" --all-targets -- -D warnings
 

@@ -35,17 +35,13 @@ fn serve_expecting_refusal(data: &std::path::Path, env: &[(&str, &str)]) -> Outp
         command.env(key, value);
     }
     let mut child = command.spawn().expect("start kastell");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "kastell serve did not refuse to start: {}",
-                text(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if common::poll(Duration::from_secs(20), || child.try_wait().unwrap()).is_none() {
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        panic!(
+            "kastell serve did not refuse to start: {}",
+            text(&output.stderr)
+        );
     }
     child.wait_with_output().unwrap()
 }
@@ -189,13 +185,12 @@ fn serve_on_the_embedded_default_warns_that_the_host_is_undeclared() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start kastell");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut healthy = false;
-    while !healthy && Instant::now() < deadline {
-        healthy = reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz"))
-            .is_ok_and(|r| r.status().is_success());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let healthy = common::poll(Duration::from_secs(30), || {
+        reqwest::blocking::get(format!("http://127.0.0.1:{port}/healthz"))
+            .is_ok_and(|r| r.status().is_success())
+            .then_some(())
+    })
+    .is_some();
     let _ = child.kill();
     let output = child.wait_with_output().unwrap();
     let stderr = text(&output.stderr);

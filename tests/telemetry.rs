@@ -260,15 +260,6 @@ fn exercise(server: &Server, spec: &Spec, authorization: Option<&str>) {
     assert_eq!(frame.send().unwrap().status().as_u16(), 200);
 }
 
-/// Waits (bounded) until `done` holds; the exporters send on their own schedule.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn otlp_env<'a>(receiver: &'a str, service: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("KASTELL__TELEMETRY__OTLP_ENDPOINT", receiver),
@@ -295,7 +286,7 @@ fn spans_and_metrics_reach_an_otlp_receiver_without_patient_data() {
             .map(|s| s.name.clone())
             .collect::<Vec<_>>()
     };
-    wait_for("the request spans and their children", || {
+    wait_until("the request spans and their children", || {
         let spans = receiver.spans();
         ["StoreInstances", "SearchForStudies", "RetrieveFrames"]
             .iter()
@@ -342,7 +333,7 @@ fn spans_and_metrics_reach_an_otlp_receiver_without_patient_data() {
         children(&spans, &frames)
     );
 
-    wait_for("the request metrics", || {
+    wait_until("the request metrics", || {
         let exports = receiver.metric_exports();
         has_point(
             &exports,
@@ -429,7 +420,7 @@ fn nothing_is_exported_without_an_endpoint() {
     // is heard twice; by then the silent one would have been heard too.
     let loud = Server::start_with(&otlp_env(&url, "kastell-loud"));
     exercise(&loud, &spec, None);
-    wait_for("two metric exports of the configured server", || {
+    wait_until("two metric exports of the configured server", || {
         receiver.bodies("/v1/metrics").len() >= 2 && !receiver.spans().is_empty()
     });
     for (path, body) in receiver.received.lock().unwrap().iter() {
@@ -650,7 +641,7 @@ fn json_logs_are_one_object_per_line() {
             && entry["fields"]["method"] == "GET"
             && entry["fields"]["route"] == "/dicomweb/studies"
     };
-    wait_for("the access log of the search", || {
+    wait_until("the access log of the search", || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()

@@ -6,11 +6,11 @@
 //! Property: a range that is granted lies inside the body and is not empty.
 #![no_main]
 
-use kastell::http::accept::{
+use kastell::http::protocol::accept::{
     acceptable, negotiate_bulk, negotiate_instances, negotiate_model, parse_media_range,
 };
-use kastell::http::multipart::parse_related_content_type;
-use kastell::http::wado::byte_range;
+use kastell::http::protocol::multipart::parse_related_content_type;
+use kastell::http::protocol::range::byte_range;
 use kastell_fuzz::take_u64;
 use libfuzzer_sys::fuzz_target;
 

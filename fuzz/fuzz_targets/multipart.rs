@@ -9,8 +9,8 @@
 use bytes::Bytes;
 use futures::executor::block_on;
 use futures::stream;
-use kastell::http::accept::acceptable;
-use kastell::http::multipart::parse_related_content_type;
+use kastell::http::protocol::accept::acceptable;
+use kastell::http::protocol::multipart::parse_related_content_type;
 use kastell_fuzz::{chunks, split_seed};
 use libfuzzer_sys::fuzz_target;
 

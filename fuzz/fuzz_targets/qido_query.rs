@@ -7,9 +7,9 @@
 //! (as many `?` placeholders as binds).
 #![no_main]
 
-use kastell::http::accept::{acceptable, negotiate_model};
-use kastell::http::parse_query;
-use kastell::http::qido::parse_search;
+use kastell::http::protocol::accept::{acceptable, negotiate_model};
+use kastell::http::protocol::query::parse_query;
+use kastell::http::handlers::qido::parse_search;
 use kastell::index::qido::{plan, Resource};
 use libfuzzer_sys::fuzz_target;
 

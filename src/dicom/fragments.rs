@@ -196,6 +196,30 @@ impl FragmentScanner {
     }
 }
 
+/// The frame boundaries of a data set's encapsulated Pixel Data, scanned by
+/// `fragments`: its NumberOfFrames, and its Extended Offset Table when it has one.
+/// The one way frames are found, at STOW and for objects stored before.
+pub fn frame_index(
+    fragments: &FragmentScanner,
+    dataset: &dicom_object::InMemDicomObject,
+) -> Option<Vec<u64>> {
+    use dicom_dictionary_std::tags;
+    let frames = super::instance::text(dataset, tags::NUMBER_OF_FRAMES)
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let extended: Option<Vec<u64>> = dataset
+        .get(tags::EXTENDED_OFFSET_TABLE)
+        .and_then(|e| e.value().primitive().map(|p| p.to_bytes().into_owned()))
+        .map(|bytes| {
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect()
+        });
+    fragments.frame_boundaries(frames, extended.as_deref())
+}
+
 /// The boundaries as stored in the index: offsets separated by spaces.
 pub fn format_boundaries(boundaries: &[u64]) -> String {
     boundaries

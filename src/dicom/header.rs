@@ -70,6 +70,12 @@ impl HeaderScanner {
     /// Scans `prefix` (all bytes received so far, from the start of the stream).
     pub fn scan(&mut self, prefix: &[u8]) -> Result<Scan, DicomError> {
         if self.meta.is_none() {
+            // A stream that starts with `DICM` may have it again after a
+            // preamble (which then wins): the magic is decided once byte 132 is
+            // there, so the answer does not depend on how the bytes arrive.
+            if prefix.len() < 132 && prefix.starts_with(b"DICM") {
+                return Ok(Scan::NeedMore { resume_at: 0 });
+            }
             match parse_file_meta(prefix)? {
                 Some(meta) => {
                     self.resume_at = meta.dataset_offset;
@@ -152,15 +158,12 @@ pub(super) fn has_long_length(vr: &[u8]) -> bool {
 /// Parses the preamble, magic and file meta group. `Ok(None)` means more bytes are
 /// needed to decide.
 pub fn parse_file_meta(prefix: &[u8]) -> Result<Option<FileMeta>, DicomError> {
-    // The magic after a preamble wins over one at the start, and a stream that
-    // starts with `DICM` is only taken as preamble-less once byte 132 is there:
-    // deciding earlier would make the answer depend on how the bytes arrive.
-    let magic_offset = if prefix.len() < 132 {
-        return Ok(None);
-    } else if &prefix[128..132] == b"DICM" {
+    let magic_offset = if prefix.len() >= 132 && &prefix[128..132] == b"DICM" {
         128
-    } else if &prefix[..4] == b"DICM" {
+    } else if prefix.len() >= 4 && &prefix[..4] == b"DICM" {
         0
+    } else if prefix.len() < 132 {
+        return Ok(None);
     } else {
         return Err(DicomError::NotDicom(
             "no DICM magic after the 128-byte preamble",
@@ -445,14 +448,18 @@ pub(crate) mod tests {
     fn the_magic_does_not_depend_on_the_chunking() {
         let mut file = b"DICM".to_vec();
         file.extend_from_slice(&sample_file(&[1, 2])[4..]);
-        let whole = parse_file_meta(&file).unwrap().unwrap();
-        assert_eq!(whole.magic_offset, 128);
-        assert_eq!(parse_file_meta(&file[..40]).unwrap(), None);
+        let mut whole = HeaderScanner::new();
+        let _ = whole.scan(&file).unwrap();
+        assert_eq!(whole.meta().unwrap().magic_offset, 128);
         let mut scanner = HeaderScanner::new();
-        for end in [40, 131, 132, 200, file.len()] {
+        assert_eq!(
+            scanner.scan(&file[..40]).unwrap(),
+            Scan::NeedMore { resume_at: 0 }
+        );
+        for end in [131, 132, 200, file.len()] {
             let _ = scanner.scan(&file[..end]).unwrap();
         }
-        assert_eq!(scanner.meta(), Some(&whole));
+        assert_eq!(scanner.meta(), whole.meta());
     }
 
     #[test]

@@ -5,10 +5,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::dicom::DicomError;
-use crate::index::IndexError;
-use crate::service::{Outage, ServiceError};
-use crate::store::StoreError;
+use crate::service::{ServiceError, OUTAGE_RETRY_AFTER_SECS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -57,45 +54,25 @@ pub enum ApiError {
     Service(#[from] ServiceError),
 }
 
-/// What a 503 tells clients to wait before they try again, in seconds.
-const RETRY_AFTER_SECS: u32 = 5;
-
 impl ApiError {
     fn public_message(&self) -> String {
-        if let ApiError::Service(error) = self {
-            match error.outage() {
-                Some(Outage::Unavailable(what)) => {
-                    return format!("the {what} is unavailable; retry later")
-                }
-                Some(Outage::Full) => {
-                    return "there is not enough storage space for this request".to_string()
-                }
-                None => {}
-            }
-        }
         match self {
-            ApiError::Service(ServiceError::NotFound(what)) => format!("{what} not found"),
-            ApiError::Service(ServiceError::Gone(what)) => format!("this {what} was deleted"),
-            ApiError::Service(ServiceError::NotAcceptable(why)) => why.clone(),
-            ApiError::Service(ServiceError::TenantDisabled) => "this tenant is disabled".into(),
-            ApiError::Service(error @ (ServiceError::TooLarge(_) | ServiceError::Busy { .. })) => {
-                error.to_string()
-            }
-            ApiError::Service(ServiceError::Dicom(
-                error @ (DicomError::OutsideImage | DicomError::CannotDecode(_)),
-            )) => error.to_string(),
-            ApiError::Service(ServiceError::Index(IndexError::Query(e))) => e.to_string(),
-            ApiError::Service(ServiceError::Store(StoreError::Shredded)) => {
-                "this data was erased: its encryption key was destroyed".to_string()
-            }
-            ApiError::Service(ServiceError::Store(StoreError::Integrity(_))) => {
-                "the stored object failed its integrity check; the incident is logged".to_string()
-            }
-            ApiError::Service(_) | ApiError::Panicked => "internal server error".to_string(),
+            ApiError::Service(error) => error.public_message(),
+            ApiError::Panicked => "internal server error".to_string(),
             ApiError::Unavailable(_) => {
                 "a service this request needs is unavailable; retry later".to_string()
             }
             other => other.to_string(),
+        }
+    }
+
+    /// The `Retry-After` of a 503, in seconds.
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::Overloaded(secs) => Some(*secs),
+            ApiError::Unavailable(_) => Some(OUTAGE_RETRY_AFTER_SECS),
+            ApiError::Service(error) => error.retry_after_secs(),
+            _ => None,
         }
     }
 }
@@ -118,11 +95,9 @@ impl ResponseError for ApiError {
             ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Service(error) => match error.outage() {
-                Some(Outage::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-                Some(Outage::Full) => StatusCode::INSUFFICIENT_STORAGE,
-                None => service_status(error),
-            },
+            ApiError::Service(error) => {
+                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
 
@@ -137,20 +112,11 @@ impl ResponseError for ApiError {
                 response.insert_header((header::ALLOW, allow));
             }
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
+        if let Some(secs) = self.retry_after_secs() {
+            response.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         if let ApiError::RangeNotSatisfiable(total) = self {
             response.insert_header((header::CONTENT_RANGE, format!("bytes */{total}")));
-        }
-        match self {
-            ApiError::Overloaded(secs)
-            | ApiError::Service(ServiceError::Busy {
-                retry_after_secs: secs,
-            }) => {
-                response.insert_header((header::RETRY_AFTER, secs.to_string()));
-            }
-            _ => {}
         }
         if let ApiError::Unauthorized { challenge, .. } = self {
             if let Ok(challenge) = HeaderValue::from_str(challenge) {
@@ -162,25 +128,8 @@ impl ResponseError for ApiError {
             .body(status_report(status, &self.public_message()));
         // Errors raised by middleware become responses outside it: the headers
         // every response carries are set here too.
-        super::shield::secure_headers(response.headers_mut());
+        crate::http::middleware::shield::secure_headers(response.headers_mut());
         response
-    }
-}
-
-/// The status of a service error that is not an outage.
-fn service_status(error: &ServiceError) -> StatusCode {
-    match error {
-        ServiceError::TooLarge(_) => StatusCode::BAD_REQUEST,
-        ServiceError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-        ServiceError::Gone(_) => StatusCode::GONE,
-        ServiceError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
-        ServiceError::TenantDisabled => StatusCode::FORBIDDEN,
-        ServiceError::Index(IndexError::Query(_)) => StatusCode::BAD_REQUEST,
-        ServiceError::Store(StoreError::Shredded) => StatusCode::GONE,
-        ServiceError::Dicom(DicomError::OutsideImage) => StatusCode::BAD_REQUEST,
-        ServiceError::Dicom(DicomError::CannotDecode(_)) => StatusCode::NOT_ACCEPTABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

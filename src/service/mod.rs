@@ -1,6 +1,8 @@
 //! The pipelines behind the DICOMweb transactions: store (validate → write blob →
 //! index), search, retrieve. No HTTP here: handlers call these with typed inputs.
 
+mod error;
+
 pub mod delete;
 pub mod derived;
 pub mod qido;
@@ -12,9 +14,15 @@ pub mod wado;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::dicom::DicomError;
 use crate::index::{Index, IndexError};
-use crate::store::{BlobStore, StoreError};
+use crate::store::BlobStore;
+
+pub use error::{Outage, ServiceError, OUTAGE_RETRY_AFTER_SECS};
+/// What callers of the service layer name: which instances a request covers,
+/// a QIDO search, and the record of a stored instance the retrievals hand
+/// back. The HTTP layer takes them from here, never from the index.
+pub use crate::index::qido::{IncludeField, MatchKey, Resource, SearchRequest};
+pub use crate::index::{Scope, StoredInstance};
 
 /// Settings the pipelines need.
 #[derive(Debug, Clone)]
@@ -92,59 +100,21 @@ pub struct Services {
     pub settings: Arc<ServiceSettings>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    /// It existed and was deleted (PS3.18 §8.5: 410 Gone).
-    #[error("{0} was deleted")]
-    Gone(&'static str),
-    #[error(transparent)]
-    Index(#[from] IndexError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Dicom(#[from] DicomError),
-    #[error("the requested representation cannot be produced: {0}")]
-    NotAcceptable(String),
-    #[error("background task failed: {0}")]
-    Task(String),
-    /// The request asks for more than a configured limit allows (400).
-    #[error("{0}")]
-    TooLarge(String),
-    /// A shared budget (decoding memory) is spent: try again later (503).
-    #[error("the server is busy; try again later")]
-    Busy { retry_after_secs: u64 },
-    /// The tenant exists but is disabled.
-    #[error("this tenant is disabled")]
-    TenantDisabled,
-}
-
-/// A failure of a backend rather than of the request, which the HTTP layer
-/// answers with 503 (retry later) or 507.
+/// Whether the backends a tenant's requests need answer (`/readyz`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outage {
-    /// The named backend ("index", "blob store") cannot be reached, lost the
-    /// connection or did not answer in time.
-    Unavailable(&'static str),
-    /// No space left where the request's data would go.
-    Full,
-}
-
-impl ServiceError {
-    /// Whether this is a backend outage rather than a fault of the request.
-    pub fn outage(&self) -> Option<Outage> {
-        match self {
-            ServiceError::Index(e) if e.is_full() => Some(Outage::Full),
-            ServiceError::Store(e) if e.is_full() => Some(Outage::Full),
-            ServiceError::Index(e) if e.is_unavailable() => Some(Outage::Unavailable("index")),
-            ServiceError::Store(e) if e.is_unavailable() => Some(Outage::Unavailable("blob store")),
-            _ => None,
-        }
-    }
+pub struct Readiness {
+    pub index: bool,
+    pub blob_store: bool,
 }
 
 impl Services {
+    /// Probes the index and the blob store.
+    pub async fn readiness(&self) -> Readiness {
+        let index = self.with_index(|index| index.probe()).await.is_ok();
+        let blob_store = self.store.probe().await.is_ok();
+        Readiness { index, blob_store }
+    }
+
     /// Runs blocking index work on the blocking pool.
     pub async fn with_index<T, F>(&self, work: F) -> Result<T, ServiceError>
     where

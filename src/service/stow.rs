@@ -8,10 +8,9 @@ use ring::digest;
 use serde_json::{json, Map, Value as Json};
 
 use super::{ServiceError, Services};
-use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use crate::dicom::fragments::{format_boundaries, FragmentScanner};
+use crate::dicom::fragments::{self, format_boundaries, FragmentScanner};
 use crate::dicom::header::{FileMeta, HeaderScanner, Scan};
 use crate::dicom::instance::{self, ParsedHeader};
 use crate::dicom::{json as dicom_json, DicomError};
@@ -464,25 +463,11 @@ impl Drop for StowSession {
 
 /// The frame index of encapsulated pixel data, as stored in the index.
 pub fn frame_boundaries(fragments: &FragmentScanner, dataset: &InMemDicomObject) -> Option<String> {
-    let frames = instance::text(dataset, tags::NUMBER_OF_FRAMES)
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or(1)
-        .max(1);
-    let extended: Option<Vec<u64>> = dataset
-        .get(tags::EXTENDED_OFFSET_TABLE)
-        .and_then(|e| e.value().primitive().map(|p| p.to_bytes().into_owned()))
-        .map(|bytes| {
-            bytes
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect()
-        });
-    fragments
-        .frame_boundaries(frames, extended.as_deref())
-        .map(|b| format_boundaries(&b))
+    fragments::frame_index(fragments, dataset).map(|b| format_boundaries(&b))
 }
 
-fn reason_for(error: &DicomError) -> u16 {
+/// The failure reason of an instance the DICOM layer refused.
+pub(super) fn reason_for(error: &DicomError) -> u16 {
     match error {
         DicomError::HeaderTooLarge(_) => reason::HEADER_TOO_LARGE,
         DicomError::PixelMismatch(_) => reason::PIXEL_MISMATCH,

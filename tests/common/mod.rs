@@ -127,16 +127,8 @@ impl Server {
 
     /// Waits up to `within` for the server to exit; `None` if it still runs.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for kastell") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = &mut self.child;
+        poll(within, || child.try_wait().expect("wait for kastell"))
     }
 
     /// Instance blobs present on disk.
@@ -254,10 +246,24 @@ pub fn cli(args: &[&str], data_dir: &Path) -> (bool, String) {
 /// some work (clean-ups, sweeps) behind its responses, and a loaded machine may
 /// take a while. Fails naming `what` when it never happens.
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
+    if poll(Duration::from_secs(60), || done().then_some(())).is_none() {
+        panic!("timed out waiting until {what}");
+    }
+}
+
+/// The one polling loop of the tests: asks `check` every 20 ms until it gives
+/// `Some`, for at most `within`; `None` when time ran out (the caller decides
+/// whether that fails the test).
+pub fn poll<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = check() {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -4,9 +4,9 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::error::ApiError;
-use super::target::Target;
-use super::AppState;
+use crate::http::error::ApiError;
+use crate::http::protocol::target::Target;
+use crate::http::state::AppState;
 
 /// Deletes the study, series or instance the URL names.
 pub async fn delete(

@@ -9,10 +9,10 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value as Json};
 
-use super::capabilities::with_etag;
-use super::routes::{self, Endpoint, Mount};
-use super::tenancy::Site;
-use super::AppState;
+use crate::http::protocol::etag::with_etag;
+use crate::http::endpoint::{self, Mount, Route};
+use crate::http::state::Site;
+use crate::http::state::AppState;
 
 /// The endpoint name of this description (not "Retrieve…": fetching it is not a
 /// retrieval of patient data and is not audited as one).
@@ -54,16 +54,18 @@ pub async fn describe(
         prefix: &state.path_prefix,
         wado_uri: &wado_uri,
     };
-    let document = document(&routes::endpoints(), &routes::site_endpoints(), &bases);
+    let document = document(endpoint::table(), &bases);
     with_etag(&request, "application/json", document.to_string())
 }
 
-/// The document for the route table `table` and the site's resources `site`.
-pub fn document(table: &[Endpoint], site: &[(Mount, Endpoint)], bases: &Bases) -> Json {
-    let all = site
+/// The document for the routes of `table`: the site's resources first, then
+/// the DICOMweb transactions.
+pub fn document(table: &[Route], bases: &Bases) -> Json {
+    let all = table
         .iter()
-        .map(|(mount, e)| (*mount, e))
-        .chain(table.iter().map(|e| (Mount::Prefix, e)));
+        .filter(|r| !r.endpoint.is_transaction())
+        .chain(table.iter().filter(|r| r.endpoint.is_transaction()))
+        .map(|r| (r.mount, r));
     let mut paths = Map::new();
     let mut operation_ids: Vec<String> = Vec::new();
     for (mount, endpoint) in all {
@@ -77,18 +79,18 @@ pub fn document(table: &[Endpoint], site: &[(Mount, Endpoint)], bases: &Bases) -
         // and without a study, the capabilities with and without the slash).
         let seen = operation_ids
             .iter()
-            .filter(|id| id.split('-').next() == Some(endpoint.name))
+            .filter(|id| id.split('-').next() == Some(endpoint.name()))
             .count();
         let operation_id = match seen {
-            0 => endpoint.name.to_string(),
-            n => format!("{}-{}", endpoint.name, n + 1),
+            0 => endpoint.name().to_string(),
+            n => format!("{}-{}", endpoint.name(), n + 1),
         };
         operation_ids.push(operation_id.clone());
         let mut parameters: Vec<Json> = names.iter().map(|name| path_parameter(name)).collect();
         parameters.extend(endpoint.query.iter().map(|name| query_parameter(name)));
         let mut operation = json!({
             "operationId": operation_id,
-            "summary": endpoint.name,
+            "summary": endpoint.name(),
             "tags": [match mount {
                 Mount::Prefix => "DICOMweb",
                 Mount::WadoUri => "WADO-URI",
@@ -287,7 +289,7 @@ type Status = (u16, &'static str, Option<Map<String, Json>>);
 
 /// The responses of an endpoint: its successes with what it produces, and the
 /// errors it can answer.
-fn responses(mount: Mount, endpoint: &Endpoint) -> Json {
+fn responses(mount: Mount, endpoint: &Route) -> Json {
     let produced = |object: bool| {
         endpoint
             .produces
@@ -417,8 +419,7 @@ mod tests {
 
     fn sample() -> Json {
         document(
-            &routes::endpoints(),
-            &routes::site_endpoints(),
+            endpoint::table(),
             &Bases {
                 server: "http://archive.example",
                 prefix: "/dicomweb",
@@ -430,10 +431,9 @@ mod tests {
     #[test]
     fn the_document_holds_every_routed_endpoint_and_nothing_else() {
         let document = sample();
-        let mut expected: Vec<(String, String)> = routes::endpoints()
+        let mut expected: Vec<(String, String)> = endpoint::table()
             .iter()
-            .map(|e| (Mount::Prefix, e))
-            .chain(routes::site_endpoints().iter().map(|(m, e)| (*m, e)))
+            .map(|e| (e.mount, e))
             .map(|(mount, e)| {
                 let path = match mount {
                     Mount::Prefix => format!("/dicomweb{}", template(e.path).0),

@@ -3,11 +3,12 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::accept::{acceptable, negotiate_model, DataModel};
-use super::error::ApiError;
-use super::{query_pairs, AppState};
+use crate::http::protocol::accept::{acceptable, negotiate_model, DataModel};
+use crate::http::error::ApiError;
+use crate::http::protocol::query::query_pairs;
+use crate::http::state::AppState;
 use crate::dicom::attributes;
-use crate::index::qido::{IncludeField, MatchKey, Resource, SearchRequest};
+use crate::service::{IncludeField, MatchKey, Resource, SearchRequest};
 use crate::service::qido;
 
 pub async fn search_studies(
@@ -164,7 +165,7 @@ async fn search(
     request: HttpRequest,
     resource: Resource,
 ) -> Result<HttpResponse, ApiError> {
-    super::target::check_path_uids(&request)?;
+    crate::http::protocol::target::check_path_uids(&request)?;
     let parsed = parse_search(query_pairs(&request)?, resource)?;
     let limits = &state.services.settings.limits;
     if parsed.request.offset > limits.max_query_offset {
@@ -228,7 +229,7 @@ async fn search(
     }
     if model == DataModel::Xml {
         let results = futures_util::stream::iter(page.results.into_iter().map(Ok));
-        return Ok(super::multipart::xml_response(
+        return Ok(crate::http::protocol::multipart::xml_response(
             &mut response,
             futures_util::StreamExt::boxed(results),
         ));

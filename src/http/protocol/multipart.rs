@@ -6,7 +6,7 @@ use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 
 use super::accept::parse_media_range;
-use crate::store::StoreError;
+use crate::service::ServiceError;
 
 /// The `type` and `boundary` of a multipart/related request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub fn parse_related_content_type(
 pub struct OutgoingPart {
     pub content_type: String,
     pub content_location: Option<String>,
-    pub body: BoxStream<'static, Result<Bytes, StoreError>>,
+    pub body: BoxStream<'static, Result<Bytes, ServiceError>>,
 }
 
 /// A fresh boundary for a response.
@@ -68,8 +68,8 @@ pub fn new_boundary() -> String {
 /// blob is opened only when the response reaches it.
 pub fn multipart_body(
     boundary: String,
-    parts: BoxStream<'static, Result<OutgoingPart, StoreError>>,
-) -> BoxStream<'static, Result<Bytes, StoreError>> {
+    parts: BoxStream<'static, Result<OutgoingPart, ServiceError>>,
+) -> BoxStream<'static, Result<Bytes, ServiceError>> {
     let closing = Bytes::from(format!("--{boundary}--\r\n"));
     parts
         .flat_map(move |part| match part {
@@ -95,7 +95,7 @@ pub fn multipart_body(
 /// written as each data set arrives.
 pub fn xml_response(
     builder: &mut actix_web::HttpResponseBuilder,
-    datasets: BoxStream<'static, Result<serde_json::Value, StoreError>>,
+    datasets: BoxStream<'static, Result<serde_json::Value, ServiceError>>,
 ) -> actix_web::HttpResponse {
     let boundary = new_boundary();
     let parts = datasets

@@ -5,7 +5,7 @@
 
 use actix_web::http::header::{self, HeaderMap};
 
-use super::error::ApiError;
+use crate::http::error::ApiError;
 use crate::auth::{Action, AuthError, Authenticator, Principal};
 
 /// Who is calling, or the 401 / 503 to answer with.

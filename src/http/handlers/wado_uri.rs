@@ -6,12 +6,13 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::error::ApiError;
-use super::rendered::{parse_annotation, parse_quality};
-use super::{query_pairs, AppState};
+use crate::http::error::ApiError;
+use crate::http::protocol::rendering::{parse_annotation, parse_quality};
+use crate::http::protocol::query::query_pairs;
+use crate::http::state::AppState;
 use crate::dicom::render::{ImageFormat, Region, RenderOptions, VoiFunction, Window};
 use crate::dicom::transfer_syntax;
-use crate::index::Scope;
+use crate::service::Scope;
 use crate::service::{render, wado};
 
 /// The parameters of one WADO-URI request.

@@ -11,10 +11,9 @@
 //! named in a refused request's path is neither recorded nor turned into a label.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -23,70 +22,19 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage, HttpResponse};
+use actix_web::{web, HttpMessage};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use opentelemetry::KeyValue;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use super::tenancy::{split_tenant, Site};
-use super::AppState;
+use crate::http::endpoint;
+use crate::http::state::{AppState, Site};
 use crate::telemetry::metrics::INSTRUMENTS;
 
 /// The tenant label of requests refused before their tenant was resolved.
 const NO_TENANT: &str = "(none)";
-
-/// The endpoint names of the route table and of the site's resources under the
-/// prefix (the OpenAPI description) by method and path (relative to the DICOMweb
-/// prefix).
-static ENDPOINTS: LazyLock<HashMap<(Method, &'static str), &'static str>> = LazyLock::new(|| {
-    let site = super::routes::site_endpoints()
-        .into_iter()
-        .filter(|(mount, _)| *mount == super::routes::Mount::Prefix)
-        .map(|(_, e)| e);
-    super::routes::endpoints()
-        .into_iter()
-        .chain(site)
-        .map(|e| ((e.method, e.path), e.name))
-        .collect()
-});
-
-/// The name of the endpoint a route pattern and method reach: the route table's
-/// name for DICOMweb endpoints, a fixed name for the other resources. Always one
-/// of a bounded set (it names spans and labels metrics).
-pub(super) fn endpoint_name(
-    method: &Method,
-    pattern: Option<&str>,
-    path_prefix: &str,
-    wado_uri_path: &str,
-) -> Cow<'static, str> {
-    let Some(pattern) = pattern else {
-        return Cow::Borrowed("NoRoute");
-    };
-    if let Some(relative) = pattern.strip_prefix(path_prefix) {
-        if relative.is_empty() || relative == "/" {
-            return Cow::Borrowed("RetrieveCapabilities");
-        }
-        if let Some(name) = ENDPOINTS.get(&(method.clone(), relative)) {
-            return Cow::Borrowed(name);
-        }
-        if ENDPOINTS.keys().any(|(_, path)| *path == relative) {
-            return Cow::Borrowed("MethodNotAllowed");
-        }
-    }
-    if pattern == wado_uri_path {
-        return Cow::Borrowed("RetrieveWadoUri");
-    }
-    match pattern {
-        "/healthz" => Cow::Borrowed("Healthz"),
-        "/readyz" => Cow::Borrowed("Readyz"),
-        "/metrics" => Cow::Borrowed("Metrics"),
-        "/admin/sovereignty" => Cow::Borrowed("AdminSovereignty"),
-        // A resource added without a name here: its pattern is as bounded.
-        other => Cow::Owned(other.to_string()),
-    }
-}
 
 /// The method as a label: anyone can send any token as a method, and each would
 /// become a series of its own.
@@ -122,23 +70,19 @@ pub async fn observe(
     let site = request
         .app_data::<web::Data<Site>>()
         .cloned()
-        .expect("the Site is registered as app data");
-    // Another tenant's requests are routed with the tenant taken off the path.
-    let pattern = match split_tenant(request.path(), &site) {
+        .ok_or_else(|| actix_web::error::ErrorInternalServerError("no site state"))?;
+    // The endpoint is found here, once, and kept for the middleware inside.
+    let endpoint = endpoint::of_request(&request, site.mounts());
+    // The route pattern of another tenant's request, with the tenant taken off.
+    let pattern = match endpoint::split_tenant(request.path(), site.mounts()) {
         Some((_, routed)) => request.resource_map().match_pattern(routed),
         None => request.match_pattern(),
     };
-    let endpoint = endpoint_name(
-        request.method(),
-        pattern.as_deref(),
-        &site.path_prefix,
-        &site.wado_uri_path,
-    );
     let method = method_label(request.method());
     let route = pattern.as_deref().unwrap_or("(unmatched)");
     let span = tracing::info_span!(
         "request",
-        otel.name = %endpoint,
+        otel.name = endpoint.name(),
         otel.kind = "server",
         otel.status_code = Empty,
         http.method = method,
@@ -162,7 +106,7 @@ pub async fn observe(
     let mut completion = Completion {
         span: span.clone(),
         started,
-        endpoint,
+        endpoint: endpoint.name(),
         method,
         tenant: Cow::Borrowed(NO_TENANT),
         status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -194,7 +138,7 @@ pub async fn observe(
 struct Completion {
     span: tracing::Span,
     started: Instant,
-    endpoint: Cow<'static, str>,
+    endpoint: &'static str,
     method: &'static str,
     tenant: Cow<'static, str>,
     status: StatusCode,
@@ -211,7 +155,7 @@ impl Drop for Completion {
         if status.is_server_error() {
             self.span.record("otel.status_code", "ERROR");
         }
-        let endpoint = KeyValue::new("endpoint", self.endpoint.clone());
+        let endpoint = KeyValue::new("endpoint", self.endpoint);
         let method = KeyValue::new("method", self.method);
         let tenant = KeyValue::new("tenant", self.tenant.clone());
         let request_labels = [
@@ -264,51 +208,9 @@ impl MessageBody for Observed {
     }
 }
 
-/// `GET /metrics`: the Prometheus text exposition of every metric. Open like the
-/// health checks (scrapers rarely carry tokens); it holds counts and durations
-/// per endpoint and tenant, no patient data.
-pub async fn metrics() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(crate::telemetry::PROMETHEUS_CONTENT_TYPE)
-        .body(crate::telemetry::prometheus_text())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_route_table_endpoint_names_its_spans() {
-        use super::super::routes::Mount;
-        let name = |method: &Method, pattern: Option<&str>| {
-            endpoint_name(method, pattern, "/dicomweb", "/wado")
-        };
-        for endpoint in super::super::routes::endpoints() {
-            let pattern = format!("/dicomweb{}", endpoint.path);
-            assert_eq!(
-                name(&endpoint.method, Some(&pattern)),
-                endpoint.name,
-                "{pattern}"
-            );
-        }
-        for (mount, endpoint) in super::super::routes::site_endpoints() {
-            let pattern = match mount {
-                Mount::Prefix => format!("/dicomweb{}", endpoint.path),
-                Mount::WadoUri => "/wado".to_string(),
-                Mount::Root => endpoint.path.to_string(),
-            };
-            assert_eq!(
-                name(&endpoint.method, Some(&pattern)),
-                endpoint.name,
-                "{pattern}"
-            );
-        }
-        assert_eq!(
-            name(&Method::PUT, Some("/dicomweb/studies/{study}")),
-            "MethodNotAllowed"
-        );
-        assert_eq!(name(&Method::GET, None), "NoRoute");
-    }
 
     #[test]
     fn labels_are_bounded() {

@@ -7,30 +7,18 @@ use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 
-use super::accept::{
-    acceptable, negotiate_bulk, negotiate_instances, negotiate_model, BulkChoice, DataModel,
+use crate::http::protocol::accept::{
+    negotiate_bulk, ranges, negotiate_instances, negotiate_model, BulkChoice, DataModel,
     MediaRange,
 };
-use super::error::ApiError;
-use super::multipart::{multipart_body, new_boundary, OutgoingPart};
-use super::target::Target;
-use super::{query_pairs, AppState};
-use crate::index::{Scope, StoredInstance};
-use crate::service::wado::{self, to_store_error, BulkBody, Frames, Representation};
-use crate::store::StoreError;
-
-pub(super) fn ranges(request: &HttpRequest) -> Result<Vec<MediaRange>, ApiError> {
-    let query_accept: Vec<String> = query_pairs(request)?
-        .into_iter()
-        .filter(|(name, _)| name == "accept")
-        .map(|(_, value)| value)
-        .collect();
-    let header_value = request
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok());
-    Ok(acceptable(&query_accept, header_value))
-}
+use crate::http::error::ApiError;
+use crate::http::protocol::multipart::{multipart_body, new_boundary, OutgoingPart};
+use crate::http::protocol::range::requested_range;
+use crate::http::protocol::target::Target;
+use crate::http::state::AppState;
+use crate::service::{Scope, StoredInstance};
+use crate::service::wado::{self, log_stream_failure, BulkBody, Frames, Representation};
+use crate::service::ServiceError;
 
 /// Retrieve a study, series or instance (PS3.18 §10.4.1.1.1).
 pub async fn retrieve(
@@ -99,11 +87,11 @@ pub async fn retrieve(
         async move {
             let body = wado::instance_body(&services, &instance, representation)
                 .await
-                .map_err(to_store_error)?;
+                .map_err(log_stream_failure)?;
             Ok(part(&instance, representation, &base_url, body))
         }
     });
-    let parts: BoxStream<'static, Result<OutgoingPart, StoreError>> =
+    let parts: BoxStream<'static, Result<OutgoingPart, ServiceError>> =
         stream::once(async move { Ok(first_part) })
             .chain(rest)
             .boxed();
@@ -163,13 +151,13 @@ pub async fn metadata(
             .await
             .ok_or(crate::service::ServiceError::NotFound("instance"))??;
         let datasets = futures_util::stream::once(async { Ok(first) })
-            .chain(items.map(|item| item.map_err(wado::to_store_error)))
+            .chain(items.map(|item| item.map_err(wado::log_stream_failure)))
             .boxed();
         let mut response = HttpResponse::Ok();
         response
             .insert_header((header::ETAG, etag))
             .insert_header((header::VARY, "Accept"));
-        return Ok(super::multipart::xml_response(&mut response, datasets));
+        return Ok(crate::http::protocol::multipart::xml_response(&mut response, datasets));
     }
     // One JSON array: cached series come from their derived object, others are
     // written as each instance's metadata arrives.
@@ -228,60 +216,6 @@ fn wants_single_part(ranges: &[MediaRange]) -> bool {
         .is_some_and(|r| r.essence == "application/octet-stream")
 }
 
-/// A `Range: bytes=…` request against a body of `total` bytes: `Ok(None)` when
-/// there is none (or several ranges, which we answer whole, as RFC 9110 allows).
-fn requested_range(
-    request: &HttpRequest,
-    total: u64,
-) -> Result<Option<std::ops::Range<u64>>, ApiError> {
-    match request
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(value) => byte_range(value, total),
-        None => Ok(None),
-    }
-}
-
-/// A `Range` header value against a body of `total` bytes, as [`requested_range`]
-/// reads it.
-pub fn byte_range(value: &str, total: u64) -> Result<Option<std::ops::Range<u64>>, ApiError> {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let (start, end) = spec.split_once('-').unwrap_or((spec, ""));
-    let parse = |s: &str| s.trim().parse::<u64>().ok();
-    let range = match (start.trim().is_empty(), end.trim().is_empty()) {
-        (true, false) => {
-            let suffix = parse(end).ok_or(ApiError::RangeNotSatisfiable(total))?;
-            total.saturating_sub(suffix)..total
-        }
-        (false, _) => {
-            let first = parse(start).ok_or(ApiError::RangeNotSatisfiable(total))?;
-            let last = if end.trim().is_empty() {
-                total.saturating_sub(1)
-            } else {
-                parse(end)
-                    .ok_or(ApiError::RangeNotSatisfiable(total))?
-                    .min(total.saturating_sub(1))
-            };
-            if first > last {
-                return Err(ApiError::RangeNotSatisfiable(total));
-            }
-            first..last + 1
-        }
-        (true, true) => return Ok(None),
-    };
-    if range.start >= total || range.is_empty() {
-        return Err(ApiError::RangeNotSatisfiable(total));
-    }
-    Ok(Some(range))
-}
-
 /// A single-part octet-stream answer from memory, honouring Range.
 fn single_part_bulk(
     request: &HttpRequest,
@@ -316,7 +250,7 @@ pub async fn bulkdata(
     request: HttpRequest,
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    super::target::check_path_uids(&request)?;
+    crate::http::protocol::target::check_path_uids(&request)?;
     let (study, series, instance, bulk_path) = path.into_inner();
     let ranges = ranges(&request)?;
     let choice = negotiate_bulk(&ranges);
@@ -439,7 +373,7 @@ fn multipart_response(parts: Vec<OutgoingPart>) -> HttpResponse {
         })
         .unwrap_or_else(|| "application/octet-stream".into());
     let boundary = new_boundary();
-    let parts = parts.into_iter().map(Ok::<_, StoreError>);
+    let parts = parts.into_iter().map(Ok::<_, ServiceError>);
     HttpResponse::Ok()
         .content_type(format!(
             "multipart/related; type=\"{related_type}\"; boundary={boundary}"
@@ -452,7 +386,7 @@ pub async fn frames(
     request: HttpRequest,
     path: web::Path<(String, String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    super::target::check_path_uids(&request)?;
+    crate::http::protocol::target::check_path_uids(&request)?;
     let (study, series, instance, list) = path.into_inner();
     let max = state.services.settings.limits.max_frames_per_request;
     let numbers = wado::parse_frame_list(&list, max).map_err(|invalid| {

@@ -7,8 +7,8 @@ use std::future::{ready, Ready};
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest};
 
-use super::error::ApiError;
-use crate::index::Scope;
+use crate::http::error::ApiError;
+use crate::service::Scope;
 
 /// A study, series or instance, and the frame list when the route has one.
 pub struct Target {

@@ -16,7 +16,7 @@ use actix_web::middleware::Next;
 use actix_web::web;
 use futures_util::FutureExt;
 
-use super::error::ApiError;
+use crate::http::error::ApiError;
 use crate::config::LimitsConfig;
 
 /// The policy of responses that a browser could run: no scripts, no plugins,

@@ -3,6 +3,7 @@
 //! send for each resource category.
 
 use crate::dicom::transfer_syntax;
+use crate::http::error::ApiError;
 
 /// One media range: `type/subtype; name=value; q=0.5`.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +119,21 @@ pub struct InstanceChoice {
     pub single_part: bool,
     /// Acceptable transfer syntaxes in preference order (`*` = any).
     pub transfer_syntaxes: Vec<String>,
+}
+
+/// The media ranges a request accepts: its `accept` query parameters, else its
+/// `Accept` header (PS3.18 §8.3.3.1).
+pub fn ranges(request: &actix_web::HttpRequest) -> Result<Vec<MediaRange>, ApiError> {
+    let query_accept: Vec<String> = super::query::query_pairs(request)?
+        .into_iter()
+        .filter(|(name, _)| name == "accept")
+        .map(|(_, value)| value)
+        .collect();
+    let header_value = request
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    Ok(acceptable(&query_accept, header_value))
 }
 
 /// Negotiates the "DICOM" resource category (instances, series, studies).

@@ -5,8 +5,6 @@
 //! holding only that tenant's services: handlers cannot reach another tenant's
 //! index or key.
 
-use std::sync::Arc;
-
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Uri;
@@ -15,60 +13,16 @@ use actix_web::{web, HttpMessage};
 
 use super::auth::{authenticate, forbidden};
 use super::client_addr::client_address;
-use super::error::ApiError;
-use super::telemetry::endpoint_name;
-use super::AppState;
-use crate::audit::{Action as AuditAction, ActorKind, AuditEvent, AuditLog, Outcome};
-use crate::auth::{Action, Authenticator};
+use crate::http::error::ApiError;
+use crate::http::endpoint::{self, is_tenant_name, split_tenant, Permission};
+use crate::http::state::{AppState, Site, StoredStudies};
+use crate::audit::{Action as AuditAction, ActorKind, AuditEvent, Outcome};
 use crate::auth::{Principal, PrincipalKind};
-use crate::config::proxies::{ClientAddressHeader, TrustedProxies};
-use crate::service::tenants::Tenants;
-use actix_web::http::Method;
 
 /// How long a store or delete waits for its audit record to be committed
 /// before it answers 503 instead of acknowledging (the record is written when
 /// the index is back).
 const AUDIT_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// What the middleware needs, shared by every worker.
-pub struct Site {
-    pub tenants: Arc<Tenants>,
-    pub path_prefix: String,
-    pub wado_uri_path: String,
-    pub public_base_url: String,
-    pub max_request_bytes: u64,
-    pub warning_agent: String,
-    /// The control-chain report, computed once at start-up.
-    pub sovereignty_report: Arc<serde_json::Value>,
-    pub authenticator: Authenticator,
-    pub audit: AuditLog,
-    /// Set on the first SIGTERM or SIGINT: `/readyz` answers 503 from then on.
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
-    /// Peers whose forwarding header names the client (`server.trusted_proxies`).
-    pub trusted_proxies: TrustedProxies,
-    pub client_address_header: ClientAddressHeader,
-}
-
-/// Instances a STOW request stored, by study: put in the request's extensions by
-/// the STOW handler for the audit record.
-pub struct StoredStudies(pub Vec<(String, Vec<String>)>);
-
-/// The audit action of a request, from the name of the endpoint it reached (the
-/// route table's transaction names); `None` for what is not audited
-/// (capabilities, health, metrics, unknown routes).
-fn audit_action(endpoint: &str) -> Option<AuditAction> {
-    if endpoint.starts_with("SearchFor") {
-        Some(AuditAction::Search)
-    } else if endpoint.starts_with("Store") {
-        Some(AuditAction::Store)
-    } else if endpoint.starts_with("Delete") {
-        Some(AuditAction::Delete)
-    } else if endpoint.starts_with("Retrieve") && endpoint != "RetrieveCapabilities" {
-        Some(AuditAction::Retrieve)
-    } else {
-        None
-    }
-}
 
 fn actor_of(principal: &Principal) -> (String, ActorKind) {
     let kind = match principal.kind {
@@ -97,48 +51,13 @@ async fn record_refusal(site: &Site, event: AuditEvent) {
 
 /// The UIDs a WADO-URI request names, decoded as its handler decodes them.
 fn wado_uri_uids(request: &actix_web::HttpRequest) -> [Option<String>; 3] {
-    let pairs = super::query_pairs(request).unwrap_or_default();
+    let pairs = crate::http::protocol::query::query_pairs(request).unwrap_or_default();
     ["studyUID", "seriesUID", "objectUID"].map(|name| {
         pairs
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, value)| value.clone())
     })
-}
-
-/// What a request asks to do, by method: searching and retrieving read, STOW
-/// writes, DELETE deletes.
-fn action_of(method: &Method) -> Action {
-    match *method {
-        Method::POST | Method::PUT => Action::Write,
-        Method::DELETE => Action::Delete,
-        _ => Action::Read,
-    }
-}
-
-/// `/tenants/{tenant}{rest}` → `(tenant, rest)`, when `rest` is a DICOMweb or
-/// WADO-URI path.
-pub(super) fn split_tenant<'a>(path: &'a str, site: &Site) -> Option<(&'a str, &'a str)> {
-    let rest = path.strip_prefix("/tenants/")?;
-    let (tenant, tail) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    if !is_tenant_name(tenant) {
-        return None;
-    }
-    let under = |base: &str| tail == base || tail.starts_with(&format!("{base}/"));
-    (under(&site.path_prefix) || under(&site.wado_uri_path)).then_some((tenant, tail))
-}
-
-/// Whether a path segment can be a tenant's name (what `kastell tenants add`
-/// accepts): anything else is refused before it is looked up.
-fn is_tenant_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The path the router matches (actix decodes percent-encoded characters that
@@ -178,15 +97,14 @@ pub async fn resolve(
     let site = request
         .app_data::<web::Data<Site>>()
         .cloned()
-        .expect("the Site is registered as app data");
+        .ok_or_else(|| ApiError::Unavailable("no site state".into()))?;
     // Every decision below is made on the path the router will match, after
     // refusing forms that could mean one thing here and another there.
     let path = routed_path(&request)?;
-    // Health checks answer without credentials (orchestrators probe them), and so
-    // do the metrics (scrapers rarely carry tokens; they hold no patient data).
-    let open_path = path == "/healthz" || path == "/readyz" || path == "/metrics";
-    let admin_path = path == "/admin" || path.starts_with("/admin/");
-    let (tenant, prefix) = match split_tenant(&path, &site) {
+    let endpoint = endpoint::of_request(&request, site.mounts());
+    let permission = endpoint.permission(request.method(), &path);
+    let open_path = permission == Permission::Open;
+    let (tenant, prefix) = match split_tenant(&path, site.mounts()) {
         Some((tenant, tail)) => {
             let tail = tail.to_string();
             let query = request.query_string().to_string();
@@ -234,15 +152,13 @@ pub async fn resolve(
     // Who is asking, and may they: before anything of the tenant is touched, so an
     // unknown tenant and a forbidden one look alike to a caller without rights.
     // Refusals are audited (login failure, access denied).
-    let principal = if open_path {
-        None
-    } else {
+    let needed = match permission {
+        Permission::Open => None,
         // Administration spans tenants: it needs admin on every tenant.
-        let (scope, action) = if admin_path {
-            ("*", Action::Admin)
-        } else {
-            (tenant.as_str(), action_of(request.method()))
-        };
+        Permission::Admin => Some(("*", crate::auth::Action::Admin)),
+        Permission::Tenant(action) => Some((tenant.as_str(), action)),
+    };
+    let principal = if let Some((scope, action)) = needed {
         let principal = match authenticate(&site.authenticator, request.headers()).await {
             Ok(principal) => principal,
             Err(error) => {
@@ -281,6 +197,8 @@ pub async fn resolve(
             return Err(forbidden(&principal, scope, action).into());
         }
         Some(principal)
+    } else {
+        None
     };
     let services = site.tenants.get(&tenant).await.map_err(ApiError::from)?;
     // Counted only once the tenant exists: one counter per tenant served.
@@ -307,13 +225,7 @@ pub async fn resolve(
     let response = next.call(request).await?;
     // One audit record per DICOMweb request: who, what, which UIDs, how it ended.
     if let Some(principal) = &principal {
-        let endpoint = endpoint_name(
-            &method,
-            response.request().match_pattern().as_deref(),
-            &site.path_prefix,
-            &site.wado_uri_path,
-        );
-        if let Some(action) = audit_action(&endpoint) {
+        if let Some(action) = endpoint.audit_action() {
             let status = response.status().as_u16();
             let outcome = if status < 400 {
                 Outcome::Success
@@ -350,7 +262,7 @@ pub async fn resolve(
                     // Path segments as the route matched them (what the handler
                     // serves), or the decoded query of WADO-URI (no other
                     // route's query values are recorded).
-                    let [wado_study, wado_series, wado_object] = if endpoint == "RetrieveWadoUri" {
+                    let [wado_study, wado_series, wado_object] = if endpoint == endpoint::Endpoint::RetrieveWadoUri {
                         wado_uri_uids(response.request())
                     } else {
                         [None, None, None]

@@ -3,26 +3,26 @@
 //! tree as JSON) generated from the route table. CORS preflight requests never
 //! get here: the CORS middleware answers them first.
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value as Json};
 
-use super::error::ApiError;
-use super::routes::{self, Endpoint};
-use super::wado::ranges;
-use super::AppState;
+use crate::http::error::ApiError;
+use crate::http::endpoint::{self, Route};
+use crate::http::protocol::accept::ranges;
+use crate::http::state::AppState;
 use crate::dicom::xml::escape;
 
-pub(super) const WADL: &str = "application/vnd.sun.wadl+xml";
+use crate::http::endpoint::WADL;
+use crate::http::protocol::etag::with_etag;
 
 /// A node of the resource tree: one path segment with its methods.
 struct Node<'a> {
     segment: String,
-    methods: Vec<&'a Endpoint>,
+    methods: Vec<&'a Route>,
     children: Vec<Node<'a>>,
 }
 
-fn tree(endpoints: &[Endpoint]) -> Node<'_> {
+fn tree<'a>(endpoints: &[&'a Route]) -> Node<'a> {
     let mut root = Node {
         segment: String::new(),
         methods: Vec::new(),
@@ -72,7 +72,7 @@ fn wadl_node(node: &Node, depth: usize, out: &mut String) {
     for method in &node.methods {
         out.push_str(&format!(
             "{pad}  <method name=\"{}\" id=\"{}\">\n{pad}    <request>\n",
-            method.method, method.name
+            method.method, method.name()
         ));
         for param in method.query {
             out.push_str(&format!(
@@ -102,7 +102,7 @@ fn wadl_node(node: &Node, depth: usize, out: &mut String) {
 }
 
 /// The WADL description of `endpoints` served at `base`.
-pub fn wadl(endpoints: &[Endpoint], base: &str) -> String {
+pub fn wadl(endpoints: &[&Route], base: &str) -> String {
     let root = tree(endpoints);
     let mut out = String::from(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
@@ -128,7 +128,7 @@ fn json_node(node: &Node) -> Json {
         "path": node.segment,
         "method": node.methods.iter().map(|m| json!({
             "name": m.method.as_str(),
-            "id": m.name,
+            "id": m.name(),
             "request": {
                 "param": m.query.iter().map(|p| json!({"name": p, "style": "query"})).collect::<Vec<_>>(),
                 "representation": m.consumes.iter().map(|t| json!({"mediaType": t})).collect::<Vec<_>>(),
@@ -142,7 +142,7 @@ fn json_node(node: &Node) -> Json {
 }
 
 /// The same tree as JSON.
-pub fn json_description(endpoints: &[Endpoint], base: &str) -> Json {
+pub fn json_description(endpoints: &[&Route], base: &str) -> Json {
     let root = tree(endpoints);
     json!({
         "application": {
@@ -177,7 +177,7 @@ pub async fn describe(
                 "the capabilities are described as {WADL} or application/json"
             ))
         })?;
-    let endpoints = routes::endpoints();
+    let endpoints: Vec<&Route> = endpoint::transactions().collect();
     let base = state.base_url(&request);
     let (content_type, body) = if as_json {
         (
@@ -190,42 +190,21 @@ pub async fn describe(
     Ok(with_etag(&request, content_type, body))
 }
 
-/// A generated description with a strong `ETag` of its bytes; a matching
-/// `If-None-Match` gets 304 without the body.
-pub(super) fn with_etag(request: &HttpRequest, content_type: &str, body: String) -> HttpResponse {
-    let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
-    let etag = format!("\"{}\"", hex::encode(&digest.as_ref()[..16]));
-    let matches = request
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
-        return HttpResponse::NotModified()
-            .insert_header((header::ETAG, etag))
-            .finish();
-    }
-    HttpResponse::Ok()
-        .content_type(content_type.to_string())
-        .insert_header((header::ETAG, etag))
-        .body(body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_description_lists_every_routed_endpoint() {
-        let endpoints = routes::endpoints();
+        let endpoints: Vec<&Route> = endpoint::transactions().collect();
         let wadl = wadl(&endpoints, "http://archive.example/dicomweb");
         assert_eq!(wadl.matches("<application").count(), 1);
         assert_eq!(wadl.matches("<resources ").count(), 1);
         for endpoint in &endpoints {
             assert!(
-                wadl.contains(&format!("id=\"{}\"", endpoint.name)),
+                wadl.contains(&format!("id=\"{}\"", endpoint.name())),
                 "{} missing",
-                endpoint.name
+                endpoint.name()
             );
         }
         assert!(wadl.contains("<resource path=\"frames\">"));

@@ -4,10 +4,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
-use super::accept::{acceptable, negotiate_model, DataModel};
-use super::error::ApiError;
-use super::multipart::{parse_related_content_type, ContentTypeError};
-use super::AppState;
+use crate::http::protocol::accept::{acceptable, negotiate_model, DataModel};
+use crate::http::error::ApiError;
+use crate::http::protocol::multipart::{parse_related_content_type, ContentTypeError};
+use crate::http::state::AppState;
 use crate::dicom::DicomError;
 use crate::service::stow::StowSession;
 
@@ -34,7 +34,7 @@ async fn run(
     body: web::Payload,
     target_study: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
-    super::target::check_path_uids(&request)?;
+    crate::http::protocol::target::check_path_uids(&request)?;
     let content_type = request
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
@@ -162,7 +162,7 @@ async fn run(
     // The audit record (written by the tenancy middleware) names what was stored.
     request
         .extensions_mut()
-        .insert(super::tenancy::StoredStudies(outcome.stored_by_study()));
+        .insert(crate::http::state::StoredStudies(outcome.stored_by_study()));
     let status = match (outcome.stored_count(), outcome.failed_count()) {
         (_, 0) => StatusCode::OK,
         (0, _) => StatusCode::CONFLICT,
