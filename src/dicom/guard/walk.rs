@@ -1,76 +1,19 @@
-//! Checks a DICOM data set before any recursive parser sees it.
-//!
-//! dicom-rs reads sequences by recursion and reserves a value's declared length
-//! before reading it, so a few hundred hostile bytes could overflow a worker's
-//! stack (sequences nested 100,000 deep) or make it zero-fill gigabytes (an
-//! element declaring 4 GiB). Everything Kastell hands to dicom-rs goes through
-//! [`check_dataset`] first: one iterative walk over the element headers (values are
-//! skipped, never copied) that refuses nesting deeper than the configured depth,
-//! any length running past the bytes of its container (the data set, item or
-//! sequence around it), more elements than the configured count, and deflated
-//! data sets that inflate past the configured size or ratio. The same bounds
-//! apply to DICOM JSON and XML metadata ([`check_json_depth`]; the XML reader walks
-//! its tree with [`ParseLimits::max_depth`]).
-
-use std::io::Read;
-use std::sync::OnceLock;
+//! The binary walker: one iterative pass over a data set's element headers that
+//! bounds nesting, element count and every declared length by its container.
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 
-use super::header::{has_long_length, FileMeta};
-use super::transfer_syntax::Encoding;
-use super::DicomError;
+use super::ParseLimits;
+use crate::dicom::header::has_long_length;
+use crate::dicom::transfer_syntax::Encoding;
+use crate::dicom::DicomError;
 
 const ITEM: (u16, u16) = (0xFFFE, 0xE000);
 const ITEM_DELIMITATION: (u16, u16) = (0xFFFE, 0xE00D);
 const SEQUENCE_DELIMITATION: (u16, u16) = (0xFFFE, 0xE0DD);
 const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
-
-/// The bounds on what one data set may make the parser spend (`[limits]` in the
-/// configuration; these defaults are the safe ones).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ParseLimits {
-    /// Sequences nested inside each other (DICOM JSON and XML: sequence levels).
-    pub max_depth: usize,
-    /// Elements in one data set, items included.
-    pub max_elements: usize,
-    /// Largest inflated size of a Deflated data set, in bytes.
-    pub max_inflated_bytes: u64,
-    /// Largest inflated size as a multiple of the deflated one.
-    pub max_inflate_ratio: u64,
-}
-
-impl Default for ParseLimits {
-    fn default() -> Self {
-        Self {
-            max_depth: 32,
-            max_elements: 500_000,
-            max_inflated_bytes: 256 * 1024 * 1024,
-            max_inflate_ratio: 200,
-        }
-    }
-}
-
-static LIMITS: OnceLock<ParseLimits> = OnceLock::new();
-
-impl ParseLimits {
-    /// Sets the process's limits; called once at start-up from the
-    /// configuration, before any request is served. Parsing happens in pure
-    /// functions far from the request (transcoding, rendering, metadata), so the
-    /// limits are process-wide rather than threaded through every call.
-    pub fn install(limits: ParseLimits) {
-        // A second call (tests starting several servers in one process) keeps
-        // the first limits; they come from the same defaults.
-        let _ = LIMITS.set(limits);
-    }
-
-    /// The limits in force.
-    pub fn current() -> ParseLimits {
-        LIMITS.get().copied().unwrap_or_default()
-    }
-}
 
 /// What a frame of the walk is inside of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +36,7 @@ struct Frame {
 }
 
 /// Checks the data set in `bytes[start..]`, encoded as `encoding` (not deflated;
-/// see [`inflate`]). The data set must end exactly at the end of `bytes`, as the
+/// see [`super::inflate`]). The data set must end exactly at the end of `bytes`, as the
 /// part before Pixel Data that STOW keeps does and a whole file does.
 pub fn check_dataset(
     bytes: &[u8],
@@ -390,255 +333,9 @@ impl Reader<'_> {
     }
 }
 
-/// Inflates a Deflated data set (raw deflate, PS3.5 §A.5), refusing output past
-/// the configured size or ratio before it is produced.
-pub fn inflate(deflated: &[u8], limits: &ParseLimits) -> Result<Vec<u8>, DicomError> {
-    let cap = limits
-        .max_inflated_bytes
-        .min((deflated.len() as u64).saturating_mul(limits.max_inflate_ratio))
-        .max(64 * 1024);
-    let mut out = Vec::new();
-    flate2::read::DeflateDecoder::new(deflated)
-        .take(cap + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| DicomError::Malformed(format!("the deflated data set is corrupt: {e}")))?;
-    if out.len() as u64 > cap {
-        return Err(DicomError::Malformed(format!(
-            "the deflated data set inflates past {cap} bytes"
-        )));
-    }
-    Ok(out)
-}
-
-/// Checks the data set of a PS3.10 stream (`file` from its start, the preamble
-/// included when `meta` says so), cut before top-level Pixel Data or whole.
-pub fn check_file(file: &[u8], meta: &FileMeta, limits: &ParseLimits) -> Result<(), DicomError> {
-    check_group_length(file, meta)?;
-    let dataset = file
-        .get(meta.dataset_offset..)
-        .ok_or(DicomError::Truncated)?;
-    if meta.encoding.deflated {
-        let inflated = inflate(dataset, limits)?;
-        let encoding = Encoding {
-            deflated: false,
-            ..meta.encoding
-        };
-        return check_dataset(&inflated, 0, encoding, limits);
-    }
-    check_dataset(file, meta.dataset_offset, meta.encoding, limits)
-}
-
-/// dicom-rs ends the file meta group where its group length (0002,0000) says;
-/// Kastell's scanner where group 0002 ends. A group length that disagrees
-/// would make the two read the data set from different offsets (found by
-/// fuzzing: dicom-rs then took a float value for a 1.9 GB length), so it is
-/// refused.
-fn check_group_length(file: &[u8], meta: &FileMeta) -> Result<(), DicomError> {
-    let first = meta.magic_offset + 4;
-    let Some(element) = file.get(first..first + 12) else {
-        return Ok(());
-    };
-    if element[..6] != [0x02, 0x00, 0x00, 0x00, b'U', b'L'] {
-        return Ok(());
-    }
-    let declared = u32::from_le_bytes([element[8], element[9], element[10], element[11]]);
-    let actual = meta.dataset_offset.saturating_sub(first + 12);
-    if declared as usize != actual {
-        return Err(DicomError::Malformed(format!(
-            "the file meta group length says {declared} bytes; its elements take {actual}"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks the nesting depth of JSON text without parsing it (brackets outside
-/// strings). DICOM JSON spends three levels per sequence level (attribute,
-/// `Value` array, item), plus the array of data sets and the data set itself.
-pub fn check_json_depth(text: &[u8], limits: &ParseLimits) -> Result<(), DicomError> {
-    let max = limits.max_depth.saturating_mul(3).saturating_add(4);
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in text {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return Err(DicomError::Malformed(format!(
-                        "the metadata nests deeper than {} sequence levels",
-                        limits.max_depth
-                    )));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Checks the element nesting of XML text before an XML parser sees it (the
-/// parser roxmltree recurses on nested elements): start tags open a level,
-/// end tags close one; comments, CDATA, processing instructions and
-/// declarations are skipped, quoted attribute values are not read as markup.
-/// The Native DICOM Model spends two levels per sequence level
-/// (DicomAttribute, Item) under NativeDicomModel.
-pub fn check_xml_depth(text: &[u8], limits: &ParseLimits) -> Result<(), DicomError> {
-    let max = limits.max_depth.saturating_mul(2).saturating_add(3);
-    let too_deep = || {
-        DicomError::Malformed(format!(
-            "the metadata nests deeper than {} sequence levels",
-            limits.max_depth
-        ))
-    };
-    let skip_past = |from: usize, end: &[u8]| -> usize {
-        text[from..]
-            .windows(end.len())
-            .position(|w| w == end)
-            .map_or(text.len(), |at| from + at + end.len())
-    };
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < text.len() {
-        if text[i] != b'<' {
-            i += 1;
-            continue;
-        }
-        let rest = &text[i..];
-        if rest.starts_with(b"<!--") {
-            i = skip_past(i + 4, b"-->");
-        } else if rest.starts_with(b"<![CDATA[") {
-            i = skip_past(i + 9, b"]]>");
-        } else if rest.starts_with(b"<?") {
-            i = skip_past(i + 2, b"?>");
-        } else if rest.starts_with(b"<!") {
-            // A declaration; an internal subset in brackets may hold '>'.
-            let mut brackets = 0i32;
-            i += 2;
-            while i < text.len() {
-                match text[i] {
-                    b'[' => brackets += 1,
-                    b']' => brackets -= 1,
-                    b'>' if brackets <= 0 => break,
-                    _ => {}
-                }
-                i += 1;
-            }
-            i += 1;
-        } else if rest.starts_with(b"</") {
-            depth = depth.saturating_sub(1);
-            i = skip_past(i + 2, b">");
-        } else {
-            // A start tag: to its '>' outside quotes; `/>` closes it at once.
-            let mut quote = None;
-            let mut j = i + 1;
-            while j < text.len() {
-                match (quote, text[j]) {
-                    (None, b'"' | b'\'') => quote = Some(text[j]),
-                    (Some(q), c) if c == q => quote = None,
-                    (None, b'>') => break,
-                    _ => {}
-                }
-                j += 1;
-            }
-            let self_closing = j > i + 1 && text.get(j - 1) == Some(&b'/');
-            if !self_closing {
-                depth += 1;
-                if depth > max {
-                    return Err(too_deep());
-                }
-            }
-            i = j + 1;
-        }
-    }
-    Ok(())
-}
-
-/// Checks that the values that drive work (NumberOfFrames, Rows, Columns,
-/// SamplesPerPixel, BitsAllocated) agree with the Pixel Data actually stored,
-/// so that nothing later allocates or loops by a number the data does not back:
-/// native pixel data must hold every frame they describe; encapsulated pixel
-/// data must have a fragment for every frame. `native_length` is the native
-/// value's length, `fragments` the number of fragments (Basic Offset Table not
-/// counted) of encapsulated pixel data.
-pub fn check_pixel_description(
-    dataset: &dicom_object::InMemDicomObject,
-    native_length: Option<u64>,
-    fragments: Option<usize>,
-) -> Result<(), DicomError> {
-    use dicom_dictionary_std::tags;
-    let number = |tag, name: &str| -> Result<Option<u64>, DicomError> {
-        match super::instance::text(dataset, tag) {
-            None => Ok(None),
-            Some(text) if text.trim().is_empty() => Ok(None),
-            Some(text) => text
-                .trim()
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| DicomError::PixelMismatch(format!("{name} is not a number"))),
-        }
-    };
-    let frames = number(tags::NUMBER_OF_FRAMES, "NumberOfFrames")?.unwrap_or(1);
-    if frames == 0 {
-        return Err(DicomError::PixelMismatch("NumberOfFrames is 0".into()));
-    }
-    if let Some(fragments) = fragments {
-        if frames > fragments as u64 {
-            return Err(DicomError::PixelMismatch(format!(
-                "NumberOfFrames is {frames}; the encapsulated pixel data has {fragments} fragment(s)"
-            )));
-        }
-    }
-    let Some(length) = native_length else {
-        return Ok(());
-    };
-    let rows = number(tags::ROWS, "Rows")?.unwrap_or(0);
-    let columns = number(tags::COLUMNS, "Columns")?.unwrap_or(0);
-    let samples = number(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")?.unwrap_or(1);
-    let bits = number(tags::BITS_ALLOCATED, "BitsAllocated")?.unwrap_or(0);
-    if rows == 0 || columns == 0 || bits == 0 {
-        return Err(DicomError::PixelMismatch(
-            "native Pixel Data without Rows, Columns or BitsAllocated".into(),
-        ));
-    }
-    // 4:2:2 subsampled colour keeps two samples per pixel on the wire.
-    let photometric =
-        super::instance::text(dataset, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
-    let samples = if photometric.trim().ends_with("_422") {
-        2
-    } else {
-        samples
-    };
-    let bits_needed = [columns, samples, bits, frames]
-        .into_iter()
-        .fold(u128::from(rows), |product, n| {
-            product.saturating_mul(u128::from(n))
-        });
-    let bytes_needed = bits_needed.div_ceil(8);
-    if bytes_needed > u128::from(length) {
-        return Err(DicomError::PixelMismatch(format!(
-            "{frames} frame(s) of {rows} x {columns} x {samples} samples of {bits} bits \
-             need {bytes_needed} bytes; Pixel Data holds {length}"
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dicom::header::tests::sample_file;
-    use crate::dicom::header::{parse_file_meta, HeaderScanner, Scan};
 
     const EXPLICIT: Encoding = Encoding {
         explicit_vr: true,
@@ -752,63 +449,5 @@ mod tests {
             .collect();
         assert!(check_dataset(&many, 0, EXPLICIT, &limits).is_err());
         assert!(check_dataset(&many[..element.len() * 10], 0, EXPLICIT, &limits).is_ok());
-    }
-
-    #[test]
-    fn a_real_header_passes() {
-        let file = sample_file(&[1, 2, 3, 4]);
-        let meta = parse_file_meta(&file).unwrap().unwrap();
-        let mut scanner = HeaderScanner::new();
-        let Scan::PixelData(location) = scanner.scan(&file).unwrap() else {
-            panic!("pixel data not found");
-        };
-        let header = &file[..location.element_offset as usize];
-        check_file(header, &meta, &ParseLimits::default()).unwrap();
-        // The whole file, pixel data included.
-        check_file(&file, &meta, &ParseLimits::default()).unwrap();
-    }
-
-    #[test]
-    fn deflate_bombs_are_refused_before_they_inflate() {
-        use std::io::Write;
-        let mut encoder =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        // 64 MiB of zeros deflates to about 64 KiB: a ratio of about 1,000.
-        let zeros = vec![0u8; 1024 * 1024];
-        for _ in 0..64 {
-            encoder.write_all(&zeros).unwrap();
-        }
-        let bomb = encoder.finish().unwrap();
-        let error = inflate(&bomb, &ParseLimits::default()).unwrap_err();
-        assert!(error.to_string().contains("inflates past"), "{error}");
-        let roomy = ParseLimits {
-            max_inflate_ratio: 10_000,
-            ..ParseLimits::default()
-        };
-        assert_eq!(inflate(&bomb, &roomy).unwrap().len(), 64 * 1024 * 1024);
-    }
-
-    #[test]
-    fn xml_depth_is_counted_outside_comments_and_quotes() {
-        let limits = ParseLimits::default();
-        let deep = "<Item>".repeat(300_000);
-        assert!(check_xml_depth(deep.as_bytes(), &limits).is_err());
-        let flat = "<a><b/><c x='<d>'><!-- <e><e><e> --><![CDATA[<f><f>]]></c></a>".repeat(1000);
-        assert!(check_xml_depth(flat.as_bytes(), &limits).is_ok());
-        let at_limit = format!("{}{}", "<i>".repeat(67), "</i>".repeat(67));
-        assert!(check_xml_depth(at_limit.as_bytes(), &limits).is_ok());
-        let over = format!("{}{}", "<i>".repeat(68), "</i>".repeat(68));
-        assert!(check_xml_depth(over.as_bytes(), &limits).is_err());
-    }
-
-    #[test]
-    fn json_depth_is_counted_outside_strings() {
-        let limits = ParseLimits::default();
-        let deep = "[".repeat(300_000);
-        assert!(check_json_depth(deep.as_bytes(), &limits).is_err());
-        let quoted = format!("[\"{}\"]", "[".repeat(1000));
-        assert!(check_json_depth(quoted.as_bytes(), &limits).is_ok());
-        let escaped = r#"["\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["]"#;
-        assert!(check_json_depth(escaped.as_bytes(), &limits).is_ok());
     }
 }

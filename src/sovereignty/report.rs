@@ -1,0 +1,127 @@
+//! The report: the policy, the backends and the control chain, as data (serialized
+//! for `--json`) and as the text an operator reads.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::{Backend, BackendKind, Custody, Notice, Violation};
+use crate::config::{BlobStorePolicy, SovereigntyConfig};
+
+/// The control chain: the policy, the backends with their jurisdictions, and for
+/// each kind of data where it sits, encrypted or not, and who holds the keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub policy: SovereigntyConfig,
+    pub backends: Vec<Backend>,
+    pub chain: Vec<Custody>,
+    pub warnings: Vec<Notice>,
+    pub violations: Vec<Violation>,
+}
+
+impl Report {
+    /// The report when the policy holds, else its violations.
+    pub fn into_result(self) -> Result<Report, Vec<Violation>> {
+        if self.violations.is_empty() {
+            Ok(self)
+        } else {
+            Err(self.violations)
+        }
+    }
+
+    pub fn backend(&self, kind: BackendKind) -> &Backend {
+        self.backends
+            .iter()
+            .find(|b| b.kind == kind)
+            .expect("every kind of backend is in the report")
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let policy = &self.policy;
+        writeln!(
+            f,
+            "Kastell sovereignty report: where each kind of data sits, under whose law\n"
+        )?;
+        writeln!(f, "Policy")?;
+        writeln!(
+            f,
+            "  personal-data countries (index, keys, audit trail, host): {}",
+            policy.personal_data_countries.join(", ")
+        )?;
+        writeln!(
+            f,
+            "  operators subject to foreign-access law: {}",
+            if policy.allow_foreign_access_law {
+                "allowed"
+            } else {
+                "not allowed"
+            }
+        )?;
+        writeln!(
+            f,
+            "  blob stores: {}",
+            match policy.blob_stores {
+                BlobStorePolicy::CiphertextAnywhere => "ciphertext-anywhere",
+                BlobStorePolicy::SameAsPersonalData => "same-as-personal-data",
+            }
+        )?;
+        writeln!(
+            f,
+            "  declarations required: {}",
+            if policy.require_declarations {
+                "yes"
+            } else {
+                "no"
+            }
+        )?;
+
+        writeln!(f, "\nBackends")?;
+        for b in &self.backends {
+            writeln!(f, "  {}", b.name)?;
+            writeln!(f, "    where:        {}", b.placement)?;
+            writeln!(f, "    jurisdiction: {}", b.jurisdiction)?;
+            if let Some(note) = &b.jurisdiction.note {
+                writeln!(f, "    note:         {note}")?;
+            }
+        }
+
+        writeln!(f, "\nControl chain")?;
+        for link in &self.chain {
+            writeln!(f, "  {}", link.data)?;
+            writeln!(f, "    rule:       {}", link.rule)?;
+            for holding in &link.held {
+                writeln!(
+                    f,
+                    "    held in:    {}: {} [{}]\n                {}",
+                    holding.name,
+                    holding.what,
+                    if holding.encrypted {
+                        "encrypted"
+                    } else {
+                        "not encrypted"
+                    },
+                    holding.jurisdiction
+                )?;
+            }
+            writeln!(f, "    encryption: {}", link.encryption)?;
+            writeln!(f, "    keys:       {}", link.keys)?;
+        }
+
+        if !self.warnings.is_empty() {
+            writeln!(f, "\nWarnings")?;
+            for warning in &self.warnings {
+                writeln!(f, "  - {}: {}", warning.backend, warning.message)?;
+            }
+        }
+        writeln!(f, "\nViolations")?;
+        if self.violations.is_empty() {
+            writeln!(f, "  none: the configuration keeps to the policy")?;
+        }
+        for violation in &self.violations {
+            writeln!(f, "  - {violation}")?;
+        }
+        Ok(())
+    }
+}

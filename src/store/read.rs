@@ -1,0 +1,233 @@
+//! The read path: opening an object (header, key unwrap, layout) and decrypting it
+//! whole, as a stream of segments, or by byte range fetching only the segments needed.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use object_store::{GetOptions, GetRange};
+
+use super::{BlobKey, BlobStore, StoreError};
+use crate::crypto::format::{Header, Layout, Opener, MAX_HEADER_LEN, SEGMENT_SIZE};
+use crate::crypto::{keys, CryptoError, KeyId};
+use crate::telemetry::metrics::{self, StoreTimer};
+
+/// An object opened for reading: its layout and the means to decrypt it.
+struct Opened {
+    opener: Opener,
+    layout: Layout,
+}
+
+impl BlobStore {
+    /// Reads and checks an object's header; unwraps its data key.
+    async fn open(&self, key: &BlobKey) -> Result<Opened, StoreError> {
+        Ok(self.open_prefetching(key, MAX_HEADER_LEN as u64).await?.0)
+    }
+
+    /// Like `open`, fetching the first `prefetch` bytes in the same request (at
+    /// least the header); returns the bytes fetched after the header, which for a
+    /// small object are all of it.
+    async fn open_prefetching(
+        &self,
+        key: &BlobKey,
+        prefetch: u64,
+    ) -> Result<(Opened, Bytes), StoreError> {
+        let (header, total, bytes) = self.fetch_header(key, prefetch).await?;
+        if header.object_id != key.object_id() {
+            self.incident(key, "the object belongs to another name (swapped)");
+            return Err(StoreError::Integrity("the object belongs to another name"));
+        }
+        let key_id = KeyId::parse(&header.key_id)?;
+        let tenant_key = self.keys.key(&key_id)?;
+        let prefix =
+            Header::authenticated_prefix(header.segment_size, &header.object_id, &header.key_id);
+        let data_key =
+            keys::unwrap(&tenant_key, &header.wrapped_data_key, &prefix).inspect_err(|_| {
+                self.incident(key, "the data key does not unwrap (header modified)");
+            })?;
+        let layout = Layout::from_ciphertext_len(header.len() as u64, header.segment_size, total)?;
+        let after_header = bytes.slice(header.len().min(bytes.len())..);
+        Ok((
+            Opened {
+                opener: Opener::new(&data_key, header.object_id, layout),
+                layout,
+            },
+            after_header,
+        ))
+    }
+
+    pub(super) fn incident(&self, key: &BlobKey, what: &str) {
+        tracing::error!(blob = %key, incident = what, "blob integrity incident");
+    }
+
+    pub(super) fn checked<T>(
+        &self,
+        key: &BlobKey,
+        result: Result<T, CryptoError>,
+    ) -> Result<T, StoreError> {
+        result.map_err(|e| {
+            if let CryptoError::Integrity(what) = &e {
+                self.incident(key, what);
+            }
+            StoreError::from(e)
+        })
+    }
+
+    /// Reads the first `prefetch` bytes (at least the header) in one request and
+    /// decodes the header; returns it, the object's total size and the bytes read.
+    pub(super) async fn fetch_header(
+        &self,
+        key: &BlobKey,
+        prefetch: u64,
+    ) -> Result<(Header, u64, Bytes), StoreError> {
+        // Ranges past the end are clamped by every backend, so small objects are fine.
+        let range = GetRange::Bounded(0..prefetch.max(MAX_HEADER_LEN as u64));
+        let result = self
+            .inner
+            .get_opts(
+                &key.path(),
+                GetOptions {
+                    range: Some(range),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let total = result.meta.size;
+        let bytes = result.bytes().await?;
+        let header = Header::decode(&bytes)?
+            .ok_or(StoreError::Integrity("the object header is truncated"))?;
+        Ok((header, total, bytes))
+    }
+
+    /// The key an object's header names (one small read; nothing is decrypted).
+    #[tracing::instrument(name = "store.key_id_of", skip_all)]
+    pub async fn key_id_of(&self, key: &BlobKey) -> Result<KeyId, StoreError> {
+        let _timer = StoreTimer::start("key_id_of", &self.description);
+        let (header, _, _) = self.fetch_header(key, 0).await?;
+        Ok(KeyId::parse(&header.key_id)?)
+    }
+
+    /// The plaintext size of a blob.
+    #[tracing::instrument(name = "store.size", skip_all)]
+    pub async fn size(&self, key: &BlobKey) -> Result<u64, StoreError> {
+        let _timer = StoreTimer::start("size", &self.description);
+        Ok(self.open(key).await?.layout.plaintext_len)
+    }
+
+    /// The whole blob, decrypted, as a stream of segments.
+    #[tracing::instrument(name = "store.read_stream", skip_all)]
+    pub async fn read_stream(
+        &self,
+        key: &BlobKey,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let _timer = StoreTimer::start("read_stream", &self.description);
+        // One request brings the header and the first segment: a small object needs
+        // no second one.
+        let first_segment = (SEGMENT_SIZE as u64) + crate::crypto::format::TAG_LEN;
+        let (opened, prefetched) = self
+            .open_prefetching(key, MAX_HEADER_LEN as u64 + first_segment)
+            .await?;
+        let layout = opened.layout;
+        let all = 0..layout.segments;
+        let range = layout.ciphertext_range(&all);
+        let fetched_to = range.start + prefetched.len() as u64;
+        let rest: BoxStream<'static, Result<Bytes, object_store::Error>> = if fetched_to < range.end
+        {
+            self.inner
+                .get_opts(
+                    &key.path(),
+                    GetOptions {
+                        range: Some(GetRange::Bounded(fetched_to..range.end)),
+                        ..Default::default()
+                    },
+                )
+                .await?
+                .into_stream()
+        } else {
+            futures_util::stream::empty().boxed()
+        };
+        let body = futures_util::stream::once(async move { Ok(prefetched) })
+            .chain(rest)
+            .boxed();
+        let sealed_len = (layout.segment_size + crate::crypto::format::TAG_LEN) as usize;
+        let last_len =
+            (range.end - range.start) as usize - (layout.segments as usize - 1) * sealed_len;
+        let store = self.clone();
+        let key = key.clone();
+        let state = (body, BytesMut::new(), 0u64, opened.opener);
+        Ok(futures_util::stream::try_unfold(
+            state,
+            move |(mut inner, mut buffer, index, opener)| {
+                let store = store.clone();
+                let key = key.clone();
+                async move {
+                    let segments = opener.layout().segments;
+                    if index == segments {
+                        return Ok(None);
+                    }
+                    let need = if index + 1 == segments {
+                        last_len
+                    } else {
+                        sealed_len
+                    };
+                    while buffer.len() < need {
+                        match inner.next().await {
+                            Some(chunk) => buffer.extend_from_slice(&chunk?),
+                            None => {
+                                store.incident(&key, "the object is shorter than its layout");
+                                return Err(StoreError::Integrity("the object is truncated"));
+                            }
+                        }
+                    }
+                    let mut segment = buffer.split_to(need);
+                    store.checked(&key, opener.open_in_place(index, &mut segment))?;
+                    metrics::opened(&store.description, segment.len() as u64);
+                    Ok(Some((segment.freeze(), (inner, buffer, index + 1, opener))))
+                }
+            },
+        )
+        .boxed())
+    }
+
+    /// One byte range of a blob's plaintext; only the segments it touches are
+    /// fetched from the backend (after the header).
+    #[tracing::instrument(name = "store.read_range", skip_all)]
+    pub async fn read_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let _timer = StoreTimer::start("read_range", &self.description);
+        if range.start == range.end {
+            return Ok(Bytes::new());
+        }
+        let opened = self.open(key).await?;
+        let layout = opened.layout;
+        if range.end > layout.plaintext_len || range.start > range.end {
+            return Err(StoreError::OutOfRange {
+                start: range.start,
+                end: range.end,
+                len: layout.plaintext_len,
+            });
+        }
+        let segments = layout.segments_for(&range);
+        let sealed = self
+            .inner
+            .get_range(&key.path(), layout.ciphertext_range(&segments))
+            .await?;
+        let plain = self.checked(key, opened.opener.open(segments.start, &sealed))?;
+        metrics::opened(&self.description, plain.len() as u64);
+        let skip = (range.start - segments.start * layout.segment_size) as usize;
+        Ok(Bytes::from(plain).slice(skip..skip + (range.end - range.start) as usize))
+    }
+
+    /// The whole blob in memory. Only for single objects whose processing needs all
+    /// of it (re-encoding one instance); never for a study.
+    #[tracing::instrument(name = "store.read_all", skip_all)]
+    pub async fn read_all(&self, key: &BlobKey) -> Result<Bytes, StoreError> {
+        let _timer = StoreTimer::start("read_all", &self.description);
+        let mut stream = self.read_stream(key).await?;
+        let mut all = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            all.extend_from_slice(&chunk?);
+        }
+        Ok(all.freeze())
+    }
+}

@@ -1,0 +1,408 @@
+//! Tests of the store over the in-memory and filesystem backends.
+
+use super::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::GetOptions;
+
+use crate::crypto::format::{Header, MAX_HEADER_LEN};
+
+use async_trait_free::CountingStore;
+
+fn options() -> WriteOptions {
+    WriteOptions {
+        part_bytes: 5 * 1024 * 1024,
+        concurrency: 2,
+    }
+}
+
+fn retries() -> Retries {
+    Retries {
+        max_retries: 1,
+        timeout: Duration::from_secs(1),
+    }
+}
+
+fn keyring() -> Arc<KeyRing> {
+    let ring = crate::crypto::keyring::tests::ring();
+    ring.ensure_tenant("default").unwrap();
+    Arc::new(ring)
+}
+
+fn memory_store() -> (BlobStore, Arc<CountingStore>) {
+    let counting = Arc::new(CountingStore {
+        inner: Arc::new(InMemory::new()),
+        fetched: AtomicU64::new(0),
+    });
+    let store =
+        BlobStore::with_backend(counting.clone(), options(), "memory", keyring(), "default");
+    (store, counting)
+}
+
+async fn put(store: &BlobStore, data: &[u8]) -> BlobKey {
+    let key = BlobKey::new(BlobKind::Instance);
+    let mut writer = store.writer(key.clone()).await.unwrap();
+    for chunk in data.chunks(1_000_003) {
+        writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    assert_eq!(writer.finish().await.unwrap(), data.len() as u64);
+    key
+}
+
+async fn raw(counting: &CountingStore, key: &BlobKey) -> Vec<u8> {
+    counting
+        .inner
+        .get(&key.path())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn write_then_read_whole_and_ranges() {
+    let (store, _) = memory_store();
+    let data: Vec<u8> = (0..12_000_000u32).map(|i| (i % 251) as u8).collect();
+    let key = put(&store, &data).await;
+    assert_eq!(store.read_all(&key).await.unwrap(), data);
+    assert_eq!(store.size(&key).await.unwrap(), data.len() as u64);
+    let range = store.read_range(&key, 5_000_000..5_000_100).await.unwrap();
+    assert_eq!(&range[..], &data[5_000_000..5_000_100]);
+    assert!(matches!(
+        store.read_range(&key, 0..12_000_001).await,
+        Err(StoreError::OutOfRange { .. })
+    ));
+    store.delete(&key).await.unwrap();
+    assert!(matches!(
+        store.read_all(&key).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn the_backend_only_ever_sees_ciphertext() {
+    let (store, counting) = memory_store();
+    let secret = b"DICM Doe^John 1.2.840.113619.2.55.3.604688119";
+    let mut data = vec![0u8; 300_000];
+    data[..secret.len()].copy_from_slice(secret);
+    data[200_000..200_000 + secret.len()].copy_from_slice(secret);
+    let key = put(&store, &data).await;
+    let stored = raw(&counting, &key).await;
+    for needle in [&b"DICM"[..], b"Doe^John", b"1.2.840.113619"] {
+        assert!(
+            !stored.windows(needle.len()).any(|w| w == needle),
+            "plaintext {needle:?} in the blob"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_range_fetches_only_its_segments() {
+    let (store, counting) = memory_store();
+    let data = vec![7u8; 50 * 1024 * 1024];
+    let key = put(&store, &data).await;
+    counting.fetched.store(0, Ordering::SeqCst);
+    // A 100 KiB "frame" in the middle of a 50 MiB object.
+    let frame = store
+        .read_range(&key, 30_000_000..30_102_400)
+        .await
+        .unwrap();
+    assert_eq!(frame.len(), 102_400);
+    let fetched = counting.fetched.load(Ordering::SeqCst);
+    // The header read plus at most three 64 KiB segments.
+    assert!(
+        fetched <= MAX_HEADER_LEN as u64 + 3 * (64 * 1024 + 16),
+        "fetched {fetched} bytes"
+    );
+}
+
+#[tokio::test]
+async fn tampering_and_swapping_are_detected() {
+    let (store, counting) = memory_store();
+    let data = vec![1u8; 200_000];
+    let a = put(&store, &data).await;
+    let b = put(&store, &data).await;
+    let original = raw(&counting, &a).await;
+    for position in [10usize, 40, 120, 100_000, original.len() - 1] {
+        let mut tampered = original.clone();
+        tampered[position] ^= 0x01;
+        counting
+            .inner
+            .put(&a.path(), tampered.into())
+            .await
+            .unwrap();
+        let whole = store.read_all(&a).await;
+        assert!(
+            matches!(whole, Err(StoreError::Integrity(_))),
+            "flip at {position}: {whole:?}"
+        );
+    }
+    // Truncated by one segment.
+    counting
+        .inner
+        .put(&a.path(), original[..original.len() - 1000].to_vec().into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.read_all(&a).await,
+        Err(StoreError::Integrity(_))
+    ));
+    // B's valid object under A's name.
+    let other = raw(&counting, &b).await;
+    counting.inner.put(&a.path(), other.into()).await.unwrap();
+    assert!(matches!(
+        store.read_all(&a).await,
+        Err(StoreError::Integrity(_))
+    ));
+    assert!(matches!(
+        store.read_range(&a, 0..10).await,
+        Err(StoreError::Integrity(_))
+    ));
+}
+
+#[tokio::test]
+async fn rotation_rewraps_and_shredding_makes_blobs_unreadable() {
+    let (store, counting) = memory_store();
+    let data = vec![9u8; 100_000];
+    let key = put(&store, &data).await;
+    let before = raw(&counting, &key).await;
+    store.keys.rotate("default").unwrap();
+    assert!(store.rewrap(&key).await.unwrap());
+    assert!(
+        !store.rewrap(&key).await.unwrap(),
+        "already under the active key"
+    );
+    let after = raw(&counting, &key).await;
+    let header = Header::decode(&after).unwrap().unwrap();
+    assert_eq!(header.key_id, "default/2");
+    // Same segments: nothing was re-encrypted.
+    let old_header_len = Header::decode(&before).unwrap().unwrap().len();
+    assert_eq!(&after[header.len()..], &before[old_header_len..]);
+    assert_eq!(store.read_all(&key).await.unwrap(), data);
+    store.keys.shred("default").unwrap();
+    assert!(matches!(
+        store.read_all(&key).await,
+        Err(StoreError::Shredded)
+    ));
+    assert!(matches!(
+        store.writer(BlobKey::new(BlobKind::Instance)).await.err(),
+        Some(StoreError::Shredded)
+    ));
+}
+
+#[tokio::test]
+async fn filesystem_backend_aborted_upload_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let store = BlobStore::from_url(&url, &[], options(), retries(), keyring(), "default").unwrap();
+    let key = BlobKey::new(BlobKind::Instance);
+    let mut writer = store.writer(key.clone()).await.unwrap();
+    writer
+        .write(Bytes::from(vec![7u8; 6 * 1024 * 1024]))
+        .await
+        .unwrap();
+    writer.abort().await;
+    assert!(matches!(
+        store.read_all(&key).await,
+        Err(StoreError::NotFound)
+    ));
+    let left = store
+        .keys_older_than(BlobKind::Instance, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "aborted upload left {left:?}");
+}
+
+#[tokio::test]
+async fn uploads_cut_off_by_a_killed_process_are_swept_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let store = BlobStore::from_url(&url, &[], options(), retries(), keyring(), "default").unwrap();
+    let done = BlobKey::new(BlobKind::Instance);
+    let mut writer = store.writer(done.clone()).await.unwrap();
+    writer.write(Bytes::from_static(b"kept")).await.unwrap();
+    writer.finish().await.unwrap();
+    // An upload with a part written, whose process died: no drop, no abort.
+    let cut = BlobKey::new(BlobKind::Instance);
+    let mut writer = store.writer(cut.clone()).await.unwrap();
+    writer
+        .write(Bytes::from(vec![7u8; 11 * 1024 * 1024]))
+        .await
+        .unwrap();
+    std::mem::forget(writer);
+    let instances = dir.path().join("instances");
+    // The parts already handed to the backend are written by tasks that
+    // outlive the forgotten writer; a file still being written is younger
+    // than any cutoff, so wait until nothing changes it any more.
+    let staging_file = std::fs::read_dir(&instances)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains('#'))
+        .expect("the backend stages uploads in files");
+    let mut last = None;
+    loop {
+        let meta = std::fs::metadata(&staging_file).unwrap();
+        let now = Some((meta.len(), meta.modified().unwrap()));
+        if now == last {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let staged = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains('#')
+            })
+            .count()
+    };
+    assert_eq!(staged(&instances), 1, "the backend stages uploads in files");
+    std::fs::write(instances.join("notes#1"), b"not ours").unwrap();
+    assert_eq!(
+        store
+            .remove_stale_uploads(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0,
+        "younger than the grace"
+    );
+    assert_eq!(store.remove_stale_uploads(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(staged(&instances), 1, "only notes#1, which is not ours");
+    assert_eq!(store.read_all(&done).await.unwrap(), &b"kept"[..]);
+}
+
+#[tokio::test]
+async fn detached_deletions_are_finished_once_no_upload_is_left() {
+    let store = BlobStore::with_backend(
+        Arc::new(InMemory::new()),
+        options(),
+        "memory",
+        keyring(),
+        "default",
+    );
+    let key = BlobKey::new(BlobKind::Instance);
+    let mut writer = store.writer(key.clone()).await.unwrap();
+    writer.write(Bytes::from_static(b"x")).await.unwrap();
+    writer.finish().await.unwrap();
+    let guard = store.upload_guard();
+    // A drop guard running where no runtime is left: nothing is spawned.
+    let detached = store.clone();
+    let deleted = key.clone();
+    std::thread::spawn(move || detached.delete_detached(vec![deleted]))
+        .join()
+        .unwrap();
+    assert!(store.read_all(&key).await.is_ok());
+    // An upload still in progress may yet commit: nothing is deleted.
+    assert_eq!(store.finish_detached(Duration::ZERO).await, 0);
+    drop(guard);
+    assert_eq!(store.finish_detached(Duration::ZERO).await, 1);
+    assert!(matches!(
+        store.read_all(&key).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.finish_detached(Duration::ZERO).await, 0);
+}
+
+#[test]
+fn keys_are_opaque_and_validated() {
+    let key = BlobKey::new(BlobKind::Instance);
+    assert!(key.as_str().starts_with("instances/"));
+    assert_eq!(BlobKey::parse(key.as_str()).unwrap(), key);
+    assert!(BlobKey::parse("instances/../etc/passwd").is_err());
+    assert!(BlobKey::parse("1.2.840.1/abc").is_err());
+    assert!(matches!(
+        backend_from_url("ftp://x/y", &[], retries()),
+        Err(StoreError::UnsupportedUrl(_))
+    ));
+    assert!(matches!(
+        backend_from_url("file://relative", &[], retries()),
+        Err(StoreError::UnsupportedUrl(_))
+    ));
+}
+
+/// An object store that counts the bytes reads return.
+mod async_trait_free {
+    use super::*;
+    use futures_util::stream::BoxStream;
+    use object_store::{
+        GetResult, ListResult, MultipartUpload, ObjectMeta, PutMultipartOptions, PutOptions,
+        PutPayload, PutResult,
+    };
+
+    #[derive(Debug)]
+    pub struct CountingStore {
+        pub inner: Arc<dyn ObjectStore>,
+        pub fetched: AtomicU64,
+    }
+
+    impl std::fmt::Display for CountingStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "CountingStore")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for CountingStore {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            let result = self.inner.get_opts(location, options).await?;
+            self.fetched
+                .fetch_add(result.range.end - result.range.start, Ordering::SeqCst);
+            Ok(result)
+        }
+        async fn delete(&self, location: &ObjectPath) -> object_store::Result<()> {
+            self.inner.delete(location).await
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+        ) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+}
