@@ -106,14 +106,9 @@ impl Index {
                 if n > 0 {
                     sql.push(" UNION ALL ");
                 }
-                sql.push(&format!("SELECT blob_key FROM {table} WHERE blob_key IN ("));
-                for (i, key) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Text(key.clone()));
-                }
-                sql.push(")");
+                sql.push(&format!("SELECT blob_key FROM {table} WHERE blob_key IN ("))
+                    .bind_list(chunk.iter().map(|key| Bind::Text(key.clone())))
+                    .push(")");
             }
             let rows = with_conn!(self, conn => conn.load::<BlobKeyRow>(sql.sql(), sql.binds())?);
             found.extend(rows.into_iter().map(|row| row.blob_key));

@@ -9,6 +9,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel::{QueryableByName, SqliteConnection};
 
 use super::conn::IndexConn;
+use super::read::push_scope_condition;
 use super::records::BlobKeyRow;
 use super::sql::{Bind, SqlBuilder};
 use super::write::refresh_aggregates;
@@ -37,26 +38,9 @@ impl Index {
         sql.push(
             "SELECT i.instance_pk, i.blob_key, i.sop_instance_uid, se.series_pk, st.study_pk \
              FROM instances i JOIN series se ON se.series_pk = i.series_fk \
-             JOIN studies st ON st.study_pk = se.study_fk WHERE st.study_instance_uid = ",
+             JOIN studies st ON st.study_pk = se.study_fk WHERE ",
         );
-        let (study, series, instance) = match scope {
-            Scope::Study { study } => (study, None, None),
-            Scope::Series { study, series } => (study, Some(series), None),
-            Scope::Instance {
-                study,
-                series,
-                instance,
-            } => (study, Some(series), Some(instance)),
-        };
-        sql.bind(Bind::Text(study.clone()));
-        if let Some(series) = series {
-            sql.push(" AND se.series_instance_uid = ")
-                .bind(Bind::Text(series.clone()));
-        }
-        if let Some(instance) = instance {
-            sql.push(" AND i.sop_instance_uid = ")
-                .bind(Bind::Text(instance.clone()));
-        }
+        push_scope_condition(&mut sql, scope);
         with_conn!(self, conn => conn.write(|conn| {
             let doomed = conn.load::<Doomed>(sql.sql(), sql.binds())?;
             if doomed.is_empty() {
@@ -104,14 +88,9 @@ impl Index {
             let mut derived = Vec::new();
             for chunk in gone_uids.chunks(500) {
                 let mut sql = SqlBuilder::new();
-                sql.push("DELETE FROM derived_blobs WHERE scope_uid IN (");
-                for (i, uid) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Text(uid.clone()));
-                }
-                sql.push(") RETURNING blob_key");
+                sql.push("DELETE FROM derived_blobs WHERE scope_uid IN (")
+                    .bind_list(chunk.iter().map(|uid| Bind::Text(uid.clone())))
+                    .push(") RETURNING blob_key");
                 derived.extend(conn.load::<BlobKeyRow>(sql.sql(), sql.binds())?.into_iter().map(|r| r.blob_key));
             }
             Ok(DeletedBlobs {

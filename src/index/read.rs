@@ -106,29 +106,9 @@ impl Index {
              i.transfer_syntax_uid, i.blob_key, i.blob_size, i.header_length, i.pixel_data_offset, \
              i.pixel_data_length, i.number_of_frames, i.bits_allocated, i.content_sha256, \
              i.frame_offsets FROM instances i JOIN series se ON se.series_pk = i.series_fk \
-             JOIN studies st ON st.study_pk = se.study_fk WHERE st.study_instance_uid = ",
+             JOIN studies st ON st.study_pk = se.study_fk WHERE ",
         );
-        match scope {
-            Scope::Study { study } => {
-                sql.bind(Bind::Text(study.clone()));
-            }
-            Scope::Series { study, series } => {
-                sql.bind(Bind::Text(study.clone()));
-                sql.push(" AND se.series_instance_uid = ")
-                    .bind(Bind::Text(series.clone()));
-            }
-            Scope::Instance {
-                study,
-                series,
-                instance,
-            } => {
-                sql.bind(Bind::Text(study.clone()));
-                sql.push(" AND se.series_instance_uid = ")
-                    .bind(Bind::Text(series.clone()));
-                sql.push(" AND i.sop_instance_uid = ")
-                    .bind(Bind::Text(instance.clone()));
-            }
-        }
+        push_scope_condition(&mut sql, scope);
         sql.push(" ORDER BY se.series_pk, i.instance_number, i.instance_pk");
         Ok(with_conn!(self, conn => conn.load::<StoredInstance>(sql.sql(), sql.binds())?))
     }
@@ -169,6 +149,30 @@ impl Index {
             .into_iter()
             .next()
             .map(|r| (r.blob_size, r.content_sha256)))
+    }
+}
+
+/// The condition selecting the instances of `scope`, over the aliases `st`, `se`
+/// and `i` of a join of studies, series and instances.
+pub(super) fn push_scope_condition(sql: &mut SqlBuilder, scope: &Scope) {
+    let (study, series, instance) = match scope {
+        Scope::Study { study } => (study, None, None),
+        Scope::Series { study, series } => (study, Some(series), None),
+        Scope::Instance {
+            study,
+            series,
+            instance,
+        } => (study, Some(series), Some(instance)),
+    };
+    sql.push("st.study_instance_uid = ")
+        .bind(Bind::Text(study.clone()));
+    if let Some(series) = series {
+        sql.push(" AND se.series_instance_uid = ")
+            .bind(Bind::Text(series.clone()));
+    }
+    if let Some(instance) = instance {
+        sql.push(" AND i.sop_instance_uid = ")
+            .bind(Bind::Text(instance.clone()));
     }
 }
 

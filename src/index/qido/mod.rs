@@ -244,14 +244,9 @@ fn add_condition(
                 {
                     return Err(invalid(key, "UID lists take exact UIDs"));
                 }
-                sql.push(&format!(" AND {column} IN ("));
-                for (i, v) in values.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Text(v.to_string()));
-                }
-                sql.push(")");
+                sql.push(&format!(" AND {column} IN ("))
+                    .bind_list(values.iter().map(|v| Bind::Text(v.to_string())))
+                    .push(")");
             }
         }
         Kind::Text => {
@@ -324,14 +319,9 @@ fn add_condition(
                             .map_err(|_| invalid(key, "expected an integer"))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                sql.push(&format!(" AND {column} IN ("));
-                for (i, n) in numbers.into_iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Int(n));
-                }
-                sql.push(")");
+                sql.push(&format!(" AND {column} IN ("))
+                    .bind_list(numbers.into_iter().map(Bind::Int))
+                    .push(")");
             }
         }
         Kind::ModalitiesInStudy => {
@@ -353,14 +343,9 @@ fn add_condition(
                 sql.push(
                     " AND EXISTS (SELECT 1 FROM instances c JOIN series cs ON cs.series_pk = c.series_fk \
                      WHERE cs.study_fk = st.study_pk AND c.sop_class_uid IN (",
-                );
-                for (i, v) in values.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Text(v.to_string()));
-                }
-                sql.push("))");
+                )
+                .bind_list(values.iter().map(|v| Bind::Text(v.to_string())))
+                .push("))");
             }
         }
     }
