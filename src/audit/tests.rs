@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
+use diesel::{Connection, PgConnection, SqliteConnection};
 
 use super::*;
 use crate::crypto::{LocalMasterKey, SecretKey};
 use crate::index::audit::AuditRow;
+use crate::index::test_db::PgTestDb;
 use crate::index::IndexOptions;
 
 /// The master key the tests' chain keys are wrapped with.
@@ -33,6 +34,9 @@ fn verify(index: &Index) -> Result<VerifyReport, AuditError> {
 struct TestDb {
     index: Index,
     url: String,
+    /// The PostgreSQL database made for the test, dropped when the test is done
+    /// (after `index`: fields drop in order).
+    _pg: Option<PgTestDb>,
 }
 
 impl TestDb {
@@ -81,23 +85,6 @@ impl TestDb {
     }
 }
 
-/// A PostgreSQL test database goes when its test is done (FORCE closes the
-/// pools still open on it).
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Ok(base) = std::env::var("KASTELL_TEST_POSTGRES") else {
-            return;
-        };
-        let Some(name) = self.url.strip_prefix(&format!("{base}/")) else {
-            return;
-        };
-        if let Ok(mut admin) = PgConnection::establish(&format!("{base}/postgres")) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin);
-        }
-    }
-}
-
 fn options() -> IndexOptions {
     IndexOptions {
         pool_size: 4,
@@ -114,17 +101,14 @@ fn databases() -> Vec<TestDb> {
     let mut dbs = vec![TestDb {
         index: Index::open(&url, options()).unwrap(),
         url,
+        _pg: None,
     }];
-    if let Ok(base) = std::env::var("KASTELL_TEST_POSTGRES") {
-        let name = format!("kastell_t_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::establish(&format!("{base}/postgres")).unwrap();
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .unwrap();
-        let url = format!("{base}/{name}");
+    if let Some(db) = PgTestDb::from_env() {
+        let url = db.url();
         dbs.push(TestDb {
             index: Index::open(&url, options()).unwrap(),
             url,
+            _pg: Some(db),
         });
     } else {
         eprintln!("KASTELL_TEST_POSTGRES is not set: the PostgreSQL half of this test did not run");

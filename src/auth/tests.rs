@@ -432,7 +432,7 @@ async fn an_unreachable_jwks_is_unavailable_not_unauthorized() {
 /// database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_authenticate_until_revoked_on_both_databases() {
-    for (index, _) in crate::index::tests::test_indexes() {
+    for (index, _db) in crate::index::tests::test_indexes() {
         let dialect = format!("{:?}", index.dialect());
         let config = AuthConfig {
             anonymous: vec![],

@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn keys_are_added_found_by_hash_listed_and_revoked() {
-        for (index, _) in test_indexes() {
+        for (index, _db) in test_indexes() {
             let first = index.add_api_key("ct-1", "default", "write", "aa").unwrap();
             let second = index
                 .add_api_key("script", "*", "read,delete", "bb")

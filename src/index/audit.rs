@@ -213,14 +213,7 @@ fn insert_sql(rows: &[AuditRow]) -> SqlBuilder {
             Bind::Text(row.prev_hash.clone()),
             Bind::Text(row.hash.clone()),
         ];
-        sql.push("(");
-        for (j, value) in values.into_iter().enumerate() {
-            if j > 0 {
-                sql.push(", ");
-            }
-            sql.bind(value);
-        }
-        sql.push(")");
+        sql.push("(").bind_list(values).push(")");
     }
     sql
 }

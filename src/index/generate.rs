@@ -274,13 +274,7 @@ fn generate_batch<C: IndexConn>(
             Bind::Text(at.clone()),
             Bind::Text(at.clone()),
         ];
-        for (j, value) in values.into_iter().enumerate() {
-            if j > 0 {
-                sql.push(", ");
-            }
-            sql.bind(value);
-        }
-        sql.push(")");
+        sql.bind_list(values).push(")");
         study_modalities.push(modalities);
     }
     sql.push(" RETURNING study_pk AS pk, study_instance_uid AS uid");

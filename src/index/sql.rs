@@ -32,6 +32,17 @@ impl SqlBuilder {
         self
     }
 
+    /// Binds `values` separated by commas (the inside of `IN (...)` or `VALUES (...)`).
+    pub fn bind_list(&mut self, values: impl IntoIterator<Item = Bind>) -> &mut Self {
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.sql.push_str(", ");
+            }
+            self.bind(value);
+        }
+        self
+    }
+
     pub fn sql(&self) -> &str {
         &self.sql
     }

@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn stats_count_what_is_indexed_on_both_databases() {
-        for (index, _) in test_indexes() {
+        for (index, _db) in test_indexes() {
             let empty = index.stats().unwrap();
             assert_eq!(empty.instances, 0);
             assert_eq!(empty.instance_bytes, 0);

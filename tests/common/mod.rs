@@ -157,20 +157,15 @@ pub fn index_args(data_dir: &Path) -> Vec<String> {
     if std::env::var("KASTELL_TEST_INDEX").as_deref() != Ok("postgres") {
         return Vec::new();
     }
-    let base = std::env::var("KASTELL_TEST_POSTGRES")
-        .expect("KASTELL_TEST_INDEX=postgres needs KASTELL_TEST_POSTGRES");
+    use kastell::index::test_db::PgTestDb;
+    let base = PgTestDb::server().expect("KASTELL_TEST_INDEX=postgres needs KASTELL_TEST_POSTGRES");
     let marker = data_dir.join("test-index-url");
     if let Ok(url) = std::fs::read_to_string(&marker) {
         return vec!["--index-url".into(), url];
     }
-    use diesel::{Connection, RunQueryDsl};
-    let name = format!("kastell_t_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = diesel::PgConnection::establish(&format!("{base}/postgres"))
-        .expect("PostgreSQL for the tests");
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .expect("create a test database");
-    let url = format!("{base}/{name}");
+    // Kept: the servers and CLI commands on this data directory are other
+    // processes, which may run after every value of the test is gone.
+    let url = PgTestDb::create(&base).keep();
     std::fs::create_dir_all(data_dir).unwrap();
     std::fs::write(&marker, &url).unwrap();
     vec!["--index-url".into(), url]

@@ -1,72 +1,18 @@
 //! QIDO-RS search: from a typed search request to SQL, following the matching rules
-//! of PS3.4 C.2.2.2 as PS3.18 §8.3.4 applies them.
+//! of PS3.4 C.2.2.2 as PS3.18 §8.3.4 applies them. The request types are in
+//! `request`, the reading of match values in `values`.
+
+mod request;
+mod values;
 
 use dicom_core::Tag;
 
 use super::catalog::{self, Attr, Kind, Level};
 use super::sql::{Bind, SqlBuilder};
-use crate::dicom::text::{self, Bound};
-
-/// The six QIDO resources (PS3.18 Table 10.6.1-1), with the UIDs of their path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resource {
-    Studies,
-    StudySeries { study: String },
-    StudyInstances { study: String },
-    Series,
-    SeriesInstances { study: String, series: String },
-    Instances,
-}
-
-impl Resource {
-    /// The level whose entities are returned.
-    pub fn level(&self) -> Level {
-        match self {
-            Resource::Studies => Level::Study,
-            Resource::StudySeries { .. } | Resource::Series => Level::Series,
-            _ => Level::Instance,
-        }
-    }
-
-    /// The levels whose attributes each result carries (PS3.18 §10.6.3.3).
-    pub fn result_levels(&self) -> &'static [Level] {
-        match self {
-            Resource::Studies => &[Level::Study],
-            Resource::StudySeries { .. } => &[Level::Series],
-            Resource::Series => &[Level::Study, Level::Series],
-            Resource::StudyInstances { .. } => &[Level::Series, Level::Instance],
-            Resource::SeriesInstances { .. } => &[Level::Instance],
-            Resource::Instances => &[Level::Study, Level::Series, Level::Instance],
-        }
-    }
-}
-
-/// One `attribute=value` query parameter, attribute already resolved to a tag path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MatchKey {
-    pub name: String,
-    pub path: Vec<Tag>,
-    pub value: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IncludeField {
-    All,
-    Path { name: String, path: Vec<Tag> },
-}
-
-/// A search as the HTTP layer parsed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SearchRequest {
-    pub resource: Resource,
-    pub matches: Vec<MatchKey>,
-    pub include: Vec<IncludeField>,
-    pub fuzzy: bool,
-    /// `emptyvaluematching=true`: a key of `""` matches empty values.
-    pub empty_value_matching: bool,
-    pub limit: Option<u64>,
-    pub offset: u64,
-}
+use crate::dicom::text;
+pub use request::{IncludeField, MatchKey, Resource, SearchRequest};
+use values::{any_of, combined_date_time, date_range, has_wildcard, invalid, time_range};
+pub use values::{like_pattern, normalize_person_name, EMPTY_VALUE};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QueryError {
@@ -248,45 +194,6 @@ fn qualified(attr: &Attr, suffix: &str) -> String {
     format!("{alias}.{}{suffix}", attr.column)
 }
 
-/// Splits a comma list into its values; `None` when the key matches universally
-/// (empty value, or `*` where wildcards apply).
-fn any_of(value: &str, wildcards_apply: bool) -> Option<Vec<&str>> {
-    if value.is_empty() || (wildcards_apply && value.chars().all(|c| c == '*')) {
-        return None;
-    }
-    Some(value.split(',').collect())
-}
-
-fn invalid(key: &MatchKey, reason: &'static str) -> QueryError {
-    QueryError::InvalidValue {
-        name: key.name.clone(),
-        value: key.value.clone(),
-        reason,
-    }
-}
-
-fn has_wildcard(value: &str) -> bool {
-    value.contains('*') || value.contains('?')
-}
-
-/// A LIKE pattern for a DICOM wildcard value: `*` → `%`, `?` → `_`, LIKE's own
-/// special characters escaped with `\`.
-pub fn like_pattern(value: &str) -> String {
-    let mut pattern = String::with_capacity(value.len() + 4);
-    for c in value.chars() {
-        match c {
-            '*' => pattern.push('%'),
-            '?' => pattern.push('_'),
-            '%' | '_' | '\\' => {
-                pattern.push('\\');
-                pattern.push(c);
-            }
-            c => pattern.push(c),
-        }
-    }
-    pattern
-}
-
 fn string_match(sql: &mut SqlBuilder, column: &str, value: &str) {
     if has_wildcard(value) {
         sql.push(&format!("{column} LIKE "))
@@ -297,10 +204,6 @@ fn string_match(sql: &mut SqlBuilder, column: &str, value: &str) {
             .bind(Bind::Text(value.to_string()));
     }
 }
-
-/// The key value that, with `emptyvaluematching=true`, matches empty values:
-/// two double quotes (PS3.18 §8.3.4.5).
-pub const EMPTY_VALUE: &str = "\"\"";
 
 /// `emptyvaluematching=true` with a key of `""`: the attribute is empty or absent,
 /// for the value representations that can be empty and matched on (PS3.18
@@ -341,14 +244,9 @@ fn add_condition(
                 {
                     return Err(invalid(key, "UID lists take exact UIDs"));
                 }
-                sql.push(&format!(" AND {column} IN ("));
-                for (i, v) in values.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Text(v.to_string()));
-                }
-                sql.push(")");
+                sql.push(&format!(" AND {column} IN ("))
+                    .bind_list(values.iter().map(|v| Bind::Text(v.to_string())))
+                    .push(")");
             }
         }
         Kind::Text => {
@@ -421,14 +319,9 @@ fn add_condition(
                             .map_err(|_| invalid(key, "expected an integer"))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                sql.push(&format!(" AND {column} IN ("));
-                for (i, n) in numbers.into_iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Int(n));
-                }
-                sql.push(")");
+                sql.push(&format!(" AND {column} IN ("))
+                    .bind_list(numbers.into_iter().map(Bind::Int))
+                    .push(")");
             }
         }
         Kind::ModalitiesInStudy => {
@@ -450,31 +343,13 @@ fn add_condition(
                 sql.push(
                     " AND EXISTS (SELECT 1 FROM instances c JOIN series cs ON cs.series_pk = c.series_fk \
                      WHERE cs.study_fk = st.study_pk AND c.sop_class_uid IN (",
-                );
-                for (i, v) in values.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Bind::Text(v.to_string()));
-                }
-                sql.push("))");
+                )
+                .bind_list(values.iter().map(|v| Bind::Text(v.to_string())))
+                .push("))");
             }
         }
     }
     Ok(())
-}
-
-/// The folded form person names are stored and matched in: upper case, no accents,
-/// no trailing empty components.
-pub fn normalize_person_name(value: &str) -> String {
-    let folded = text::fold_person_name(value);
-    folded
-        .split('=')
-        .map(|group| group.trim_end_matches(['^', ' ']))
-        .collect::<Vec<_>>()
-        .join("=")
-        .trim_end_matches('=')
-        .to_string()
 }
 
 fn range_condition(sql: &mut SqlBuilder, column: &str, low: Option<String>, high: Option<String>) {
@@ -488,72 +363,6 @@ fn range_condition(sql: &mut SqlBuilder, column: &str, low: Option<String>, high
             .bind(Bind::Text(high));
     }
     sql.push(")");
-}
-
-type Range = (Option<String>, Option<String>);
-
-fn date_range(key: &MatchKey, value: &str) -> Result<Range, QueryError> {
-    let date = |v: &str| {
-        text::normalize_date(v).ok_or_else(|| invalid(key, "expected a date YYYYMMDD or a range"))
-    };
-    match value.split_once('-') {
-        None => {
-            let d = date(value)?;
-            Ok((Some(d.clone()), Some(d)))
-        }
-        Some(("", "")) => Err(invalid(key, "a range needs at least one end")),
-        Some((low, high)) => Ok((
-            (!low.is_empty()).then(|| date(low)).transpose()?,
-            (!high.is_empty()).then(|| date(high)).transpose()?,
-        )),
-    }
-}
-
-fn time_range(key: &MatchKey, value: &str) -> Result<Range, QueryError> {
-    let time = |v: &str, bound| {
-        text::normalize_time(v, bound)
-            .ok_or_else(|| invalid(key, "expected a time HHMMSS.FFFFFF or a range"))
-    };
-    match value.split_once('-') {
-        None => Ok((
-            Some(time(value, Bound::Lower)?),
-            Some(time(value, Bound::Upper)?),
-        )),
-        Some(("", "")) => Err(invalid(key, "a range needs at least one end")),
-        Some((low, high)) => Ok((
-            (!low.is_empty())
-                .then(|| time(low, Bound::Lower))
-                .transpose()?,
-            (!high.is_empty())
-                .then(|| time(high, Bound::Upper))
-                .transpose()?,
-        )),
-    }
-}
-
-/// StudyDate and StudyTime both given as ranges match as one date-time range
-/// (PS3.4 C.2.2.2.5.4). Returns the bounds over `date || time_norm`.
-fn combined_date_time(
-    date: Option<&MatchKey>,
-    time: Option<&MatchKey>,
-) -> Result<Option<Range>, QueryError> {
-    let (Some(date), Some(time)) = (date, time) else {
-        return Ok(None);
-    };
-    if !date.value.contains('-')
-        || !time.value.contains('-')
-        || date.value.contains(',')
-        || time.value.contains(',')
-    {
-        return Ok(None);
-    }
-    let (date_low, date_high) = date_range(date, &date.value)?;
-    let (time_low, time_high) = time_range(time, &time.value)?;
-    let low =
-        date_low.map(|d| format!("{d}{}", time_low.unwrap_or_else(|| "000000.000000".into())));
-    let high =
-        date_high.map(|d| format!("{d}{}", time_high.unwrap_or_else(|| "235959.999999".into())));
-    Ok(Some((low, high)))
 }
 
 #[cfg(test)]

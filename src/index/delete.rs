@@ -1,0 +1,137 @@
+//! Deleting through DICOMweb: the instances of a scope with the series and
+//! studies left empty and their derived objects, and the remembered UIDs that
+//! make a later retrieval answer 410 Gone.
+
+use std::collections::BTreeSet;
+
+use diesel::pg::PgConnection;
+use diesel::sql_types::{BigInt, Text};
+use diesel::{QueryableByName, SqliteConnection};
+
+use super::conn::IndexConn;
+use super::read::push_scope_condition;
+use super::records::BlobKeyRow;
+use super::sql::{Bind, SqlBuilder};
+use super::write::refresh_aggregates;
+use super::{now, with_conn, DeletedBlobs, Index, IndexError, IndexPool, Scope};
+
+impl Index {
+    /// Deletes the instances of a scope, the series and studies left empty, and
+    /// remembers their UIDs (for 410 Gone), with the derived objects (metadata,
+    /// thumbnails) of every UID that went. Returns the blobs to remove; no
+    /// instance blobs when nothing matched.
+    pub fn delete(&self, scope: &Scope) -> Result<DeletedBlobs, IndexError> {
+        #[derive(QueryableByName)]
+        struct Doomed {
+            #[diesel(sql_type = BigInt)]
+            instance_pk: i64,
+            #[diesel(sql_type = Text)]
+            blob_key: String,
+            #[diesel(sql_type = Text)]
+            sop_instance_uid: String,
+            #[diesel(sql_type = BigInt)]
+            series_pk: i64,
+            #[diesel(sql_type = BigInt)]
+            study_pk: i64,
+        }
+        let mut sql = SqlBuilder::new();
+        sql.push(
+            "SELECT i.instance_pk, i.blob_key, i.sop_instance_uid, se.series_pk, st.study_pk \
+             FROM instances i JOIN series se ON se.series_pk = i.series_fk \
+             JOIN studies st ON st.study_pk = se.study_fk WHERE ",
+        );
+        push_scope_condition(&mut sql, scope);
+        with_conn!(self, conn => conn.write(|conn| {
+            let doomed = conn.load::<Doomed>(sql.sql(), sql.binds())?;
+            if doomed.is_empty() {
+                return Ok(DeletedBlobs::default());
+            }
+            let at = now();
+            let mut gone_uids: Vec<String> = doomed.iter().map(|r| r.sop_instance_uid.clone()).collect();
+            let mut series_touched = BTreeSet::new();
+            let mut studies_touched = BTreeSet::new();
+            for row in &doomed {
+                conn.run("DELETE FROM instances WHERE instance_pk = ?", &[Bind::Int(row.instance_pk)])?;
+                remember_deleted(conn, &row.sop_instance_uid, "instance", &at)?;
+                series_touched.insert(row.series_pk);
+                studies_touched.insert(row.study_pk);
+            }
+            #[derive(QueryableByName)]
+            struct Emptied {
+                #[diesel(sql_type = Text)]
+                uid: String,
+            }
+            for series_pk in &series_touched {
+                let emptied = conn.load::<Emptied>(
+                    "DELETE FROM series WHERE series_pk = ? AND NOT EXISTS \
+                     (SELECT 1 FROM instances WHERE series_fk = ?) RETURNING series_instance_uid AS uid",
+                    &[Bind::Int(*series_pk), Bind::Int(*series_pk)],
+                )?;
+                for row in emptied {
+                    remember_deleted(conn, &row.uid, "series", &at)?;
+                    gone_uids.push(row.uid);
+                }
+            }
+            for study_pk in &studies_touched {
+                let emptied = conn.load::<Emptied>(
+                    "DELETE FROM studies WHERE study_pk = ? AND NOT EXISTS \
+                     (SELECT 1 FROM series WHERE study_fk = ?) RETURNING study_instance_uid AS uid",
+                    &[Bind::Int(*study_pk), Bind::Int(*study_pk)],
+                )?;
+                for row in emptied {
+                    remember_deleted(conn, &row.uid, "study", &at)?;
+                    gone_uids.push(row.uid);
+                }
+            }
+            // Counts of what remains (rows already deleted are simply not updated).
+            refresh_aggregates(conn, &studies_touched, &series_touched)?;
+            let mut derived = Vec::new();
+            for chunk in gone_uids.chunks(500) {
+                let mut sql = SqlBuilder::new();
+                sql.push("DELETE FROM derived_blobs WHERE scope_uid IN (")
+                    .bind_list(chunk.iter().map(|uid| Bind::Text(uid.clone())))
+                    .push(") RETURNING blob_key");
+                derived.extend(conn.load::<BlobKeyRow>(sql.sql(), sql.binds())?.into_iter().map(|r| r.blob_key));
+            }
+            Ok(DeletedBlobs {
+                instances: doomed.into_iter().map(|row| row.blob_key).collect(),
+                derived,
+            })
+        }))
+    }
+
+    /// Whether the most specific UID of a scope was deleted through DICOMweb.
+    pub fn was_deleted(&self, scope: &Scope) -> Result<bool, IndexError> {
+        let uid = match scope {
+            Scope::Study { study } => study,
+            Scope::Series { series, .. } => series,
+            Scope::Instance { instance, .. } => instance,
+        };
+        let rows = with_conn!(self, conn => conn.load::<BlobKeyRow>(
+            "SELECT uid AS blob_key FROM deleted_uids WHERE uid = ?",
+            &[Bind::Text(uid.clone())],
+        )?);
+        Ok(!rows.is_empty())
+    }
+}
+
+fn remember_deleted<C: IndexConn>(
+    conn: &mut C,
+    uid: &str,
+    level: &str,
+    at: &str,
+) -> Result<(), IndexError> {
+    conn.run(
+        "DELETE FROM deleted_uids WHERE uid = ?",
+        &[Bind::Text(uid.to_string())],
+    )?;
+    conn.run(
+        "INSERT INTO deleted_uids (uid, level, deleted_at) VALUES (?, ?, ?)",
+        &[
+            Bind::Text(uid.to_string()),
+            Bind::Text(level.to_string()),
+            Bind::Text(at.to_string()),
+        ],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Reading the index: QIDO searches, the instances of a retrieval scope, and the
+//! lookups of maintenance and import (study UIDs, the fingerprint of a stored
+//! instance).
+
+use diesel::pg::PgConnection;
+use diesel::sql_types::{BigInt, Text};
+use diesel::{QueryableByName, SqliteConnection};
+
+use super::catalog::{InstanceRow, Level, SeriesRow, StudyRow};
+use super::conn::IndexConn;
+use super::qido::{self, SearchRequest};
+use super::sql::{Bind, SqlBuilder};
+use super::{with_conn, Hit, Index, IndexError, IndexPool, Scope, SearchResult, StoredInstance};
+
+#[derive(QueryableByName)]
+struct SeriesHit {
+    #[diesel(embed)]
+    study: StudyRow,
+    #[diesel(embed)]
+    series: SeriesRow,
+}
+
+#[derive(QueryableByName)]
+struct InstanceHit {
+    #[diesel(embed)]
+    study: StudyRow,
+    #[diesel(embed)]
+    series: SeriesRow,
+    #[diesel(embed)]
+    instance: InstanceRow,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+impl Index {
+    /// Runs a QIDO search.
+    pub fn search(
+        &self,
+        request: &SearchRequest,
+        max_results: u64,
+    ) -> Result<SearchResult, IndexError> {
+        let plan = qido::plan(request)?;
+        let limit = match request.limit {
+            Some(0) | None => max_results,
+            Some(limit) => limit.min(max_results),
+        };
+        let (select, order) = match plan.level {
+            Level::Study => ("SELECT st.* ", " ORDER BY st.study_pk"),
+            Level::Series => ("SELECT st.*, se.* ", " ORDER BY se.series_pk"),
+            Level::Instance => ("SELECT st.*, se.*, i.* ", " ORDER BY i.instance_pk"),
+        };
+        let mut sql = SqlBuilder::new();
+        // limit and offset are numbers we parsed, written into the text.
+        sql.push(select)
+            .push(plan.from_where.sql())
+            .push(order)
+            .push(&format!(" LIMIT {limit} OFFSET {}", request.offset));
+        let binds = plan.from_where.binds();
+        let (hits, total) = with_conn!(self, conn => {
+            let hits: Vec<Hit> = match plan.level {
+                Level::Study => conn
+                    .load::<StudyRow>(sql.sql(), binds)?
+                    .into_iter()
+                    .map(|study| Hit { study, series: None, instance: None })
+                    .collect(),
+                Level::Series => conn
+                    .load::<SeriesHit>(sql.sql(), binds)?
+                    .into_iter()
+                    .map(|h| Hit { study: h.study, series: Some(h.series), instance: None })
+                    .collect(),
+                Level::Instance => conn
+                    .load::<InstanceHit>(sql.sql(), binds)?
+                    .into_iter()
+                    .map(|h| Hit { study: h.study, series: Some(h.series), instance: Some(h.instance) })
+                    .collect(),
+            };
+            // Counting the rest costs a second query, so only when the page is full.
+            let total = if hits.len() as u64 == limit {
+                let count_sql = format!("SELECT COUNT(*) AS count {}", plan.from_where.sql());
+                Some(conn.load_one::<Count>(&count_sql, plan.from_where.binds())?.count as u64)
+            } else {
+                None
+            };
+            (hits, total)
+        });
+        let remaining = total.map_or(0, |total| {
+            total.saturating_sub(request.offset + hits.len() as u64)
+        });
+        Ok(SearchResult {
+            hits,
+            remaining,
+            requested: plan.requested,
+            ignored: plan.ignored,
+        })
+    }
+
+    /// The instances of a study, series or instance, in a stable order.
+    pub fn instances(&self, scope: &Scope) -> Result<Vec<StoredInstance>, IndexError> {
+        let mut sql = SqlBuilder::new();
+        sql.push(
+            "SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, \
+             i.transfer_syntax_uid, i.blob_key, i.blob_size, i.header_length, i.pixel_data_offset, \
+             i.pixel_data_length, i.number_of_frames, i.bits_allocated, i.content_sha256, \
+             i.frame_offsets FROM instances i JOIN series se ON se.series_pk = i.series_fk \
+             JOIN studies st ON st.study_pk = se.study_fk WHERE ",
+        );
+        push_scope_condition(&mut sql, scope);
+        sql.push(" ORDER BY se.series_pk, i.instance_number, i.instance_pk");
+        Ok(with_conn!(self, conn => conn.load::<StoredInstance>(sql.sql(), sql.binds())?))
+    }
+
+    /// The Study Instance UID of every study in the index.
+    pub fn study_uids(&self) -> Result<Vec<String>, IndexError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            study_instance_uid: String,
+        }
+        let rows = with_conn!(self, conn => conn.load::<Row>(
+            "SELECT study_instance_uid FROM studies ORDER BY study_pk",
+            &[],
+        )?);
+        Ok(rows.into_iter().map(|r| r.study_instance_uid).collect())
+    }
+
+    /// The plaintext size and SHA-256 (hex) of the instance stored under a SOP
+    /// Instance UID: what identifies its bytes, so that the bulk import can tell a
+    /// file that is already stored without uploading it again.
+    pub fn stored_fingerprint(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Option<(i64, String)>, IndexError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            blob_size: i64,
+            #[diesel(sql_type = Text)]
+            content_sha256: String,
+        }
+        let rows = with_conn!(self, conn => conn.load::<Row>(
+            "SELECT blob_size, content_sha256 FROM instances WHERE sop_instance_uid = ?",
+            &[Bind::Text(sop_instance_uid.to_string())],
+        )?);
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|r| (r.blob_size, r.content_sha256)))
+    }
+}
+
+/// The condition selecting the instances of `scope`, over the aliases `st`, `se`
+/// and `i` of a join of studies, series and instances.
+pub(super) fn push_scope_condition(sql: &mut SqlBuilder, scope: &Scope) {
+    let (study, series, instance) = match scope {
+        Scope::Study { study } => (study, None, None),
+        Scope::Series { study, series } => (study, Some(series), None),
+        Scope::Instance {
+            study,
+            series,
+            instance,
+        } => (study, Some(series), Some(instance)),
+    };
+    sql.push("st.study_instance_uid = ")
+        .bind(Bind::Text(study.clone()));
+    if let Some(series) = series {
+        sql.push(" AND se.series_instance_uid = ")
+            .bind(Bind::Text(series.clone()));
+    }
+    if let Some(instance) = instance {
+        sql.push(" AND i.sop_instance_uid = ")
+            .bind(Bind::Text(instance.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::tests::test_indexes;
+    use crate::index::{conn, generate};
+
+    /// A study of 2,000 instances: listing them, and finding them for metadata or
+    /// retrieval, each take a fixed number of statements, not one per instance.
+    #[test]
+    fn large_studies_cost_a_bounded_number_of_queries() {
+        for (index, _db) in test_indexes() {
+            let made = generate::generate(&index, 1, 2, 1000, 7, &|_| {}).unwrap();
+            assert_eq!(made.instances, 2000);
+            let study = "2.25.7.0".to_string();
+            let request = SearchRequest {
+                resource: qido::Resource::StudyInstances {
+                    study: study.clone(),
+                },
+                matches: vec![],
+                include: vec![qido::IncludeField::All],
+                fuzzy: false,
+                empty_value_matching: false,
+                limit: Some(5000),
+                offset: 0,
+            };
+            let before = conn::statements_on_this_thread();
+            let result = index.search(&request, 5000).unwrap();
+            assert_eq!(result.hits.len(), 2000);
+            assert_eq!(
+                conn::statements_on_this_thread() - before,
+                1,
+                "{:?}",
+                index.dialect()
+            );
+            let before = conn::statements_on_this_thread();
+            let located = index
+                .instances(&Scope::Study {
+                    study: study.clone(),
+                })
+                .unwrap();
+            assert_eq!(located.len(), 2000);
+            assert_eq!(conn::statements_on_this_thread() - before, 1);
+            // A full page also counts what remains: one statement more.
+            let mut paged = request.clone();
+            paged.limit = Some(100);
+            let before = conn::statements_on_this_thread();
+            let page = index.search(&paged, 5000).unwrap();
+            assert_eq!((page.hits.len(), page.remaining), (100, 1900));
+            assert_eq!(conn::statements_on_this_thread() - before, 2);
+        }
+    }
+
+    #[test]
+    fn generated_data_is_consistent_on_both_databases() {
+        for (index, _db) in test_indexes() {
+            let made = generate::generate(&index, 30, 2, 3, 11, &|_| {}).unwrap();
+            assert_eq!((made.studies, made.series, made.instances), (30, 60, 180));
+            let request = SearchRequest {
+                resource: qido::Resource::Studies,
+                matches: vec![],
+                include: vec![],
+                fuzzy: false,
+                empty_value_matching: false,
+                limit: None,
+                offset: 0,
+            };
+            let studies = index.search(&request, 1000).unwrap();
+            assert_eq!(studies.hits.len(), 30);
+            for hit in &studies.hits {
+                assert_eq!(hit.study.number_of_study_related_instances, 6);
+                assert!(hit.study.patient_id.as_deref().unwrap().starts_with('P'));
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Storing instances: a batch in one transaction, each instance's study and
+//! series rows filled in or created, and the aggregates of every study and series
+//! touched (counts, ModalitiesInStudy, SOPClassesInStudy) refreshed.
+
+use std::collections::BTreeSet;
+
+use diesel::pg::PgConnection;
+use diesel::sql_types::{BigInt, Text};
+use diesel::{QueryableByName, SqliteConnection};
+
+use super::catalog::{Attr, Kind, Level};
+use super::conn::IndexConn;
+use super::sql::{Bind, SqlBuilder};
+use super::{now, qido, with_conn, Index, IndexError, IndexPool, NewInstance, StoreOutcome};
+
+#[derive(QueryableByName)]
+struct Pk {
+    #[diesel(sql_type = BigInt)]
+    pk: i64,
+}
+
+#[derive(QueryableByName)]
+struct ExistingSeries {
+    #[diesel(sql_type = BigInt)]
+    study_fk: i64,
+}
+
+#[derive(QueryableByName)]
+struct ExistingInstance {
+    #[diesel(sql_type = BigInt)]
+    instance_pk: i64,
+    #[diesel(sql_type = Text)]
+    content_sha256: String,
+    #[diesel(sql_type = Text)]
+    blob_key: String,
+}
+
+impl Index {
+    /// Adds a batch of instances in one transaction and refreshes the counts and
+    /// ModalitiesInStudy / SOPClassesInStudy of every study and series touched.
+    pub fn store_instances(
+        &self,
+        batch: &[NewInstance],
+        overwrite: bool,
+    ) -> Result<Vec<StoreOutcome>, IndexError> {
+        // Studies are written in UID order so that concurrent writers lock them in
+        // the same order (no deadlocks); outcomes go back in request order.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|a, b| {
+            batch[*a]
+                .study_instance_uid
+                .cmp(&batch[*b].study_instance_uid)
+        });
+        with_conn!(self, conn => conn.write(|conn| {
+            let mut outcomes = vec![StoreOutcome::Stored; batch.len()];
+            let mut studies = BTreeSet::new();
+            let mut series_touched = BTreeSet::new();
+            for &i in &order {
+                outcomes[i] = store_one(conn, &batch[i], overwrite, &mut studies, &mut series_touched)?;
+            }
+            refresh_aggregates(conn, &studies, &series_touched)?;
+            Ok(outcomes)
+        }))
+    }
+}
+
+/// The columns (and bound values) that store one catalog attribute.
+fn attribute_columns(attr: &Attr, value: &Option<String>, out: &mut Vec<(String, Bind)>) {
+    let column = attr.column.to_string();
+    match attr.kind {
+        Kind::PersonName => {
+            let norm = value.as_deref().map(qido::normalize_person_name);
+            let words = value.as_deref().map(crate::dicom::text::person_name_words);
+            out.push((column.clone(), Bind::NullableText(value.clone())));
+            out.push((format!("{column}_norm"), Bind::NullableText(norm)));
+            out.push((format!("{column}_words"), Bind::NullableText(words)));
+        }
+        Kind::Time => {
+            let norm = value.as_deref().and_then(|v| {
+                crate::dicom::text::normalize_time(v, crate::dicom::text::Bound::Lower)
+            });
+            out.push((column.clone(), Bind::NullableText(value.clone())));
+            out.push((format!("{column}_norm"), Bind::NullableText(norm)));
+        }
+        Kind::Date => {
+            let normalized = value
+                .as_deref()
+                .map(|v| crate::dicom::text::normalize_date(v).unwrap_or_else(|| v.to_string()));
+            out.push((column, Bind::NullableText(normalized)));
+        }
+        Kind::Int => {
+            let number = value
+                .as_deref()
+                .and_then(|v| v.split('\\').next())
+                .and_then(|v| v.trim().parse::<i64>().ok());
+            out.push((column, Bind::NullableInt(number)));
+        }
+        Kind::Uid | Kind::Text | Kind::RequestSequence => {
+            out.push((column, Bind::NullableText(value.clone())));
+        }
+        Kind::ModalitiesInStudy | Kind::SopClassesInStudy | Kind::Count => {}
+    }
+}
+
+fn level_columns(instance: &NewInstance, level: Level) -> Vec<(String, Bind)> {
+    let mut columns = Vec::new();
+    for (attr, value) in &instance.values {
+        if attr.level == level {
+            attribute_columns(attr, value, &mut columns);
+        }
+    }
+    columns
+}
+
+fn upsert_sql(
+    table: &str,
+    key_column: &str,
+    key: &str,
+    mut columns: Vec<(String, Bind)>,
+    extra: Vec<(String, Bind)>,
+) -> SqlBuilder {
+    columns.retain(|(c, _)| c != key_column);
+    let timestamp = now();
+    let mut sql = SqlBuilder::new();
+    sql.push(&format!("INSERT INTO {table} ({key_column}"));
+    for (column, _) in columns.iter().chain(extra.iter()) {
+        sql.push(", ").push(column);
+    }
+    sql.push(", created_at, updated_at) VALUES (")
+        .bind(Bind::Text(key.to_string()));
+    for (_, value) in columns.iter().chain(extra.iter()) {
+        sql.push(", ").bind(value.clone());
+    }
+    sql.push(", ")
+        .bind(Bind::Text(timestamp.clone()))
+        .push(", ")
+        .bind(Bind::Text(timestamp))
+        .push(")");
+    // A later instance of the same study or series fills in what the first lacked;
+    // it never overwrites what is there.
+    sql.push(&format!(
+        " ON CONFLICT ({key_column}) DO UPDATE SET updated_at = excluded.updated_at"
+    ));
+    for (column, _) in &columns {
+        sql.push(&format!(
+            ", {column} = COALESCE({table}.{column}, excluded.{column})"
+        ));
+    }
+    let pk = if table == "studies" {
+        "study_pk"
+    } else {
+        "series_pk"
+    };
+    sql.push(&format!(" RETURNING {pk} AS pk"));
+    sql
+}
+
+fn store_one<C: IndexConn>(
+    conn: &mut C,
+    instance: &NewInstance,
+    overwrite: bool,
+    studies: &mut BTreeSet<i64>,
+    series_touched: &mut BTreeSet<i64>,
+) -> Result<StoreOutcome, IndexError> {
+    let existing = conn
+        .load::<ExistingInstance>(
+            "SELECT instance_pk, content_sha256, blob_key FROM instances WHERE sop_instance_uid = ?",
+            &[Bind::Text(instance.sop_instance_uid.clone())],
+        )?
+        .pop();
+    let mut replaced = None;
+    if let Some(existing) = existing {
+        if existing.content_sha256 == instance.content_sha256 {
+            return Ok(StoreOutcome::AlreadyStored);
+        }
+        if !overwrite {
+            return Ok(StoreOutcome::Conflict);
+        }
+        let series_fk = conn
+            .load_one::<Pk>(
+                "DELETE FROM instances WHERE instance_pk = ? RETURNING series_fk AS pk",
+                &[Bind::Int(existing.instance_pk)],
+            )?
+            .pk;
+        series_touched.insert(series_fk);
+        replaced = Some(existing.blob_key);
+    }
+
+    let study_sql = upsert_sql(
+        "studies",
+        "study_instance_uid",
+        &instance.study_instance_uid,
+        level_columns(instance, Level::Study),
+        vec![],
+    );
+    let study_pk = conn.load_one::<Pk>(study_sql.sql(), study_sql.binds())?.pk;
+
+    let existing_series = conn
+        .load::<ExistingSeries>(
+            "SELECT study_fk FROM series WHERE series_instance_uid = ?",
+            &[Bind::Text(instance.series_instance_uid.clone())],
+        )?
+        .pop();
+    if let Some(series) = &existing_series {
+        if series.study_fk != study_pk {
+            return Ok(StoreOutcome::SeriesInOtherStudy);
+        }
+    }
+    let series_sql = upsert_sql(
+        "series",
+        "series_instance_uid",
+        &instance.series_instance_uid,
+        level_columns(instance, Level::Series),
+        vec![("study_fk".into(), Bind::Int(study_pk))],
+    );
+    let series_pk = conn
+        .load_one::<Pk>(series_sql.sql(), series_sql.binds())?
+        .pk;
+    if existing_series.is_none() {
+        for (step, procedure) in &instance.request_items {
+            conn.run(
+                "INSERT INTO series_requests (series_fk, scheduled_procedure_step_id, requested_procedure_id) VALUES (?, ?, ?)",
+                &[Bind::Int(series_pk), Bind::NullableText(step.clone()), Bind::NullableText(procedure.clone())],
+            )?;
+        }
+    }
+
+    // Stored again after a deletion: no longer gone.
+    conn.run(
+        "DELETE FROM deleted_uids WHERE uid IN (?, ?, ?)",
+        &[
+            Bind::Text(instance.study_instance_uid.clone()),
+            Bind::Text(instance.series_instance_uid.clone()),
+            Bind::Text(instance.sop_instance_uid.clone()),
+        ],
+    )?;
+    let mut columns = level_columns(instance, Level::Instance);
+    columns.retain(|(c, _)| c != "sop_instance_uid" && c != "sop_class_uid");
+    columns.extend([
+        ("series_fk".to_string(), Bind::Int(series_pk)),
+        (
+            "sop_class_uid".to_string(),
+            Bind::Text(instance.sop_class_uid.clone()),
+        ),
+        (
+            "transfer_syntax_uid".to_string(),
+            Bind::Text(instance.transfer_syntax_uid.clone()),
+        ),
+        (
+            "blob_key".to_string(),
+            Bind::Text(instance.blob_key.clone()),
+        ),
+        ("blob_size".to_string(), Bind::Int(instance.blob_size)),
+        (
+            "content_sha256".to_string(),
+            Bind::Text(instance.content_sha256.clone()),
+        ),
+        (
+            "header_length".to_string(),
+            Bind::Int(instance.header_length),
+        ),
+        (
+            "pixel_data_offset".to_string(),
+            Bind::NullableInt(instance.pixel_data_offset),
+        ),
+        (
+            "pixel_data_length".to_string(),
+            Bind::NullableInt(instance.pixel_data_length),
+        ),
+        (
+            "frame_offsets".to_string(),
+            Bind::NullableText(instance.frame_offsets.clone()),
+        ),
+        ("created_at".to_string(), Bind::Text(now())),
+    ]);
+    let mut sql = SqlBuilder::new();
+    sql.push("INSERT INTO instances (sop_instance_uid");
+    for (column, _) in &columns {
+        sql.push(", ").push(column);
+    }
+    sql.push(") VALUES (")
+        .bind(Bind::Text(instance.sop_instance_uid.clone()));
+    for (_, value) in &columns {
+        sql.push(", ").bind(value.clone());
+    }
+    sql.push(")");
+    conn.run(sql.sql(), sql.binds())?;
+    studies.insert(study_pk);
+    series_touched.insert(series_pk);
+    Ok(match replaced {
+        Some(old_blob_key) => StoreOutcome::Replaced { old_blob_key },
+        None => StoreOutcome::Stored,
+    })
+}
+
+pub(super) fn refresh_aggregates<C: IndexConn>(
+    conn: &mut C,
+    studies: &BTreeSet<i64>,
+    series: &BTreeSet<i64>,
+) -> Result<(), IndexError> {
+    let mut all_studies = studies.clone();
+    for series_pk in series {
+        conn.run(
+            "UPDATE series SET number_of_series_related_instances = \
+             (SELECT COUNT(*) FROM instances WHERE series_fk = ?) WHERE series_pk = ?",
+            &[Bind::Int(*series_pk), Bind::Int(*series_pk)],
+        )?;
+        if let Some(study) = conn
+            .load::<Pk>(
+                "SELECT study_fk AS pk FROM series WHERE series_pk = ?",
+                &[Bind::Int(*series_pk)],
+            )?
+            .pop()
+        {
+            all_studies.insert(study.pk);
+        }
+    }
+    for study_pk in all_studies {
+        let pk = Bind::Int(study_pk);
+        let dialect = conn.dialect();
+        let modalities = dialect.backslash_list("modality");
+        let sop_classes = dialect.backslash_list("sop_class_uid");
+        let sql = format!(
+            "UPDATE studies SET \
+             number_of_study_related_series = (SELECT COUNT(*) FROM series WHERE study_fk = ?), \
+             number_of_study_related_instances = (SELECT COUNT(*) FROM instances i JOIN series s \
+                 ON s.series_pk = i.series_fk WHERE s.study_fk = ?), \
+             modalities_in_study = (SELECT {modalities} FROM (SELECT DISTINCT modality \
+                 FROM series WHERE study_fk = ? AND modality IS NOT NULL AND modality <> '' ORDER BY modality) m), \
+             sop_classes_in_study = (SELECT {sop_classes} FROM (SELECT DISTINCT i.sop_class_uid \
+                 FROM instances i JOIN series s ON s.series_pk = i.series_fk WHERE s.study_fk = ? \
+                 ORDER BY i.sop_class_uid) c) \
+             WHERE study_pk = ?"
+        );
+        conn.run(&sql, &[pk.clone(), pk.clone(), pk.clone(), pk.clone(), pk])?;
+    }
+    Ok(())
+}
