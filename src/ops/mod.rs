@@ -1,10 +1,16 @@
-//! Operator commands that work beside the server rather than in it: the bulk
-//! import of a directory (through the same store pipeline as STOW-RS) with its
-//! terminal progress, and the statistics of `kastell stats`.
+//! Operator commands that work beside the server rather than in it, one file per
+//! job: the bulk import of a directory (through the same store pipeline as
+//! STOW-RS) with its terminal progress, `kastell stats`, `kastell verify`, the
+//! tenant key life cycle, registering tenants, and the audit trail from the
+//! command line.
 //!
 //! May use `service`, `index`, `store` and `dicom`; no actix. Backends are built by
-//! `app` and handed in.
+//! `app` (its builders are called here); the command line prints what these return.
 
+pub mod audit;
 pub mod import;
+pub mod keys;
 pub mod progress;
 pub mod stats;
+pub mod tenants;
+pub mod verify;

@@ -1,13 +1,77 @@
 //! `kastell stats`: what each tenant holds (from its index) and where (the
-//! backends, with the index URL's password redacted), as text or JSON.
+//! backends, their URLs redacted by `config::redact_url`), as text or JSON.
 
 use std::fmt;
 
+use anyhow::Context;
 use indicatif::HumanBytes;
 use serde::Serialize;
 
+use crate::app::{blob_retries, index_options, open_index};
+use crate::config::{redact_url, Config};
 use crate::index::stats::IndexStats;
+use crate::index::Index;
 use crate::store::BlobUsage;
+
+/// Counts and sizes per tenant and backend (`kastell stats`), from the indexes
+/// alone: no key is needed and nothing is decrypted. With `list_blobs` the blob
+/// store is listed too.
+pub async fn collect(config: &Config, list_blobs: bool) -> anyhow::Result<StatsReport> {
+    use crate::index::conn::Dialect;
+    let control_url = config.effective_index_url();
+    let control = open_index(config)?;
+    let options = index_options(2, config);
+    let mut indexes = vec![(
+        config.keys.default_tenant.clone(),
+        "active".to_string(),
+        control.clone(),
+    )];
+    for row in control.tenants()? {
+        if row.name == config.keys.default_tenant {
+            continue;
+        }
+        let index = Index::open_tenant(&control_url, &row.name, options)
+            .with_context(|| format!("opening the index of tenant {}", row.name))?;
+        indexes.push((row.name, row.status, index));
+    }
+    let mut tenants = Vec::new();
+    let mut sqlite_bytes = 0;
+    for (name, status, index) in indexes {
+        let stats = index.stats()?;
+        if index.dialect() == Dialect::Sqlite {
+            sqlite_bytes += index.database_bytes()?;
+        }
+        tenants.push(TenantStats {
+            name,
+            status,
+            stats,
+        });
+    }
+    let (database, bytes) = match control.dialect() {
+        Dialect::Sqlite => ("sqlite", sqlite_bytes),
+        // One database holds every tenant's schema.
+        Dialect::Postgres => ("postgresql", control.database_bytes()?),
+    };
+    let blob_url = config.effective_blob_url();
+    let listed = if list_blobs {
+        let options = config.storage.blob_option_pairs();
+        Some(crate::store::usage(&blob_url, &options, blob_retries(config)).await?)
+    } else {
+        None
+    };
+    Ok(StatsReport::new(
+        IndexBackend {
+            url: redact_url(&control_url),
+            database,
+            bytes,
+        },
+        BlobBackend {
+            url: redact_url(&blob_url),
+            listed,
+        },
+        tenants,
+    ))
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatsReport {
@@ -20,7 +84,7 @@ pub struct StatsReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexBackend {
-    /// The control index's URL, password redacted; tenants' indexes sit beside it.
+    /// The control index's URL, secrets redacted; tenants' indexes sit beside it.
     pub url: String,
     /// `sqlite` or `postgresql`.
     pub database: &'static str,

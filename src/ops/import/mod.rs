@@ -16,7 +16,6 @@
 //! (the file changed since) goes to the pipeline, which stores it, replaces the
 //! old object (`dicomweb.overwrite_existing`) or refuses it (0111) as for STOW.
 
-use std::collections::BTreeMap;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,14 +33,15 @@ use crate::dicom::instance;
 use crate::service::stow::{PartOutcome, StowSession};
 use crate::service::{ServiceError, Services};
 
+mod report;
+pub use report::{FailureGroup, ImportReport};
+
 /// Bytes read from a file at a time, each handed to the pipeline as one chunk.
 const CHUNK_BYTES: usize = 256 * 1024;
 /// How much of a file is read, at most, to learn its SOP Instance UID before
 /// uploading. A larger header is uploaded without the check: the pipeline still
 /// recognises bytes it stored before, at the cost of an upload.
 const IDENTITY_HEADER_BYTES: usize = 1024 * 1024;
-/// How many example files a failure reason lists.
-const EXAMPLES: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -97,131 +97,6 @@ pub struct Quiet;
 
 impl Observer for Quiet {}
 
-/// Files that failed for one reason.
-#[derive(Debug, Default, Clone)]
-pub struct FailureGroup {
-    pub count: u64,
-    /// The first few, relative to the imported directory.
-    pub examples: Vec<PathBuf>,
-}
-
-/// What an import did.
-#[derive(Debug, Default, Clone)]
-pub struct ImportReport {
-    /// Entries seen: files, links and whatever could not be read.
-    pub files: u64,
-    /// Bytes of the files read.
-    pub bytes: u64,
-    pub stored: u64,
-    pub already_present: u64,
-    pub skipped: u64,
-    pub failed: u64,
-    /// How many files were skipped for each reason.
-    pub skipped_reasons: BTreeMap<String, u64>,
-    pub failed_reasons: BTreeMap<String, FailureGroup>,
-    pub elapsed: Duration,
-}
-
-impl ImportReport {
-    fn record(&mut self, path: &Path, bytes: u64, outcome: &FileOutcome) {
-        self.files += 1;
-        self.bytes += bytes;
-        match outcome {
-            FileOutcome::Stored => self.stored += 1,
-            FileOutcome::AlreadyPresent => self.already_present += 1,
-            FileOutcome::Skipped(reason) => {
-                self.skipped += 1;
-                *self.skipped_reasons.entry(reason.clone()).or_default() += 1;
-            }
-            FileOutcome::Failed(reason) => {
-                self.failed += 1;
-                let group = self.failed_reasons.entry(reason.clone()).or_default();
-                group.count += 1;
-                if group.examples.len() < EXAMPLES {
-                    group.examples.push(path.to_path_buf());
-                }
-            }
-        }
-    }
-
-    /// Instances stored or found present, per second.
-    pub fn instances_per_sec(&self) -> f64 {
-        (self.stored + self.already_present) as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    /// File bytes read, in MB (10⁶ bytes) per second.
-    pub fn megabytes_per_sec(&self) -> f64 {
-        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-impl ImportReport {
-    /// The summary as JSON, for scripts (`kastell import --format json`): the
-    /// counts, the reasons with their counts (and example paths for failures),
-    /// the time taken and the rates.
-    pub fn to_json(&self) -> serde_json::Value {
-        let failed_reasons: serde_json::Map<String, serde_json::Value> = self
-            .failed_reasons
-            .iter()
-            .map(|(reason, group)| {
-                let examples: Vec<String> = group
-                    .examples
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect();
-                (
-                    reason.clone(),
-                    serde_json::json!({"count": group.count, "examples": examples}),
-                )
-            })
-            .collect();
-        serde_json::json!({
-            "files": self.files,
-            "bytes": self.bytes,
-            "stored": self.stored,
-            "already_present": self.already_present,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "skipped_reasons": self.skipped_reasons,
-            "failed_reasons": failed_reasons,
-            "elapsed_secs": self.elapsed.as_secs_f64(),
-            "instances_per_sec": self.instances_per_sec(),
-            "megabytes_per_sec": self.megabytes_per_sec(),
-        })
-    }
-}
-
-impl std::fmt::Display for ImportReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "{} files, {:.1} MB in {:.1} s ({:.1} instances/s, {:.1} MB/s)",
-            self.files,
-            self.bytes as f64 / 1e6,
-            self.elapsed.as_secs_f64(),
-            self.instances_per_sec(),
-            self.megabytes_per_sec()
-        )?;
-        writeln!(f, "  stored           {:>8}", self.stored)?;
-        writeln!(f, "  already present  {:>8}", self.already_present)?;
-        writeln!(f, "  skipped          {:>8}", self.skipped)?;
-        for (reason, count) in &self.skipped_reasons {
-            writeln!(f, "    {count} × {reason}")?;
-        }
-        writeln!(f, "  failed           {:>8}", self.failed)?;
-        for (reason, group) in &self.failed_reasons {
-            writeln!(f, "    {} × {reason}", group.count)?;
-            for example in &group.examples {
-                writeln!(f, "        {}", example.display())?;
-            }
-            if group.count > group.examples.len() as u64 {
-                writeln!(f, "        …")?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A file found by the walk.
 struct Candidate {
     path: PathBuf,
@@ -244,6 +119,38 @@ impl Recorder {
             .record(relative, bytes, &outcome);
         self.observer.file_done(bytes, &outcome);
     }
+}
+
+/// Imports every DICOM file under `dir` into a tenant (the default one when
+/// `None`), `jobs` files at a time (`kastell import`).
+pub async fn import_dir(
+    config: &crate::config::Config,
+    dir: &std::path::Path,
+    tenant: Option<&str>,
+    jobs: usize,
+    observer: Arc<dyn Observer>,
+) -> anyhow::Result<ImportReport> {
+    let mut config = config.clone();
+    // Each worker may hold a connection at once (a look-up, a commit).
+    config.index.pool_size = config.index.pool_size.max(jobs as u32 + 1);
+    let tenants = crate::service::tenants::Tenants::new(
+        crate::app::build_services(&config)?,
+        &config.keys.default_tenant,
+        &config.effective_index_url(),
+        crate::app::index_options(config.index.pool_size, &config),
+    );
+    let tenant = tenant.unwrap_or(&config.keys.default_tenant);
+    let services = match tenants.get(tenant).await {
+        Ok(services) => services,
+        Err(ServiceError::NotFound(_)) => {
+            anyhow::bail!("no tenant {tenant}; `kastell tenants list` shows them")
+        }
+        Err(ServiceError::TenantDisabled) => anyhow::bail!(
+            "tenant {tenant} is disabled; `kastell tenants enable {tenant}` to import into it"
+        ),
+        Err(error) => return Err(error.into()),
+    };
+    Ok(run(services, dir, &ImportOptions::with_jobs(jobs), observer).await?)
 }
 
 /// Imports every file under `dir` into the tenant of `services`.

@@ -1,0 +1,80 @@
+//! `[storage]`: the data directory, the blob store URL and its settings,
+//! uploads, header size, orphan sweep and retries.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, Location};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the embedded defaults: the SQLite index and the local blob store.
+    pub data_dir: PathBuf,
+    /// Where blobs live; empty means `file://<data_dir>/blobs`.
+    pub blob_url: String,
+    /// object_store settings of a cloud backend (`aws_endpoint`, `aws_region`,
+    /// `aws_virtual_hosted_style_request`, `azure_storage_account_name`, ...); they
+    /// win over the `AWS_*` / `AZURE_*` / `GOOGLE_*` environment variables.
+    pub blob_options: std::collections::BTreeMap<String, String>,
+    /// Upload part size for blob writes, in bytes. Bounds memory per upload.
+    pub upload_part_bytes: usize,
+    /// Upload parts in flight per blob.
+    pub upload_concurrency: usize,
+    /// Largest DICOM header (everything before Pixel Data) kept in memory for parsing.
+    pub max_header_bytes: usize,
+    /// Blobs not referenced by the index and older than this many seconds are
+    /// removed by the orphan sweep at start-up (left-overs of a crash mid-upload).
+    pub orphan_grace_secs: u64,
+    /// A cloud backend retries a failed request (connection error, timeout,
+    /// server error) at most this many times...
+    pub blob_max_retries: usize,
+    /// ...and begins no retry later than this after the first attempt, in
+    /// milliseconds; then the request fails with 503. Bounds how long a request
+    /// waits for a blob store that went away.
+    pub blob_retry_timeout_ms: u64,
+    /// Where the blob store is; a local one (file://, memory://, a loopback
+    /// endpoint) inherits `server.location` when this is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+impl StorageConfig {
+    /// `blob_options` as the (name, value) pairs the blob store is built with.
+    pub fn blob_option_pairs(&self) -> Vec<(String, String)> {
+        self.blob_options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("kastell-data"),
+            blob_url: String::new(),
+            blob_options: Default::default(),
+            upload_part_bytes: 8 * 1024 * 1024,
+            upload_concurrency: 2,
+            max_header_bytes: 64 * 1024 * 1024,
+            orphan_grace_secs: 24 * 3600,
+            blob_max_retries: 3,
+            blob_retry_timeout_ms: 10_000,
+            location: None,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.upload_part_bytes < 5 * 1024 * 1024 {
+            return Err(ConfigError::Rule(
+                "storage.upload_part_bytes must be at least 5 MiB (the S3 minimum part size)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! Tenant key life cycle from the command line, each audited: rotation (new key
+//! version, data keys re-wrapped), retirement of a superseded version, and
+//! crypto-shredding (every key destroyed, the index erased down to UIDs).
+
+use crate::app::build_tenants;
+use crate::audit::{Action, AuditEvent, Outcome};
+use crate::config::Config;
+use crate::crypto::KeyId;
+use crate::service::Services;
+
+use super::audit::audit_cli;
+
+/// What `kastell keys rotate` did.
+#[derive(Debug)]
+pub struct RotationReport {
+    pub new_key: KeyId,
+    pub rewrapped: usize,
+    pub already_current: usize,
+    pub failed: Vec<(String, String)>,
+}
+
+/// Makes a new tenant key version and re-wraps the data key of every object of the
+/// tenant under it (new headers, the same encrypted segments). Audited.
+pub async fn rotate_tenant_key(config: &Config, tenant: &str) -> anyhow::Result<RotationReport> {
+    let tenants = build_tenants(config)?;
+    // The audit trail, like the keys, lives in the control index.
+    let control = tenants.default_services().clone();
+    let result = async {
+        let services = tenants.get(tenant).await?;
+        rotate_with(&services, &control, tenant).await
+    }
+    .await;
+    let event = match &result {
+        Ok(report) => {
+            let (outcome, status) = if report.failed.is_empty() {
+                (Outcome::Success, 0)
+            } else {
+                (Outcome::Failure, 1)
+            };
+            AuditEvent::cli(tenant, Action::KeyRotate, outcome)
+                .status(status)
+                .detail(format!(
+                    "new key {}; {} data keys re-wrapped, {} already current, {} failed",
+                    report.new_key,
+                    report.rewrapped,
+                    report.already_current,
+                    report.failed.len()
+                ))
+        }
+        Err(error) => AuditEvent::cli(tenant, Action::KeyRotate, Outcome::Failure)
+            .status(1)
+            .detail(format!("{error:#}")),
+    };
+    audit_cli(config, &control.index, event, result)
+}
+
+async fn rotate_with(
+    services: &Services,
+    control: &Services,
+    tenant: &str,
+) -> anyhow::Result<RotationReport> {
+    let store = services.store.for_tenant(tenant);
+    let new_key = store.keys().rotate(tenant)?;
+    let blobs = services.index.all_blobs()?;
+    let mut report = RotationReport {
+        new_key,
+        rewrapped: 0,
+        already_current: 0,
+        failed: Vec::new(),
+    };
+    for (name, _) in blobs {
+        let outcome = match crate::store::BlobKey::parse(&name) {
+            Ok(key) => store.rewrap(&key).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(true) => report.rewrapped += 1,
+            Ok(false) => report.already_current += 1,
+            Err(error) => report.failed.push((name, error)),
+        }
+    }
+    // Key events live with the keys, in the control index.
+    control.index.record_key_event(
+        tenant,
+        "data-keys-rewrapped",
+        Some(format!(
+            "{} re-wrapped under {}, {} failed",
+            report.rewrapped,
+            report.new_key,
+            report.failed.len()
+        )),
+    )?;
+    Ok(report)
+}
+
+/// Destroys a superseded key version after checking that no indexed object's header
+/// still names it (a rotation re-wraps them all). Returns how many objects were
+/// checked. Audited.
+pub async fn retire_tenant_key(
+    config: &Config,
+    tenant: &str,
+    version: u32,
+) -> anyhow::Result<usize> {
+    let tenants = build_tenants(config)?;
+    let result = async {
+        let services = tenants.get(tenant).await?;
+        retire_with(&services, tenant, version).await
+    }
+    .await;
+    let event = match &result {
+        Ok(checked) => AuditEvent::cli(tenant, Action::KeyRetire, Outcome::Success)
+            .status(0)
+            .detail(format!(
+                "key version {version} destroyed; {checked} objects checked"
+            )),
+        Err(error) => AuditEvent::cli(tenant, Action::KeyRetire, Outcome::Failure)
+            .status(1)
+            .detail(format!("key version {version}: {error:#}")),
+    };
+    audit_cli(config, &tenants.default_services().index, event, result)
+}
+
+async fn retire_with(services: &Services, tenant: &str, version: u32) -> anyhow::Result<usize> {
+    let id = KeyId {
+        tenant: tenant.to_string(),
+        version,
+    };
+    let mut checked = 0;
+    for (name, _) in services.index.all_blobs()? {
+        let key = crate::store::BlobKey::parse(&name)?;
+        if services.store.key_id_of(&key).await? == id {
+            anyhow::bail!(
+                "blob {name} is still encrypted under {id}; run `kastell keys rotate` first"
+            );
+        }
+        checked += 1;
+    }
+    services.store.keys().retire(&id)?;
+    Ok(checked)
+}
+
+/// What crypto-shredding a tenant erased.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShredReport {
+    pub studies: usize,
+    pub instances: usize,
+}
+
+/// Crypto-shredding, the erasure path: destroys every key of a tenant, so that
+/// its objects (and every copy of them in blob backups) can never be read again,
+/// then erases what the index still knew of them — the studies' attributes,
+/// patient data included — keeping only their UIDs so that retrieval answers
+/// 410 Gone, and removes the unreadable blobs. Running it again finishes an
+/// erasure that was interrupted. Audited.
+pub async fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<ShredReport> {
+    let tenants = build_tenants(config)?;
+    let result = async {
+        let services = tenants
+            .all()
+            .await?
+            .into_iter()
+            .find_map(|(name, services)| (name == tenant).then_some(services))
+            .ok_or_else(|| anyhow::anyhow!("there is no tenant {tenant}"))?;
+        services.store.keys().shred(tenant)?;
+        let mut report = ShredReport::default();
+        let studies = services.with_index(|index| index.study_uids()).await?;
+        for study in studies {
+            report.instances +=
+                crate::service::delete::delete(&services, crate::index::Scope::Study { study })
+                    .await?;
+            report.studies += 1;
+        }
+        anyhow::Ok(report)
+    }
+    .await;
+    let event = match &result {
+        Ok(report) => AuditEvent::cli(tenant, Action::KeyShred, Outcome::Success)
+            .status(0)
+            .detail(format!(
+                "every key version destroyed; {} studies ({} instances) erased from the index",
+                report.studies, report.instances
+            )),
+        Err(error) => AuditEvent::cli(tenant, Action::KeyShred, Outcome::Failure)
+            .status(1)
+            .detail(format!("{error:#}")),
+    };
+    audit_cli(config, &tenants.default_services().index, event, result)
+}
