@@ -13,6 +13,7 @@ pub mod http;
 pub mod index;
 pub mod ops;
 pub mod private_files;
+pub mod redact;
 pub mod service;
 pub mod sovereignty;
 pub mod store;

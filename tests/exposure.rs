@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -250,6 +250,9 @@ fn forwarded_hosts_count_only_from_trusted_proxies() {
     );
     assert_eq!(
         retrieve_url(&proxied, &[]),
-        format!("http://127.0.0.1:{}/dicomweb/studies/1.2.77.1", proxied.port)
+        format!(
+            "http://127.0.0.1:{}/dicomweb/studies/1.2.77.1",
+            proxied.port
+        )
     );
 }

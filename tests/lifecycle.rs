@@ -12,7 +12,7 @@ mod common;
 use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 

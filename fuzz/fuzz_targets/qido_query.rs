@@ -10,7 +10,8 @@
 use kastell::http::protocol::accept::{acceptable, negotiate_model};
 use kastell::http::protocol::query::parse_query;
 use kastell::http::handlers::qido::parse_search;
-use kastell::index::qido::{plan, Resource};
+use kastell::index::qido::plan;
+use kastell::service::Resource;
 use libfuzzer_sys::fuzz_target;
 
 const STUDY: &str = "1.2.826.0.1.3680043.8.498.1";

@@ -29,12 +29,12 @@ mod sovereignty;
 mod storage;
 mod telemetry;
 
+pub use crate::redact::{is_secret_name, redact_url, REDACTED};
 pub use auth::{AuthConfig, JwtConfig};
 pub use dicomweb::DicomWebConfig;
 pub use index::IndexConfig;
 pub use keys::{KeysConfig, MasterKeySource, DEVELOPMENT_KEY_FILE};
 pub use limits::LimitsConfig;
-pub use redact::{is_secret_name, redact_url, REDACTED};
 pub use server::ServerConfig;
 pub use sovereignty::{BlobStorePolicy, Location, SovereigntyConfig, EU_EEA_COUNTRIES};
 pub use storage::StorageConfig;

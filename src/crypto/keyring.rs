@@ -192,6 +192,17 @@ impl KeyRing {
             .remove(tenant);
     }
 
+    /// Whether `tenant`'s keys are loaded and fresh: then [`KeyRing::active`]
+    /// and [`KeyRing::key`] answer from memory, without the loader's (blocking)
+    /// read of the wrapped keys.
+    pub fn is_fresh(&self, tenant: &str) -> bool {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .is_some_and(|keys| keys.loaded.elapsed() < REFRESH)
+    }
+
     /// The key new objects of `tenant` are encrypted under.
     pub fn active(&self, tenant: &str) -> Result<(KeyId, Arc<SecretKey>), CryptoError> {
         let keys = self.tenant(tenant)?;

@@ -274,7 +274,12 @@ mod tests {
     /// ULP away.
     #[test]
     fn floats_survive_the_xml_round_trip() {
-        for text in ["1.401298464224817e-45", "2.560266267932768e-29", "0.1", "-600.1818237304688"] {
+        for text in [
+            "1.401298464224817e-45",
+            "2.560266267932768e-29",
+            "0.1",
+            "-600.1818237304688",
+        ] {
             let xml = format!(
                 "<NativeDicomModel><DicomAttribute tag=\"00189327\" vr=\"FD\">\
                  <Value number=\"1\">{text}</Value></DicomAttribute></NativeDicomModel>"

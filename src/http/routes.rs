@@ -7,9 +7,7 @@ use actix_web::{web, HttpResponse, Route};
 
 use super::endpoint::{self, Endpoint, Mount};
 use super::error::ApiError;
-use super::handlers::{
-    capabilities, delete, openapi, qido, rendered, site, stow, wado, wado_uri,
-};
+use super::handlers::{capabilities, delete, openapi, qido, rendered, site, stow, wado, wado_uri};
 
 /// The handler of an endpoint (`None` for the two outcomes that are not routes).
 fn handler(endpoint: Endpoint) -> Option<Route> {
@@ -23,9 +21,7 @@ fn handler(endpoint: Endpoint) -> Option<Route> {
         E::SearchForSeriesInstances => web::get().to(qido::search_series_instances),
         E::StoreInstances => web::post().to(stow::store),
         E::StoreStudyInstances => web::post().to(stow::store_in_study),
-        E::RetrieveStudy | E::RetrieveSeries | E::RetrieveInstance => {
-            web::get().to(wado::retrieve)
-        }
+        E::RetrieveStudy | E::RetrieveSeries | E::RetrieveInstance => web::get().to(wado::retrieve),
         E::RetrieveStudyMetadata | E::RetrieveSeriesMetadata | E::RetrieveInstanceMetadata => {
             web::get().to(wado::metadata)
         }
@@ -102,7 +98,9 @@ fn resources<'a>(
             at_path
                 .iter()
                 .filter_map(|r| handler(r.endpoint))
-                .fold(resource(path, allow), |resource, route| resource.route(route))
+                .fold(resource(path, allow), |resource, route| {
+                    resource.route(route)
+                })
         })
         .collect()
 }

@@ -91,9 +91,17 @@ impl AppState {
             let forwarded = ["forwarded", "x-forwarded-host"]
                 .iter()
                 .any(|h| request.headers().contains_key(*h));
-            (info.scheme().to_string(), info.host().to_string(), forwarded)
+            (
+                info.scheme().to_string(),
+                info.host().to_string(),
+                forwarded,
+            )
         } else {
-            let scheme = if request.app_config().secure() { "https" } else { "http" };
+            let scheme = if request.app_config().secure() {
+                "https"
+            } else {
+                "http"
+            };
             let host = request
                 .headers()
                 .get(actix_web::http::header::HOST)

@@ -13,7 +13,8 @@ use super::read::push_scope_condition;
 use super::records::BlobKeyRow;
 use super::sql::{Bind, SqlBuilder};
 use super::write::refresh_aggregates;
-use super::{now, with_conn, DeletedBlobs, Index, IndexError, IndexPool, Scope};
+use super::{now, with_conn, DeletedBlobs, Index, IndexError, IndexPool};
+use crate::service::request::Scope;
 
 impl Index {
     /// Deletes the instances of a scope, the series and studies left empty, and

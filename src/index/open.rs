@@ -57,7 +57,7 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
 pub fn sqlite_path(url: &str) -> Result<&str, IndexError> {
     url.strip_prefix("sqlite://")
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| IndexError::UnsupportedUrl(url.to_string()))
+        .ok_or_else(|| IndexError::UnsupportedUrl(crate::redact::redact_url(url)))
 }
 
 /// A PostgreSQL URL whose connection attempts give up after `timeout` (libpq's
@@ -176,6 +176,20 @@ mod tests {
 
     use super::*;
     use crate::index::test_db::PgTestDb;
+
+    #[test]
+    fn an_unsupported_url_is_named_without_its_password() {
+        let options = IndexOptions {
+            pool_size: 1,
+            busy_timeout: Duration::from_secs(1),
+            acquire_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(1),
+        };
+        let error = Index::open("mysql://kastell:hunter2@db/k", options).unwrap_err();
+        let shown = error.to_string();
+        assert!(shown.contains("mysql://kastell:***@db/k"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
 
     #[test]
     fn postgres_connection_attempts_get_a_timeout_unless_the_url_has_one() {

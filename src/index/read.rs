@@ -10,7 +10,8 @@ use super::catalog::{InstanceRow, Level, SeriesRow, StudyRow};
 use super::conn::IndexConn;
 use super::qido::{self, SearchRequest};
 use super::sql::{Bind, SqlBuilder};
-use super::{with_conn, Hit, Index, IndexError, IndexPool, Scope, SearchResult, StoredInstance};
+use super::{with_conn, Hit, Index, IndexError, IndexPool, SearchResult, StoredInstance};
+use crate::service::request::Scope;
 
 #[derive(QueryableByName)]
 struct SeriesHit {

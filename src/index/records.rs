@@ -1,6 +1,7 @@
 //! The records that go in and out of the index: an instance to store and what
-//! became of it, where a stored instance's blob is, the scope of a retrieval or
-//! deletion, QIDO hits, and the blobs a deletion leaves to remove.
+//! became of it, where a stored instance's blob is, QIDO hits, and the blobs a
+//! deletion leaves to remove. (What a request asks for, `Scope` and
+//! `SearchRequest`, is the service layer's: `crate::service::request`.)
 
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
@@ -85,23 +86,6 @@ pub struct StoredInstance {
     pub content_sha256: String,
     #[diesel(sql_type = Nullable<Text>)]
     pub frame_offsets: Option<String>,
-}
-
-/// Which instances a retrieval covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    Study {
-        study: String,
-    },
-    Series {
-        study: String,
-        series: String,
-    },
-    Instance {
-        study: String,
-        series: String,
-        instance: String,
-    },
 }
 
 /// One QIDO match with the rows of its levels.

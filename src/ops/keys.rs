@@ -166,7 +166,7 @@ pub async fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<Shred
         let studies = services.with_index(|index| index.study_uids()).await?;
         for study in studies {
             report.instances +=
-                crate::service::delete::delete(&services, crate::index::Scope::Study { study })
+                crate::service::delete::delete(&services, crate::service::Scope::Study { study })
                     .await?;
             report.studies += 1;
         }

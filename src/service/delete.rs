@@ -2,7 +2,7 @@
 //! UIDs remembered so retrieval answers 410), then the blobs.
 
 use super::{ServiceError, Services};
-use crate::index::Scope;
+use crate::service::Scope;
 use crate::store::BlobKey;
 
 fn what(scope: &Scope) -> &'static str {

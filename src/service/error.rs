@@ -59,7 +59,6 @@ impl ServiceError {
     }
 }
 
-
 impl ServiceError {
     /// The HTTP status this error is answered with: the service layer says it,
     /// so the HTTP layer maps one flat type and never looks inside the index,
@@ -89,7 +88,9 @@ impl ServiceError {
     /// generic sentence for a fault of ours (the details go to the log).
     pub fn public_message(&self) -> String {
         match self.outage() {
-            Some(Outage::Unavailable(what)) => return format!("the {what} is unavailable; retry later"),
+            Some(Outage::Unavailable(what)) => {
+                return format!("the {what} is unavailable; retry later")
+            }
             Some(Outage::Full) => {
                 return "there is not enough storage space for this request".to_string()
             }
@@ -101,9 +102,9 @@ impl ServiceError {
             ServiceError::NotAcceptable(why) => why.clone(),
             ServiceError::TenantDisabled => "this tenant is disabled".into(),
             ServiceError::TooLarge(_) | ServiceError::Busy { .. } => self.to_string(),
-            ServiceError::Dicom(error @ (DicomError::OutsideImage | DicomError::CannotDecode(_))) => {
-                error.to_string()
-            }
+            ServiceError::Dicom(
+                error @ (DicomError::OutsideImage | DicomError::CannotDecode(_)),
+            ) => error.to_string(),
             ServiceError::Index(IndexError::Query(e)) => e.to_string(),
             ServiceError::Store(StoreError::Shredded) => {
                 "this data was erased: its encryption key was destroyed".to_string()

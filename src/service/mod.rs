@@ -7,6 +7,7 @@ pub mod delete;
 pub mod derived;
 pub mod qido;
 pub mod render;
+pub mod request;
 pub mod stow;
 pub mod tenants;
 pub mod wado;
@@ -17,12 +18,12 @@ use std::time::Duration;
 use crate::index::{Index, IndexError};
 use crate::store::BlobStore;
 
-pub use error::{Outage, ServiceError, OUTAGE_RETRY_AFTER_SECS};
 /// What callers of the service layer name: which instances a request covers,
 /// a QIDO search, and the record of a stored instance the retrievals hand
 /// back. The HTTP layer takes them from here, never from the index.
-pub use crate::index::qido::{IncludeField, MatchKey, Resource, SearchRequest};
-pub use crate::index::{Scope, StoredInstance};
+pub use crate::index::StoredInstance;
+pub use error::{Outage, ServiceError, OUTAGE_RETRY_AFTER_SECS};
+pub use request::{IncludeField, MatchKey, Resource, Scope, SearchRequest};
 
 /// Settings the pipelines need.
 #[derive(Debug, Clone)]

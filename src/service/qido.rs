@@ -6,8 +6,8 @@ use serde_json::{json, Map, Value as Json};
 use super::{ServiceError, Services};
 use crate::dicom::json as dicom_json;
 use crate::index::catalog::{self, Attr, Kind, Level, Presence};
-use crate::index::qido::SearchRequest;
 use crate::index::Hit;
+use crate::service::SearchRequest;
 
 /// A page of search results, rendered.
 #[derive(Debug)]

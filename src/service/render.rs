@@ -12,7 +12,8 @@ use crate::dicom::document::{self, TextFormat};
 use crate::dicom::pixels::FramePixels;
 use crate::dicom::render::{self, Annotation, ImageFormat, RenderOptions, Viewport};
 use crate::dicom::transfer_syntax;
-use crate::index::{Scope, StoredInstance};
+use crate::index::StoredInstance;
+use crate::service::Scope;
 
 /// The box a thumbnail fits in when the client names no viewport.
 pub const THUMBNAIL_SIZE: u32 = 128;

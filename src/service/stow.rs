@@ -3,7 +3,7 @@
 //! ends every accepted instance is indexed in one transaction. A session dropped
 //! before `commit` (the client went away, the request failed) deletes its blobs.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use ring::digest;
 use serde_json::{json, Map, Value as Json};
 
@@ -11,16 +11,18 @@ use super::{ServiceError, Services};
 use dicom_object::InMemDicomObject;
 
 use crate::dicom::fragments::{self, format_boundaries, FragmentScanner};
-use crate::dicom::header::{FileMeta, HeaderScanner, Scan};
+use crate::dicom::header::HeaderScanner;
 use crate::dicom::instance::{self, ParsedHeader};
 use crate::dicom::{json as dicom_json, DicomError};
 use crate::index::catalog::{self, Level};
 use crate::index::{NewInstance, StoreOutcome};
-use crate::store::{BlobKey, BlobKind, BlobWriter};
+use crate::store::{BlobKey, BlobKind};
 use crate::telemetry::metrics::instances_stored;
 
 mod json;
+mod part;
 pub use json::BulkWriter;
+pub use part::PartWriter;
 
 /// Failure reasons of the Store Instances Response (PS3.18 Table I.2-2 and ours, as
 /// documented in the Conformance Statement).
@@ -535,162 +537,7 @@ pub fn new_instance(
 
 /// A parsed part: its header, the header's length, and the Pixel Data value's
 /// offset and length (`None` length: undefined, i.e. encapsulated).
-type ParsedPart = (ParsedHeader, u64, Option<(u64, Option<u64>)>);
-
-/// One part being received.
-pub struct PartWriter {
-    /// Its number in the session.
-    part: usize,
-    writer: Option<BlobWriter>,
-    scanner: HeaderScanner,
-    /// The bytes up to Pixel Data (or the whole part, if it has none).
-    prefix: BytesMut,
-    /// Set once the top-level Pixel Data element is found.
-    header_end: Option<(u64, u64, Option<u64>)>,
-    /// Follows encapsulated Pixel Data to index its frames.
-    fragments: Option<FragmentScanner>,
-    deflated: bool,
-    hasher: digest::Context,
-    max_header: usize,
-    error: Option<PartError>,
-    scan_position: usize,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum PartError {
-    #[error("the part is not application/dicom")]
-    Rejected(u16),
-    #[error(transparent)]
-    Dicom(DicomError),
-}
-
-impl PartError {
-    fn reason(&self) -> u16 {
-        match self {
-            PartError::Rejected(reason) => *reason,
-            PartError::Dicom(error) => reason_for(error),
-        }
-    }
-}
-
-impl PartWriter {
-    fn rejected(part: usize, reason: u16) -> Self {
-        Self {
-            part,
-            writer: None,
-            scanner: HeaderScanner::new(),
-            prefix: BytesMut::new(),
-            header_end: None,
-            fragments: None,
-            deflated: false,
-            hasher: digest::Context::new(&digest::SHA256),
-            max_header: 0,
-            error: Some(PartError::Rejected(reason)),
-            scan_position: 0,
-        }
-    }
-
-    /// Takes the next chunk of the part.
-    pub async fn write(&mut self, chunk: Bytes) -> Result<(), ServiceError> {
-        if self.error.is_some() {
-            return Ok(()); // the part has failed; drain it
-        }
-        self.hasher.update(&chunk);
-        if self.header_end.is_none() {
-            self.prefix.extend_from_slice(&chunk);
-            self.scan_more();
-        } else if let Some(fragments) = self.fragments.as_mut() {
-            fragments.feed(&chunk);
-        }
-        if let Some(writer) = self.writer.as_mut() {
-            writer.write(chunk).await?;
-        }
-        Ok(())
-    }
-
-    fn scan_more(&mut self) {
-        if self.deflated {
-            if self.prefix.len() > self.max_header {
-                self.error = Some(PartError::Dicom(DicomError::HeaderTooLarge(
-                    self.max_header,
-                )));
-            }
-            return;
-        }
-        match self.scanner.scan(&self.prefix) {
-            Ok(Scan::PixelData(location)) => {
-                self.header_end = Some((
-                    location.element_offset,
-                    location.value_offset,
-                    location.value_length,
-                ));
-                if location.value_length.is_none() {
-                    let mut fragments = FragmentScanner::new(location.value_offset);
-                    fragments.feed(&self.prefix[location.value_offset as usize..]);
-                    self.fragments = Some(fragments);
-                }
-                // Only the header is kept; pixel data goes to the blob alone.
-                self.prefix.truncate(location.element_offset as usize);
-            }
-            Ok(Scan::Deflated) => self.deflated = true,
-            Ok(Scan::NeedMore { resume_at }) => {
-                self.scan_position = resume_at;
-                if self.prefix.len() > self.max_header {
-                    self.error = Some(PartError::Dicom(DicomError::HeaderTooLarge(
-                        self.max_header,
-                    )));
-                }
-            }
-            Err(error) => self.error = Some(PartError::Dicom(error)),
-        }
-    }
-
-    fn meta(&self) -> Option<&FileMeta> {
-        self.scanner.meta()
-    }
-
-    /// Parses the kept header once the part is complete.
-    fn parse(&mut self, size: u64) -> Result<ParsedPart, DicomError> {
-        let meta = self
-            .meta()
-            .cloned()
-            .ok_or(DicomError::NotDicom("the part is too short to be DICOM"))?;
-        match self.header_end {
-            Some((element_offset, value_offset, value_length)) => {
-                if let Some(length) = value_length {
-                    if value_offset + length > size {
-                        return Err(DicomError::Truncated);
-                    }
-                }
-                let header = instance::parse_header(&self.prefix, &meta)?;
-                Ok((header, element_offset, Some((value_offset, value_length))))
-            }
-            None => {
-                // No Pixel Data: the data set must end exactly at the end of the part.
-                if !self.deflated && self.scan_position != self.prefix.len() {
-                    return Err(DicomError::Truncated);
-                }
-                let header = instance::parse_header(&self.prefix, &meta)?;
-                Ok((header, size, None))
-            }
-        }
-    }
-
-    /// SOP Class and Instance UIDs, if the header got far enough to tell.
-    fn known_uids(&self) -> (String, String) {
-        let Some(meta) = self.meta() else {
-            return Default::default();
-        };
-        let Ok(dataset) = instance::parse_dataset(&self.prefix, meta) else {
-            return Default::default();
-        };
-        let uid = |tag| instance::text(&dataset, tag).unwrap_or_default();
-        (
-            uid(dicom_dictionary_std::tags::SOP_CLASS_UID),
-            uid(dicom_dictionary_std::tags::SOP_INSTANCE_UID),
-        )
-    }
-}
+pub(super) type ParsedPart = (ParsedHeader, u64, Option<(u64, Option<u64>)>);
 
 /// Counts the instances a commit stored, by outcome (`kastell.instances.stored`).
 fn record_outcomes(tenant: &str, outcomes: &[StoreOutcome]) {

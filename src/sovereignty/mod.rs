@@ -28,10 +28,10 @@ use assess::describe_key_source;
 use chain::chain;
 use policy::judge;
 
+pub use crate::redact::display_url;
 pub use assess::assess;
 pub use model::{
     Backend, BackendKind, Custody, DataKind, Environment, Holding, Jurisdiction, Notice, Source,
 };
-pub use place::display_url;
 pub use policy::{check, Refusal, Rule, Violation};
 pub use report::Report;

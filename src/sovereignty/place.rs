@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use percent_encoding::percent_decode_str;
 
 use super::Environment;
+use crate::redact::display_url;
 
 /// Where a backend is, as far as the configuration tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,30 +39,6 @@ impl Place {
             tls_required: None,
         }
     }
-}
-
-/// A URL as it may be shown: scheme, host, port and path; never the user name,
-/// password or query (libpq accepts `?password=`).
-pub fn display_url(url: &str) -> String {
-    // A URL with an '@' the parser did not read as user information (a password
-    // with an unencoded '/') takes the cautious path below.
-    let parsed = url::Url::parse(url)
-        .ok()
-        .filter(|p| !url.contains('@') || !p.username().is_empty() || p.password().is_some());
-    if let Some(parsed) = parsed {
-        let host = parsed.host_str().unwrap_or_default();
-        let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
-        return format!("{}://{host}{port}{}", parsed.scheme(), parsed.path());
-    }
-    // Not a URL the parser accepts (a multi-host PostgreSQL URL, an unencoded
-    // character in a password): keep only what follows the last '@', so that no
-    // part of a password can be shown.
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.split(['?', '#']).next().unwrap_or_default().to_string();
-    };
-    let visible = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
-    let visible = visible.split(['?', '#']).next().unwrap_or_default();
-    format!("{scheme}://{visible}")
 }
 
 /// The index database named by `url`.
@@ -253,35 +230,6 @@ mod tests {
 
     fn env() -> Environment {
         Environment::default()
-    }
-
-    #[test]
-    fn urls_are_shown_without_credentials_or_query() {
-        assert_eq!(
-            display_url("postgres://kastell:s3cret@db.example.com:5432/kastell?sslmode=require"),
-            "postgres://db.example.com:5432/kastell"
-        );
-        assert_eq!(
-            display_url("postgres://k@h1:5432,h2:5432/k?password=s3cret"),
-            "postgres://h1:5432,h2:5432/k"
-        );
-        // An unencoded '/' or '?' in a password makes the URL unparsable: still hidden.
-        for url in [
-            "postgres://k:se/cret@db/k",
-            "postgres://k:se?cret@db/k",
-            "postgres://k:se#cret@db/k",
-            "postgres://k:1234/se@db/k",
-        ] {
-            let shown = display_url(url);
-            assert!(!shown.contains("se"), "{shown}");
-            assert!(shown.contains("db"), "{shown}");
-        }
-        assert_eq!(
-            display_url("sqlite:///var/lib/k.sqlite"),
-            "sqlite:///var/lib/k.sqlite"
-        );
-        assert_eq!(display_url("s3://bucket/prefix"), "s3://bucket/prefix");
-        assert_eq!(display_url("memory://"), "memory://");
     }
 
     #[test]

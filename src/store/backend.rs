@@ -46,7 +46,7 @@ pub fn backend_from_url(
 ) -> Result<Arc<dyn ObjectStore>, StoreError> {
     if let Some(dir) = url.strip_prefix("file://") {
         if dir.is_empty() || !dir.starts_with('/') {
-            return Err(StoreError::UnsupportedUrl(url.to_string()));
+            return Err(StoreError::UnsupportedUrl(crate::redact::redact_url(url)));
         }
         std::fs::create_dir_all(dir)?;
         return Ok(Arc::new(
@@ -57,12 +57,13 @@ pub fn backend_from_url(
     if url == "memory://" || url == "memory:///" {
         return Ok(Arc::new(InMemory::new()));
     }
-    let parsed = url::Url::parse(url).map_err(|_| StoreError::UnsupportedUrl(url.to_string()))?;
+    let parsed = url::Url::parse(url)
+        .map_err(|_| StoreError::UnsupportedUrl(crate::redact::redact_url(url)))?;
     if !matches!(
         parsed.scheme(),
         "s3" | "s3a" | "az" | "azure" | "abfs" | "abfss" | "adl" | "gs"
     ) {
-        return Err(StoreError::UnsupportedUrl(url.to_string()));
+        return Err(StoreError::UnsupportedUrl(crate::redact::redact_url(url)));
     }
     let mut settings = environment_settings();
     settings.extend(options.iter().cloned());
@@ -89,7 +90,7 @@ pub fn backend_from_url(
     // The host is the bucket or container; the path is our prefix. (object_store's
     // own split reads `az://` URLs as `az://account/container/...` and loses it.)
     let prefix = ObjectPath::parse(parsed.path().trim_start_matches('/'))
-        .map_err(|_| StoreError::UnsupportedUrl(url.to_string()))?;
+        .map_err(|_| StoreError::UnsupportedUrl(crate::redact::redact_url(url)))?;
     if prefix.as_ref().is_empty() {
         Ok(store)
     } else {

@@ -30,6 +30,24 @@ pub use key::{BlobKey, BlobKind};
 pub use maintenance::{usage, BlobUsage};
 pub use write::{BlobWriter, WriteOptions};
 
+/// Asks the key ring on the blocking pool when it would re-read the tenant's
+/// wrapped keys from the index (every few seconds), and directly while they
+/// are fresh in memory: an async worker never waits on the database.
+async fn with_keys<T: Send + 'static>(
+    keys: &Arc<KeyRing>,
+    tenant: &str,
+    ask: impl FnOnce(&KeyRing) -> Result<T, crate::crypto::CryptoError> + Send + 'static,
+) -> Result<T, StoreError> {
+    if keys.is_fresh(tenant) {
+        return Ok(ask(keys)?);
+    }
+    let keys = keys.clone();
+    tokio::task::spawn_blocking(move || ask(&keys))
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+        .map_err(StoreError::from)
+}
+
 #[derive(Clone)]
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,

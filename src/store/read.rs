@@ -39,7 +39,9 @@ impl BlobStore {
             return Err(StoreError::Integrity("the object belongs to another name"));
         }
         let key_id = KeyId::parse(&header.key_id)?;
-        let tenant_key = self.keys.key(&key_id)?;
+        let tenant = key_id.tenant.clone();
+        let tenant_key =
+            super::with_keys(&self.keys, &tenant, move |keys| keys.key(&key_id)).await?;
         let prefix =
             Header::authenticated_prefix(header.segment_size, &header.object_id, &header.key_id);
         let data_key =

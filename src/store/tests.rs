@@ -329,6 +329,15 @@ fn keys_are_opaque_and_validated() {
         backend_from_url("file://relative", &[], retries()),
         Err(StoreError::UnsupportedUrl(_))
     ));
+    // The error names the URL without its secrets.
+    let Err(error) = backend_from_url("ftp://me:hunter2@x/y?sig=s3cret", &[], retries()) else {
+        panic!("an FTP URL is not a blob store");
+    };
+    let shown = error.to_string();
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("s3cret"),
+        "{shown}"
+    );
 }
 
 /// An object store that counts the bytes reads return.

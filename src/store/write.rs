@@ -26,7 +26,9 @@ impl BlobStore {
         // One span and one duration for the whole upload, until finish or abort.
         let span = tracing::info_span!("store.write");
         let timer = StoreTimer::start("write", &self.description);
-        let (key_id, tenant_key) = self.keys.active(&self.tenant)?;
+        let tenant = self.tenant.clone();
+        let (key_id, tenant_key) =
+            super::with_keys(&self.keys, &self.tenant, move |keys| keys.active(&tenant)).await?;
         let data_key = SecretKey::generate()?;
         let object_id = key.object_id();
         let header = seal_header(&tenant_key, &data_key, &key_id, object_id)?;
@@ -52,11 +54,15 @@ impl BlobStore {
         let _timer = StoreTimer::start("rewrap", &self.description);
         let (header, _, _) = self.fetch_header(key, 0).await?;
         let old_id = KeyId::parse(&header.key_id)?;
-        let (active_id, active_key) = self.keys.active(&self.tenant)?;
+        let tenant = self.tenant.clone();
+        let (active_id, active_key) =
+            super::with_keys(&self.keys, &self.tenant, move |keys| keys.active(&tenant)).await?;
         if old_id == active_id || old_id.tenant != self.tenant {
             return Ok(false);
         }
-        let old_key = self.keys.key(&old_id)?;
+        let id = old_id.clone();
+        let old_key =
+            super::with_keys(&self.keys, &old_id.tenant, move |keys| keys.key(&id)).await?;
         let prefix =
             Header::authenticated_prefix(header.segment_size, &header.object_id, &header.key_id);
         let data_key = self.checked(

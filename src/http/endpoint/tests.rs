@@ -116,7 +116,12 @@ async fn every_ps3_18_example_request_reaches_its_endpoint() {
             .uri(&uri)
             .to_request();
         let response = actix_test::call_service(&app, request).await;
-        let found = response.headers().get("x-endpoint").unwrap().to_str().unwrap();
+        let found = response
+            .headers()
+            .get("x-endpoint")
+            .unwrap()
+            .to_str()
+            .unwrap();
         assert_eq!(found, format!("{expected:?}"), "{method} {uri}");
     }
 }
@@ -144,8 +149,14 @@ fn audit_actions_and_permissions_follow_the_kind_of_endpoint() {
     use Endpoint as E;
     let get = &Method::GET;
     assert_eq!(E::SearchForSeries.audit_action(), Some(AuditAction::Search));
-    assert_eq!(E::StoreStudyInstances.audit_action(), Some(AuditAction::Store));
-    assert_eq!(E::RetrieveWadoUri.audit_action(), Some(AuditAction::Retrieve));
+    assert_eq!(
+        E::StoreStudyInstances.audit_action(),
+        Some(AuditAction::Store)
+    );
+    assert_eq!(
+        E::RetrieveWadoUri.audit_action(),
+        Some(AuditAction::Retrieve)
+    );
     assert_eq!(E::DeleteSeries.audit_action(), Some(AuditAction::Delete));
     for quiet in [
         E::RetrieveCapabilities,

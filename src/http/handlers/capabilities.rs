@@ -6,11 +6,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value as Json};
 
-use crate::http::error::ApiError;
+use crate::dicom::xml::escape;
 use crate::http::endpoint::{self, Route};
+use crate::http::error::ApiError;
 use crate::http::protocol::accept::ranges;
 use crate::http::state::AppState;
-use crate::dicom::xml::escape;
 
 use crate::http::endpoint::WADL;
 use crate::http::protocol::etag::with_etag;
@@ -72,7 +72,8 @@ fn wadl_node(node: &Node, depth: usize, out: &mut String) {
     for method in &node.methods {
         out.push_str(&format!(
             "{pad}  <method name=\"{}\" id=\"{}\">\n{pad}    <request>\n",
-            method.method, method.name()
+            method.method,
+            method.name()
         ));
         for param in method.query {
             out.push_str(&format!(

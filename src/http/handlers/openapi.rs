@@ -9,10 +9,10 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value as Json};
 
-use crate::http::protocol::etag::with_etag;
 use crate::http::endpoint::{self, Mount, Route};
-use crate::http::state::Site;
+use crate::http::protocol::etag::with_etag;
 use crate::http::state::AppState;
+use crate::http::state::Site;
 
 /// The endpoint name of this description (not "Retrieve…": fetching it is not a
 /// retrieval of patient data and is not audited as one).

@@ -3,13 +3,13 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::http::protocol::accept::{acceptable, negotiate_model, DataModel};
+use crate::dicom::attributes;
 use crate::http::error::ApiError;
+use crate::http::protocol::accept::{acceptable, negotiate_model, DataModel};
 use crate::http::protocol::query::query_pairs;
 use crate::http::state::AppState;
-use crate::dicom::attributes;
-use crate::service::{IncludeField, MatchKey, Resource, SearchRequest};
 use crate::service::qido;
+use crate::service::{IncludeField, MatchKey, Resource, SearchRequest};
 
 pub async fn search_studies(
     state: web::ReqData<AppState>,

@@ -16,8 +16,8 @@ use crate::http::protocol::rendering::{negotiate_image, not_acceptable, parse_pa
 use crate::http::protocol::target::Target;
 use crate::http::state::AppState;
 use crate::service::Scope;
-use crate::service::{render, wado};
 use crate::service::ServiceError;
+use crate::service::{render, wado};
 
 fn single_image(
     state: &AppState,

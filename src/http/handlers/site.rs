@@ -48,7 +48,6 @@ fn ok(flag: bool) -> &'static str {
     }
 }
 
-
 /// `GET /metrics`: the Prometheus text exposition of every metric. Open like the
 /// health checks (scrapers rarely carry tokens); it holds counts and durations
 /// per endpoint and tenant, no patient data.
@@ -57,4 +56,3 @@ pub async fn metrics() -> HttpResponse {
         .content_type(crate::telemetry::PROMETHEUS_CONTENT_TYPE)
         .body(crate::telemetry::prometheus_text())
 }
-

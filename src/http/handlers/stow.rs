@@ -4,11 +4,11 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
-use crate::http::protocol::accept::{acceptable, negotiate_model, DataModel};
+use crate::dicom::DicomError;
 use crate::http::error::ApiError;
+use crate::http::protocol::accept::{acceptable, negotiate_model, DataModel};
 use crate::http::protocol::multipart::{parse_related_content_type, ContentTypeError};
 use crate::http::state::AppState;
-use crate::dicom::DicomError;
 use crate::service::stow::StowSession;
 
 pub async fn store(

@@ -7,18 +7,17 @@ use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 
-use crate::http::protocol::accept::{
-    negotiate_bulk, ranges, negotiate_instances, negotiate_model, BulkChoice, DataModel,
-    MediaRange,
-};
 use crate::http::error::ApiError;
+use crate::http::protocol::accept::{
+    negotiate_bulk, negotiate_instances, negotiate_model, ranges, BulkChoice, DataModel, MediaRange,
+};
 use crate::http::protocol::multipart::{multipart_body, new_boundary, OutgoingPart};
 use crate::http::protocol::range::requested_range;
 use crate::http::protocol::target::Target;
 use crate::http::state::AppState;
-use crate::service::{Scope, StoredInstance};
 use crate::service::wado::{self, log_stream_failure, BulkBody, Frames, Representation};
 use crate::service::ServiceError;
+use crate::service::{Scope, StoredInstance};
 
 /// Retrieve a study, series or instance (PS3.18 §10.4.1.1.1).
 pub async fn retrieve(
@@ -157,7 +156,10 @@ pub async fn metadata(
         response
             .insert_header((header::ETAG, etag))
             .insert_header((header::VARY, "Accept"));
-        return Ok(crate::http::protocol::multipart::xml_response(&mut response, datasets));
+        return Ok(crate::http::protocol::multipart::xml_response(
+            &mut response,
+            datasets,
+        ));
     }
     // One JSON array: cached series come from their derived object, others are
     // written as each instance's metadata arrives.

@@ -6,12 +6,12 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::http::error::ApiError;
-use crate::http::protocol::rendering::{parse_annotation, parse_quality};
-use crate::http::protocol::query::query_pairs;
-use crate::http::state::AppState;
 use crate::dicom::render::{ImageFormat, Region, RenderOptions, VoiFunction, Window};
 use crate::dicom::transfer_syntax;
+use crate::http::error::ApiError;
+use crate::http::protocol::query::query_pairs;
+use crate::http::protocol::rendering::{parse_annotation, parse_quality};
+use crate::http::state::AppState;
 use crate::service::Scope;
 use crate::service::{render, wado};
 

@@ -5,8 +5,8 @@
 
 use actix_web::http::header::{self, HeaderMap};
 
-use crate::http::error::ApiError;
 use crate::auth::{Action, AuthError, Authenticator, Principal};
+use crate::http::error::ApiError;
 
 /// Who is calling, or the 401 / 503 to answer with.
 pub async fn authenticate(

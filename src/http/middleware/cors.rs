@@ -25,4 +25,3 @@ pub fn cors(origins: &[String]) -> actix_cors::Cors {
     }
     cors
 }
-

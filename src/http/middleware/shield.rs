@@ -16,8 +16,8 @@ use actix_web::middleware::Next;
 use actix_web::web;
 use futures_util::FutureExt;
 
-use crate::http::error::ApiError;
 use crate::config::LimitsConfig;
+use crate::http::error::ApiError;
 
 /// The policy of responses that a browser could run: no scripts, no plugins,
 /// no same-origin access, nothing loaded from anywhere.

@@ -13,11 +13,11 @@ use actix_web::{web, HttpMessage};
 
 use super::auth::{authenticate, forbidden};
 use super::client_addr::client_address;
-use crate::http::error::ApiError;
-use crate::http::endpoint::{self, is_tenant_name, split_tenant, Permission};
-use crate::http::state::{AppState, Site, StoredStudies};
 use crate::audit::{Action as AuditAction, ActorKind, AuditEvent, Outcome};
 use crate::auth::{Principal, PrincipalKind};
+use crate::http::endpoint::{self, is_tenant_name, split_tenant, Permission};
+use crate::http::error::ApiError;
+use crate::http::state::{AppState, Site, StoredStudies};
 
 /// How long a store or delete waits for its audit record to be committed
 /// before it answers 503 instead of acknowledging (the record is written when
@@ -262,11 +262,12 @@ pub async fn resolve(
                     // Path segments as the route matched them (what the handler
                     // serves), or the decoded query of WADO-URI (no other
                     // route's query values are recorded).
-                    let [wado_study, wado_series, wado_object] = if endpoint == endpoint::Endpoint::RetrieveWadoUri {
-                        wado_uri_uids(response.request())
-                    } else {
-                        [None, None, None]
-                    };
+                    let [wado_study, wado_series, wado_object] =
+                        if endpoint == endpoint::Endpoint::RetrieveWadoUri {
+                            wado_uri_uids(response.request())
+                        } else {
+                            [None, None, None]
+                        };
                     let mut event = base;
                     if let Some(study) = info.get("study").map(str::to_string).or(wado_study) {
                         event = event.study(study);

@@ -25,4 +25,3 @@ pub fn with_etag(request: &HttpRequest, content_type: &str, body: String) -> Htt
         .insert_header((header::ETAG, etag))
         .body(body)
 }
-

@@ -33,7 +33,6 @@ pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     Ok(pairs)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,4 +59,3 @@ pub fn byte_range(value: &str, total: u64) -> Result<Option<std::ops::Range<u64>
     }
     Ok(Some(range))
 }
-

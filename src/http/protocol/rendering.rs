@@ -264,10 +264,13 @@ mod tests {
 
     #[test]
     fn image_types_are_negotiated() {
-        let ranges = crate::http::protocol::accept::acceptable(&[], Some("image/png, image/jpeg;q=0.5"));
-        assert_eq!(negotiate_image(&ranges), Some((ImageFormat::Png, false)));
         let ranges =
-            crate::http::protocol::accept::acceptable(&[], Some("multipart/related; type=\"image/gif\""));
+            crate::http::protocol::accept::acceptable(&[], Some("image/png, image/jpeg;q=0.5"));
+        assert_eq!(negotiate_image(&ranges), Some((ImageFormat::Png, false)));
+        let ranges = crate::http::protocol::accept::acceptable(
+            &[],
+            Some("multipart/related; type=\"image/gif\""),
+        );
         assert_eq!(negotiate_image(&ranges), Some((ImageFormat::Gif, true)));
         let ranges = crate::http::protocol::accept::acceptable(&[], None);
         assert_eq!(negotiate_image(&ranges), Some((ImageFormat::Jpeg, false)));

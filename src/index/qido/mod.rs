@@ -10,7 +10,7 @@ use dicom_core::Tag;
 use super::catalog::{self, Attr, Kind, Level};
 use super::sql::{Bind, SqlBuilder};
 use crate::dicom::text;
-pub use request::{IncludeField, MatchKey, Resource, SearchRequest};
+pub use crate::service::request::{IncludeField, MatchKey, Resource, SearchRequest};
 use values::{any_of, combined_date_time, date_range, has_wildcard, invalid, time_range};
 pub use values::{like_pattern, normalize_person_name, EMPTY_VALUE};
 

@@ -108,7 +108,9 @@ pub async fn metadata_body(
                     Ok(items) => stream::once(async { Ok(Bytes::from_static(b",")) })
                         .chain(items)
                         .boxed(),
-                    Err(error) => stream::once(async move { Err(log_stream_failure(error)) }).boxed(),
+                    Err(error) => {
+                        stream::once(async move { Err(log_stream_failure(error)) }).boxed()
+                    }
                 }
             }
         })

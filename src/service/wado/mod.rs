@@ -19,7 +19,8 @@ use super::{ServiceError, Services};
 use crate::dicom::header::parse_file_meta;
 use crate::dicom::pixels;
 use crate::dicom::{fragments, instance, transfer_syntax, DicomError};
-use crate::index::{Scope, StoredInstance};
+use crate::index::StoredInstance;
+use crate::service::Scope;
 use crate::store::BlobKey;
 
 /// How an instance is sent.
@@ -126,7 +127,7 @@ pub async fn instance_body(
             .map_err(ServiceError::from);
         return Ok(match stream.next().await {
             Some(Ok(first)) => stream::once(async move { Ok(first) }).chain(stream).boxed(),
-            Some(Err(error)) => return Err(error.into()),
+            Some(Err(error)) => return Err(error),
             None => stream::empty().boxed(),
         });
     }
@@ -193,7 +194,6 @@ pub(super) fn swap_words(chunk: &[u8], width: usize) -> Bytes {
     }
     Bytes::from(out)
 }
-
 
 /// The elements after Pixel Data, if the object has any. (After encapsulated Pixel
 /// Data stored before frames were indexed, the end is unknown; not shown.)

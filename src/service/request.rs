@@ -1,0 +1,62 @@
+//! What callers ask of the service layer, as plain data: which instances a
+//! retrieval or deletion covers ([`Scope`]) and a QIDO search
+//! ([`SearchRequest`]). The HTTP layer builds them; the index takes them as its
+//! input (the one thing the index imports from the service layer), and gives
+//! them their SQL meaning there. Imports nothing internal.
+
+use dicom_core::Tag;
+
+/// Which instances a retrieval covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Study {
+        study: String,
+    },
+    Series {
+        study: String,
+        series: String,
+    },
+    Instance {
+        study: String,
+        series: String,
+        instance: String,
+    },
+}
+
+/// The six QIDO resources (PS3.18 Table 10.6.1-1), with the UIDs of their path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    Studies,
+    StudySeries { study: String },
+    StudyInstances { study: String },
+    Series,
+    SeriesInstances { study: String, series: String },
+    Instances,
+}
+
+/// One `attribute=value` query parameter, attribute already resolved to a tag path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchKey {
+    pub name: String,
+    pub path: Vec<Tag>,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncludeField {
+    All,
+    Path { name: String, path: Vec<Tag> },
+}
+
+/// A search as the HTTP layer parsed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchRequest {
+    pub resource: Resource,
+    pub matches: Vec<MatchKey>,
+    pub include: Vec<IncludeField>,
+    pub fuzzy: bool,
+    /// `emptyvaluematching=true`: a key of `""` matches empty values.
+    pub empty_value_matching: bool,
+    pub limit: Option<u64>,
+    pub offset: u64,
+}
