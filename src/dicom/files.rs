@@ -13,7 +13,8 @@
 
 use dicom_object::FileMetaTableBuilder;
 
-use super::header::{has_long_length, parse_file_meta};
+use super::element::{has_long_length, is_known_vr as is_vr};
+use super::header::parse_file_meta;
 use super::transfer_syntax::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
 
 /// Media Storage SOP Class UID of a DICOMDIR (PS3.3 F.2, Media Storage Directory).
@@ -100,17 +101,6 @@ fn le16(bytes: &[u8], at: usize) -> u16 {
 
 fn le32(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-}
-
-/// Value representations as they appear in Explicit VR streams.
-const VRS: [&[u8; 2]; 34] = [
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
-    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
-    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
-];
-
-fn is_vr(bytes: &[u8]) -> bool {
-    bytes.len() >= 2 && VRS.iter().any(|vr| vr[..] == bytes[..2])
 }
 
 /// The file meta group is always Explicit VR Little Endian: group 0002, a VR.

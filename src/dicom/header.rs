@@ -6,6 +6,7 @@
 //! straight to the blob store. The byte offsets it finds are kept in the index, so
 //! retrieval can fetch the header or the pixel data with a ranged read.
 
+use super::element::Reader;
 use super::transfer_syntax::{self, Encoding};
 use super::DicomError;
 
@@ -95,7 +96,7 @@ impl HeaderScanner {
         let mut pos = self.resume_at;
         loop {
             let start = pos;
-            let Some(header) = reader.element_header(pos)? else {
+            let Some(header) = reader.header(pos)? else {
                 self.resume_at = start;
                 return Ok(Scan::NeedMore { resume_at: start });
             };
@@ -115,7 +116,7 @@ impl HeaderScanner {
             }
             let value_start = start + header.header_len;
             let end = if header.length == UNDEFINED_LENGTH {
-                match reader.skip_undefined_length(value_start, 0)? {
+                match skip_undefined_length(&reader, value_start, 0)? {
                     Some(end) => end,
                     None => {
                         self.resume_at = start;
@@ -132,27 +133,6 @@ impl HeaderScanner {
             pos = end;
         }
     }
-}
-
-/// Whether a value length of this VR takes four bytes (after two reserved ones)
-/// in Explicit VR encodings (PS3.5 Table 7.1-1).
-pub(super) fn has_long_length(vr: &[u8]) -> bool {
-    matches!(
-        vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"SV"
-            | b"UV"
-    )
 }
 
 /// Parses the preamble, magic and file meta group. `Ok(None)` means more bytes are
@@ -189,7 +169,7 @@ pub fn parse_file_meta(prefix: &[u8]) -> Result<Option<FileMeta>, DicomError> {
         if group != 0x0002 {
             break;
         }
-        let Some(header) = reader.element_header(pos)? else {
+        let Some(header) = reader.header(pos)? else {
             return Ok(None);
         };
         if header.length == UNDEFINED_LENGTH {
@@ -231,146 +211,67 @@ pub fn parse_file_meta(prefix: &[u8]) -> Result<Option<FileMeta>, DicomError> {
     }))
 }
 
-struct ElementHeader {
-    group: u16,
-    element: u16,
-    length: u32,
-    header_len: usize,
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    encoding: Encoding,
-}
-
-impl Reader<'_> {
-    fn u16_at(&self, pos: usize) -> u16 {
-        let bytes = [self.buf[pos], self.buf[pos + 1]];
-        if self.encoding.big_endian {
-            u16::from_be_bytes(bytes)
-        } else {
-            u16::from_le_bytes(bytes)
-        }
+/// Skips the value of an undefined-length element (a sequence or encapsulated
+/// pixel data): items until the sequence delimiter. Returns the offset after it.
+fn skip_undefined_length(
+    reader: &Reader,
+    mut pos: usize,
+    depth: usize,
+) -> Result<Option<usize>, DicomError> {
+    if depth > 64 {
+        return Err(DicomError::Malformed(
+            "sequences nested deeper than 64 levels".into(),
+        ));
     }
-
-    fn u32_at(&self, pos: usize) -> u32 {
-        let bytes = [
-            self.buf[pos],
-            self.buf[pos + 1],
-            self.buf[pos + 2],
-            self.buf[pos + 3],
-        ];
-        if self.encoding.big_endian {
-            u32::from_be_bytes(bytes)
-        } else {
-            u32::from_le_bytes(bytes)
-        }
-    }
-
-    /// Reads the element (or item) header at `pos`; `None` if it is not all there.
-    fn element_header(&self, pos: usize) -> Result<Option<ElementHeader>, DicomError> {
-        if self.buf.len() < pos + 8 {
+    loop {
+        let Some(item) = reader.header(pos)? else {
             return Ok(None);
-        }
-        let group = self.u16_at(pos);
-        let element = self.u16_at(pos + 2);
-        // Items and delimiters never carry a VR, whatever the transfer syntax.
-        if group == 0xFFFE || !self.encoding.explicit_vr {
-            return Ok(Some(ElementHeader {
-                group,
-                element,
-                length: self.u32_at(pos + 4),
-                header_len: 8,
-            }));
-        }
-        let vr = [self.buf[pos + 4], self.buf[pos + 5]];
-        if !vr.iter().all(u8::is_ascii_uppercase) {
-            return Err(DicomError::Malformed(format!(
-                "invalid VR bytes {vr:02X?} for ({group:04X},{element:04X}) at offset {pos}"
-            )));
-        }
-        if has_long_length(&vr) {
-            if self.buf.len() < pos + 12 {
-                return Ok(None);
-            }
-            Ok(Some(ElementHeader {
-                group,
-                element,
-                length: self.u32_at(pos + 8),
-                header_len: 12,
-            }))
-        } else {
-            Ok(Some(ElementHeader {
-                group,
-                element,
-                length: self.u16_at(pos + 6) as u32,
-                header_len: 8,
-            }))
-        }
-    }
-
-    /// Skips the value of an undefined-length element (a sequence or encapsulated
-    /// pixel data): items until the sequence delimiter. Returns the offset after it.
-    fn skip_undefined_length(
-        &self,
-        mut pos: usize,
-        depth: usize,
-    ) -> Result<Option<usize>, DicomError> {
-        if depth > 64 {
-            return Err(DicomError::Malformed(
-                "sequences nested deeper than 64 levels".into(),
-            ));
-        }
-        loop {
-            let Some(item) = self.element_header(pos)? else {
-                return Ok(None);
-            };
-            match (item.group, item.element) {
-                SEQUENCE_DELIMITATION => return Ok(Some(pos + 8)),
-                ITEM if item.length == UNDEFINED_LENGTH => {
-                    match self.skip_item_elements(pos + 8, depth + 1)? {
-                        Some(end) => pos = end,
-                        None => return Ok(None),
-                    }
-                }
-                ITEM => pos += 8 + item.length as usize,
-                (g, e) => {
-                    return Err(DicomError::Malformed(format!(
-                        "expected an item in a sequence, found ({g:04X},{e:04X}) at offset {pos}"
-                    )))
-                }
-            }
-            if pos > self.buf.len() {
-                return Ok(None);
-            }
-        }
-    }
-
-    /// Skips the elements of an undefined-length item up to its delimiter.
-    fn skip_item_elements(
-        &self,
-        mut pos: usize,
-        depth: usize,
-    ) -> Result<Option<usize>, DicomError> {
-        loop {
-            let Some(header) = self.element_header(pos)? else {
-                return Ok(None);
-            };
-            if (header.group, header.element) == ITEM_DELIMITATION {
-                return Ok(Some(pos + 8));
-            }
-            let value_start = pos + header.header_len;
-            pos = if header.length == UNDEFINED_LENGTH {
-                match self.skip_undefined_length(value_start, depth)? {
-                    Some(end) => end,
+        };
+        match (item.group, item.element) {
+            SEQUENCE_DELIMITATION => return Ok(Some(pos + 8)),
+            ITEM if item.length == UNDEFINED_LENGTH => {
+                match skip_item_elements(reader, pos + 8, depth + 1)? {
+                    Some(end) => pos = end,
                     None => return Ok(None),
                 }
-            } else {
-                value_start + header.length as usize
-            };
-            if pos > self.buf.len() {
-                return Ok(None);
             }
+            ITEM => pos += 8 + item.length as usize,
+            (g, e) => {
+                return Err(DicomError::Malformed(format!(
+                    "expected an item in a sequence, found ({g:04X},{e:04X}) at offset {pos}"
+                )))
+            }
+        }
+        if pos > reader.buf.len() {
+            return Ok(None);
+        }
+    }
+}
+
+/// Skips the elements of an undefined-length item up to its delimiter.
+fn skip_item_elements(
+    reader: &Reader,
+    mut pos: usize,
+    depth: usize,
+) -> Result<Option<usize>, DicomError> {
+    loop {
+        let Some(header) = reader.header(pos)? else {
+            return Ok(None);
+        };
+        if (header.group, header.element) == ITEM_DELIMITATION {
+            return Ok(Some(pos + 8));
+        }
+        let value_start = pos + header.header_len;
+        pos = if header.length == UNDEFINED_LENGTH {
+            match skip_undefined_length(reader, value_start, depth)? {
+                Some(end) => end,
+                None => return Ok(None),
+            }
+        } else {
+            value_start + header.length as usize
+        };
+        if pos > reader.buf.len() {
+            return Ok(None);
         }
     }
 }

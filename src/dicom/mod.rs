@@ -6,6 +6,7 @@ pub mod attributes;
 pub mod charset;
 pub mod compose;
 pub mod document;
+pub mod element;
 pub mod files;
 pub mod fragments;
 pub mod guard;

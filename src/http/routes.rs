@@ -13,12 +13,12 @@ use super::handlers::{capabilities, delete, openapi, qido, rendered, site, stow,
 fn handler(endpoint: Endpoint) -> Option<Route> {
     use Endpoint as E;
     Some(match endpoint {
-        E::SearchForStudies => web::get().to(qido::search_studies),
-        E::SearchForSeries => web::get().to(qido::search_all_series),
-        E::SearchForInstances => web::get().to(qido::search_all_instances),
-        E::SearchForStudySeries => web::get().to(qido::search_study_series),
-        E::SearchForStudyInstances => web::get().to(qido::search_study_instances),
-        E::SearchForSeriesInstances => web::get().to(qido::search_series_instances),
+        E::SearchForStudies
+        | E::SearchForSeries
+        | E::SearchForInstances
+        | E::SearchForStudySeries
+        | E::SearchForStudyInstances
+        | E::SearchForSeriesInstances => web::get().to(qido::search),
         E::StoreInstances => web::post().to(stow::store),
         E::StoreStudyInstances => web::post().to(stow::store_in_study),
         E::RetrieveStudy | E::RetrieveSeries | E::RetrieveInstance => web::get().to(wado::retrieve),

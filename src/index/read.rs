@@ -234,15 +234,7 @@ mod tests {
         for (index, _db) in test_indexes() {
             let made = generate::generate(&index, 30, 2, 3, 11, &|_| {}).unwrap();
             assert_eq!((made.studies, made.series, made.instances), (30, 60, 180));
-            let request = SearchRequest {
-                resource: qido::Resource::Studies,
-                matches: vec![],
-                include: vec![],
-                fuzzy: false,
-                empty_value_matching: false,
-                limit: None,
-                offset: 0,
-            };
+            let request = SearchRequest::new(qido::Resource::Studies);
             let studies = index.search(&request, 1000).unwrap();
             assert_eq!(studies.hits.len(), 30);
             for hit in &studies.hits {

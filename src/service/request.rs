@@ -48,6 +48,21 @@ pub enum IncludeField {
     Path { name: String, path: Vec<Tag> },
 }
 
+impl SearchRequest {
+    /// Everything of `resource`: no match keys, no includefields, no paging.
+    pub fn new(resource: Resource) -> Self {
+        Self {
+            resource,
+            matches: Vec::new(),
+            include: Vec::new(),
+            fuzzy: false,
+            empty_value_matching: false,
+            limit: None,
+            offset: 0,
+        }
+    }
+}
+
 /// A search as the HTTP layer parsed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchRequest {

@@ -3,15 +3,12 @@
 //! ends every accepted instance is indexed in one transaction. A session dropped
 //! before `commit` (the client went away, the request failed) deletes its blobs.
 
-use bytes::BytesMut;
-use ring::digest;
 use serde_json::{json, Map, Value as Json};
 
 use super::{ServiceError, Services};
 use dicom_object::InMemDicomObject;
 
 use crate::dicom::fragments::{self, format_boundaries, FragmentScanner};
-use crate::dicom::header::HeaderScanner;
 use crate::dicom::instance::{self, ParsedHeader};
 use crate::dicom::{json as dicom_json, DicomError};
 use crate::index::catalog::{self, Level};
@@ -230,19 +227,11 @@ impl StowSession {
         let key = BlobKey::new(BlobKind::Instance);
         let writer = self.services.store.writer(key.clone()).await?;
         self.uncommitted.push(key);
-        Ok(PartWriter {
+        Ok(PartWriter::new(
             part,
-            writer: Some(writer),
-            scanner: HeaderScanner::new(),
-            prefix: BytesMut::new(),
-            header_end: None,
-            fragments: None,
-            deflated: false,
-            hasher: digest::Context::new(&digest::SHA256),
-            max_header: self.services.settings.max_header_bytes,
-            error: None,
-            scan_position: 0,
-        })
+            writer,
+            self.services.settings.max_header_bytes,
+        ))
     }
 
     /// Ends a part: the blob is made durable and the header parsed.

@@ -6,7 +6,7 @@ use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 
 use super::ParseLimits;
-use crate::dicom::header::has_long_length;
+use crate::dicom::element::{ElementHeader, Reader};
 use crate::dicom::transfer_syntax::Encoding;
 use crate::dicom::DicomError;
 
@@ -83,7 +83,7 @@ pub fn check_dataset(
             buf: &bytes[..limit],
             encoding: frame.encoding,
         };
-        let header = reader.header(pos)?;
+        let header = reader.header(pos)?.ok_or(DicomError::Truncated)?;
         elements += 1;
         if elements > limits.max_elements {
             return Err(DicomError::Malformed(format!(
@@ -243,94 +243,6 @@ fn overrun(pos: usize) -> DicomError {
     DicomError::Malformed(format!(
         "an element at offset {pos} runs past the end of its sequence or item"
     ))
-}
-
-/// The VRs of PS3.5 Table 6.2-1, as dicom-rs knows them.
-const KNOWN_VRS: [&[u8; 2]; 34] = [
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
-    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
-    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
-];
-
-struct ElementHeader {
-    group: u16,
-    element: u16,
-    vr: Option<[u8; 2]>,
-    length: u32,
-    header_len: usize,
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    encoding: Encoding,
-}
-
-impl Reader<'_> {
-    fn bytes<const N: usize>(&self, pos: usize) -> Result<[u8; N], DicomError> {
-        self.buf
-            .get(pos..pos + N)
-            .and_then(|b| b.try_into().ok())
-            .ok_or(DicomError::Truncated)
-    }
-
-    fn u16_at(&self, pos: usize) -> Result<u16, DicomError> {
-        let b = self.bytes::<2>(pos)?;
-        Ok(if self.encoding.big_endian {
-            u16::from_be_bytes(b)
-        } else {
-            u16::from_le_bytes(b)
-        })
-    }
-
-    fn u32_at(&self, pos: usize) -> Result<u32, DicomError> {
-        let b = self.bytes::<4>(pos)?;
-        Ok(if self.encoding.big_endian {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        })
-    }
-
-    fn header(&self, pos: usize) -> Result<ElementHeader, DicomError> {
-        let group = self.u16_at(pos)?;
-        let element = self.u16_at(pos + 2)?;
-        if group == 0xFFFE || !self.encoding.explicit_vr {
-            return Ok(ElementHeader {
-                group,
-                element,
-                vr: None,
-                length: self.u32_at(pos + 4)?,
-                header_len: 8,
-            });
-        }
-        let vr = self.bytes::<2>(pos + 4)?;
-        // dicom-rs reads a VR it does not know as UN, with a four-byte length,
-        // where these two bytes would be the length of a short VR: the two
-        // readings of such an element disagree, so it is refused (found by
-        // fuzzing: an unknown VR hid a 3 GB length from this walk).
-        if !KNOWN_VRS.contains(&&vr) {
-            return Err(DicomError::Malformed(format!(
-                "invalid VR bytes {vr:02X?} for ({group:04X},{element:04X}) at offset {pos}"
-            )));
-        }
-        if has_long_length(&vr) {
-            Ok(ElementHeader {
-                group,
-                element,
-                vr: Some(vr),
-                length: self.u32_at(pos + 8)?,
-                header_len: 12,
-            })
-        } else {
-            Ok(ElementHeader {
-                group,
-                element,
-                vr: Some(vr),
-                length: self.u16_at(pos + 6)? as u32,
-                header_len: 8,
-            })
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! QIDO-RS (PS3.18 §10.6): the six search resources.
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 
 use crate::dicom::attributes;
+use crate::http::endpoint::Endpoint;
 use crate::http::error::ApiError;
 use crate::http::protocol::accept::{acceptable, negotiate_model, DataModel};
 use crate::http::protocol::query::query_pairs;
@@ -11,64 +12,37 @@ use crate::http::state::AppState;
 use crate::service::qido;
 use crate::service::{IncludeField, MatchKey, Resource, SearchRequest};
 
-pub async fn search_studies(
+/// The six search resources (PS3.18 Table 10.6.1-1) in one handler: the
+/// endpoint the request reached names the resource, the routed path its UIDs.
+pub async fn search(
     state: web::ReqData<AppState>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    search(state, request, Resource::Studies).await
-}
-
-pub async fn search_all_series(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    search(state, request, Resource::Series).await
-}
-
-pub async fn search_all_instances(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    search(state, request, Resource::Instances).await
-}
-
-pub async fn search_study_series(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    search(
-        state,
-        request,
-        Resource::StudySeries {
-            study: path.into_inner(),
+    let endpoint = request.extensions().get::<Endpoint>().copied();
+    let uid = |name: &str| {
+        request
+            .match_info()
+            .get(name)
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let resource = match endpoint {
+        Some(Endpoint::SearchForStudies) => Resource::Studies,
+        Some(Endpoint::SearchForSeries) => Resource::Series,
+        Some(Endpoint::SearchForInstances) => Resource::Instances,
+        Some(Endpoint::SearchForStudySeries) => Resource::StudySeries {
+            study: uid("study"),
         },
-    )
-    .await
-}
-
-pub async fn search_study_instances(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    search(
-        state,
-        request,
-        Resource::StudyInstances {
-            study: path.into_inner(),
+        Some(Endpoint::SearchForStudyInstances) => Resource::StudyInstances {
+            study: uid("study"),
         },
-    )
-    .await
-}
-
-pub async fn search_series_instances(
-    state: web::ReqData<AppState>,
-    request: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
-    let (study, series) = path.into_inner();
-    search(state, request, Resource::SeriesInstances { study, series }).await
+        Some(Endpoint::SearchForSeriesInstances) => Resource::SeriesInstances {
+            study: uid("study"),
+            series: uid("series"),
+        },
+        _ => return Err(ApiError::NotFound("no such resource".into())),
+    };
+    run_search(state, request, resource).await
 }
 
 /// A parsed search: the request plus what the HTTP layer itself ignored.
@@ -94,15 +68,7 @@ pub fn parse_search(
     pairs: Vec<(String, String)>,
     resource: Resource,
 ) -> Result<ParsedSearch, ApiError> {
-    let mut request = SearchRequest {
-        resource,
-        matches: vec![],
-        include: vec![],
-        fuzzy: false,
-        empty_value_matching: false,
-        limit: None,
-        offset: 0,
-    };
+    let mut request = SearchRequest::new(resource);
     let mut accept = Vec::new();
     let mut ignored = Vec::new();
     let mut unsupported_flags = Vec::new();
@@ -160,7 +126,7 @@ pub fn parse_search(
     })
 }
 
-async fn search(
+async fn run_search(
     state: web::ReqData<AppState>,
     request: HttpRequest,
     resource: Resource,

@@ -51,7 +51,25 @@ impl PartError {
 }
 
 impl PartWriter {
+    /// Part number `part`, written to `writer`, keeping at most `max_header`
+    /// bytes of header in memory.
+    pub(super) fn new(part: usize, writer: BlobWriter, max_header: usize) -> Self {
+        Self {
+            writer: Some(writer),
+            max_header,
+            ..Self::unwritten(part)
+        }
+    }
+
+    /// A part refused before its bytes are read (they are drained).
     pub(super) fn rejected(part: usize, reason: u16) -> Self {
+        Self {
+            error: Some(PartError::Rejected(reason)),
+            ..Self::unwritten(part)
+        }
+    }
+
+    fn unwritten(part: usize) -> Self {
         Self {
             part,
             writer: None,
@@ -62,7 +80,7 @@ impl PartWriter {
             deflated: false,
             hasher: digest::Context::new(&digest::SHA256),
             max_header: 0,
-            error: Some(PartError::Rejected(reason)),
+            error: None,
             scan_position: 0,
         }
     }
