@@ -1,7 +1,12 @@
 //! Kastell: a sovereign DICOMweb archive.
 //!
 //! Dependency direction: `http` → `service` → (`index`, `store`, `dicom`); `app`
-//! is the only place concrete backends are built. See `STYLE.md` in the team notes.
+//! is the only place concrete backends are built. `ARCHITECTURE.md` is the map.
+//!
+//! No request may end the process: `unwrap` and `expect` are refused in the
+//! library's code (tests may use them, `clippy.toml`); the few invariants that
+//! remain say why where they are allowed.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod app;
 pub mod audit;

@@ -74,7 +74,8 @@ pub fn shared_mode_bits(path: &Path) -> io::Result<u32> {
     }
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

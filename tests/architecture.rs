@@ -17,8 +17,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("private_files", &[]),
     ("redact", &[]),
     // Configuration is plain data with its own validation; the DICOM layer's
-    // parse limits are its defaults.
-    ("config", &["dicom", "redact"]),
+    // parse limits and the policy's country lists (a leaf) are its defaults.
+    ("config", &["dicom", "redact", "sovereignty::country"]),
     ("telemetry", &["config"]),
     ("sovereignty", &["config", "redact"]),
     ("store", &["crypto", "telemetry", "private_files", "redact"]),

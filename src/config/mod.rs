@@ -36,7 +36,7 @@ pub use index::IndexConfig;
 pub use keys::{KeysConfig, MasterKeySource, DEVELOPMENT_KEY_FILE};
 pub use limits::LimitsConfig;
 pub use server::ServerConfig;
-pub use sovereignty::{BlobStorePolicy, Location, SovereigntyConfig, EU_EEA_COUNTRIES};
+pub use sovereignty::{BlobStorePolicy, Location, SovereigntyConfig};
 pub use storage::StorageConfig;
 pub use telemetry::{LogConfig, LogFormat, TelemetryConfig};
 

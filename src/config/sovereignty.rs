@@ -26,13 +26,6 @@ pub struct Location {
     pub note: String,
 }
 
-/// The EU member states and the other EEA states (Iceland, Liechtenstein, Norway):
-/// the default home of personal data, where the GDPR applies directly.
-pub const EU_EEA_COUNTRIES: [&str; 30] = [
-    "AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE", "IS",
-    "IT", "LI", "LT", "LU", "LV", "MT", "NL", "NO", "PL", "PT", "RO", "SE", "SI", "SK",
-];
-
 /// The jurisdiction policy checked at start-up (see `crate::sovereignty`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -62,7 +55,10 @@ pub enum BlobStorePolicy {
 impl Default for SovereigntyConfig {
     fn default() -> Self {
         Self {
-            personal_data_countries: EU_EEA_COUNTRIES.iter().map(|c| c.to_string()).collect(),
+            personal_data_countries: crate::sovereignty::country::EU_EEA_COUNTRIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
             allow_foreign_access_law: false,
             blob_stores: BlobStorePolicy::CiphertextAnywhere,
             // The embedded default must start with no configuration at all; it warns

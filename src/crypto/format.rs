@@ -97,7 +97,8 @@ impl Header {
         if segment_size == 0 || segment_size > 64 * 1024 * 1024 {
             return Err(CryptoError::Format("segment size out of range"));
         }
-        let object_id: [u8; 16] = bytes[12..28].try_into().expect("16 bytes");
+        let mut object_id = [0u8; 16];
+        object_id.copy_from_slice(&bytes[12..28]);
         let key_id_len = u16::from_be_bytes([bytes[28], bytes[29]]) as usize;
         if key_id_len > 255 {
             return Err(CryptoError::Format("key id too long"));
@@ -158,6 +159,9 @@ impl Sealer {
         }
     }
 
+    // ring refuses to seal only more than 2^36 bytes at once (AES-GCM's limit);
+    // a segment is at most 64 MiB (checked where the size is set).
+    #[allow(clippy::expect_used)]
     fn seal(&mut self, mut segment: BytesMut, last: bool, out: &mut Vec<Bytes>) {
         let tag = self
             .key

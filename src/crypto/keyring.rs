@@ -216,7 +216,7 @@ impl KeyRing {
         let key = keys
             .keys
             .get(&version)
-            .expect("active key is loaded")
+            .ok_or_else(|| CryptoError::UnknownKey(format!("{tenant} version {version}")))?
             .clone();
         Ok((
             KeyId {

@@ -39,6 +39,8 @@ impl SecretKey {
         &self.0
     }
 
+    // A 32-byte key is what AES-256 takes: `UnboundKey::new` cannot refuse it.
+    #[allow(clippy::expect_used)]
     pub(crate) fn aead(&self) -> LessSafeKey {
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0[..]).expect("32-byte AES-256 key"))
     }
@@ -111,6 +113,8 @@ impl hkdf::KeyType for KeyLength {
 }
 
 /// HKDF-SHA256 of `secret` for one purpose (`info`).
+// HKDF-SHA256 gives up to 8160 bytes; 32 are asked for.
+#[allow(clippy::expect_used)]
 pub fn derive(secret: &[u8], info: &[u8]) -> SecretKey {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"kastell/v1").extract(secret);
     let mut bytes = Box::new([0u8; KEY_LEN]);

@@ -250,9 +250,10 @@ pub fn join_items(span: bytes::Bytes) -> Result<bytes::Bytes, super::DicomError>
         values.push(span.slice(start..end));
         pos = end;
     }
-    Ok(match values.len() {
-        1 => values.pop().expect("one value"),
-        _ => bytes::Bytes::from(values.concat()),
+    Ok(if values.len() == 1 {
+        values.swap_remove(0)
+    } else {
+        bytes::Bytes::from(values.concat())
     })
 }
 

@@ -85,7 +85,9 @@ impl HeaderScanner {
                 None => return Ok(Scan::NeedMore { resume_at: 0 }),
             }
         }
-        let meta = self.meta.as_ref().expect("set above");
+        let Some(meta) = self.meta.as_ref() else {
+            return Ok(Scan::NeedMore { resume_at: 0 });
+        };
         if meta.encoding.deflated {
             return Ok(Scan::Deflated);
         }

@@ -135,10 +135,8 @@ impl ResponseError for ApiError {
 
 /// A minimal HTML Status Report (PS3.18 §8.6.3).
 pub fn status_report(status: StatusCode, message: &str) -> String {
-    let escaped = message
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
+    // The one escaping of text into markup (also the XML writer's).
+    let escaped = crate::dicom::xml::escape(message);
     format!(
         "<!DOCTYPE html><html><head><title>{code}</title></head><body><h1>{code} {reason}</h1><p>{escaped}</p></body></html>\n",
         code = status.as_u16(),

@@ -2,6 +2,9 @@
 //! names: the one copy that the unit tests and the integration tests in tests/
 //! share (so it is compiled always, and hidden from the documentation).
 
+// Test support: a database that cannot be made fails the test that asked.
+#![allow(clippy::expect_used)]
+
 use diesel::{Connection, PgConnection, RunQueryDsl};
 
 /// The environment variable naming the tests' PostgreSQL server, as

@@ -51,6 +51,8 @@ pub struct TerminalProgress {
 
 impl TerminalProgress {
     /// A bar when standard error is a terminal, plain lines otherwise.
+    // The template is a constant of this file, checked by the first run.
+    #[allow(clippy::expect_used)]
     pub fn stderr() -> Self {
         if std::io::stderr().is_terminal() {
             let style = ProgressStyle::with_template(

@@ -251,7 +251,12 @@ impl StowSession {
             });
             return Ok(());
         }
-        let writer = part.writer.take().expect("accepted part has a writer");
+        let Some(writer) = part.writer.take() else {
+            // Only rejected parts have no writer, and those returned above.
+            return Err(ServiceError::Task(
+                "a STOW part without a blob writer".into(),
+            ));
+        };
         let key = writer.key().clone();
         let size = writer.finish().await?;
         let parsed = part.parse(size).and_then(|parsed| {

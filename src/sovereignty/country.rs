@@ -1,5 +1,14 @@
-//! ISO 3166-1 alpha-2 country codes: a declaration must name a real country, since
-//! a typo ("UK", "EL") would otherwise silently fall outside every allow-list.
+//! The policy's country data, a leaf: ISO 3166-1 alpha-2 country codes (a
+//! declaration must name a real country, since a typo ("UK", "EL") would
+//! otherwise silently fall outside every allow-list) and the EU/EEA states,
+//! the default home of personal data (the configuration's default names them).
+
+/// The EU member states and the other EEA states (Iceland, Liechtenstein, Norway):
+/// the default home of personal data, where the GDPR applies directly.
+pub const EU_EEA_COUNTRIES: [&str; 30] = [
+    "AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE", "IS",
+    "IT", "LI", "LT", "LU", "LV", "MT", "NL", "NO", "PL", "PT", "RO", "SE", "SI", "SK",
+];
 
 /// The officially assigned ISO 3166-1 alpha-2 codes, sorted (for binary search).
 const ASSIGNED: [&str; 249] = [
@@ -60,8 +69,6 @@ mod tests {
             assert!(!is_assigned(code), "{code}");
         }
         assert_eq!(normalize(" de "), "DE");
-        assert!(crate::config::EU_EEA_COUNTRIES
-            .iter()
-            .all(|c| is_assigned(c)));
+        assert!(EU_EEA_COUNTRIES.iter().all(|c| is_assigned(c)));
     }
 }

@@ -15,7 +15,7 @@
 
 mod assess;
 mod chain;
-mod country;
+pub mod country;
 mod model;
 mod place;
 mod policy;

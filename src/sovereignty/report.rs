@@ -29,6 +29,8 @@ impl Report {
         }
     }
 
+    // The report holds one backend of each kind (built by `assess`).
+    #[allow(clippy::expect_used)]
     pub fn backend(&self, kind: BackendKind) -> &Backend {
         self.backends
             .iter()

@@ -149,7 +149,11 @@ impl BlobWriter {
     /// Encrypts and queues a chunk, waiting while too many parts are in flight
     /// (back-pressure: a slow backend slows the client rather than filling memory).
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        let sealer = self.sealer.as_mut().expect("writer used after finish");
+        let (Some(sealer), Some(upload)) = (self.sealer.as_mut(), self.upload.as_mut()) else {
+            return Err(StoreError::Io(std::io::Error::other(
+                "blob writer used after finish",
+            )));
+        };
         self.written += chunk.len() as u64;
         metrics::sealed(self.timer.backend(), chunk.len() as u64);
         // Encrypt in place when we own the only reference to the chunk.
@@ -157,7 +161,6 @@ impl BlobWriter {
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         let pieces = sealer.push_owned(owned);
-        let upload = self.upload.as_mut().expect("writer used after finish");
         for piece in pieces {
             upload.wait_for_capacity(self.concurrency).await?;
             upload.put(piece);
@@ -168,8 +171,12 @@ impl BlobWriter {
     /// Completes the upload; the blob is durable when this returns. Returns the
     /// plaintext size.
     pub async fn finish(mut self) -> Result<u64, StoreError> {
-        let mut upload = self.upload.take().expect("writer finished twice");
-        for piece in self.sealer.take().expect("writer finished twice").finish() {
+        let (Some(mut upload), Some(sealer)) = (self.upload.take(), self.sealer.take()) else {
+            return Err(StoreError::Io(std::io::Error::other(
+                "blob writer finished twice",
+            )));
+        };
+        for piece in sealer.finish() {
             upload.put(piece);
         }
         upload.finish().await?;

@@ -22,6 +22,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct OtlpClient(reqwest::blocking::Client);
 
 impl OtlpClient {
+    // Joining fails only if building the client panicked, which reqwest does
+    // not do; this runs once at start-up.
+    #[allow(clippy::expect_used)]
     pub(super) fn new() -> reqwest::Result<Self> {
         // The blocking client starts a runtime of its own and must not be built on
         // one (`serve` calls this before the server's runtime, but be safe).

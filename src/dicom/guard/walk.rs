@@ -68,7 +68,13 @@ pub fn check_dataset(
                 _ => break,
             }
         }
-        let frame = *stack.last().expect("the data set frame is never popped");
+        // The data set's frame is never popped; an empty stack would be a bug of
+        // this walk, refused rather than trusted.
+        let Some(&frame) = stack.last() else {
+            return Err(DicomError::Malformed(
+                "the element walk lost its place".into(),
+            ));
+        };
         if stack.len() == 1 && pos == bytes.len() {
             return Ok(());
         }

@@ -111,12 +111,13 @@ pub fn document(table: &[Route], bases: &Bases) -> Json {
                     .collect::<Map<_, _>>(),
             });
         }
-        let item = paths
+        if let Some(item) = paths
             .entry(path)
             .or_insert_with(|| json!({}))
             .as_object_mut()
-            .expect("path items are objects");
-        item.insert(endpoint.method.as_str().to_lowercase(), operation);
+        {
+            item.insert(endpoint.method.as_str().to_lowercase(), operation);
+        }
     }
     json!({
         "openapi": "3.1.0",

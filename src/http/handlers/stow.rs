@@ -188,9 +188,13 @@ async fn run(
         DataModel::Json => response
             .content_type("application/dicom+json")
             .body(body.to_string()),
-        DataModel::Xml => response.content_type(crate::dicom::xml::DICOM_XML).body(
-            crate::dicom::xml::to_native_dicom_model(body.as_object().expect("an object")),
-        ),
+        DataModel::Xml => {
+            let empty = serde_json::Map::new();
+            let dataset = body.as_object().unwrap_or(&empty);
+            response
+                .content_type(crate::dicom::xml::DICOM_XML)
+                .body(crate::dicom::xml::to_native_dicom_model(dataset))
+        }
     })
 }
 

@@ -56,7 +56,9 @@ pub async fn retrieve(
     let services = state.services.clone();
 
     if choice.single_part {
-        let (instance, representation) = plan.into_iter().next().expect("located at least one");
+        let Some((instance, representation)) = plan.into_iter().next() else {
+            return Err(ServiceError::NotFound("instance").into());
+        };
         let syntax = wado::syntax_of(&instance, representation).to_string();
         let body = wado::instance_body(&services, &instance, representation).await?;
         return Ok(HttpResponse::Ok()
@@ -77,7 +79,9 @@ pub async fn retrieve(
     // The first part is opened before answering, so a missing or damaged object
     // gets a proper status instead of a broken stream.
     let mut plan = plan.into_iter();
-    let (first, first_representation) = plan.next().expect("located at least one");
+    let Some((first, first_representation)) = plan.next() else {
+        return Err(ServiceError::NotFound("instance").into());
+    };
     let first_body = wado::instance_body(&services, &first, first_representation).await?;
     let first_part = part(&first, first_representation, &base_url, first_body);
     let rest = stream::iter(plan).then(move |(instance, representation)| {

@@ -448,7 +448,9 @@ impl Work {
             }
         }
         batch.session.finish_part(part).await.map_err(failed)?;
-        *batch.parts.last_mut().expect("pushed above") = Some(i);
+        if let Some(last) = batch.parts.last_mut() {
+            *last = Some(i);
+        }
         batch.bytes += stream_len;
         Ok(Step::Queued)
     }
