@@ -1,5 +1,5 @@
-//! Accept negotiation (src/http/accept.rs) and the `Range` header of WADO-RS
-//! bulk data (src/http/wado.rs `byte_range`).
+//! Accept negotiation (src/http/protocol/accept.rs) and the `Range` header of WADO-RS
+//! bulk data (src/http/protocol/range.rs `byte_range`).
 //!
 //! Input: eight bytes of body size, then lines: the Accept header, an `accept`
 //! query parameter, the Range header.

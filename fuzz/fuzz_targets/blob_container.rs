@@ -1,5 +1,5 @@
 //! The encrypted blob container (src/crypto/format.rs), read the way the blob
-//! store reads it (src/store/mod.rs `open_prefetching`, `read_range`), with a
+//! store reads it (src/store/read.rs `open_prefetching`, `read_range`), with a
 //! fixed tenant key.
 //!
 //! Input: the first byte chooses the mode.

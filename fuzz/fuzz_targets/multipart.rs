@@ -1,5 +1,5 @@
-//! The multipart/related reader of STOW-RS (src/http/multipart.rs for the
-//! request's Content-Type, then multer over the body, as src/http/stow.rs runs
+//! The multipart/related reader of STOW-RS (src/http/protocol/multipart.rs for the
+//! request's Content-Type, then multer over the body, as src/http/handlers/stow.rs runs
 //! it), the body fed in arbitrary chunkings.
 //!
 //! Input: the Content-Type value up to the first `\n`, then the body.

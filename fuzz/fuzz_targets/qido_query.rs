@@ -1,5 +1,5 @@
 //! QIDO-RS query parsing: a query string through the handler's parsing
-//! (src/http/mod.rs `parse_query`, src/http/qido.rs `parse_search`) to the SQL
+//! (src/http/protocol/query.rs `parse_query`, src/http/handlers/qido.rs `parse_search`) to the SQL
 //! plan (src/index/qido.rs `plan`).
 //!
 //! Input: one byte choosing the resource, then the query string (without `?`).

@@ -7,7 +7,7 @@ the write and delete routes of `a`, each in many spellings (`/%61dmin/...`,
 `%2F`, `%5C`, `%00`, `/tenants/%62/...`, `/tenants/a/../b/...`, ...). None may
 answer 2xx (nor anything but 400, 401, 403 or 404).
 
-The DICOMweb routes are read from the route table, src/http/routes.rs, so a new
+The routes are read from the endpoint table, src/http/endpoint.rs, so a new
 route is covered without editing this file."""
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import pytest
 import hostile
 import kastell_helpers as kh
 
-ROUTES_RS = Path(__file__).resolve().parents[2] / "src" / "http" / "routes.rs"
-ENDPOINT = re.compile(r'endpoint\(M::(\w+), "([^"]+)"')
+ROUTES_RS = Path(__file__).resolve().parents[2] / "src" / "http" / "endpoint.rs"
+ENDPOINT = re.compile(r'route\(E::\w+, M::(\w+), \w+, "([^"]+)"')
 ALLOWED = {400, 401, 403, 404}
 
 
