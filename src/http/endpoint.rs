@@ -441,18 +441,15 @@ pub struct Mounts<'a> {
 impl Mounts<'_> {
     /// The places a route pattern actix matched may sit, most specific first
     /// (`/dicomweb/studies/{study}` → `Prefix`, `/studies/{study}`).
-    fn candidates<'p>(&self, pattern: &'p str) -> Vec<(Mount, &'p str)> {
-        let mut candidates = Vec::with_capacity(3);
-        if pattern == self.wado_uri {
-            candidates.push((Mount::WadoUri, ""));
-        }
-        if let Some(relative) = pattern.strip_prefix(self.prefix) {
-            if relative.is_empty() || relative.starts_with('/') {
-                candidates.push((Mount::Prefix, relative));
-            }
-        }
-        candidates.push((Mount::Root, pattern));
-        candidates
+    fn candidates<'p>(&self, pattern: &'p str) -> impl Iterator<Item = (Mount, &'p str)> {
+        let wado_uri = (pattern == self.wado_uri).then_some((Mount::WadoUri, ""));
+        let prefix = pattern
+            .strip_prefix(self.prefix)
+            .filter(|relative| relative.is_empty() || relative.starts_with('/'))
+            .map(|relative| (Mount::Prefix, relative));
+        [wado_uri, prefix, Some((Mount::Root, pattern))]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -464,7 +461,6 @@ pub fn resolve(method: &Method, pattern: Option<&str>, mounts: Mounts) -> Endpoi
     };
     let Some(at_path) = mounts
         .candidates(pattern)
-        .into_iter()
         .find_map(|place| BY_PATH.get(&place))
     else {
         return Endpoint::NoRoute;
@@ -501,19 +497,31 @@ pub fn is_tenant_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The endpoint of a request, found on first use and kept in its extensions:
-/// the outermost middleware finds it, every later one reads it.
-pub fn of_request(request: &ServiceRequest, mounts: Mounts) -> Endpoint {
-    if let Some(endpoint) = request.extensions().get::<Endpoint>() {
-        return *endpoint;
+/// Where a request goes: its endpoint and the route pattern actix matched
+/// (`/dicomweb/studies/{study}`, with another tenant's `/tenants/{t}` taken
+/// off), which names it in spans and the access log without its UIDs.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub endpoint: Endpoint,
+    pub pattern: Option<String>,
+}
+
+/// Where a request goes, found on first use and kept in its extensions: the
+/// outermost middleware finds it, every later one (and a handler) reads it.
+pub fn of_request(request: &ServiceRequest, mounts: Mounts) -> Routed {
+    if let Some(routed) = request.extensions().get::<Routed>() {
+        return routed.clone();
     }
     // The path as actix routes it (unreserved characters percent-decoded).
-    let routed = request.match_info().as_str();
-    let routed = split_tenant(routed, mounts).map_or(routed, |(_, tail)| tail);
-    let pattern = request.resource_map().match_pattern(routed);
-    let endpoint = resolve(request.method(), pattern.as_deref(), mounts);
-    request.extensions_mut().insert(endpoint);
-    endpoint
+    let path = request.match_info().as_str();
+    let path = split_tenant(path, mounts).map_or(path, |(_, tail)| tail);
+    let pattern = request.resource_map().match_pattern(path);
+    let routed = Routed {
+        endpoint: resolve(request.method(), pattern.as_deref(), mounts),
+        pattern,
+    };
+    request.extensions_mut().insert(routed.clone());
+    routed
 }
 
 #[cfg(test)]

@@ -62,26 +62,29 @@ impl Index {
                 #[diesel(sql_type = Text)]
                 uid: String,
             }
-            for series_pk in &series_touched {
-                let emptied = conn.load::<Emptied>(
+            // Series left without instances go, then studies left without series
+            // (in that order: a study's last series may just have gone).
+            let emptied_levels = [
+                (
                     "DELETE FROM series WHERE series_pk = ? AND NOT EXISTS \
                      (SELECT 1 FROM instances WHERE series_fk = ?) RETURNING series_instance_uid AS uid",
-                    &[Bind::Int(*series_pk), Bind::Int(*series_pk)],
-                )?;
-                for row in emptied {
-                    remember_deleted(conn, &row.uid, "series", &at)?;
-                    gone_uids.push(row.uid);
-                }
-            }
-            for study_pk in &studies_touched {
-                let emptied = conn.load::<Emptied>(
+                    &series_touched,
+                    "series",
+                ),
+                (
                     "DELETE FROM studies WHERE study_pk = ? AND NOT EXISTS \
                      (SELECT 1 FROM series WHERE study_fk = ?) RETURNING study_instance_uid AS uid",
-                    &[Bind::Int(*study_pk), Bind::Int(*study_pk)],
-                )?;
-                for row in emptied {
-                    remember_deleted(conn, &row.uid, "study", &at)?;
-                    gone_uids.push(row.uid);
+                    &studies_touched,
+                    "study",
+                ),
+            ];
+            for (sql, touched, level) in emptied_levels {
+                for pk in touched {
+                    let emptied = conn.load::<Emptied>(sql, &[Bind::Int(*pk), Bind::Int(*pk)])?;
+                    for row in emptied {
+                        remember_deleted(conn, &row.uid, level, &at)?;
+                        gone_uids.push(row.uid);
+                    }
                 }
             }
             // Counts of what remains (rows already deleted are simply not updated).

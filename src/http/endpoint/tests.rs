@@ -16,7 +16,7 @@ async fn probe(
     request: ServiceRequest,
     _next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse, actix_web::Error> {
-    let endpoint = of_request(&request, MOUNTS);
+    let endpoint = of_request(&request, MOUNTS).endpoint;
     Ok(request.into_response(
         HttpResponse::Ok()
             .insert_header(("x-endpoint", format!("{endpoint:?}")))

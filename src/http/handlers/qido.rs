@@ -18,7 +18,10 @@ pub async fn search(
     state: web::ReqData<AppState>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let endpoint = request.extensions().get::<Endpoint>().copied();
+    let endpoint = request
+        .extensions()
+        .get::<crate::http::endpoint::Routed>()
+        .map(|routed| routed.endpoint);
     let uid = |name: &str| {
         request
             .match_info()

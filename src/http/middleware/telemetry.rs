@@ -72,12 +72,7 @@ pub async fn observe(
         .cloned()
         .ok_or_else(|| actix_web::error::ErrorInternalServerError("no site state"))?;
     // The endpoint is found here, once, and kept for the middleware inside.
-    let endpoint = endpoint::of_request(&request, site.mounts());
-    // The route pattern of another tenant's request, with the tenant taken off.
-    let pattern = match endpoint::split_tenant(request.path(), site.mounts()) {
-        Some((_, routed)) => request.resource_map().match_pattern(routed),
-        None => request.match_pattern(),
-    };
+    let endpoint::Routed { endpoint, pattern } = endpoint::of_request(&request, site.mounts());
     let method = method_label(request.method());
     let route = pattern.as_deref().unwrap_or("(unmatched)");
     let span = tracing::info_span!(

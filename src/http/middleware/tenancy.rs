@@ -101,7 +101,8 @@ pub async fn resolve(
     // Every decision below is made on the path the router will match, after
     // refusing forms that could mean one thing here and another there.
     let path = routed_path(&request)?;
-    let endpoint = endpoint::of_request(&request, site.mounts());
+    let endpoint::Routed { endpoint, pattern } = endpoint::of_request(&request, site.mounts());
+    let route = pattern.unwrap_or_else(|| "(unmatched)".to_string());
     let permission = endpoint.permission(request.method(), &path);
     let open_path = permission == Permission::Open;
     let (tenant, prefix) = match split_tenant(&path, site.mounts()) {
@@ -172,11 +173,7 @@ pub async fn resolve(
                 )
                 .client_address(&client)
                 .status(status as i64)
-                .detail(format!(
-                    "{} {}",
-                    request.method(),
-                    request.match_pattern().unwrap_or_default()
-                ));
+                .detail(format!("{} {}", request.method(), route));
                 record_refusal(&site, event).await;
                 return Err(error.into());
             }
@@ -317,7 +314,7 @@ pub async fn resolve(
         client = %client,
         tenant = %tenant,
         method = %method,
-        route = response.request().match_pattern().as_deref().unwrap_or("(unmatched)"),
+        route = %route,
         status = response.status().as_u16(),
         millis = started.elapsed().as_millis() as u64,
         "request"
