@@ -50,14 +50,14 @@ FROM rust:1-bookworm AS builder
 
 WORKDIR /build
 
-# cmake builds CharLS, the JPEG-LS codec behind the `jpeg-ls` feature; libpq-dev
+# cmake and g++ build CharLS, the JPEG-LS codec of the default build; libpq-dev
 # is what diesel's PostgreSQL backend links against.
 # Versions are not pinned (DL3008): Debian drops superseded versions from its
 # archive at each point release, so pins would break the build; the release is
 # fixed by the image tag (bookworm) and its security updates should come in.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake libpq-dev \
+ && apt-get install -y --no-install-recommends cmake g++ libpq-dev \
  && rm -rf /var/lib/apt/lists/*
 
 # The whole (filtered, see .dockerignore) source tree: manifest, lockfile,
@@ -70,7 +70,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/build/target \
-    cargo build --release --locked --features jpeg-ls --bin kastell \
+    cargo build --release --locked --bin kastell \
  && install -D -m 0755 target/release/kastell /out/kastell
 
 ############################

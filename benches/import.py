@@ -12,7 +12,7 @@ Throughput is wall-clock from outside, process start to exit (key and index
 set-up included): instances per second and MB (10^6 bytes) of files per second.
 Results are printed as a Markdown table and written to a JSON file.
 
-    cargo build --release --features jpeg-ls
+    cargo build --release
     python3 benches/import.py                     # 2,000 small + 4 large instances
     python3 benches/import.py --instances 200 --large 1 --large-frames 20   # smoke
 
@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not (os.path.isfile(args.bin) and os.access(args.bin, os.X_OK)):
-        log(f"no kastell binary at {args.bin}: cargo build --release --features jpeg-ls")
+        log(f"no kastell binary at {args.bin}: cargo build --release")
         return 1
     work = tempfile.mkdtemp(prefix="kastell-import-bench-", dir=args.data_root)
     try:

@@ -18,7 +18,7 @@ Results are printed as a Markdown table and written to a JSON file.
 
 Requirements: Python >= 3.11, requests, pydicom (3.x), numpy, pillow.
 
-    cargo build --release --features jpeg-ls
+    cargo build --release
     python3 benches/retrieval.py --out /tmp/retrieval.json
 
 The server binary is chosen as in load.py (--bin, $KASTELL_BIN,
@@ -555,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not (os.path.isfile(args.bin) and os.access(args.bin, os.X_OK)):
         print(f"server binary not found or not executable: {args.bin}\n"
-              f"build it with `cargo build --release --features jpeg-ls` or set KASTELL_BIN",
+              f"build it with `cargo build --release` or set KASTELL_BIN",
               file=sys.stderr)
         return 2
 

@@ -313,6 +313,7 @@ def _synthetic_dataset(study: dict, series: dict, s_idx: int, i_idx: int) -> Dat
     ds.PatientID = study["PatientID"]
     ds.PatientBirthDate = study["PatientBirthDate"]
     ds.PatientSex = study["PatientSex"]
+    ds.PatientWeight = "72.5"  # a study-level attribute the index does not keep
     ds.SliceThickness = "1.25"
     ds.StudyInstanceUID = st_uid
     ds.SeriesInstanceUID = se_uid

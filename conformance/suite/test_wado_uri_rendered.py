@@ -1,9 +1,13 @@
 """WADO-URI rendered retrieval (rules 99-104 and the contract): contentType image/jpeg
 (the default with Accept */*) and image/png, frameNumber, rows/columns, region,
-windowCenter/windowWidth, imageQuality, annotation/imageAnnotation, anonymize."""
+windowCenter/windowWidth, imageQuality, annotation/imageAnnotation, anonymize; and the
+application/dicom default for objects without pixel data."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import pydicom
 import pytest
 
 import kastell_helpers as kh
@@ -64,6 +68,27 @@ def test_dicom_still_works(manifest, wado):
     resp = wado(e, contentType="application/dicom")
     assert resp.status_code == 200, describe(resp)
     assert kh.parse_media_type(resp.headers["Content-Type"])[0] == "application/dicom"
+
+
+@pytest.mark.parametrize("name", ["test-SR.dcm", "reportsi.dcm"])
+@pytest.mark.parametrize("headers", [{"Accept": "*/*"}, {"Accept": None}], ids=["star", "no-accept"])
+def test_non_image_default_is_dicom(manifest, wado, name, headers):
+    """PS3.18 §9: with no contentType, an object without pixel data (here an SR) comes
+    back as application/dicom, the very object stored, not 406."""
+    e = manifest.by_name(name)
+    resp = wado(e, headers=headers)
+    assert resp.status_code == 200, describe(resp)
+    assert kh.parse_media_type(resp.headers["Content-Type"])[0] == "application/dicom"
+    got = pydicom.dcmread(io.BytesIO(resp.content))
+    assert str(got.SOPInstanceUID) == e["sop_instance_uid"]
+    assert "PixelData" not in got
+
+
+def test_non_image_asked_as_image_is_not_200(manifest, wado):
+    """Asked for explicitly, a rendered type of an SR is refused, never a 500."""
+    e = manifest.by_name("test-SR.dcm")
+    resp = wado(e, contentType="image/jpeg")
+    assert resp.status_code in (400, 406), describe(resp)
 
 
 def test_rendered_matches_rs_rendered(api, manifest, wado):

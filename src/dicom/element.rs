@@ -39,6 +39,20 @@ pub fn has_long_length(vr: &[u8]) -> bool {
     )
 }
 
+/// The size of one value of a binary VR (PS3.5 Table 6.2-1), `None` for the
+/// VRs whose values are bytes or text. A value length that is not a multiple of
+/// it is malformed, and dicom-rs reads such an element short: it decodes
+/// `length / size` values, steps over `length` bytes in its position count but
+/// not in the stream, and reads every later header from the wrong offset.
+pub fn value_size(vr: &[u8]) -> Option<u32> {
+    match vr {
+        b"SS" | b"US" | b"OW" => Some(2),
+        b"AT" | b"FL" | b"OF" | b"SL" | b"UL" | b"OL" => Some(4),
+        b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => Some(8),
+        _ => None,
+    }
+}
+
 /// The header of one element or item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ElementHeader {

@@ -203,13 +203,18 @@ mod fuzz_regressions {
         assert!(parse_reproducer(input).is_err());
     }
 
-    /// A file meta group length (0002,0000) that disagrees with the group's
-    /// elements: dicom-rs read the data set from another offset than the guard
-    /// and took a float value for a 1.9 GB length.
+    /// An SS value of 573 bytes (not a whole number of values): dicom-rs read
+    /// every later header one byte off, and one of them declared 1.9 GB, which
+    /// it reserved and zero-filled before failing. The guard refuses the
+    /// element, so dicom-rs never sees it.
     #[test]
-    fn a_meta_group_length_that_disagrees_is_an_error() {
-        let input = include_bytes!("../../fuzz/open/dicom_header-oom-734f1094");
-        assert!(parse_reproducer(input).is_err());
+    fn a_binary_value_of_a_partial_value_is_refused_before_dicom_rs_reads_it() {
+        let input = include_bytes!("../../fuzz/regressions/dicom_header/oom-734f1094");
+        let error = parse_reproducer(input).unwrap_err().to_string();
+        assert!(
+            error.contains("(0019,1047)") && error.contains("value size 2"),
+            "{error}"
+        );
     }
 
     /// Refused by the guard.

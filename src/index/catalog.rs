@@ -81,6 +81,89 @@ use Kind::*;
 use Level::*;
 use Presence::*;
 
+/// The information entity an attribute belongs to (PS3.3 Annex A's Patient,
+/// Study, Series and Equipment modules, as far as the query levels of PS3.4
+/// C.6.1 go): patient and study attributes are of the study level, series and
+/// equipment attributes of the series level, everything else of the instance.
+/// Used for the attributes the index does not keep (`includefield`).
+pub fn entity_level(tag: Tag) -> Level {
+    // Private attributes: their level is unknown, so they count as the
+    // instance's (for `includefield=all`); named, they are returned at any level.
+    const STUDY: &[(u16, u16)] = &[
+        (0x0008, 0x0020), // StudyDate
+        (0x0008, 0x0030), // StudyTime
+        (0x0008, 0x0050), // AccessionNumber
+        (0x0008, 0x0051), // IssuerOfAccessionNumberSequence
+        (0x0008, 0x0090), // ReferringPhysicianName
+        (0x0008, 0x0096), // ReferringPhysicianIdentificationSequence
+        (0x0008, 0x0201), // TimezoneOffsetFromUTC
+        (0x0008, 0x1030), // StudyDescription
+        (0x0008, 0x1032), // ProcedureCodeSequence
+        (0x0008, 0x1048), // PhysiciansOfRecord
+        (0x0008, 0x1049), // PhysiciansOfRecordIdentificationSequence
+        (0x0008, 0x1060), // NameOfPhysiciansReadingStudy
+        (0x0008, 0x1062), // PhysiciansReadingStudyIdentificationSequence
+        (0x0008, 0x1080), // AdmittingDiagnosesDescription
+        (0x0008, 0x1084), // AdmittingDiagnosesCodeSequence
+        (0x0008, 0x1110), // ReferencedStudySequence
+        (0x0020, 0x000D), // StudyInstanceUID
+        (0x0020, 0x0010), // StudyID
+        (0x0032, 0x1032), // RequestingPhysician
+        (0x0032, 0x1033), // RequestingService
+        (0x0032, 0x1060), // RequestedProcedureDescription
+        (0x0032, 0x1064), // RequestedProcedureCodeSequence
+        (0x0038, 0x0010), // AdmissionID
+        (0x0038, 0x0060), // ServiceEpisodeID
+        (0x0038, 0x0500), // PatientState
+    ];
+    const SERIES: &[(u16, u16)] = &[
+        (0x0008, 0x0021), // SeriesDate
+        (0x0008, 0x0031), // SeriesTime
+        (0x0008, 0x0060), // Modality
+        (0x0008, 0x0070), // Manufacturer
+        (0x0008, 0x0080), // InstitutionName
+        (0x0008, 0x0081), // InstitutionAddress
+        (0x0008, 0x1010), // StationName
+        (0x0008, 0x103E), // SeriesDescription
+        (0x0008, 0x103F), // SeriesDescriptionCodeSequence
+        (0x0008, 0x1040), // InstitutionalDepartmentName
+        (0x0008, 0x1050), // PerformingPhysicianName
+        (0x0008, 0x1052), // PerformingPhysicianIdentificationSequence
+        (0x0008, 0x1070), // OperatorsName
+        (0x0008, 0x1072), // OperatorIdentificationSequence
+        (0x0008, 0x1090), // ManufacturerModelName
+        (0x0008, 0x1111), // ReferencedPerformedProcedureStepSequence
+        (0x0008, 0x1250), // RelatedSeriesSequence
+        (0x0018, 0x0015), // BodyPartExamined
+        (0x0018, 0x1000), // DeviceSerialNumber
+        (0x0018, 0x1020), // SoftwareVersions
+        (0x0018, 0x1030), // ProtocolName
+        (0x0018, 0x5100), // PatientPosition
+        (0x0020, 0x000E), // SeriesInstanceUID
+        (0x0020, 0x0011), // SeriesNumber
+        (0x0020, 0x0052), // FrameOfReferenceUID
+        (0x0020, 0x0060), // Laterality
+        (0x0020, 0x1040), // PositionReferenceIndicator
+        (0x0028, 0x0108), // SmallestPixelValueInSeries
+        (0x0028, 0x0109), // LargestPixelValueInSeries
+        (0x0040, 0x0244), // PerformedProcedureStepStartDate
+        (0x0040, 0x0245), // PerformedProcedureStepStartTime
+        (0x0040, 0x0253), // PerformedProcedureStepID
+        (0x0040, 0x0254), // PerformedProcedureStepDescription
+        (0x0040, 0x0260), // PerformedProtocolCodeSequence
+        (0x0040, 0x0275), // RequestAttributesSequence
+    ];
+    let key = (tag.0, tag.1);
+    // The Patient module (and the Patient Study module's group 0010 elements).
+    if tag.0 == 0x0010 || STUDY.contains(&key) {
+        Level::Study
+    } else if SERIES.contains(&key) {
+        Level::Series
+    } else {
+        Level::Instance
+    }
+}
+
 /// Every attribute the index stores, in tag order within each level.
 pub static ATTRIBUTES: &[Attr] = &[
     attr((0x0008, 0x0020), VR::DA, Study, "study_date", Date, Always),

@@ -40,7 +40,9 @@ use diesel::SqliteConnection;
 pub use error::IndexError;
 pub(crate) use open::is_postgres;
 pub use open::{sqlite_path, IndexOptions, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
-pub use records::{DeletedBlobs, Hit, NewInstance, SearchResult, StoreOutcome, StoredInstance};
+pub use records::{
+    DeletedBlobs, Hit, NewInstance, SearchResult, StoreOutcome, StoredFields, StoredInstance,
+};
 
 enum IndexPool {
     Sqlite(Pool<ConnectionManager<SqliteConnection>>),

@@ -31,6 +31,13 @@ struct InstanceHit {
     instance: InstanceRow,
 }
 
+/// The columns of a [`StoredInstance`], over the aliases `st`, `se` and `i`.
+const INSTANCE_COLUMNS: &str =
+    "st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, \
+     i.sop_class_uid, i.transfer_syntax_uid, i.blob_key, i.blob_size, i.header_length, \
+     i.pixel_data_offset, i.pixel_data_length, i.number_of_frames, i.bits_allocated, \
+     i.content_sha256, i.frame_offsets";
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -95,20 +102,66 @@ impl Index {
             hits,
             remaining,
             requested: plan.requested,
+            stored: plan.stored,
             ignored: plan.ignored,
         })
+    }
+
+    /// One stored instance for each study or series in `pks` (the first one
+    /// stored), or the instances in `pks` themselves, with the key of the
+    /// entity it stands for: where QIDO reads the attributes the index does not
+    /// keep. One statement, whatever the number of keys.
+    pub fn representatives(
+        &self,
+        level: Level,
+        pks: &[i64],
+    ) -> Result<Vec<(i64, StoredInstance)>, IndexError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            owner_pk: i64,
+            #[diesel(embed)]
+            instance: StoredInstance,
+        }
+        if pks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The keys are numbers the index itself returned, written into the text.
+        let list = pks.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let (owner, chosen) = match level {
+            Level::Instance => ("i.instance_pk", format!("i.instance_pk IN ({list})")),
+            Level::Series => (
+                "se.series_pk",
+                format!(
+                    "i.instance_pk IN (SELECT MIN(instance_pk) FROM instances \
+                     WHERE series_fk IN ({list}) GROUP BY series_fk)"
+                ),
+            ),
+            Level::Study => (
+                "st.study_pk",
+                format!(
+                    "i.instance_pk IN (SELECT MIN(i2.instance_pk) FROM instances i2 \
+                     JOIN series s2 ON s2.series_pk = i2.series_fk \
+                     WHERE s2.study_fk IN ({list}) GROUP BY s2.study_fk)"
+                ),
+            ),
+        };
+        let sql = format!(
+            "SELECT {owner} AS owner_pk, {INSTANCE_COLUMNS} \
+             FROM instances i JOIN series se ON se.series_pk = i.series_fk \
+             JOIN studies st ON st.study_pk = se.study_fk WHERE {chosen}"
+        );
+        let rows = with_conn!(self, conn => conn.load::<Row>(&sql, &[])?);
+        Ok(rows.into_iter().map(|r| (r.owner_pk, r.instance)).collect())
     }
 
     /// The instances of a study, series or instance, in a stable order.
     pub fn instances(&self, scope: &Scope) -> Result<Vec<StoredInstance>, IndexError> {
         let mut sql = SqlBuilder::new();
-        sql.push(
-            "SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, \
-             i.transfer_syntax_uid, i.blob_key, i.blob_size, i.header_length, i.pixel_data_offset, \
-             i.pixel_data_length, i.number_of_frames, i.bits_allocated, i.content_sha256, \
-             i.frame_offsets FROM instances i JOIN series se ON se.series_pk = i.series_fk \
+        sql.push(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances i JOIN series se ON se.series_pk = i.series_fk \
              JOIN studies st ON st.study_pk = se.study_fk WHERE ",
-        );
+        ));
         push_scope_condition(&mut sql, scope);
         sql.push(" ORDER BY se.series_pk, i.instance_number, i.instance_pk");
         Ok(with_conn!(self, conn => conn.load::<StoredInstance>(sql.sql(), sql.binds())?))
@@ -182,6 +235,79 @@ mod tests {
     use super::*;
     use crate::index::tests::test_indexes;
     use crate::index::{conn, generate};
+
+    /// One stored instance stands for each study and series (the first one
+    /// stored, inside that study or series), and each instance for itself; one
+    /// statement whatever the number of keys.
+    #[test]
+    fn representatives_are_the_first_stored_of_each_entity() {
+        for (index, _db) in test_indexes() {
+            generate::generate(&index, 3, 2, 4, 11, &|_| {}).unwrap();
+            let all = |resource| {
+                let mut request = SearchRequest::new(resource);
+                request.limit = Some(1000);
+                index.search(&request, 1000).unwrap().hits
+            };
+            let studies = all(qido::Resource::Studies);
+            let series = all(qido::Resource::Series);
+            let instances = all(qido::Resource::Instances);
+            assert_eq!((studies.len(), series.len(), instances.len()), (3, 6, 24));
+
+            let pks: Vec<i64> = studies.iter().map(|h| h.study.study_pk).collect();
+            let before = conn::statements_on_this_thread();
+            let chosen = index.representatives(Level::Study, &pks).unwrap();
+            assert_eq!(conn::statements_on_this_thread() - before, 1);
+            assert_eq!(chosen.len(), 3);
+            for hit in &studies {
+                let (_, instance) = chosen
+                    .iter()
+                    .find(|(pk, _)| *pk == hit.study.study_pk)
+                    .expect("a representative per study");
+                assert_eq!(instance.study_instance_uid, hit.study.study_instance_uid);
+                // The first stored instance of the study.
+                let first = instances
+                    .iter()
+                    .filter(|i| i.study.study_pk == hit.study.study_pk)
+                    .map(|i| i.instance.as_ref().unwrap())
+                    .min_by_key(|i| i.instance_pk)
+                    .unwrap();
+                assert_eq!(instance.sop_instance_uid, first.sop_instance_uid);
+            }
+
+            let pks: Vec<i64> = series
+                .iter()
+                .map(|h| h.series.as_ref().unwrap().series_pk)
+                .collect();
+            let chosen = index.representatives(Level::Series, &pks).unwrap();
+            assert_eq!(chosen.len(), 6);
+            for hit in &series {
+                let row = hit.series.as_ref().unwrap();
+                let (_, instance) = chosen.iter().find(|(pk, _)| *pk == row.series_pk).unwrap();
+                assert_eq!(instance.series_instance_uid, row.series_instance_uid);
+            }
+
+            let some: Vec<i64> = instances[5..9]
+                .iter()
+                .map(|h| h.instance.as_ref().unwrap().instance_pk)
+                .collect();
+            let chosen = index.representatives(Level::Instance, &some).unwrap();
+            let mut uids: Vec<&str> = chosen
+                .iter()
+                .map(|(_, i)| i.sop_instance_uid.as_str())
+                .collect();
+            let mut expected: Vec<&str> = instances[5..9]
+                .iter()
+                .map(|h| h.instance.as_ref().unwrap().sop_instance_uid.as_str())
+                .collect();
+            uids.sort();
+            expected.sort();
+            assert_eq!(uids, expected);
+            assert!(index
+                .representatives(Level::Series, &[])
+                .unwrap()
+                .is_empty());
+        }
+    }
 
     /// A study of 2,000 instances: listing them, and finding them for metadata or
     /// retrieval, each take a fixed number of statements, not one per instance.

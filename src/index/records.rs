@@ -88,6 +88,23 @@ pub struct StoredInstance {
     pub frame_offsets: Option<String>,
 }
 
+/// The attributes a search asks for that the index does not keep: the service
+/// reads them from a stored instance of each result (see `service::qido`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredFields {
+    /// `includefield=all`: every attribute of the result's levels.
+    pub all: bool,
+    /// Attributes named by tag or keyword (top-level tags; a path into a
+    /// sequence asks for the whole sequence).
+    pub tags: Vec<dicom_core::Tag>,
+}
+
+impl StoredFields {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.tags.is_empty()
+    }
+}
+
 /// One QIDO match with the rows of its levels.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -102,6 +119,8 @@ pub struct SearchResult {
     /// Matches beyond this page.
     pub remaining: u64,
     pub requested: Vec<&'static Attr>,
+    /// What `includefield` asks for beyond the index's columns.
+    pub stored: StoredFields,
     pub ignored: Vec<String>,
 }
 

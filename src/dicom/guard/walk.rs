@@ -6,7 +6,7 @@ use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 
 use super::ParseLimits;
-use crate::dicom::element::{ElementHeader, Reader};
+use crate::dicom::element::{value_size, ElementHeader, Reader};
 use crate::dicom::transfer_syntax::Encoding;
 use crate::dicom::DicomError;
 
@@ -175,7 +175,10 @@ pub fn check_dataset(
                 let undefined = header.length == UNDEFINED_LENGTH;
                 let opens = opens_container(&header, frame.encoding, undefined)?;
                 match opens {
-                    None => pos = defined_end(header.length)?,
+                    None => {
+                        check_value_size(&header, pos)?;
+                        pos = defined_end(header.length)?
+                    }
                     Some((container, encoding)) => {
                         if container == Container::Sequence {
                             depth += 1;
@@ -235,6 +238,28 @@ fn opens_container(
             String::from_utf8_lossy(&vr)
         ))),
         _ => Ok(None),
+    }
+}
+
+/// A binary value whose length is not a whole number of values is refused:
+/// dicom-rs would lose its place after it (see [`value_size`]; found by
+/// fuzzing: an SS of 573 bytes shifted the next header by one byte, and the
+/// misread header declared 1.9 GB that dicom-rs then reserved).
+fn check_value_size(header: &ElementHeader, pos: usize) -> Result<(), DicomError> {
+    // In Implicit VR dicom-rs decodes by the dictionary's VR.
+    let vr = header
+        .vr
+        .unwrap_or_else(|| dictionary_vr(Tag(header.group, header.element)).to_bytes());
+    match value_size(&vr) {
+        Some(size) if header.length % size != 0 => Err(DicomError::Malformed(format!(
+            "the element ({:04X},{:04X}) at offset {pos} has VR {} and {} bytes, \
+             not a multiple of its value size {size}",
+            header.group,
+            header.element,
+            String::from_utf8_lossy(&vr),
+            header.length
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -350,6 +375,28 @@ mod tests {
             inner = sequence;
         }
         assert!(check_dataset(&inner, 0, IMPLICIT, &limits).is_err());
+    }
+
+    #[test]
+    fn binary_values_of_a_partial_value_are_refused() {
+        let limits = ParseLimits::default();
+        // (0019,1047) SS of 3 bytes, then a well-formed LO.
+        let mut odd = vec![0x19, 0x00, 0x47, 0x10, b'S', b'S', 3, 0, 1, 0, 2];
+        odd.extend_from_slice(&[0x10, 0x00, 0x20, 0x00, b'L', b'O', 2, 0, b'I', b'D']);
+        let error = check_dataset(&odd, 0, EXPLICIT, &limits).unwrap_err();
+        assert!(error.to_string().contains("value size 2"), "{error}");
+        // The same element with an even length passes.
+        let mut even = odd.clone();
+        even[6] = 2;
+        even.remove(10);
+        assert!(check_dataset(&even, 0, EXPLICIT, &limits).is_ok());
+        // Implicit VR: (0028,0010) Rows is US by the dictionary.
+        let rows = [0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 1, 2, 3];
+        assert!(check_dataset(&rows, 0, IMPLICIT, &limits).is_err());
+        assert!(check_dataset(&rows[..10], 0, IMPLICIT, &limits).is_err());
+        let mut two = rows[..10].to_vec();
+        two[4] = 2;
+        assert!(check_dataset(&two, 0, IMPLICIT, &limits).is_ok());
     }
 
     #[test]

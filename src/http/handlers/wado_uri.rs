@@ -21,6 +21,9 @@ struct WadoUriRequest {
     scope: Scope,
     /// `None`: application/dicom; else the rendered type.
     rendered: Option<ImageFormat>,
+    /// Whether the type was the default (no `contentType`, no rendering
+    /// parameters): then a non-image object is sent as application/dicom.
+    default_type: bool,
     transfer_syntax: String,
     frame_number: Option<u64>,
     options: RenderOptions,
@@ -226,6 +229,7 @@ fn parse(pairs: Vec<(String, String)>) -> Result<WadoUriRequest, ApiError> {
     Ok(WadoUriRequest {
         scope,
         rendered,
+        default_type: !listed && !has_render_params,
         transfer_syntax,
         frame_number,
         options,
@@ -239,7 +243,12 @@ pub async fn retrieve(
 ) -> Result<HttpResponse, ApiError> {
     let parsed = parse(query_pairs(&request)?)?;
     let instance = wado::locate_one(&state.services, parsed.scope).await?;
-    if let Some(format) = parsed.rendered {
+    // PS3.18 §9 (contentType): image/jpeg is the default for images only; an
+    // object without pixel data (SR, encapsulated document, presentation state,
+    // key object selection…) defaults to application/dicom.
+    let is_image = instance.pixel_data_offset.is_some();
+    let rendered = parsed.rendered.filter(|_| is_image || !parsed.default_type);
+    if let Some(format) = rendered {
         let frames = instance.number_of_frames.unwrap_or(1).max(1) as u64;
         if let Some(n) = parsed.frame_number {
             if frames == 1 || n > frames {

@@ -8,6 +8,7 @@ mod values;
 use dicom_core::Tag;
 
 use super::catalog::{self, Attr, Kind, Level};
+use super::records::StoredFields;
 use super::sql::{Bind, SqlBuilder};
 use crate::dicom::text;
 pub use crate::service::request::{IncludeField, MatchKey, Resource, SearchRequest};
@@ -31,6 +32,9 @@ pub struct Plan {
     pub level: Level,
     /// Attributes the results carry (beyond those always present at their level).
     pub requested: Vec<&'static Attr>,
+    /// Attributes asked for that the index does not keep (read from stored
+    /// instances by the service).
+    pub stored: StoredFields,
     /// Match keys and includefields that were ignored, for the 299 warning.
     pub ignored: Vec<String>,
 }
@@ -151,6 +155,7 @@ pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
         sql.push(")");
     }
 
+    let mut stored = StoredFields::default();
     for include in &request.include {
         match include {
             IncludeField::All => {
@@ -159,6 +164,7 @@ pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
                         push_unique(&mut requested, attr);
                     }
                 }
+                stored.all = true;
             }
             IncludeField::Path { name, path } => match catalog::find(path[0]) {
                 Some(attr) if attr.level <= level && path.len() == 1 => {
@@ -167,7 +173,18 @@ pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
                 Some(attr) if attr.level <= level && attr.kind == Kind::RequestSequence => {
                     push_unique(&mut requested, attr)
                 }
-                _ => ignored.push(name.clone()),
+                // An attribute of a level below the results' (a SOP Instance
+                // UID of a study) has no one value to return.
+                Some(_) => ignored.push(name.clone()),
+                // Any other attribute, from a stored instance of the result:
+                // private ones at any level (theirs is unknown), standard ones
+                // of the results' level or above (as for the index's attributes).
+                None if path[0].0 % 2 == 1 || catalog::entity_level(path[0]) <= level => {
+                    if !stored.tags.contains(&path[0]) {
+                        stored.tags.push(path[0]);
+                    }
+                }
+                None => ignored.push(name.clone()),
             },
         }
     }
@@ -175,6 +192,7 @@ pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
         from_where: sql,
         level,
         requested,
+        stored,
         ignored,
     })
 }

@@ -1,4 +1,8 @@
-//! QIDO-RS: runs a search and renders each match as a DICOM JSON object.
+//! QIDO-RS: runs a search and renders each match as a DICOM JSON object: the
+//! attributes the index keeps from its rows, any other `includefield` from a
+//! stored instance (`stored`).
+
+mod stored;
 
 use dicom_core::VR;
 use serde_json::{json, Map, Value as Json};
@@ -30,10 +34,20 @@ pub async fn search(
             .with_index(move |index| index.search(&request, max))
             .await?
     };
+    let extra = stored::attributes(
+        services,
+        &result.hits,
+        request.resource.level(),
+        levels,
+        &result.stored,
+        base_url,
+    )
+    .await?;
     let results = result
         .hits
         .iter()
-        .map(|hit| Json::Object(render(hit, levels, &result.requested, base_url)))
+        .zip(extra)
+        .map(|(hit, extra)| Json::Object(render(hit, levels, &result.requested, extra, base_url)))
         .collect();
     Ok(SearchPage {
         results,
@@ -55,6 +69,7 @@ fn render(
     hit: &Hit,
     levels: &[Level],
     requested: &[&'static Attr],
+    stored: Map<String, Json>,
     base_url: &str,
 ) -> Map<String, Json> {
     let mut attributes: Vec<(String, Json)> = Vec::new();
@@ -109,6 +124,12 @@ fn render(
         "00081190".into(),
         dicom_json::attribute(VR::UR, Some(vec![json!(url)])),
     ));
+    // What the index keeps wins; the stored instance adds the rest.
+    for (key, value) in stored {
+        if !attributes.iter().any(|(k, _)| *k == key) {
+            attributes.push((key, value));
+        }
+    }
     // Keys in ascending tag order (PS3.18 F.2).
     attributes.sort_by(|a, b| a.0.cmp(&b.0));
     attributes.into_iter().collect()
