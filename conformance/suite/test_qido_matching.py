@@ -232,6 +232,88 @@ def test_modalities_in_study(api, manifest, A, B, AB):
     expect(api, {"ModalitiesInStudy": "SR"}, universe, expected)
 
 
+def test_multiple_value_matching_modalities(api, A, B, AB):
+    """PS3.4 C.2.2.2.8 through PS3.18's multiplevaluematching=true: CT\\MR matches the
+    study with both a CT and an MR series (A), not the CT-only one (B); values in any
+    order; a value no series has matches nothing; no 299 "not supported" warning."""
+    a = A["study_instance_uid"]
+    for value in ("CT\\MR", "MR\\CT"):
+        params = {"ModalitiesInStudy": value, "multiplevaluematching": "true"}
+        expect(api, params, AB, {a})
+        resp, _ = kh.qido(api, "/studies", params=params)
+        assert not any("multiplevaluematching" in w for w in kh.warnings_of(resp)), kh.warnings_of(resp)
+    expect(api, {"ModalitiesInStudy": "CT\\PT", "multiplevaluematching": "true"}, AB, set())
+    # One value with the flag is plain single value matching.
+    expect(api, {"ModalitiesInStudy": "CT", "multiplevaluematching": "true"}, AB,
+           {a, B["study_instance_uid"]})
+
+
+@pytest.mark.parametrize("value", ["CT\\M*", "CT\\", "CT\\MR,PT"])
+def test_multiple_value_matching_refuses_wildcards_and_empty_values(api, value):
+    resp = api.get("/studies", params={"ModalitiesInStudy": value, "multiplevaluematching": "true"},
+                   headers={"Accept": kh.DICOM_JSON})
+    assert resp.status_code == 400, describe(resp)
+
+
+@pytest.fixture(scope="module")
+def timezone_studies(api):
+    """Two studies on 2023-06-01 at 00:30 local time: one stating TimezoneOffsetFromUTC
+    +0100 (2023-05-31 23:30 UTC), one stating no offset."""
+    import io
+
+    import pydicom.data
+    from pydicom.uid import generate_uid
+
+    made = {}
+    files = []
+    for name, offset in (("with-offset", "+0100"), ("without-offset", None)):
+        ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID = "KST-TZ"
+        ds.StudyDate, ds.StudyTime = "20230601", "003000"
+        if offset:
+            ds.TimezoneOffsetFromUTC = offset
+        elif "TimezoneOffsetFromUTC" in ds:
+            del ds.TimezoneOffsetFromUTC
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        files.append(out.getvalue())
+        made[name] = str(ds.StudyInstanceUID)
+    resp = kh.stow(api, files)
+    assert resp.status_code == 200, describe(resp)
+    yield made
+    for uid in made.values():
+        api.session.delete(api.url(kh.study_path(uid)), timeout=kh.TIMEOUT)
+
+
+@pytest.mark.parametrize("params,expected", [
+    # In UTC the study with an offset is on May 31; the other one has no known
+    # instant and is matched on its local date.
+    ({"StudyDate": "20230531", "TimezoneOffsetFromUTC": "+0000"}, {"with-offset"}),
+    ({"StudyDate": "20230601", "TimezoneOffsetFromUTC": "+0000"}, {"without-offset"}),
+    ({"StudyDate": "20230601", "TimezoneOffsetFromUTC": "+0100"}, {"with-offset", "without-offset"}),
+    ({"StudyDate": "20230601", "TimezoneOffsetFromUTC": "-0500"}, {"without-offset"}),
+    ({"StudyDate": "20230531", "StudyTime": "2300-2359", "TimezoneOffsetFromUTC": "+0000"}, {"with-offset"}),
+    ({"StudyDate": "20230531", "StudyTime": "2200-2300", "TimezoneOffsetFromUTC": "+0000"}, set()),
+    ({"StudyDate": "20230531-20230602", "TimezoneOffsetFromUTC": "+0200"}, {"with-offset", "without-offset"}),
+    # Without the key, dates are matched as stored.
+    ({"StudyDate": "20230601"}, {"with-offset", "without-offset"}),
+    ({"StudyDate": "20230531"}, set()),
+])
+def test_timezone_adjustment_of_date_time_matching(api, timezone_studies, params, expected):
+    universe = set(timezone_studies.values())
+    want = {timezone_studies[name] for name in expected}
+    expect(api, {"PatientID": "KST-TZ", **params}, universe, want)
+
+
+@pytest.mark.parametrize("value", ["0100", "+01:00", "+2500", "UTC"])
+def test_timezone_key_must_be_an_offset(api, value):
+    resp = api.get("/studies", params={"StudyDate": "20230601", "TimezoneOffsetFromUTC": value},
+                   headers={"Accept": kh.DICOM_JSON})
+    assert resp.status_code == 400, describe(resp)
+
+
 # --------------------------------------------------------------------------
 # Dates and times (rules 63, 67, 70)
 # --------------------------------------------------------------------------

@@ -36,6 +36,53 @@ pub fn normalize_date(value: &str) -> Option<String> {
     (digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
 }
 
+/// A TimezoneOffsetFromUTC value (`+HHMM` or `-HHMM`, PS3.3 C.12.1.1.8) in
+/// minutes east of UTC; `None` when it is not one (hours above 14, minutes
+/// above 59, or any other form).
+pub fn utc_offset_minutes(value: &str) -> Option<i32> {
+    let value = value.trim();
+    let (sign, digits) = match value.as_bytes().first()? {
+        b'+' => (1, &value[1..]),
+        b'-' => (-1, &value[1..]),
+        _ => return None,
+    };
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i32 = digits[..2].parse().ok()?;
+    let minutes: i32 = digits[2..].parse().ok()?;
+    (hours <= 14 && minutes <= 59).then_some(sign * (hours * 60 + minutes))
+}
+
+/// A local date-time `YYYYMMDDHHMMSS.FFFFFF` (a normalised date followed by a
+/// normalised time) at `offset_minutes` east of UTC, as the same instant in
+/// UTC, in the same form. `None` for an impossible date or time.
+pub fn to_utc(local: &str, offset_minutes: i32) -> Option<String> {
+    use chrono::{Datelike, NaiveDate, TimeDelta, Timelike};
+    let number = |range: std::ops::Range<usize>| -> Option<u32> { local.get(range)?.parse().ok() };
+    if local.len() != 21 || local.as_bytes().get(14) != Some(&b'.') {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(number(0..4)? as i32, number(4..6)?, number(6..8)?)?;
+    let time = date.and_hms_micro_opt(
+        number(8..10)?,
+        number(10..12)?,
+        number(12..14)?,
+        number(15..21)?,
+    )?;
+    let utc = time.checked_sub_signed(TimeDelta::try_minutes(i64::from(offset_minutes))?)?;
+    Some(format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}.{:06}",
+        utc.year(),
+        utc.month(),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second(),
+        utc.nanosecond() / 1000
+    ))
+}
+
 /// Which end of a range a partial time is completed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
@@ -105,6 +152,26 @@ pub fn trim_value(value: &str, keep_leading: bool) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn utc_offsets_and_conversion() {
+        assert_eq!(super::utc_offset_minutes("+0100"), Some(60));
+        assert_eq!(super::utc_offset_minutes("-0530"), Some(-330));
+        for bad in ["0100", "+100", "+1500", "+0160", "+01:00", ""] {
+            assert_eq!(super::utc_offset_minutes(bad), None, "{bad}");
+        }
+        // Across midnight and a month end, both ways.
+        assert_eq!(
+            super::to_utc("20230301003000.000000", 60).as_deref(),
+            Some("20230228233000.000000")
+        );
+        assert_eq!(
+            super::to_utc("20231231233000.500000", -120).as_deref(),
+            Some("20240101013000.500000")
+        );
+        assert_eq!(super::to_utc("20230230120000.000000", 0), None);
+        assert_eq!(super::to_utc("2023023012", 0), None);
+    }
+
     use super::*;
 
     #[test]

@@ -118,6 +118,13 @@ impl Index {
             pool: std::sync::Arc::new(pool),
         };
         pools::register(label, std::sync::Arc::downgrade(&index.pool));
+        let filled = index.fill_study_datetime_utc()?;
+        if filled > 0 {
+            tracing::info!(
+                studies = filled,
+                "study date-times in UTC filled in for timezone matching"
+            );
+        }
         Ok(index)
     }
 

@@ -325,6 +325,7 @@ mod tests {
                 include: vec![qido::IncludeField::All],
                 fuzzy: false,
                 empty_value_matching: false,
+                multiple_value_matching: false,
                 limit: Some(5000),
                 offset: 0,
             };

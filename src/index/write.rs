@@ -36,6 +36,61 @@ struct ExistingInstance {
 }
 
 impl Index {
+    /// Fills `study_datetime_utc` for studies stored before the column existed
+    /// (those that state an offset and have none yet), a thousand per
+    /// transaction. Returns how many it set. Runs at open; with nothing to do it
+    /// is one indexed query.
+    pub fn fill_study_datetime_utc(&self) -> Result<u64, IndexError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            study_pk: i64,
+            #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+            study_date: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+            study_time: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+            timezone_offset_from_utc: Option<String>,
+        }
+        let mut filled = 0u64;
+        let mut after = 0i64;
+        loop {
+            let rows = with_conn!(self, conn => conn.load::<Row>(
+                "SELECT study_pk, study_date, study_time, timezone_offset_from_utc FROM studies \
+                 WHERE study_datetime_utc IS NULL AND timezone_offset_from_utc IS NOT NULL \
+                 AND timezone_offset_from_utc <> '' AND study_date IS NOT NULL AND study_pk > ? \
+                 ORDER BY study_pk LIMIT 1000",
+                &[Bind::Int(after)],
+            )?);
+            let Some(last) = rows.last() else {
+                return Ok(filled);
+            };
+            after = last.study_pk;
+            let updates: Vec<(i64, String)> = rows
+                .iter()
+                .filter_map(|row| {
+                    utc_date_time(
+                        row.study_date.as_deref(),
+                        row.study_time.as_deref(),
+                        row.timezone_offset_from_utc.as_deref(),
+                    )
+                    .map(|utc| (row.study_pk, utc))
+                })
+                .collect();
+            filled += updates.len() as u64;
+            with_conn!(self, conn => conn.write(|conn| {
+                for (pk, utc) in &updates {
+                    conn.run(
+                        "UPDATE studies SET study_datetime_utc = ? WHERE study_pk = ? \
+                         AND study_datetime_utc IS NULL",
+                        &[Bind::Text(utc.clone()), Bind::Int(*pk)],
+                    )?;
+                }
+                Ok(())
+            }))?;
+        }
+    }
+
     /// Adds a batch of instances in one transaction and refreshes the counts and
     /// ModalitiesInStudy / SOPClassesInStudy of every study and series touched.
     pub fn store_instances(
@@ -100,6 +155,41 @@ fn attribute_columns(attr: &Attr, value: &Option<String>, out: &mut Vec<(String,
         }
         Kind::ModalitiesInStudy | Kind::SopClassesInStudy | Kind::Count => {}
     }
+}
+
+/// The study's date and time in UTC, when the instance states its
+/// TimezoneOffsetFromUTC (see [`utc_date_time`]).
+fn study_datetime_utc(instance: &NewInstance) -> Option<String> {
+    let value = |column: &str| {
+        instance
+            .values
+            .iter()
+            .find(|(attr, _)| attr.column == column)
+            .and_then(|(_, value)| value.as_deref())
+    };
+    utc_date_time(
+        value("study_date"),
+        value("study_time"),
+        value("timezone_offset_from_utc"),
+    )
+}
+
+/// StudyDate and StudyTime (as stored) at a TimezoneOffsetFromUTC, as one UTC
+/// instant `YYYYMMDDHHMMSS.FFFFFF`; `None` without a date, a valid time (a
+/// missing time is midnight) or a valid offset.
+pub(super) fn utc_date_time(
+    date: Option<&str>,
+    time: Option<&str>,
+    offset: Option<&str>,
+) -> Option<String> {
+    use crate::dicom::text;
+    let offset = text::utc_offset_minutes(offset?)?;
+    let date = text::normalize_date(date?)?;
+    let time = match time.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(time) => text::normalize_time(time, text::Bound::Lower)?,
+        None => "000000.000000".to_string(),
+    };
+    text::to_utc(&format!("{date}{time}"), offset)
 }
 
 fn level_columns(instance: &NewInstance, level: Level) -> Vec<(String, Bind)> {
@@ -186,11 +276,16 @@ fn store_one<C: IndexConn>(
         replaced = Some(existing.blob_key);
     }
 
+    let mut study_columns = level_columns(instance, Level::Study);
+    study_columns.push((
+        "study_datetime_utc".into(),
+        Bind::NullableText(study_datetime_utc(instance)),
+    ));
     let study_sql = upsert_sql(
         "studies",
         "study_instance_uid",
         &instance.study_instance_uid,
-        level_columns(instance, Level::Study),
+        study_columns,
         vec![],
     );
     let study_pk = conn.load_one::<Pk>(study_sql.sql(), study_sql.binds())?.pk;
@@ -335,4 +430,99 @@ pub(super) fn refresh_aggregates<C: IndexConn>(
         conn.run(&sql, &[pk.clone(), pk.clone(), pk.clone(), pk.clone(), pk])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::catalog;
+    use crate::index::tests::test_indexes;
+    use dicom_core::Tag;
+
+    fn instance(study: &str, date: &str, time: &str, offset: Option<&str>) -> NewInstance {
+        let attr = |tag: (u16, u16)| catalog::find(Tag(tag.0, tag.1)).unwrap();
+        NewInstance {
+            study_instance_uid: study.into(),
+            series_instance_uid: format!("{study}.1"),
+            sop_instance_uid: format!("{study}.1.1"),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+            blob_key: format!("key-{study}"),
+            blob_size: 1,
+            content_sha256: "00".into(),
+            header_length: 1,
+            pixel_data_offset: None,
+            pixel_data_length: None,
+            frame_offsets: None,
+            values: vec![
+                (attr((0x0020, 0x000D)), Some(study.into())),
+                (attr((0x0008, 0x0020)), Some(date.into())),
+                (attr((0x0008, 0x0030)), Some(time.into())),
+                (attr((0x0008, 0x0201)), offset.map(Into::into)),
+            ],
+            request_items: vec![],
+        }
+    }
+
+    #[derive(QueryableByName)]
+    struct Utc {
+        #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+        study_datetime_utc: Option<String>,
+    }
+
+    fn utc_of(index: &Index, study: &str) -> Option<String> {
+        let read = || -> Result<Utc, IndexError> {
+            Ok(with_conn!(index, conn => conn.load_one::<Utc>(
+                "SELECT study_datetime_utc FROM studies WHERE study_instance_uid = ?",
+                &[Bind::Text(study.into())],
+            )?))
+        };
+        read().unwrap().study_datetime_utc
+    }
+
+    fn forget_instants(index: &Index) {
+        let run = || -> Result<usize, IndexError> {
+            Ok(
+                with_conn!(index, conn => conn.run("UPDATE studies SET study_datetime_utc = NULL", &[])?),
+            )
+        };
+        run().unwrap();
+    }
+
+    #[test]
+    fn the_utc_instant_is_written_and_filled_in_for_older_studies() {
+        for (index, _db) in test_indexes() {
+            index
+                .store_instances(
+                    &[
+                        instance("1.2.3", "20230601", "003000", Some("+0100")),
+                        instance("1.2.4", "20230601", "0030", None),
+                        instance("1.2.5", "20230601", "", Some("-0530")),
+                    ],
+                    false,
+                )
+                .unwrap();
+            assert_eq!(
+                utc_of(&index, "1.2.3").as_deref(),
+                Some("20230531233000.000000")
+            );
+            assert_eq!(utc_of(&index, "1.2.4"), None, "no offset: no instant");
+            assert_eq!(
+                utc_of(&index, "1.2.5").as_deref(),
+                Some("20230601053000.000000")
+            );
+            // As a study stored before the column existed.
+            forget_instants(&index);
+            assert_eq!(index.fill_study_datetime_utc().unwrap(), 2);
+            assert_eq!(
+                utc_of(&index, "1.2.3").as_deref(),
+                Some("20230531233000.000000")
+            );
+            assert_eq!(
+                utc_of(&index, "1.2.5").as_deref(),
+                Some("20230601053000.000000")
+            );
+            assert_eq!(index.fill_study_datetime_utc().unwrap(), 0);
+        }
+    }
 }

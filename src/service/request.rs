@@ -57,6 +57,7 @@ impl SearchRequest {
             include: Vec::new(),
             fuzzy: false,
             empty_value_matching: false,
+            multiple_value_matching: false,
             limit: None,
             offset: 0,
         }
@@ -72,6 +73,9 @@ pub struct SearchRequest {
     pub fuzzy: bool,
     /// `emptyvaluematching=true`: a key of `""` matches empty values.
     pub empty_value_matching: bool,
+    /// `multiplevaluematching=true`: a key of backslash-separated values
+    /// matches an entity holding every one of them (PS3.4 C.2.2.2.8).
+    pub multiple_value_matching: bool,
     pub limit: Option<u64>,
     pub offset: u64,
 }

@@ -112,8 +112,8 @@ pub fn wadl(endpoints: &[&Route], base: &str) -> String {
     );
     out.push_str(&format!(
         "  <doc title=\"Kastell {}\">DICOMweb (PS3.18) Studies Service. Matching: fuzzymatching \
-         supported for person names; emptyvaluematching supported; multiplevaluematching not \
-         supported. Charsets: UTF-8.</doc>\n",
+         supported for person names; emptyvaluematching supported; multiplevaluematching \
+         supported for ModalitiesInStudy. Charsets: UTF-8.</doc>\n",
         env!("CARGO_PKG_VERSION")
     ));
     out.push_str(&format!("  <resources base=\"{}/\">\n", escape(base)));
@@ -151,7 +151,7 @@ pub fn json_description(endpoints: &[&Route], base: &str) -> Json {
                 "title": format!("Kastell {}", env!("CARGO_PKG_VERSION")),
                 "fuzzymatching": true,
                 "emptyvaluematching": true,
-                "multiplevaluematching": false,
+                "multiplevaluematching": true,
                 "charsets": ["UTF-8"],
             },
             "resources": {

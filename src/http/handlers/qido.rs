@@ -53,7 +53,6 @@ pub struct ParsedSearch {
     pub request: SearchRequest,
     pub accept: Vec<String>,
     pub ignored: Vec<String>,
-    pub unsupported_flags: Vec<&'static str>,
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
@@ -74,7 +73,6 @@ pub fn parse_search(
     let mut request = SearchRequest::new(resource);
     let mut accept = Vec::new();
     let mut ignored = Vec::new();
-    let mut unsupported_flags = Vec::new();
     for (name, value) in pairs {
         match name.as_str() {
             "limit" => {
@@ -93,11 +91,7 @@ pub fn parse_search(
             }
             "fuzzymatching" => request.fuzzy = parse_bool(&name, &value)?,
             "emptyvaluematching" => request.empty_value_matching = parse_bool(&name, &value)?,
-            "multiplevaluematching" => {
-                if parse_bool(&name, &value)? {
-                    unsupported_flags.push("multiplevaluematching");
-                }
-            }
+            "multiplevaluematching" => request.multiple_value_matching = parse_bool(&name, &value)?,
             "includefield" => {
                 for field in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {
                     if field == "all" {
@@ -125,7 +119,6 @@ pub fn parse_search(
         request,
         accept,
         ignored,
-        unsupported_flags,
     })
 }
 
@@ -171,11 +164,6 @@ async fn run_search(
         warnings.push(state.warning(&format!(
             "The following query parameters are not supported and were ignored: {}",
             ignored.join(", ")
-        )));
-    }
-    for flag in parsed.unsupported_flags {
-        warnings.push(state.warning(&format!(
-            "The {flag} parameter is not supported. Only literal matching has been performed."
         )));
     }
     if page.remaining > 0 {

@@ -12,7 +12,10 @@ use super::records::StoredFields;
 use super::sql::{Bind, SqlBuilder};
 use crate::dicom::text;
 pub use crate::service::request::{IncludeField, MatchKey, Resource, SearchRequest};
-use values::{any_of, combined_date_time, date_range, has_wildcard, invalid, time_range};
+use values::{
+    any_of, combined_date_time, date_range, has_wildcard, invalid, local_date_time_bounds,
+    time_range,
+};
 pub use values::{like_pattern, normalize_person_name, EMPTY_VALUE};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -78,23 +81,63 @@ pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
         .matches
         .iter()
         .find(|m| m.path == [Tag(0x0008, 0x0030)]);
-    let combined = combined_date_time(date, time)?;
-    if let Some((low, high)) = &combined {
-        // The plain date bounds come first so that the date index narrows the rows
-        // the combined date-time expression is evaluated on.
-        let expr = "(st.study_date || COALESCE(st.study_time_norm, '000000.000000'))";
-        if let Some(low) = low {
-            sql.push(" AND st.study_date >= ")
-                .bind(Bind::Text(low[..8].to_string()));
-            sql.push(&format!(" AND {expr} >= "))
+    // TimezoneOffsetFromUTC as a key is the timezone of the query's dates and
+    // times (PS3.4 C.4.1.1.3.2 via PS3.18 §8.3.4): StudyDate (and StudyTime)
+    // become an instant range in UTC, compared with each study's own instant
+    // where the study states its offset, and with its local date and time
+    // where it does not.
+    let timezone = request
+        .matches
+        .iter()
+        .find(|m| m.path == [Tag(0x0008, 0x0201)])
+        .filter(|m| !m.value.is_empty());
+    let query_offset = timezone
+        .map(|key| {
+            text::utc_offset_minutes(&key.value)
+                .ok_or_else(|| invalid(key, "expected a timezone offset +HHMM or -HHMM"))
+        })
+        .transpose()?;
+    let adjusted = match (query_offset, date) {
+        (Some(offset), Some(date)) => match local_date_time_bounds(date, time)? {
+            Some((low, high)) => {
+                let utc = |bound: &Option<String>| {
+                    bound
+                        .as_ref()
+                        .map(|b| {
+                            text::to_utc(b, offset)
+                                .ok_or_else(|| invalid(date, "not a valid date and time"))
+                        })
+                        .transpose()
+                };
+                let utc_bounds = (utc(&low)?, utc(&high)?);
+                Some(((low, high), utc_bounds))
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    let combined = if adjusted.is_some() {
+        None
+    } else {
+        combined_date_time(date, time)?
+    };
+    let date_time_expr = "(st.study_date || COALESCE(st.study_time_norm, '000000.000000'))";
+    if let Some(((low, high), (utc_low, utc_high))) = &adjusted {
+        sql.push(" AND ((st.study_datetime_utc IS NULL");
+        push_date_time_bounds(&mut sql, date_time_expr, low, high);
+        sql.push(") OR (st.study_datetime_utc IS NOT NULL");
+        if let Some(low) = utc_low {
+            sql.push(" AND st.study_datetime_utc >= ")
                 .bind(Bind::Text(low.clone()));
         }
-        if let Some(high) = high {
-            sql.push(" AND st.study_date <= ")
-                .bind(Bind::Text(high[..8].to_string()));
-            sql.push(&format!(" AND {expr} <= "))
+        if let Some(high) = utc_high {
+            sql.push(" AND st.study_datetime_utc <= ")
                 .bind(Bind::Text(high.clone()));
         }
+        sql.push("))");
+    }
+    if let Some((low, high)) = &combined {
+        push_date_time_bounds(&mut sql, date_time_expr, low, high);
     }
 
     for key in &request.matches {
@@ -127,7 +170,18 @@ pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
             add_empty_condition(&mut sql, attr);
             continue;
         }
-        if combined.is_some() && (attr.column == "study_date" || attr.column == "study_time") {
+        let date_time_done = combined.is_some() || adjusted.is_some();
+        if date_time_done && (attr.column == "study_date" || attr.column == "study_time") {
+            continue;
+        }
+        if query_offset.is_some() && attr.column == "timezone_offset_from_utc" {
+            // The timezone of the query, not a value to match.
+            continue;
+        }
+        if request.multiple_value_matching
+            && key.value.contains('\\')
+            && add_all_of_condition(&mut sql, attr, key)?
+        {
             continue;
         }
         add_condition(&mut sql, attr, key, request.fuzzy)?;
@@ -197,6 +251,29 @@ pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
     })
 }
 
+/// `AND` the bounds of a local date-time range over `expr`, the plain date
+/// bounds first so that the date index narrows the rows the expression is
+/// evaluated on.
+fn push_date_time_bounds(
+    sql: &mut SqlBuilder,
+    expr: &str,
+    low: &Option<String>,
+    high: &Option<String>,
+) {
+    if let Some(low) = low {
+        sql.push(" AND st.study_date >= ")
+            .bind(Bind::Text(low[..8].to_string()));
+        sql.push(&format!(" AND {expr} >= "))
+            .bind(Bind::Text(low.clone()));
+    }
+    if let Some(high) = high {
+        sql.push(" AND st.study_date <= ")
+            .bind(Bind::Text(high[..8].to_string()));
+        sql.push(&format!(" AND {expr} <= "))
+            .bind(Bind::Text(high.clone()));
+    }
+}
+
 fn push_unique(list: &mut Vec<&'static Attr>, attr: &'static Attr) {
     if !list.iter().any(|a| a.tag == attr.tag) {
         list.push(attr);
@@ -241,6 +318,40 @@ fn add_empty_condition(sql: &mut SqlBuilder, attr: &Attr) {
         }
         _ => {}
     }
+}
+
+/// Multiple Value Matching (PS3.4 C.2.2.2.8): `CT\\PT` matches an entity whose
+/// multi-valued attribute holds every listed value, in any order, with others
+/// besides; values may not hold wildcards. It applies to the attributes of VR
+/// AE, AS, AT, CS, LO, PN, SH or UC and VM above 1; of those the index matches
+/// ModalitiesInStudy. `false`: the attribute is not one of them, and the key is
+/// matched as without the flag.
+fn add_all_of_condition(
+    sql: &mut SqlBuilder,
+    attr: &Attr,
+    key: &MatchKey,
+) -> Result<bool, QueryError> {
+    if attr.kind != Kind::ModalitiesInStudy {
+        return Ok(false);
+    }
+    let values: Vec<&str> = key.value.split('\\').collect();
+    if values
+        .iter()
+        .any(|v| v.is_empty() || has_wildcard(v) || v.contains(','))
+    {
+        return Err(invalid(
+            key,
+            "multiple value matching takes backslash-separated values without wildcards",
+        ));
+    }
+    for value in values {
+        sql.push(
+            " AND EXISTS (SELECT 1 FROM series m WHERE m.study_fk = st.study_pk AND m.modality = ",
+        )
+        .bind(Bind::Text(value.to_string()))
+        .push(")");
+    }
+    Ok(true)
 }
 
 fn add_condition(
@@ -402,8 +513,26 @@ mod tests {
             include: vec![],
             fuzzy: false,
             empty_value_matching: false,
+            multiple_value_matching: false,
             limit: None,
             offset: 0,
+        }
+    }
+
+    #[test]
+    fn multiple_value_matching_asks_for_every_modality() {
+        let mut r = request(vec![key("ModalitiesInStudy", "CT\\PT")]);
+        r.multiple_value_matching = true;
+        let p = plan(&r).unwrap();
+        assert_eq!(p.from_where.sql().matches("EXISTS").count(), 2);
+        assert_eq!(p.from_where.binds().len(), 2);
+        // Without the flag the key is one value, as before.
+        r.multiple_value_matching = false;
+        assert_eq!(plan(&r).unwrap().from_where.binds().len(), 1);
+        for bad in ["CT\\P*", "CT\\", "CT\\MR,PT"] {
+            let mut r = request(vec![key("ModalitiesInStudy", bad)]);
+            r.multiple_value_matching = true;
+            assert!(plan(&r).is_err(), "{bad} accepted");
         }
     }
 

@@ -125,3 +125,26 @@ pub(super) fn combined_date_time(
         date_high.map(|d| format!("{d}{}", time_high.unwrap_or_else(|| "235959.999999".into())));
     Ok(Some((low, high)))
 }
+
+/// The bounds over `date || time_norm` of a StudyDate key (a single date or a
+/// range) together with a StudyTime key if there is one (a missing time is the
+/// whole day): what TimezoneOffsetFromUTC adjustment converts to UTC. `None`
+/// for a list of dates or times, which is matched unadjusted.
+pub(super) fn local_date_time_bounds(
+    date: &MatchKey,
+    time: Option<&MatchKey>,
+) -> Result<Option<Range>, QueryError> {
+    if date.value.contains(',') || time.is_some_and(|t| t.value.contains(',')) {
+        return Ok(None);
+    }
+    let (date_low, date_high) = date_range(date, &date.value)?;
+    let (time_low, time_high) = match time {
+        Some(time) => time_range(time, &time.value)?,
+        None => (None, None),
+    };
+    let low =
+        date_low.map(|d| format!("{d}{}", time_low.unwrap_or_else(|| "000000.000000".into())));
+    let high =
+        date_high.map(|d| format!("{d}{}", time_high.unwrap_or_else(|| "235959.999999".into())));
+    Ok(Some((low, high)))
+}

@@ -1,0 +1,2 @@
+DROP INDEX studies_study_datetime_utc;
+ALTER TABLE studies DROP COLUMN study_datetime_utc;
