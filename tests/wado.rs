@@ -364,3 +364,68 @@ fn metadata_revalidates_with_etags() {
         3
     );
 }
+
+/// The derived objects in a file-backend data directory.
+fn derived_objects(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(data_dir.join("blobs/derived")).map_or(0, |d| d.count())
+}
+
+/// A series stored and then left alone has its metadata built without anyone
+/// asking (after `metadata_warm_after_secs` of quiet), and the first request is
+/// answered from that object rather than building another.
+#[test]
+fn series_metadata_is_built_once_the_series_is_quiet() {
+    let server = Server::start_with(&[("KASTELL__DICOMWEB__METADATA_WARM_AFTER_SECS", "1")]);
+    let files: Vec<Vec<u8>> = (1..=3)
+        .map(|n| {
+            let mut spec = Spec::new("7.1", "7.1.1", &format!("7.1.1.{n}"));
+            spec.instance_number = n;
+            dicom_file(&spec)
+        })
+        .collect();
+    // Two requests into one series: one object once it is quiet, not one each.
+    assert_eq!(store(&server, "/studies", &files[..2]).0, 200);
+    assert_eq!(store(&server, "/studies", &files[2..]).0, 200);
+    wait_until("the series metadata is built", || {
+        derived_objects(&server.data_dir) >= 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(derived_objects(&server.data_dir), 1);
+    let response = client()
+        .get(server.url("/studies/7.1/series/7.1.1/metadata"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let metadata: serde_json::Value = response.json().unwrap();
+    assert_eq!(metadata.as_array().unwrap().len(), 3);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        derived_objects(&server.data_dir),
+        1,
+        "the request was answered from the object built ahead"
+    );
+}
+
+/// With warming off, nothing is built until the first request.
+#[test]
+fn without_warming_metadata_waits_for_its_first_request() {
+    let server = Server::start();
+    let files: Vec<Vec<u8>> = (1..=2)
+        .map(|n| {
+            let mut spec = Spec::new("7.2", "7.2.1", &format!("7.2.1.{n}"));
+            spec.instance_number = n;
+            dicom_file(&spec)
+        })
+        .collect();
+    assert_eq!(store(&server, "/studies", &files).0, 200);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(derived_objects(&server.data_dir), 0);
+    let response = client()
+        .get(server.url("/studies/7.2/series/7.2.1/metadata"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    wait_until("the metadata is kept on first request", || {
+        derived_objects(&server.data_dir) == 1
+    });
+}

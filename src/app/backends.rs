@@ -89,6 +89,9 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
                 config.limits.max_decoding_bytes,
                 config.limits.retry_after_secs,
             ),
+            warmer: crate::service::warm::MetadataWarmer::new(Duration::from_secs(
+                config.dicomweb.metadata_warm_after_secs,
+            )),
         }),
     })
 }

@@ -22,6 +22,9 @@ pub struct DicomWebConfig {
     pub overwrite_existing: bool,
     /// Name used in `Warning: 299 <service>` headers.
     pub warning_agent: String,
+    /// Seconds a series must go without a new instance before its metadata is
+    /// built ahead of the first request (0: only on request).
+    pub metadata_warm_after_secs: u64,
 }
 
 impl Default for DicomWebConfig {
@@ -33,6 +36,7 @@ impl Default for DicomWebConfig {
             qido_max_results: 1000,
             overwrite_existing: false,
             warning_agent: "kastell".into(),
+            metadata_warm_after_secs: 5,
         }
     }
 }

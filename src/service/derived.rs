@@ -29,6 +29,19 @@ async fn current_key(
     })
 }
 
+/// Whether the derived object `(scope_uid, kind, variant)` is current for `etag`.
+pub async fn is_current(
+    services: &Services,
+    scope_uid: &str,
+    kind: &'static str,
+    variant: &str,
+    etag: &str,
+) -> Result<bool, ServiceError> {
+    Ok(current_key(services, scope_uid, kind, variant, etag)
+        .await?
+        .is_some())
+}
+
 /// Reads a current derived object whole (small ones: thumbnails).
 pub async fn read(
     services: &Services,

@@ -11,6 +11,7 @@ pub mod request;
 pub mod stow;
 pub mod tenants;
 pub mod wado;
+pub mod warm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub struct ServiceSettings {
     pub limits: crate::config::LimitsConfig,
     /// Decoded pixel bytes in flight across every rendering and transcoding.
     pub decoding: DecodingBudget,
+    /// Builds series metadata once a series is quiet after STOW.
+    pub warmer: warm::MetadataWarmer,
 }
 
 /// A byte budget shared by every decoding in flight (rendering, transcoding):

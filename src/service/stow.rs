@@ -424,6 +424,17 @@ impl StowSession {
             });
         }
         self.services.store.delete_detached(unreferenced);
+        let mut announced: Vec<(&str, &str)> = Vec::new();
+        for item in &referenced {
+            let series = (item.study_uid.as_str(), item.series_uid.as_str());
+            if !announced.contains(&series) {
+                announced.push(series);
+                self.services
+                    .settings
+                    .warmer
+                    .touched(&self.services, series.0, series.1);
+            }
+        }
         for failure in &self.failed {
             parts[failure.part] = Some(PartOutcome::Failed {
                 reason: failure.reason,

@@ -152,6 +152,28 @@ async fn series_items(
     Ok(replace_in_stream(body, placeholder, base))
 }
 
+/// Builds the cached metadata of the series `instances` make up, unless it is
+/// current already; `true` when it was built. What the warmer calls once a
+/// series has been quiet for a while (`service::warm`), so that the first
+/// viewer to open it does not wait for every instance's header.
+pub async fn warm_series(
+    services: &Services,
+    instances: Vec<StoredInstance>,
+) -> Result<bool, ServiceError> {
+    // Single instances are not cached (see `series_items`).
+    if instances.len() < 2 {
+        return Ok(false);
+    }
+    let etag = metadata_etag(&instances, CACHED_BASE_URL);
+    let series_uid = instances[0].series_instance_uid.clone();
+    if derived::is_current(services, &series_uid, METADATA, CACHED_VARIANT, &etag).await? {
+        return Ok(false);
+    }
+    let body = series_items_written(services, instances, CACHED_BASE_URL, None).await?;
+    derived::write(services, &series_uid, METADATA, CACHED_VARIANT, &etag, body).await?;
+    Ok(true)
+}
+
 /// The base URL written into cached metadata, replaced by the client's on the
 /// way out (characters no URL holds, so it cannot be confused with one).
 const CACHED_BASE_URL: &str = "\u{0}kastell-base-url\u{0}";

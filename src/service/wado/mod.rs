@@ -8,7 +8,7 @@ mod metadata;
 
 pub use bulk::{bulkdata, is_native_pixel_data_path, parse_bulk_path, pixel_data_range, BulkBody};
 pub use frames::{decode_frames, frames, parse_frame_list, Frames, InvalidFrame};
-pub use metadata::{metadata, metadata_body, metadata_etag, metadata_stream};
+pub use metadata::{metadata, metadata_body, metadata_etag, metadata_stream, warm_series};
 
 use bytes::Bytes;
 use dicom_object::InMemDicomObject;
