@@ -32,6 +32,8 @@ except ImportError:
     import pydicom
     import pydicom.data
 
+from pydicom.encaps import generate_fragments
+
 warnings.filterwarnings("ignore")
 
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "corpus"
@@ -143,6 +145,14 @@ def dicom_seeds():
         write("dicom_header", SMALL_CHUNKS + head)
 
         value = encapsulated_value(raw)
+        syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
+        if value is not None and syntax in ("1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.50"):
+            # The first frame of each JPEG fixture (12-bit ones decode, 8-bit ones
+            # are refused: both paths), with the header's dimensions.
+            frame = next(iter(generate_fragments(ds.PixelData)), b"")
+            rows, columns = (int(ds.Rows) - 1) % 4096, (int(ds.Columns) - 1) % 4096
+            samples = 0 if int(ds.SamplesPerPixel) == 1 else 1
+            write("jpeg12", struct.pack("<HHB", rows, columns, samples) + frame[:MAX_DICOM])
         if value is not None:
             frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
             stream = value[: MAX_DICOM - 16]

@@ -40,11 +40,10 @@ EXPLICIT_LE = kh.EXPLICIT_LE
 
 _REF_CACHE: dict[str, np.ndarray] = {}
 
-# Allowed limitation (as test_wado.py's test_compressed_instance_default_is_decoded_or_406
-# allows it; to be stated in the Conformance Statement): this server may be unable to
-# decode 12-bit lossy JPEG (JPEG Extended, process 2/4), and then answers 406 where a
-# decoded result was asked for -- never a 500.  Any other fixture must decode.
-MAY_BE_UNDECODABLE = {"JPGExtended.dcm"}
+# Fixtures this server may be unable to decode, answering 406 where a decoded result
+# was asked for -- never a 500. Empty: 12-bit JPEG Extended (JPGExtended.dcm) is
+# decoded since issue 13 (libjpeg-turbo 3), so every fixture must decode.
+MAY_BE_UNDECODABLE: set[str] = set()
 
 
 def undecodable_ok(e: dict, resp) -> bool:

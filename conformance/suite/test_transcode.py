@@ -4,8 +4,8 @@ against pydicom's decoding of the same fixture file; lossless targets are exact 
 lossy targets of lossless-able originals 406, never a 500.
 
 Tolerance for lossy JPEG / irreversible JPEG 2000: see kastell_pixels (max abs 8, mean < 1.0).
-12-bit JPEG (JPGExtended.dcm) may be answered 406 where decoding is needed (documented
-limitation, kastell_pixels.MAY_BE_UNDECODABLE); no fixture may get a 500.
+12-bit JPEG (JPGExtended.dcm) is decoded too (libjpeg-turbo 3, since issue 13);
+no fixture may get a 406 where decoding is needed, or a 500.
 """
 from __future__ import annotations
 

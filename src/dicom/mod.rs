@@ -12,6 +12,8 @@ pub mod fragments;
 pub mod guard;
 pub mod header;
 pub mod instance;
+#[cfg(feature = "jpeg-12bit")]
+pub mod jpeg12;
 pub mod json;
 pub mod pixels;
 pub mod render;

@@ -42,13 +42,74 @@ pub fn can_decode(uid: &str) -> bool {
 }
 
 /// JPEG Extended with more than 8 bits per sample (12-bit): the JPEG decoder
-/// dicom-rs uses reads 8-bit JPEG only.
+/// dicom-rs uses reads 8-bit JPEG only; `jpeg12` (feature `jpeg-12bit`) does.
 const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 
 /// Whether this build can decode pixel data stored in `uid` with
 /// `bits_allocated` bits per sample.
 pub fn can_decode_samples(uid: &str, bits_allocated: Option<i64>) -> bool {
-    can_decode(uid) && !(uid == JPEG_EXTENDED && bits_allocated.unwrap_or(8) > 8)
+    can_decode(uid)
+        && (cfg!(feature = "jpeg-12bit")
+            || !(uid == JPEG_EXTENDED && bits_allocated.unwrap_or(8) > 8))
+}
+
+/// Whether `header` describes samples wider than 8 bits.
+fn wide_samples(header: &InMemDicomObject) -> bool {
+    super::instance::text(header, tags::BITS_ALLOCATED)
+        .and_then(|b| b.trim().parse::<u16>().ok())
+        .is_some_and(|bits| bits > 8)
+}
+
+/// A 12-bit JPEG Extended frame decoded to native samples (and the header that
+/// describes them: colour comes out as interleaved RGB); other frames as they
+/// are.
+fn decode_12_bit(
+    header: &InMemDicomObject,
+    frame: FramePixels,
+) -> Result<(std::borrow::Cow<'_, InMemDicomObject>, FramePixels), DicomError> {
+    use std::borrow::Cow;
+    let FramePixels::Encapsulated {
+        transfer_syntax,
+        data,
+    } = &frame
+    else {
+        return Ok((Cow::Borrowed(header), frame));
+    };
+    if transfer_syntax != JPEG_EXTENDED || !wide_samples(header) {
+        return Ok((Cow::Borrowed(header), frame));
+    }
+    #[cfg(feature = "jpeg-12bit")]
+    {
+        let number =
+            |tag| super::instance::text(header, tag).and_then(|v| v.trim().parse::<u32>().ok());
+        let (rows, columns) = (number(tags::ROWS), number(tags::COLUMNS));
+        let (Some(rows), Some(columns)) = (rows, columns) else {
+            return Err(DicomError::CannotDecode("Rows or Columns missing".into()));
+        };
+        let samples = number(tags::SAMPLES_PER_PIXEL).unwrap_or(1) as u16;
+        let native = super::jpeg12::decode_frame(data, rows, columns, samples)?;
+        let mut header = header.clone();
+        if samples == 3 {
+            header.put(DataElement::new(
+                tags::PHOTOMETRIC_INTERPRETATION,
+                VR::CS,
+                PrimitiveValue::from("RGB"),
+            ));
+            header.put(DataElement::new(
+                tags::PLANAR_CONFIGURATION,
+                VR::US,
+                PrimitiveValue::from(0u16),
+            ));
+        }
+        Ok((Cow::Owned(header), FramePixels::Native(Bytes::from(native))))
+    }
+    #[cfg(not(feature = "jpeg-12bit"))]
+    {
+        let _ = data;
+        Err(DicomError::UnsupportedTransferSyntax(
+            transfer_syntax.clone(),
+        ))
+    }
 }
 
 /// Whether Kastell writes `uid` when a client asks for it. Only lossless targets:
@@ -136,6 +197,8 @@ pub fn with_decoded_frame<T>(
     frame: FramePixels,
     work: impl FnOnce(&DecodedPixelData<'_>) -> Result<T, DicomError>,
 ) -> Result<T, DicomError> {
+    let (header, frame) = decode_12_bit(header, frame)?;
+    let header = header.as_ref();
     if let FramePixels::Encapsulated {
         transfer_syntax, ..
     } = &frame
@@ -154,7 +217,7 @@ pub fn with_decoded_frame<T>(
 /// One frame as native Explicit VR Little Endian bytes, samples interleaved (what
 /// DICOMweb sends for `application/octet-stream` frames).
 pub fn native_frame(header: &InMemDicomObject, frame: FramePixels) -> Result<Bytes, DicomError> {
-    if let FramePixels::Native(bytes) = frame {
+    if let (_, FramePixels::Native(bytes)) = decode_12_bit(header, frame.clone())? {
         return Ok(bytes);
     }
     with_decoded_frame(header, frame, |decoded| {
@@ -171,6 +234,68 @@ pub fn native_frame(header: &InMemDicomObject, frame: FramePixels) -> Result<Byt
         }
         Ok(Bytes::copy_from_slice(data))
     })
+}
+
+/// Replaces the 12-bit JPEG Pixel Data of `object` with native samples, one
+/// frame at a time (one fragment a frame, or one frame in any number of
+/// fragments), and makes the object Explicit VR Little Endian.
+fn decode_12_bit_frames(object: &mut FileDicomObject<InMemDicomObject>) -> Result<(), DicomError> {
+    let declared = super::instance::text(object, tags::NUMBER_OF_FRAMES)
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let fragments: Vec<Vec<u8>> = match object.element(tags::PIXEL_DATA).map(|e| e.value()) {
+        Ok(Value::PixelSequence(sequence)) => sequence.fragments().to_vec(),
+        _ => {
+            return Err(DicomError::CannotDecode(
+                "no encapsulated Pixel Data".into(),
+            ))
+        }
+    };
+    let frames = if fragments.len() == declared {
+        fragments
+    } else if declared == 1 {
+        vec![fragments.concat()]
+    } else {
+        return Err(DicomError::CannotDecode(format!(
+            "{} fragments for {declared} frames: the frames cannot be told apart",
+            fragments.len()
+        )));
+    };
+    let mut native = Vec::new();
+    let mut decoded_header = None;
+    for frame in frames {
+        let (header, pixels) = decode_12_bit(
+            object,
+            FramePixels::Encapsulated {
+                transfer_syntax: JPEG_EXTENDED.into(),
+                data: Bytes::from(frame),
+            },
+        )?;
+        let FramePixels::Native(pixels) = pixels else {
+            return Err(DicomError::CannotDecode("a frame was not decoded".into()));
+        };
+        native.extend_from_slice(&pixels);
+        decoded_header.get_or_insert_with(|| header.into_owned());
+    }
+    if let Some(header) = decoded_header {
+        for tag in [tags::PHOTOMETRIC_INTERPRETATION, tags::PLANAR_CONFIGURATION] {
+            if let Ok(element) = header.element(tag) {
+                object.put(element.clone());
+            }
+        }
+    }
+    object.remove_element(tags::EXTENDED_OFFSET_TABLE);
+    object.remove_element(tags::EXTENDED_OFFSET_TABLE_LENGTHS);
+    object.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U8(native.into()),
+    ));
+    let explicit = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+    object.meta_mut().set_transfer_syntax(&explicit);
+    object.meta_mut().update_information_group_length();
+    Ok(())
 }
 
 /// Turns `RRR…GGG…BBB…` into `RGBRGB…` for samples of `width` bytes.
@@ -208,6 +333,18 @@ pub fn transcode(file: &[u8], meta: &FileMeta, target: &str) -> Result<Vec<u8>, 
         return Err(DicomError::CannotDecode(
             "JPEG-LS output is offered for monochrome images only".into(),
         ));
+    }
+    if meta.transfer_syntax == JPEG_EXTENDED && wide_samples(&object) {
+        // dicom-rs cannot decode these: the frames are decoded here, and
+        // dicom-rs carries on from native pixels (or stops, for Explicit VR LE).
+        decode_12_bit_frames(&mut object)?;
+        if target == EXPLICIT_VR_LE {
+            let mut out = Vec::with_capacity(file.len() * 2 + 1024);
+            object
+                .write_all(&mut out)
+                .map_err(|e| DicomError::Encode(e.to_string()))?;
+            return Ok(out);
+        }
     }
     object.transcode(ts).map_err(|e| {
         // Decoding the source is what usually fails (a codec feature it uses that
