@@ -108,16 +108,21 @@ pub fn syntax_of(instance: &StoredInstance, representation: Representation) -> &
 }
 
 /// The bytes of one instance in the chosen representation.
+/// Whether `instance` goes out in `representation` as its stored bytes (a
+/// stream from the blob store, no re-encoding in memory).
+pub fn is_passthrough(instance: &StoredInstance, representation: Representation) -> bool {
+    representation == Representation::AsStored
+        || (representation == Representation::ExplicitLittleEndian
+            && instance.transfer_syntax_uid == transfer_syntax::EXPLICIT_VR_LE)
+}
+
 pub async fn instance_body(
     services: &Services,
     instance: &StoredInstance,
     representation: Representation,
 ) -> Result<ByteStream, ServiceError> {
     let key = blob_key(instance)?;
-    let already = representation == Representation::AsStored
-        || (representation == Representation::ExplicitLittleEndian
-            && instance.transfer_syntax_uid == transfer_syntax::EXPLICIT_VR_LE);
-    if already {
+    if is_passthrough(instance, representation) {
         // Decrypt the first segment now: a damaged object fails here, with a
         // status, rather than after the response has started.
         let mut stream = services
