@@ -435,6 +435,26 @@ def phase_metadata(base: str, s: requests.Session, study: StudyInfo, args, nrng)
     res["cold"]["instances_per_sample"] = [args.series_instances + k for k in range(args.cold)]
     res["etags_distinct"] = len(set(etags)) == len(etags)
 
+    # First request after the series went quiet: one more instance is stored, then
+    # the bench waits for the server's metadata warmer (dicomweb.metadata_warm_after_secs,
+    # built ahead of the first request) before asking, as a viewer opening a study a few
+    # seconds after it arrived would.
+    if args.warm_wait > 0:
+        quiet = []
+        for k in range(args.cold):
+            n = args.series_instances + args.cold + k
+            extra = ct_instance(study, se, n, size, nrng)
+            store(base, [(study.uid, extra)], 1, 1, args.timeout, "one more instance")
+            time.sleep(args.warm_wait)
+            ms, r = timed_get(s, url, hdr, args.timeout)
+            check(r, len(se.instances))
+            quiet.append(ms)
+            etags.append(r.headers.get("ETag"))  # the 304 probe below revalidates the latest
+            log(f"METADATA: first request {args.warm_wait:.0f} s after the last STOW "
+                f"{k + 1}/{args.cold}: {ms:.1f} ms ({len(se.instances)} instances)")
+        res["after_quiet"] = stats(quiet)
+        res["after_quiet"]["wait_s"] = args.warm_wait
+
     cached = Probe("series metadata (cached)", url, hdr)
     etag = etags[-1]
     revalidate = Probe("series metadata, If-None-Match (304)", url,
@@ -509,6 +529,9 @@ def markdown(results: dict) -> str:
     if m:
         n = m["instances"]
         add("Series metadata", f"cold, {n}+ instances (cache miss)", m["cold"], m["response_bytes"])
+        if "after_quiet" in m:
+            add("Series metadata", f"first request {m['after_quiet']['wait_s']:.0f} s after the last STOW "
+                "(built ahead by the warmer)", m["after_quiet"])
         add("Series metadata", "cached", m["cached"])
         add("Series metadata", "If-None-Match → 304", m["not_modified"])
     r = results.get("rendered")
@@ -536,6 +559,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--series-instances", type=int, default=2000, help="instances in the metadata series")
     p.add_argument("--per-request", type=int, default=50, help="instances per STOW request")
     p.add_argument("--cold", type=int, default=5, help="cold series-metadata samples")
+    p.add_argument("--warm-wait", type=float, default=0.0,
+                   help="also time the first metadata request this many seconds after the last "
+                        "STOW (set above KASTELL__DICOMWEB__METADATA_WARM_AFTER_SECS); 0: skip")
     p.add_argument("--thumb-cold", type=int, default=5,
                    help="CT instances whose first thumbnail request is timed")
     p.add_argument("--reps", type=int, default=200, help="measured requests per kind")
