@@ -365,6 +365,17 @@ fn metadata_revalidates_with_etags() {
     );
 }
 
+/// `count` instances of one series, numbered from 1.
+fn series_files(study: &str, series: &str, count: i32) -> Vec<Vec<u8>> {
+    (1..=count)
+        .map(|n| {
+            let mut spec = Spec::new(study, series, &format!("{series}.{n}"));
+            spec.instance_number = n;
+            dicom_file(&spec)
+        })
+        .collect()
+}
+
 /// The derived objects in a file-backend data directory.
 fn derived_objects(data_dir: &std::path::Path) -> usize {
     std::fs::read_dir(data_dir.join("blobs/derived")).map_or(0, |d| d.count())
@@ -376,13 +387,7 @@ fn derived_objects(data_dir: &std::path::Path) -> usize {
 #[test]
 fn series_metadata_is_built_once_the_series_is_quiet() {
     let server = Server::start_with(&[("KASTELL__DICOMWEB__METADATA_WARM_AFTER_SECS", "1")]);
-    let files: Vec<Vec<u8>> = (1..=3)
-        .map(|n| {
-            let mut spec = Spec::new("7.1", "7.1.1", &format!("7.1.1.{n}"));
-            spec.instance_number = n;
-            dicom_file(&spec)
-        })
-        .collect();
+    let files = series_files("7.1", "7.1.1", 3);
     // Two requests into one series: one object once it is quiet, not one each.
     assert_eq!(store(&server, "/studies", &files[..2]).0, 200);
     assert_eq!(store(&server, "/studies", &files[2..]).0, 200);
@@ -410,13 +415,7 @@ fn series_metadata_is_built_once_the_series_is_quiet() {
 #[test]
 fn without_warming_metadata_waits_for_its_first_request() {
     let server = Server::start();
-    let files: Vec<Vec<u8>> = (1..=2)
-        .map(|n| {
-            let mut spec = Spec::new("7.2", "7.2.1", &format!("7.2.1.{n}"));
-            spec.instance_number = n;
-            dicom_file(&spec)
-        })
-        .collect();
+    let files = series_files("7.2", "7.2.1", 2);
     assert_eq!(store(&server, "/studies", &files).0, 200);
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(derived_objects(&server.data_dir), 0);

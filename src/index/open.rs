@@ -18,6 +18,10 @@ use super::{pools, with_conn, Index, IndexError, IndexPool};
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("schema/sqlite");
 /// The PostgreSQL migrations in `schema/postgres/`, compiled into the binary.
 pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("schema/postgres");
+
+/// The version diesel gives `schema/*/2026-12-03-000000_study_datetime_utc`
+/// (its directory name up to the first `_`, without dashes).
+const STUDY_DATETIME_UTC_MIGRATION: &str = "20261203000000";
 /// Advisory lock held while migrating PostgreSQL, so processes starting together
 /// take turns ("KASTELL" in ASCII).
 const MIGRATION_LOCK: i64 = 0x004B_4153_5445_4C4C;
@@ -89,7 +93,7 @@ impl Index {
         options: IndexOptions,
         label: &str,
     ) -> Result<Self, IndexError> {
-        Self::migrate(url)?;
+        let applied = Self::migrate(url)?;
         let pool = if is_postgres(url) {
             let pool = Pool::builder()
                 .max_size(options.pool_size)
@@ -118,8 +122,10 @@ impl Index {
             pool: std::sync::Arc::new(pool),
         };
         pools::register(label, std::sync::Arc::downgrade(&index.pool));
-        let filled = index.fill_study_datetime_utc()?;
-        if filled > 0 {
+        // Studies stored before the column existed get their instant once, by
+        // the process that adds the column, rather than by a scan at every start.
+        if applied.iter().any(|m| m == STUDY_DATETIME_UTC_MIGRATION) {
+            let filled = index.fill_study_datetime_utc()?;
             tracing::info!(
                 studies = filled,
                 "study date-times in UTC filled in for timezone matching"

@@ -38,8 +38,8 @@ struct ExistingInstance {
 impl Index {
     /// Fills `study_datetime_utc` for studies stored before the column existed
     /// (those that state an offset and have none yet), a thousand per
-    /// transaction. Returns how many it set. Runs at open; with nothing to do it
-    /// is one indexed query.
+    /// transaction. Returns how many it set. Run by `Index::open` when it applies
+    /// the migration that adds the column; idempotent.
     pub fn fill_study_datetime_utc(&self) -> Result<u64, IndexError> {
         #[derive(QueryableByName)]
         struct Row {
@@ -524,5 +524,40 @@ mod tests {
             );
             assert_eq!(index.fill_study_datetime_utc().unwrap(), 0);
         }
+    }
+
+    /// An index made before the column existed gets the instants when a
+    /// server opens it and applies the migration (and only then).
+    #[test]
+    fn opening_an_older_index_fills_in_the_instants() {
+        use crate::index::open::SQLITE_MIGRATIONS;
+        use diesel::Connection;
+        use diesel_migrations::MigrationHarness;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.sqlite");
+        let url = format!("sqlite://{}", path.display());
+        let options = crate::index::IndexOptions {
+            pool_size: 1,
+            busy_timeout: std::time::Duration::from_secs(5),
+            acquire_timeout: std::time::Duration::from_secs(5),
+            statement_timeout: std::time::Duration::from_secs(30),
+        };
+        let index = Index::open(&url, options).unwrap();
+        index
+            .store_instances(
+                &[instance("1.2.3", "20230601", "003000", Some("+0100"))],
+                false,
+            )
+            .unwrap();
+        drop(index);
+        // Back to the schema before the column, with the study in it.
+        let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        conn.revert_last_migration(SQLITE_MIGRATIONS).unwrap();
+        drop(conn);
+        let index = Index::open(&url, options).unwrap();
+        assert_eq!(
+            utc_of(&index, "1.2.3").as_deref(),
+            Some("20230531233000.000000")
+        );
     }
 }

@@ -148,6 +148,38 @@ def test_qido_with_10k_includefield_values_is_414_or_431(default):
         assert resp.status_code in (414, 431), hostile.brief(resp)
 
 
+@pytest.mark.parametrize("params", [
+    # 1,000 values in one key, under the URL bound (a backslash is sent as %5C):
+    # each would be a subquery.
+    {"ModalitiesInStudy": "\\".join(["CT"] * 1000), "multiplevaluematching": "true"},
+    {"StudyDate": "20230601", "TimezoneOffsetFromUTC": "+" + "9" * 4000},
+    {"StudyDate": "99991231", "TimezoneOffsetFromUTC": "-1459"},
+    # 1,900 alternatives in one comma list: one OR each, past SQLite's depth.
+    {"ModalitiesInStudy": ",".join(["A"] * 1900)},
+    {"StudyDescription": ",".join(["A"] * 1900)},
+], ids=["1000-values-all-of", "huge-timezone", "date-at-the-end-of-time",
+        "1900-modalities", "1900-descriptions"])
+def test_qido_matching_keys_of_this_release_are_bounded(default, params):
+    """Multiple value matching takes at most 16 values, a list at most 500 and a
+    timezone offset is +HHMM/-HHMM (400 otherwise); a date whose UTC instant
+    leaves year 9999 is still a valid query. None of them may cost a 5xx."""
+    with default.watch(rss_mib=RSS):
+        resp = default.api.get("/studies", params=params, headers={"Accept": kh.DICOM_JSON})
+        assert resp.status_code in (200, 204, 400), hostile.brief(resp)
+        assert resp.status_code < 500
+
+
+def test_qido_includefield_all_over_the_largest_page_is_bounded(default):
+    """includefield=all reads one stored header per result: at most the server's page
+    (qido_max_results), eight at a time, whatever limit asks for."""
+    with default.watch(rss_mib=RSS):
+        resp = default.api.get("/instances", params={"includefield": "all", "limit": str(10**12)},
+                               headers={"Accept": kh.DICOM_JSON})
+        assert resp.status_code in (200, 204), hostile.brief(resp)
+        if resp.status_code == 200:
+            assert len(resp.json()) <= 1000
+
+
 # --------------------------------------------------------------------------
 # URL and headers
 # --------------------------------------------------------------------------

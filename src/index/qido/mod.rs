@@ -141,6 +141,9 @@ pub fn plan(request: &SearchRequest) -> Result<Plan, QueryError> {
     }
 
     for key in &request.matches {
+        if key.value.split(',').count() > MAX_LIST_VALUES {
+            return Err(invalid(key, "a list of values takes at most 500 of them"));
+        }
         let Some(attr) = catalog::find(key.path[0]) else {
             ignored.push(key.name.clone());
             continue;
@@ -326,6 +329,15 @@ fn add_empty_condition(sql: &mut SqlBuilder, attr: &Attr) {
 /// AE, AS, AT, CS, LO, PN, SH or UC and VM above 1; of those the index matches
 /// ModalitiesInStudy. `false`: the attribute is not one of them, and the key is
 /// matched as without the flag.
+/// Values of one comma-separated list key. Most lists become one `OR` per
+/// value, and SQLite refuses an expression deeper than 1,000: beyond this the
+/// request is a 400, not a statement the database fails with a 500.
+const MAX_LIST_VALUES: usize = 500;
+
+/// Values of one Multiple Value Matching key (a study has a few modalities;
+/// PS3.3 defines about sixty).
+const MAX_ALL_OF_VALUES: usize = 16;
+
 fn add_all_of_condition(
     sql: &mut SqlBuilder,
     attr: &Attr,
@@ -335,6 +347,14 @@ fn add_all_of_condition(
         return Ok(false);
     }
     let values: Vec<&str> = key.value.split('\\').collect();
+    if values.len() > MAX_ALL_OF_VALUES {
+        // Each value is a subquery: a long key would make a statement the
+        // database refuses (SQLite's expression depth) or is slow to plan.
+        return Err(invalid(
+            key,
+            "multiple value matching takes at most 16 values",
+        ));
+    }
     if values
         .iter()
         .any(|v| v.is_empty() || has_wildcard(v) || v.contains(','))
@@ -529,7 +549,12 @@ mod tests {
         // Without the flag the key is one value, as before.
         r.multiple_value_matching = false;
         assert_eq!(plan(&r).unwrap().from_where.binds().len(), 1);
-        for bad in ["CT\\P*", "CT\\", "CT\\MR,PT"] {
+        let long_list = vec!["CT"; MAX_LIST_VALUES + 1].join(",");
+        assert!(plan(&request(vec![key("ModalitiesInStudy", &long_list)])).is_err());
+        let list = vec!["CT"; MAX_LIST_VALUES].join(",");
+        assert!(plan(&request(vec![key("ModalitiesInStudy", &list)])).is_ok());
+        let too_many = vec!["CT"; MAX_ALL_OF_VALUES + 1].join("\\");
+        for bad in ["CT\\P*", "CT\\", "CT\\MR,PT", too_many.as_str()] {
             let mut r = request(vec![key("ModalitiesInStudy", bad)]);
             r.multiple_value_matching = true;
             assert!(plan(&r).is_err(), "{bad} accepted");
