@@ -393,6 +393,44 @@ def phase_frames(base: str, s: requests.Session, study: StudyInfo, args, nrng) -
     log(f"FRAMES: {len(probes)} kinds x {args.reps} requests, interleaved")
     interleaved(probes, s, args.reps, args.warmup, args.timeout)
     out["probes"] = {p.name: p.summary() for p in probes}
+    floor = backend_floor(args, {"native": size * size * 2, "JPEG": round(jpg_bytes / n)})
+    if floor:
+        out["backend_floor"] = floor
+    return out
+
+
+def backend_floor(args, range_bytes: dict[str, int]) -> dict | None:
+    """The object store's own latency for what a frame costs it: a ranged GET of
+    one frame's size at a random offset of the two largest objects in the bucket
+    (the two multi-frame instances, encrypted), timed with boto3 straight
+    against the store. Only for an s3:// blob URL with AWS_ENDPOINT_URL set (the
+    emulator); it separates the store's share of a frame's latency from
+    Kastell's."""
+    blob_url = os.environ.get("KASTELL__STORAGE__BLOB_URL", "")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if not blob_url.startswith("s3://") or not endpoint:
+        return None
+    import boto3  # only needed here (installed with moto)
+    bucket, _, prefix = blob_url[len("s3://"):].partition("/")
+    client = boto3.client("s3", endpoint_url=endpoint)
+    objects = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects += page.get("Contents", [])
+    largest = sorted(objects, key=lambda o: o["Size"], reverse=True)[:2]
+    out = {}
+    rng = random.Random(1)
+    for obj in largest:
+        for name, length in range_bytes.items():
+            samples = []
+            for _ in range(args.warmup + 50):
+                start = rng.randrange(0, max(1, obj["Size"] - length))
+                t0 = time.perf_counter()
+                client.get_object(Bucket=bucket, Key=obj["Key"],
+                                  Range=f"bytes={start}-{start + length - 1}")["Body"].read()
+                samples.append((time.perf_counter() - t0) * 1000)
+            key = f"ranged GET of {length} B ({name} frame) from a {obj['Size'] / 2**20:.0f} MiB object"
+            out[key] = stats(samples[args.warmup:])
+    log(f"FRAMES: backend floor {out}")
     return out
 
 
@@ -525,6 +563,8 @@ def markdown(results: dict) -> str:
     if f:
         for name, d in f["probes"].items():
             add("Frames", name, d)
+        for name, d in f.get("backend_floor", {}).items():
+            add("Store alone (boto3)", name, d, 0)
     m = results.get("metadata")
     if m:
         n = m["instances"]

@@ -428,3 +428,76 @@ fn without_warming_metadata_waits_for_its_first_request() {
         derived_objects(&server.data_dir) == 1
     });
 }
+
+/// The metadata of a study, with each server's base URL taken out.
+fn study_metadata_text(server: &Server, study: &str) -> (u16, String) {
+    let response = client()
+        .get(server.url(&format!("/studies/{study}/metadata")))
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().unwrap();
+    (status, text.replace(&server.url(""), "BASE"))
+}
+
+fn remove_instance_blobs(data_dir: &std::path::Path) -> usize {
+    let dir = data_dir.join("blobs/instances");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+        removed += 1;
+    }
+    removed
+}
+
+/// Series and instance metadata come from the sealed copy STOW keeps in the
+/// index: with every instance blob gone, the first request still answers (with
+/// the copy off, it cannot), and the two give the same JSON.
+#[test]
+fn metadata_comes_from_the_index_copy_and_matches_the_blobs() {
+    let mut files = series_files("7.3", "7.3.1", 3);
+    files.extend(series_files("7.3", "7.3.2", 1));
+    let with_copy = Server::start();
+    let without_copy = Server::start_with(&[("KASTELL__DICOMWEB__METADATA_IN_INDEX", "false")]);
+    for server in [&with_copy, &without_copy] {
+        assert_eq!(store(server, "/studies", &files).0, 200);
+    }
+    let (status, from_blobs) = study_metadata_text(&without_copy, "7.3");
+    assert_eq!(status, 200);
+    // Fresh servers, nothing cached: the first answer of each.
+    let (status, from_index) = study_metadata_text(&with_copy, "7.3");
+    assert_eq!(status, 200);
+    assert_eq!(from_index, from_blobs);
+    let items: serde_json::Value = serde_json::from_str(&from_index).unwrap();
+    assert_eq!(items.as_array().unwrap().len(), 4);
+    assert!(from_index.contains(
+        "\"BulkDataURI\":\"BASE/studies/7.3/series/7.3.1/instances/7.3.1.1/bulkdata/7FE00010\""
+    ));
+
+    // Take every instance blob away; the derived cache of the series is not
+    // there either (only series that were asked for are cached: ask another).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let fresh_with_copy = Server::start();
+    assert_eq!(store(&fresh_with_copy, "/studies", &files).0, 200);
+    assert_eq!(remove_instance_blobs(&fresh_with_copy.data_dir), 4);
+    assert_eq!(derived_objects(&fresh_with_copy.data_dir), 0);
+    let (status, without_blobs) = study_metadata_text(&fresh_with_copy, "7.3");
+    assert_eq!(status, 200, "{without_blobs}");
+    assert_eq!(without_blobs, from_blobs);
+    let response = client()
+        .get(fresh_with_copy.url("/studies/7.3/series/7.3.2/instances/7.3.2.1/metadata"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    assert_eq!(remove_instance_blobs(&without_copy.data_dir), 4);
+    let response = client()
+        .get(without_copy.url("/studies/7.3/series/7.3.2/instances/7.3.2.1/metadata"))
+        .send()
+        .unwrap();
+    assert_ne!(
+        response.status().as_u16(),
+        200,
+        "without the copy, metadata reads the blob"
+    );
+}

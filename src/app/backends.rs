@@ -92,6 +92,7 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             warmer: crate::service::warm::MetadataWarmer::new(Duration::from_secs(
                 config.dicomweb.metadata_warm_after_secs,
             )),
+            metadata_in_index: config.dicomweb.metadata_in_index,
         }),
     })
 }

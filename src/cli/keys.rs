@@ -58,10 +58,11 @@ fn rotate(common: &CommonArgs, tenant: &str) -> anyhow::Result<()> {
     let report =
         tokio_runtime()?.block_on(kastell::ops::keys::rotate_tenant_key(&config, tenant))?;
     println!(
-        "tenant {tenant}: new key {}; {} data keys re-wrapped, {} already current, {} failed",
+        "tenant {tenant}: new key {}; {} data keys re-wrapped, {} already current, {} metadata records re-wrapped, {} failed",
         report.new_key,
         report.rewrapped,
         report.already_current,
+        report.records_rewrapped,
         report.failed.len()
     );
     for (blob, error) in &report.failed {

@@ -25,6 +25,11 @@ pub struct DicomWebConfig {
     /// Seconds a series must go without a new instance before its metadata is
     /// built ahead of the first request (0: only on request).
     pub metadata_warm_after_secs: u64,
+    /// Keep a sealed copy of each instance's metadata in the index, written at
+    /// STOW, so that series metadata is one query rather than a read of every
+    /// instance's blob (which costs a round trip each on object storage). About
+    /// 1–3 KB of index per instance; off: metadata is read from the blobs.
+    pub metadata_in_index: bool,
 }
 
 impl Default for DicomWebConfig {
@@ -37,6 +42,7 @@ impl Default for DicomWebConfig {
             overwrite_existing: false,
             warning_agent: "kastell".into(),
             metadata_warm_after_secs: 5,
+            metadata_in_index: true,
         }
     }
 }

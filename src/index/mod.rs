@@ -19,6 +19,7 @@ mod delete;
 mod error;
 pub mod generate;
 pub mod keys;
+mod metadata;
 mod open;
 mod pools;
 pub mod qido;
@@ -38,6 +39,7 @@ use diesel::r2d2::{ConnectionManager, Pool};
 use diesel::SqliteConnection;
 
 pub use error::IndexError;
+pub use metadata::MetadataRecord;
 pub(crate) use open::is_postgres;
 pub use open::{sqlite_path, IndexOptions, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 pub use records::{

@@ -25,6 +25,9 @@ pub struct NewInstance {
     /// Encapsulated pixel data: the frame boundaries in the blob (see the
     /// `frame_offsets` column), when they could be told while storing.
     pub frame_offsets: Option<String>,
+    /// The instance's metadata, sealed (see `store::record`), kept in
+    /// `instance_metadata` when present.
+    pub metadata: Option<Vec<u8>>,
     /// Values of the catalog attributes stored from the header, as DICOM text
     /// (the Request Attributes Sequence as DICOM JSON).
     pub values: Vec<(&'static Attr, Option<String>)>,

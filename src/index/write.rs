@@ -380,6 +380,16 @@ fn store_one<C: IndexConn>(
     }
     sql.push(")");
     conn.run(sql.sql(), sql.binds())?;
+    if let Some(sealed) = &instance.metadata {
+        conn.run(
+            "INSERT INTO instance_metadata (instance_fk, sealed) \
+             SELECT instance_pk, ? FROM instances WHERE sop_instance_uid = ?",
+            &[
+                Bind::Bytes(sealed.clone()),
+                Bind::Text(instance.sop_instance_uid.clone()),
+            ],
+        )?;
+    }
     studies.insert(study_pk);
     series_touched.insert(series_pk);
     Ok(match replaced {
@@ -454,6 +464,7 @@ mod tests {
             pixel_data_offset: None,
             pixel_data_length: None,
             frame_offsets: None,
+            metadata: None,
             values: vec![
                 (attr((0x0020, 0x000D)), Some(study.into())),
                 (attr((0x0008, 0x0020)), Some(date.into())),

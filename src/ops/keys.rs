@@ -16,6 +16,8 @@ pub struct RotationReport {
     pub new_key: KeyId,
     pub rewrapped: usize,
     pub already_current: usize,
+    /// Metadata records in the index re-wrapped (see `store::record`).
+    pub records_rewrapped: usize,
     pub failed: Vec<(String, String)>,
 }
 
@@ -40,10 +42,11 @@ pub async fn rotate_tenant_key(config: &Config, tenant: &str) -> anyhow::Result<
             AuditEvent::cli(tenant, Action::KeyRotate, outcome)
                 .status(status)
                 .detail(format!(
-                    "new key {}; {} data keys re-wrapped, {} already current, {} failed",
+                    "new key {}; {} data keys re-wrapped, {} already current, {} metadata records re-wrapped, {} failed",
                     report.new_key,
                     report.rewrapped,
                     report.already_current,
+                    report.records_rewrapped,
                     report.failed.len()
                 ))
         }
@@ -66,6 +69,7 @@ async fn rotate_with(
         new_key,
         rewrapped: 0,
         already_current: 0,
+        records_rewrapped: 0,
         failed: Vec::new(),
     };
     for (name, _) in blobs {
@@ -79,6 +83,7 @@ async fn rotate_with(
             Err(error) => report.failed.push((name, error)),
         }
     }
+    rewrap_metadata_records(services, &store, &mut report).await?;
     // Key events live with the keys, in the control index.
     control.index.record_key_event(
         tenant,
@@ -91,6 +96,46 @@ async fn rotate_with(
         )),
     )?;
     Ok(report)
+}
+
+/// Re-wraps the data key of every metadata record in the index (see
+/// `store::record`), a page at a time.
+async fn rewrap_metadata_records(
+    services: &Services,
+    store: &crate::store::BlobStore,
+    report: &mut RotationReport,
+) -> anyhow::Result<()> {
+    let mut after = 0;
+    loop {
+        let page = services.index.metadata_records_after(after, 500)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = last.instance_pk;
+        for record in page {
+            let outcome = match crate::store::BlobKey::parse(&record.blob_key) {
+                Ok(key) => store
+                    .rewrap_record(&key, &record.sealed)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(Some(sealed)) => {
+                    services.index.replace_metadata_record(
+                        record.instance_pk,
+                        &record.blob_key,
+                        sealed,
+                    )?;
+                    report.records_rewrapped += 1;
+                }
+                Ok(None) => {}
+                Err(error) => report
+                    .failed
+                    .push((format!("metadata record of {}", record.blob_key), error)),
+            }
+        }
+    }
 }
 
 /// Destroys a superseded key version after checking that no indexed object's header
@@ -134,6 +179,23 @@ async fn retire_with(services: &Services, tenant: &str, version: u32) -> anyhow:
             );
         }
         checked += 1;
+    }
+    let mut after = 0;
+    loop {
+        let page = services.index.metadata_records_after(after, 500)?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.instance_pk;
+        for record in page {
+            if crate::store::BlobStore::record_key_id(&record.sealed)? == id {
+                anyhow::bail!(
+                    "the metadata record of blob {} is still encrypted under {id}; run `kastell keys rotate` first",
+                    record.blob_key
+                );
+            }
+            checked += 1;
+        }
     }
     services.store.keys().retire(&id)?;
     Ok(checked)

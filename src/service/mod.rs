@@ -38,6 +38,8 @@ pub struct ServiceSettings {
     pub decoding: DecodingBudget,
     /// Builds series metadata once a series is quiet after STOW.
     pub warmer: warm::MetadataWarmer,
+    /// STOW seals each instance's metadata into the index (`dicomweb.metadata_in_index`).
+    pub metadata_in_index: bool,
 }
 
 /// A byte budget shared by every decoding in flight (rendering, transcoding):

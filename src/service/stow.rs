@@ -312,6 +312,13 @@ impl StowSession {
                     pixel,
                 );
                 record.frame_offsets = frame_offsets;
+                record.metadata = super::wado::seal_metadata_record(
+                    &self.services,
+                    &key,
+                    &header.dataset,
+                    &record,
+                )
+                .await;
                 self.pending.push(Pending {
                     part: part.part,
                     record,
@@ -535,6 +542,7 @@ pub fn new_instance(
         pixel_data_offset: pixel.map(|(offset, _)| offset as i64),
         pixel_data_length: pixel.and_then(|(_, length)| length).map(|l| l as i64),
         frame_offsets: None,
+        metadata: None,
         values,
         request_items,
     }

@@ -41,6 +41,7 @@ impl BlobStore {
     #[tracing::instrument(name = "store.delete", skip_all)]
     pub async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
         let _timer = StoreTimer::start("delete", &self.description);
+        self.headers.forget(key);
         match self.inner.delete(&key.path()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),

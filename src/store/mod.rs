@@ -10,9 +10,11 @@
 
 mod backend;
 mod error;
+mod header_cache;
 mod key;
 mod maintenance;
 mod read;
+mod record;
 mod write;
 
 #[cfg(test)]
@@ -67,6 +69,8 @@ pub struct BlobStore {
     /// The directory of a `file://` store: its unfinished uploads are files that
     /// no listing shows (see [`BlobStore::remove_stale_uploads`]).
     local_dir: Option<std::path::PathBuf>,
+    /// Headers of objects read recently, shared by every clone.
+    headers: Arc<header_cache::HeaderCache>,
 }
 
 /// Held by the owner of blobs the index does not reference yet (a STOW session),
@@ -128,6 +132,7 @@ impl BlobStore {
             detached: Arc::default(),
             uploads: Arc::default(),
             local_dir: None,
+            headers: Arc::default(),
         }
     }
 

@@ -8,8 +8,9 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use object_store::{GetOptions, GetRange};
 
+use super::header_cache::KnownHeader;
 use super::{BlobKey, BlobStore, StoreError};
-use crate::crypto::format::{Header, Layout, Opener, MAX_HEADER_LEN, SEGMENT_SIZE};
+use crate::crypto::format::{Header, Layout, Opener, MAX_HEADER_LEN};
 use crate::crypto::{keys, CryptoError, KeyId};
 use crate::telemetry::metrics::{self, StoreTimer};
 
@@ -20,20 +21,30 @@ struct Opened {
 }
 
 impl BlobStore {
-    /// Reads and checks an object's header; unwraps its data key.
-    async fn open(&self, key: &BlobKey) -> Result<Opened, StoreError> {
-        Ok(self.open_prefetching(key, MAX_HEADER_LEN as u64).await?.0)
+    /// An object's header, checked, and its data key unwrapped: from the header
+    /// cache when the object was read recently (no request), else fetched.
+    /// `true` with a cached header, which may be stale (see `read_range`).
+    async fn open(&self, key: &BlobKey) -> Result<(Opened, bool), StoreError> {
+        if let Some(known) = self.headers.get(key) {
+            match self.opened(key, &known.header, known.total).await {
+                Ok(opened) => return Ok((opened, true)),
+                // Named a key since retired (the object was re-wrapped): fetch it.
+                Err(_) => self.headers.forget(key),
+            }
+        }
+        let (header, total, _) = self.fetch_header(key, 0).await?;
+        let opened = self.opened(key, &header, total).await?;
+        self.headers.insert(key, KnownHeader { header, total });
+        Ok((opened, false))
     }
 
-    /// Like `open`, fetching the first `prefetch` bytes in the same request (at
-    /// least the header); returns the bytes fetched after the header, which for a
-    /// small object are all of it.
-    async fn open_prefetching(
+    /// Checks that `header` is this object's and unwraps its data key.
+    async fn opened(
         &self,
         key: &BlobKey,
-        prefetch: u64,
-    ) -> Result<(Opened, Bytes), StoreError> {
-        let (header, total, bytes) = self.fetch_header(key, prefetch).await?;
+        header: &Header,
+        total: u64,
+    ) -> Result<Opened, StoreError> {
         if header.object_id != key.object_id() {
             self.incident(key, "the object belongs to another name (swapped)");
             return Err(StoreError::Integrity("the object belongs to another name"));
@@ -49,14 +60,10 @@ impl BlobStore {
                 self.incident(key, "the data key does not unwrap (header modified)");
             })?;
         let layout = Layout::from_ciphertext_len(header.len() as u64, header.segment_size, total)?;
-        let after_header = bytes.slice(header.len().min(bytes.len())..);
-        Ok((
-            Opened {
-                opener: Opener::new(&data_key, header.object_id, layout),
-                layout,
-            },
-            after_header,
-        ))
+        Ok(Opened {
+            opener: Opener::new(&data_key, header.object_id, layout),
+            layout,
+        })
     }
 
     pub(super) fn incident(&self, key: &BlobKey, what: &str) {
@@ -114,50 +121,43 @@ impl BlobStore {
     #[tracing::instrument(name = "store.size", skip_all)]
     pub async fn size(&self, key: &BlobKey) -> Result<u64, StoreError> {
         let _timer = StoreTimer::start("size", &self.description);
-        Ok(self.open(key).await?.layout.plaintext_len)
+        Ok(self.open(key).await?.0.layout.plaintext_len)
     }
 
-    /// The whole blob, decrypted, as a stream of segments.
+    /// The whole blob, decrypted, as a stream of segments: one request, the
+    /// header first.
     #[tracing::instrument(name = "store.read_stream", skip_all)]
     pub async fn read_stream(
         &self,
         key: &BlobKey,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         let _timer = StoreTimer::start("read_stream", &self.description);
-        // One request brings the header and the first segment: a small object needs
-        // no second one.
-        let first_segment = (SEGMENT_SIZE as u64) + crate::crypto::format::TAG_LEN;
-        let (opened, prefetched) = self
-            .open_prefetching(key, MAX_HEADER_LEN as u64 + first_segment)
+        let result = self
+            .inner
+            .get_opts(&key.path(), GetOptions::default())
             .await?;
-        let layout = opened.layout;
-        let all = 0..layout.segments;
-        let range = layout.ciphertext_range(&all);
-        let fetched_to = range.start + prefetched.len() as u64;
-        let rest: BoxStream<'static, Result<Bytes, object_store::Error>> = if fetched_to < range.end
-        {
-            self.inner
-                .get_opts(
-                    &key.path(),
-                    GetOptions {
-                        range: Some(GetRange::Bounded(fetched_to..range.end)),
-                        ..Default::default()
-                    },
-                )
-                .await?
-                .into_stream()
-        } else {
-            futures_util::stream::empty().boxed()
+        let total = result.meta.size;
+        let mut body = result.into_stream();
+        let mut buffer = BytesMut::new();
+        let header = loop {
+            if let Some(header) = Header::decode(&buffer)? {
+                break header;
+            }
+            match body.next().await {
+                Some(chunk) => buffer.extend_from_slice(&chunk?),
+                None => return Err(StoreError::Integrity("the object header is truncated")),
+            }
         };
-        let body = futures_util::stream::once(async move { Ok(prefetched) })
-            .chain(rest)
-            .boxed();
+        let opened = self.opened(key, &header, total).await?;
+        let _ = buffer.split_to(header.len());
+        self.headers.insert(key, KnownHeader { header, total });
+        let layout = opened.layout;
         let sealed_len = (layout.segment_size + crate::crypto::format::TAG_LEN) as usize;
-        let last_len =
-            (range.end - range.start) as usize - (layout.segments as usize - 1) * sealed_len;
+        let body_len = (total - layout.header_len) as usize;
+        let last_len = body_len - (layout.segments as usize - 1) * sealed_len;
         let store = self.clone();
         let key = key.clone();
-        let state = (body, BytesMut::new(), 0u64, opened.opener);
+        let state = (body, buffer, 0u64, opened.opener);
         Ok(futures_util::stream::try_unfold(
             state,
             move |(mut inner, mut buffer, index, opener)| {
@@ -193,14 +193,35 @@ impl BlobStore {
     }
 
     /// One byte range of a blob's plaintext; only the segments it touches are
-    /// fetched from the backend (after the header).
+    /// fetched from the backend (after the header, unless it is cached).
     #[tracing::instrument(name = "store.read_range", skip_all)]
     pub async fn read_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Bytes, StoreError> {
         let _timer = StoreTimer::start("read_range", &self.description);
         if range.start == range.end {
             return Ok(Bytes::new());
         }
-        let opened = self.open(key).await?;
+        let (opened, cached) = self.open(key).await?;
+        match self.read_opened_range(key, &opened, &range, !cached).await {
+            Err(error) if cached && !matches!(error, StoreError::NotFound) => {
+                // The cached header may be stale: a rotation re-wrapped the
+                // object since (its header can change length). Once more, fresh.
+                self.headers.forget(key);
+                let (opened, _) = self.open(key).await?;
+                self.read_opened_range(key, &opened, &range, true).await
+            }
+            result => result,
+        }
+    }
+
+    /// The plaintext `range` of an opened object; integrity failures are
+    /// reported as incidents when `report`.
+    async fn read_opened_range(
+        &self,
+        key: &BlobKey,
+        opened: &Opened,
+        range: &Range<u64>,
+        report: bool,
+    ) -> Result<Bytes, StoreError> {
         let layout = opened.layout;
         if range.end > layout.plaintext_len || range.start > range.end {
             return Err(StoreError::OutOfRange {
@@ -209,12 +230,17 @@ impl BlobStore {
                 len: layout.plaintext_len,
             });
         }
-        let segments = layout.segments_for(&range);
+        let segments = layout.segments_for(range);
         let sealed = self
             .inner
             .get_range(&key.path(), layout.ciphertext_range(&segments))
             .await?;
-        let plain = self.checked(key, opened.opener.open(segments.start, &sealed))?;
+        let plain = opened.opener.open(segments.start, &sealed);
+        let plain = if report {
+            self.checked(key, plain)?
+        } else {
+            plain?
+        };
         metrics::opened(&self.description, plain.len() as u64);
         let skip = (range.start - segments.start * layout.segment_size) as usize;
         Ok(Bytes::from(plain).slice(skip..skip + (range.end - range.start) as usize))

@@ -37,6 +37,7 @@ fn memory_store() -> (BlobStore, Arc<CountingStore>) {
     let counting = Arc::new(CountingStore {
         inner: Arc::new(InMemory::new()),
         fetched: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
     });
     let store =
         BlobStore::with_backend(counting.clone(), options(), "memory", keyring(), "default");
@@ -353,6 +354,7 @@ mod async_trait_free {
     pub struct CountingStore {
         pub inner: Arc<dyn ObjectStore>,
         pub fetched: AtomicU64,
+        pub requests: AtomicU64,
     }
 
     impl std::fmt::Display for CountingStore {
@@ -383,6 +385,7 @@ mod async_trait_free {
             location: &ObjectPath,
             options: GetOptions,
         ) -> object_store::Result<GetResult> {
+            self.requests.fetch_add(1, Ordering::SeqCst);
             let result = self.inner.get_opts(location, options).await?;
             self.fetched
                 .fetch_add(result.range.end - result.range.start, Ordering::SeqCst);
@@ -414,4 +417,111 @@ mod async_trait_free {
             self.inner.copy_if_not_exists(from, to).await
         }
     }
+}
+
+#[tokio::test]
+async fn records_are_sealed_bound_to_their_blob_and_rewrapped_on_rotation() {
+    let (store, _) = memory_store();
+    let blob = BlobKey::new(BlobKind::Instance);
+    let other = BlobKey::new(BlobKind::Instance);
+    let plaintext: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+    let sealed = store.seal_record(&blob, &plaintext).await.unwrap();
+    assert!(
+        !sealed.windows(64).any(|w| w == &plaintext[1000..1064]),
+        "the plaintext does not show through"
+    );
+    assert_eq!(store.open_record(&blob, &sealed).await.unwrap(), plaintext);
+    // Moved to another instance's row, it fails to open.
+    assert!(matches!(
+        store.open_record(&other, &sealed).await,
+        Err(StoreError::Integrity(_))
+    ));
+    // Any changed byte fails, in the header or in a segment.
+    for at in [8, 40, sealed.len() / 2, sealed.len() - 1] {
+        let mut tampered = sealed.clone();
+        tampered[at] ^= 1;
+        assert!(
+            store.open_record(&blob, &tampered).await.is_err(),
+            "byte {at} changed"
+        );
+    }
+    // Cut at a segment boundary: the last segment's final flag is missing.
+    let header_len = Header::decode(&sealed).unwrap().unwrap().len();
+    let first_segment = header_len + 64 * 1024 + 16;
+    assert!(store
+        .open_record(&blob, &sealed[..first_segment])
+        .await
+        .is_err());
+    assert_eq!(
+        BlobStore::record_key_id(&sealed).unwrap().to_string(),
+        "default/1"
+    );
+    assert!(store.rewrap_record(&blob, &sealed).await.unwrap().is_none());
+    store.keys.rotate("default").unwrap();
+    let rewrapped = store.rewrap_record(&blob, &sealed).await.unwrap().unwrap();
+    assert_eq!(
+        BlobStore::record_key_id(&rewrapped).unwrap().to_string(),
+        "default/2"
+    );
+    assert_eq!(
+        store.open_record(&blob, &rewrapped).await.unwrap(),
+        plaintext
+    );
+    store.keys.shred("default").unwrap();
+    assert!(store.open_record(&blob, &rewrapped).await.is_err());
+}
+
+#[tokio::test]
+async fn a_range_of_an_object_read_before_is_one_request_even_after_a_rewrap() {
+    let (store, counting) = memory_store();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let (a, b) = (put(&store, &data).await, put(&store, &data).await);
+    for key in [&a, &b] {
+        assert_eq!(
+            store.read_range(key, 1000..2000).await.unwrap(),
+            &data[1000..2000]
+        );
+    }
+    counting.requests.store(0, Ordering::SeqCst);
+    assert_eq!(
+        store.read_range(&a, 200_000..200_100).await.unwrap(),
+        &data[200_000..200_100]
+    );
+    assert_eq!(
+        counting.requests.load(Ordering::SeqCst),
+        1,
+        "the header came from the cache"
+    );
+    // A whole read is one request too, header first.
+    counting.requests.store(0, Ordering::SeqCst);
+    assert_eq!(store.read_all(&a).await.unwrap(), data);
+    assert_eq!(counting.requests.load(Ordering::SeqCst), 1);
+    // Another process re-wraps both under "default/10": each header grows by a
+    // byte and this store's cached copies are stale.
+    let other = BlobStore::with_backend(
+        counting.clone(),
+        options(),
+        "memory",
+        store.keys.clone(),
+        "default",
+    );
+    for _ in 0..9 {
+        store.keys.rotate("default").unwrap();
+    }
+    assert!(other.rewrap(&a).await.unwrap());
+    assert!(other.rewrap(&b).await.unwrap());
+    // The old key still opens the stale header, whose segments are one byte off.
+    assert_eq!(
+        store.read_range(&a, 200_000..200_100).await.unwrap(),
+        &data[200_000..200_100]
+    );
+    // A stale header naming a retired key is not used either.
+    store
+        .keys
+        .retire(&crate::crypto::KeyId::parse("default/1").unwrap())
+        .unwrap();
+    assert_eq!(
+        store.read_range(&b, 200_000..200_100).await.unwrap(),
+        &data[200_000..200_100]
+    );
 }

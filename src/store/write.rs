@@ -100,13 +100,14 @@ impl BlobStore {
             }
         }
         upload.finish().await?;
+        self.headers.forget(key);
         Ok(true)
     }
 }
 
 /// The header of a new object: the data key wrapped by the tenant key, bound to
 /// everything before it.
-fn seal_header(
+pub(super) fn seal_header(
     tenant_key: &SecretKey,
     data_key: &SecretKey,
     key_id: &KeyId,

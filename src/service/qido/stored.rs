@@ -1,9 +1,11 @@
-//! The attributes `includefield` asks for that the index does not keep: read
-//! from the header of one stored instance per result (the first stored of each
-//! study or series, the instance itself at instance level) and merged into the
-//! result. A search that asks for none reads nothing; one that does reads one
-//! header (a ranged read of a few kilobytes, decrypted) per result, a few at a
-//! time, so its cost is bounded by the page size (`limit`).
+//! The attributes `includefield` asks for that the index does not keep: taken
+//! from the metadata of one stored instance per result (the first stored of
+//! each study or series, the instance itself at instance level) and merged
+//! into the result. A search that asks for none reads nothing more; one that
+//! does reads the sealed metadata records of the page's instances (one query),
+//! and for an instance without one its header (a ranged read of a few
+//! kilobytes, decrypted), a few at a time: the cost is bounded by the page
+//! size (`limit`).
 
 use dicom_core::Tag;
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -12,7 +14,7 @@ use serde_json::{Map, Value as Json};
 use crate::dicom::json as dicom_json;
 use crate::index::catalog::{entity_level, Level};
 use crate::index::{Hit, StoredFields, StoredInstance};
-use crate::service::wado::{instance_url, read_header};
+use crate::service::wado::{instance_url, metadata_records, open_metadata_record, read_header};
 use crate::service::{ServiceError, Services};
 
 /// Header reads in flight for one search.
@@ -47,15 +49,33 @@ pub async fn attributes(
         .await?;
     let by_owner: std::collections::HashMap<i64, StoredInstance> =
         representatives.into_iter().collect();
-    let jobs: Vec<Option<StoredInstance>> = hits
+    let mut records =
+        metadata_records(services, &by_owner.values().cloned().collect::<Vec<_>>()).await?;
+    let jobs: Vec<Option<(StoredInstance, Option<Vec<u8>>)>> = hits
         .iter()
-        .map(|hit| owner_pk(hit, level).and_then(|pk| by_owner.get(&pk).cloned()))
+        .map(|hit| {
+            let instance = owner_pk(hit, level).and_then(|pk| by_owner.get(&pk).cloned())?;
+            let record = records.remove(&instance.blob_key);
+            Some((instance, record))
+        })
         .collect();
     stream::iter(jobs)
-        .map(|instance| async move {
-            let Some(instance) = instance else {
+        .map(|job| async move {
+            let Some((instance, record)) = job else {
                 return Ok(Map::new());
             };
+            if let Some(sealed) = record {
+                let opened = open_metadata_record(services, &instance, &sealed).await;
+                match opened.map(|json| serde_json::from_slice::<Map<String, Json>>(&json)) {
+                    Ok(Ok(json)) => return Ok(select(json, fields, result_levels)),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "a metadata record is not JSON; reading the blob")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "a metadata record is unreadable; reading the blob")
+                    }
+                }
+            }
             match read_header(services, &instance).await {
                 Ok(dataset) => {
                     let url = instance_url(base_url, &instance);

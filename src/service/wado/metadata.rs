@@ -1,16 +1,23 @@
-//! The metadata of instances (DICOM JSON, bulk values as BulkDataURIs), with
-//! each series' metadata cached as a derived object that holds a placeholder
-//! for the base URL, filled in as it is sent.
+//! The metadata of instances (DICOM JSON, bulk values as BulkDataURIs). Each
+//! instance's is written at STOW into the index, sealed (a "metadata record",
+//! see `store::record`), so a series' metadata is one query; instances without
+//! one are read from their blob. Each series' metadata is also cached whole as
+//! a derived object. Both hold a placeholder for the base URL, filled in as it
+//! is sent.
+
+use std::io::Read;
 
 use bytes::Bytes;
+use dicom_object::InMemDicomObject;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value as Json};
 
 use super::{instance_url, log_stream_failure, read_header, read_trailer, ByteStream};
 use crate::dicom::{json as dicom_json, transfer_syntax};
-use crate::index::StoredInstance;
+use crate::index::{NewInstance, StoredInstance};
 use crate::service::{derived, ServiceError, Services};
+use crate::store::BlobKey;
 
 /// An entity tag for the metadata of `instances` as seen from `base_url`: it
 /// changes whenever an instance is added, replaced or removed (the content hashes
@@ -27,7 +34,7 @@ pub fn metadata_etag(instances: &[StoredInstance], base_url: &str) -> String {
 }
 
 /// The DICOM JSON metadata of one instance: every attribute but the file meta
-/// group, bulk values (and Pixel Data) as BulkDataURIs.
+/// group, bulk values (and Pixel Data) as BulkDataURIs. Read from its blob.
 pub async fn metadata(
     services: &Services,
     instance: &StoredInstance,
@@ -35,28 +42,175 @@ pub async fn metadata(
 ) -> Result<Json, ServiceError> {
     let dataset = read_header(services, instance).await?;
     let trailer = read_trailer(services, instance).await?;
-    let url = instance_url(base_url, instance);
+    let pixel_data = instance
+        .pixel_data_offset
+        .map(|_| pixel_data_vr(&instance.transfer_syntax_uid, instance.bits_allocated));
+    Ok(instance_json(
+        &dataset,
+        trailer.as_ref(),
+        pixel_data,
+        &instance_url(base_url, instance),
+    ))
+}
+
+/// The DICOM JSON of an instance from its data set (`trailer`: the elements
+/// after Pixel Data; `pixel_data`: the VR of its Pixel Data, if it has any),
+/// bulk values as BulkDataURIs under the instance's `url`.
+fn instance_json(
+    dataset: &InMemDicomObject,
+    trailer: Option<&InMemDicomObject>,
+    pixel_data: Option<&'static str>,
+    url: &str,
+) -> Json {
     let mut json: Map<String, Json> =
-        dicom_json::dataset_to_json(&dataset, &|path| format!("{url}/bulkdata/{path}"));
-    if instance.pixel_data_offset.is_some() {
-        let vr = if transfer_syntax::is_native(&instance.transfer_syntax_uid)
-            && instance.bits_allocated.unwrap_or(8) > 8
-        {
-            "OW"
-        } else {
-            "OB"
-        };
+        dicom_json::dataset_to_json(dataset, &|path| format!("{url}/bulkdata/{path}"));
+    if let Some(vr) = pixel_data {
         json.insert(
             "7FE00010".into(),
             serde_json::json!({"vr": vr, "BulkDataURI": format!("{url}/bulkdata/7FE00010")}),
         );
     }
     if let Some(trailer) = trailer {
-        json.extend(dicom_json::dataset_to_json(&trailer, &|path| {
+        json.extend(dicom_json::dataset_to_json(trailer, &|path| {
             format!("{url}/bulkdata/{path}")
         }));
     }
-    Ok(Json::Object(json))
+    Json::Object(json)
+}
+
+/// The VR Pixel Data is given in metadata: OW for native data over 8 bits, else OB.
+fn pixel_data_vr(transfer_syntax_uid: &str, bits_allocated: Option<i64>) -> &'static str {
+    if transfer_syntax::is_native(transfer_syntax_uid) && bits_allocated.unwrap_or(8) > 8 {
+        "OW"
+    } else {
+        "OB"
+    }
+}
+
+/// Decompressed metadata records larger than this are refused (a record is
+/// authenticated, so this guards against our own mistakes, not an attacker).
+const MAX_RECORD_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The sealed metadata record of an instance STOW is storing (`dataset`: its
+/// header as parsed), or `None` when it gets none: the copy is turned off, or
+/// elements follow its Pixel Data (read from the blob, as before records).
+pub async fn seal_metadata_record(
+    services: &Services,
+    key: &BlobKey,
+    dataset: &InMemDicomObject,
+    record: &NewInstance,
+) -> Option<Vec<u8>> {
+    if !services.settings.metadata_in_index {
+        return None;
+    }
+    let pixel_end = match (record.pixel_data_offset, record.pixel_data_length) {
+        (Some(offset), Some(length)) => Some(offset + length),
+        (Some(_), None) => record
+            .frame_offsets
+            .as_deref()
+            .and_then(crate::dicom::fragments::parse_boundaries)
+            .and_then(|boundaries| boundaries.last().map(|end| *end as i64 + 8)),
+        (None, _) => None,
+    };
+    if pixel_end.is_some_and(|end| end < record.blob_size) {
+        return None;
+    }
+    let bits_allocated =
+        crate::dicom::instance::text(dataset, dicom_dictionary_std::tags::BITS_ALLOCATED)
+            .and_then(|bits| bits.trim().parse::<i64>().ok());
+    let pixel_data = record
+        .pixel_data_offset
+        .map(|_| pixel_data_vr(&record.transfer_syntax_uid, bits_allocated));
+    let url = format!(
+        "{CACHED_BASE_URL}/studies/{}/series/{}/instances/{}",
+        record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid
+    );
+    let json = instance_json(dataset, None, pixel_data, &url);
+    let mut deflater =
+        flate2::write::DeflateEncoder::new(Vec::with_capacity(4096), flate2::Compression::fast());
+    let deflated = serde_json::to_writer(&mut deflater, &json)
+        .map_err(std::io::Error::other)
+        .and_then(|()| deflater.finish());
+    let sealed = match deflated {
+        Ok(deflated) => services.store.seal_record(key, &deflated).await,
+        Err(error) => Err(error.into()),
+    };
+    sealed
+        .inspect_err(|error| tracing::warn!(%error, "an instance's metadata record was not kept"))
+        .ok()
+}
+
+/// The metadata records of `instances` that have one, by blob key (one query
+/// per 500 instances).
+pub async fn metadata_records(
+    services: &Services,
+    instances: &[StoredInstance],
+) -> Result<std::collections::HashMap<String, Vec<u8>>, ServiceError> {
+    let keys: Vec<String> = instances.iter().map(|i| i.blob_key.clone()).collect();
+    services
+        .with_index(move |index| {
+            index.instance_metadata(&keys.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+}
+
+/// Opens a metadata record: the instance's DICOM JSON with the placeholder base
+/// URL (`BulkDataURI`s only hold it).
+pub async fn open_metadata_record(
+    services: &Services,
+    instance: &StoredInstance,
+    sealed: &[u8],
+) -> Result<Bytes, ServiceError> {
+    let key = super::blob_key(instance)?;
+    let deflated = services.store.open_record(&key, sealed).await?;
+    let mut json = Vec::with_capacity(deflated.len() * 4);
+    let mut inflater = flate2::read::DeflateDecoder::new(&deflated[..]).take(MAX_RECORD_BYTES + 1);
+    inflater
+        .read_to_end(&mut json)
+        .map_err(|error| ServiceError::Task(format!("an unreadable metadata record: {error}")))?;
+    if json.len() as u64 > MAX_RECORD_BYTES {
+        return Err(ServiceError::Task("a metadata record is too large".into()));
+    }
+    Ok(Bytes::from(json))
+}
+
+/// The DICOM JSON of each of `instances`, in order, with the placeholder base
+/// URL: from their metadata records (one query), else from their blobs (a few
+/// at a time).
+async fn metadata_items(
+    services: &Services,
+    instances: Vec<StoredInstance>,
+) -> Result<BoxStream<'static, Result<Bytes, ServiceError>>, ServiceError> {
+    let mut records = metadata_records(services, &instances).await?;
+    let items: Vec<(StoredInstance, Option<Vec<u8>>)> = instances
+        .into_iter()
+        .map(|instance| {
+            let record = records.remove(&instance.blob_key);
+            (instance, record)
+        })
+        .collect();
+    let services = services.clone();
+    Ok(stream::iter(items)
+        .map(move |(instance, record)| {
+            let services = services.clone();
+            async move {
+                if let Some(sealed) = record {
+                    match open_metadata_record(&services, &instance, &sealed).await {
+                        Ok(json) => return Ok(json),
+                        Err(error) => tracing::warn!(
+                            %error,
+                            "an instance's metadata record is unreadable; reading its blob"
+                        ),
+                    }
+                }
+                let json = metadata(&services, &instance, CACHED_BASE_URL).await?;
+                serde_json::to_vec(&json)
+                    .map(Bytes::from)
+                    .map_err(|error| ServiceError::Task(error.to_string()))
+            }
+        })
+        .buffered(8)
+        .boxed())
 }
 
 /// The metadata of many instances, fetched a few at a time, in order.
@@ -130,25 +284,25 @@ async fn series_items(
     instances: Vec<StoredInstance>,
     base_url: &str,
 ) -> Result<ByteStream, ServiceError> {
-    // Single instances are one ranged read anyway: only series are cached.
-    let cacheable = instances.len() > 1;
-    if !cacheable {
-        return series_items_written(services, instances, base_url, None).await;
+    // Items are written with a placeholder where the base URL goes, filled in
+    // as they are sent: what a client sends (Host, X-Forwarded-*) never names
+    // or mints a cached object. Single instances are one read anyway: only
+    // series are cached whole.
+    let placeholder = json_string_body(CACHED_BASE_URL);
+    let base = json_string_body(base_url);
+    if instances.len() < 2 {
+        let body = series_items_written(services, instances, None).await?;
+        return Ok(replace_in_stream(body, placeholder, base));
     }
-    // The cached copy holds a placeholder where the base URL goes, filled in
-    // as it is sent: what a client sends (Host, X-Forwarded-*) never names or
-    // mints a cached object.
     let etag = metadata_etag(&instances, CACHED_BASE_URL);
     let series_uid = instances[0].series_instance_uid.clone();
     let body = match derived::open(services, &series_uid, METADATA, CACHED_VARIANT, &etag).await? {
         Some(body) => body.map_err(ServiceError::from).boxed(),
         None => {
             let tee = (series_uid, etag);
-            series_items_written(services, instances, CACHED_BASE_URL, Some(tee)).await?
+            series_items_written(services, instances, Some(tee)).await?
         }
     };
-    let placeholder = json_string_body(CACHED_BASE_URL);
-    let base = json_string_body(base_url);
     Ok(replace_in_stream(body, placeholder, base))
 }
 
@@ -169,7 +323,7 @@ pub async fn warm_series(
     if derived::is_current(services, &series_uid, METADATA, CACHED_VARIANT, &etag).await? {
         return Ok(false);
     }
-    let body = series_items_written(services, instances, CACHED_BASE_URL, None).await?;
+    let body = series_items_written(services, instances, None).await?;
     derived::write(services, &series_uid, METADATA, CACHED_VARIANT, &etag, body).await?;
     Ok(true)
 }
@@ -238,15 +392,14 @@ fn replace_in_stream(body: ByteStream, needle: Vec<u8>, with: Vec<u8>) -> ByteSt
     .boxed()
 }
 
-/// One series' metadata items joined by commas, written with `base_url`; with
-/// `cache` (series UID, entity tag), a copy goes to the derived-object cache.
+/// One series' metadata items joined by commas, with the placeholder base URL;
+/// with `cache` (series UID, entity tag), a copy goes to the derived-object cache.
 async fn series_items_written(
     services: &Services,
     instances: Vec<StoredInstance>,
-    base_url: &str,
     cache: Option<(String, String)>,
 ) -> Result<ByteStream, ServiceError> {
-    let mut items = metadata_stream(services.clone(), instances, base_url.to_string());
+    let mut items = metadata_items(services, instances).await?;
     let first = items
         .next()
         .await
@@ -261,8 +414,8 @@ async fn series_items_written(
         )
     });
     struct State {
-        first: Option<Json>,
-        items: BoxStream<'static, Result<Json, ServiceError>>,
+        first: Option<Bytes>,
+        items: BoxStream<'static, Result<Bytes, ServiceError>>,
         tee: Option<derived::Tee>,
         written: usize,
         failed: bool,
@@ -284,16 +437,14 @@ async fn series_items_written(
         };
         match next {
             Some(Ok(item)) => {
-                let mut bytes = Vec::with_capacity(4096);
-                if state.written > 0 {
+                let bytes = if state.written > 0 {
+                    let mut bytes = Vec::with_capacity(item.len() + 1);
                     bytes.push(b',');
-                }
-                if let Err(error) = serde_json::to_writer(&mut bytes, &item) {
-                    state.failed = true;
-                    state.tee = None;
-                    return Some((Err(ServiceError::Task(error.to_string())), state));
-                }
-                let bytes = Bytes::from(bytes);
+                    bytes.extend_from_slice(&item);
+                    Bytes::from(bytes)
+                } else {
+                    item
+                };
                 if let Some(tee) = state.tee.as_mut() {
                     tee.copy(&bytes).await;
                 }

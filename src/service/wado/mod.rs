@@ -8,7 +8,10 @@ mod metadata;
 
 pub use bulk::{bulkdata, is_native_pixel_data_path, parse_bulk_path, pixel_data_range, BulkBody};
 pub use frames::{decode_frames, frames, parse_frame_list, Frames, InvalidFrame};
-pub use metadata::{metadata, metadata_body, metadata_etag, metadata_stream, warm_series};
+pub use metadata::{
+    metadata, metadata_body, metadata_etag, metadata_records, metadata_stream,
+    open_metadata_record, seal_metadata_record, warm_series,
+};
 
 use bytes::Bytes;
 use dicom_object::InMemDicomObject;
