@@ -399,6 +399,51 @@ def phase_frames(base: str, s: requests.Session, study: StudyInfo, args, nrng) -
     return out
 
 
+def s3_target():
+    """(boto3 client, bucket, prefix) of an s3:// blob URL on an emulator, else None."""
+    blob_url = os.environ.get("KASTELL__STORAGE__BLOB_URL", "")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if not blob_url.startswith("s3://") or not endpoint:
+        return None
+    import boto3  # only needed here (installed with moto)
+    bucket, _, prefix = blob_url[len("s3://"):].partition("/")
+    return boto3.client("s3", endpoint_url=endpoint), bucket, prefix
+
+
+def s3_objects() -> list[str] | None:
+    target = s3_target()
+    if target is None:
+        return None
+    client, bucket, prefix = target
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+def s3_get_all(keys: list[str], args) -> dict:
+    """The store's own time to hand over every object of the study, whole, four
+    at a time in order (what Kastell's retrieval does: one GET per instance,
+    four opened ahead), timed with boto3 straight against the store."""
+    import concurrent.futures
+    client, bucket, _ = s3_target()
+
+    def get(key):
+        return len(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    samples = []
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for k in range(args.warmup + args.study_reps):
+            t0 = time.perf_counter()
+            received = sum(pool.map(get, keys))
+            if k >= args.warmup:
+                samples.append((time.perf_counter() - t0) * 1000)
+    out = stats(samples)
+    out["objects"], out["bytes"] = len(keys), received
+    log(f"STUDY: the store alone: {out}")
+    return out
+
+
 def backend_floor(args, range_bytes: dict[str, int]) -> dict | None:
     """The object store's own latency for what a frame costs it: a ranged GET of
     one frame's size at a random offset of the two largest objects in the bucket
@@ -406,13 +451,10 @@ def backend_floor(args, range_bytes: dict[str, int]) -> dict | None:
     against the store. Only for an s3:// blob URL with AWS_ENDPOINT_URL set (the
     emulator); it separates the store's share of a frame's latency from
     Kastell's."""
-    blob_url = os.environ.get("KASTELL__STORAGE__BLOB_URL", "")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    if not blob_url.startswith("s3://") or not endpoint:
+    target = s3_target()
+    if target is None:
         return None
-    import boto3  # only needed here (installed with moto)
-    bucket, _, prefix = blob_url[len("s3://"):].partition("/")
-    client = boto3.client("s3", endpoint_url=endpoint)
+    client, bucket, prefix = target
     objects = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         objects += page.get("Contents", [])
@@ -508,6 +550,39 @@ def phase_metadata(base: str, s: requests.Session, study: StudyInfo, args, nrng)
     return res
 
 
+def phase_study(base: str, s: requests.Session, _study: StudyInfo, args, nrng) -> dict:
+    """Whole-study WADO-RS: a study of --study-instances 512x512 16-bit CT
+    instances (about 0.5 MB each) retrieved as stored, the body read and
+    discarded as it streams; MB/s of DICOM payload."""
+    study = StudyInfo(uid=new_uid(), patient_id="KBRET0002", patient_name="Retrieval^Study",
+                      date="20240606", accession="ACCRSTUDY")
+    se, files = metadata_series(study, args.study_instances, 512, nrng, number=30)
+    total_bytes = sum(len(f) for _, f in files)
+    before = s3_objects()
+    res = {"instances": args.study_instances, "stored_bytes": total_bytes,
+           "stow": store(base, files, args.per_request, 2, args.timeout, "whole-study study")}
+    del files
+    if before is not None:
+        # The study's objects: what the STOW added (the bench stores nothing else meanwhile).
+        res["backend_floor"] = s3_get_all(sorted(set(s3_objects()) - set(before)), args)
+    url = f"{base}/dicomweb/studies/{study.uid}"
+    headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    samples, received = [], 0
+    for k in range(args.warmup + args.study_reps):
+        t0 = time.perf_counter()
+        with s.get(url, headers=headers, stream=True, timeout=args.big_timeout) as r:
+            r.raise_for_status()
+            received = sum(len(chunk) for chunk in r.iter_content(1 << 20))
+        ms = (time.perf_counter() - t0) * 1000
+        if k >= args.warmup:
+            samples.append(ms)
+            log(f"STUDY: {k + 1 - args.warmup}/{args.study_reps}: {ms:.0f} ms, {received} bytes")
+    res["retrieve"] = stats(samples)
+    res["response_bytes"] = received
+    res["mb_per_s_p50"] = r2(received / 1e6 / (percentile(samples, 50) / 1000))
+    return res
+
+
 def phase_rendered(base: str, s: requests.Session, study: StudyInfo, args, nrng) -> dict:
     size = 512
     se = SeriesInfo(uid=new_uid(), modality="CT", number=30)
@@ -574,6 +649,13 @@ def markdown(results: dict) -> str:
                 "(built ahead by the warmer)", m["after_quiet"])
         add("Series metadata", "cached", m["cached"])
         add("Series metadata", "If-None-Match → 304", m["not_modified"])
+    st = results.get("study")
+    if st:
+        add("Whole study", f"{st['instances']} CT instances as stored, {st['mb_per_s_p50']} MB/s at p50",
+            st["retrieve"], st["response_bytes"])
+        if "backend_floor" in st:
+            add("Store alone (boto3)", f"GET of the study's {st['backend_floor']['objects']} objects, 4 at a time",
+                st["backend_floor"], st["backend_floor"]["bytes"])
     r = results.get("rendered")
     if r:
         for name, d in r["probes"].items():
@@ -606,7 +688,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CT instances whose first thumbnail request is timed")
     p.add_argument("--reps", type=int, default=200, help="measured requests per kind")
     p.add_argument("--warmup", type=int, default=5, help="unrecorded requests per kind first")
-    p.add_argument("--skip", default="", help="comma list of phases to skip: frames,metadata,rendered")
+    p.add_argument("--study-instances", type=int, default=200,
+                   help="512x512 CT instances in the whole-study retrieval study")
+    p.add_argument("--study-reps", type=int, default=10, help="measured whole-study retrievals")
+    p.add_argument("--skip", default="", help="comma list of phases to skip: frames,metadata,study,rendered")
     p.add_argument("--out", default="retrieval.json", help="JSON results file")
     p.add_argument("--seed", type=int, default=20240605)
     load.add_run_args(p, big_timeout=600.0)
@@ -660,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
                              "idle_rss_mib": kib_to_mib(proc_status(server.pid).get("VmRSS"))}
         with requests.Session() as s:
             for name, fn in (("frames", phase_frames), ("metadata", phase_metadata),
-                             ("rendered", phase_rendered)):
+                             ("study", phase_study), ("rendered", phase_rendered)):
                 if name in args.skip:
                     continue
                 t0 = time.perf_counter()
