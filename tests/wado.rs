@@ -489,6 +489,22 @@ fn metadata_comes_from_the_index_copy_and_matches_the_blobs() {
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
+    // The XML model too.
+    let response = client()
+        .get(fresh_with_copy.url("/studies/7.3/metadata"))
+        .header(
+            "Accept",
+            "multipart/related; type=\"application/dicom+xml\"",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let xml = response.text().unwrap();
+    assert_eq!(xml.matches("<NativeDicomModel").count(), 4, "{xml}");
+    assert!(xml.contains(&format!(
+        "{}/studies/7.3/series/7.3.1/instances/7.3.1.1/bulkdata/7FE00010",
+        fresh_with_copy.url("")
+    )));
 
     assert_eq!(remove_instance_blobs(&without_copy.data_dir), 4);
     let response = client()

@@ -11,7 +11,7 @@ use object_store::{GetOptions, GetRange};
 use super::header_cache::KnownHeader;
 use super::{BlobKey, BlobStore, StoreError};
 use crate::crypto::format::{Header, Layout, Opener, MAX_HEADER_LEN};
-use crate::crypto::{keys, CryptoError, KeyId};
+use crate::crypto::{keys, CryptoError, KeyId, SecretKey};
 use crate::telemetry::metrics::{self, StoreTimer};
 
 /// An object opened for reading: its layout and the means to decrypt it.
@@ -49,21 +49,36 @@ impl BlobStore {
             self.incident(key, "the object belongs to another name (swapped)");
             return Err(StoreError::Integrity("the object belongs to another name"));
         }
+        let data_key = self
+            .unwrap_data_key(
+                key,
+                header,
+                "the data key does not unwrap (header modified)",
+            )
+            .await?;
+        let layout = Layout::from_ciphertext_len(header.len() as u64, header.segment_size, total)?;
+        Ok(Opened {
+            opener: Opener::new(&data_key, header.object_id, layout),
+            layout,
+        })
+    }
+
+    /// The data key `header` wraps, unwrapped by the tenant key it names; one
+    /// that does not unwrap (the header was modified) is an incident, `what`.
+    pub(super) async fn unwrap_data_key(
+        &self,
+        key: &BlobKey,
+        header: &Header,
+        what: &str,
+    ) -> Result<SecretKey, StoreError> {
         let key_id = KeyId::parse(&header.key_id)?;
         let tenant = key_id.tenant.clone();
         let tenant_key =
             super::with_keys(&self.keys, &tenant, move |keys| keys.key(&key_id)).await?;
         let prefix =
             Header::authenticated_prefix(header.segment_size, &header.object_id, &header.key_id);
-        let data_key =
-            keys::unwrap(&tenant_key, &header.wrapped_data_key, &prefix).inspect_err(|_| {
-                self.incident(key, "the data key does not unwrap (header modified)");
-            })?;
-        let layout = Layout::from_ciphertext_len(header.len() as u64, header.segment_size, total)?;
-        Ok(Opened {
-            opener: Opener::new(&data_key, header.object_id, layout),
-            layout,
-        })
+        Ok(keys::unwrap(&tenant_key, &header.wrapped_data_key, &prefix)
+            .inspect_err(|_| self.incident(key, what))?)
     }
 
     pub(super) fn incident(&self, key: &BlobKey, what: &str) {

@@ -10,7 +10,7 @@
 
 use super::{BlobKey, BlobStore, StoreError};
 use crate::crypto::format::{Header, Layout, Opener, Sealer, SEGMENT_SIZE};
-use crate::crypto::{keys, KeyId, SecretKey};
+use crate::crypto::{KeyId, SecretKey};
 
 /// The object id of the record bound to `blob`: not the blob's own (a record
 /// is not the blob), but determined by it.
@@ -97,14 +97,9 @@ impl BlobStore {
                 "the record belongs to another object",
             ));
         }
-        let key_id = KeyId::parse(&header.key_id)?;
-        let tenant = key_id.tenant.clone();
-        let tenant_key =
-            super::with_keys(&self.keys, &tenant, move |keys| keys.key(&key_id)).await?;
-        let prefix =
-            Header::authenticated_prefix(header.segment_size, &header.object_id, &header.key_id);
-        let data_key = keys::unwrap(&tenant_key, &header.wrapped_data_key, &prefix)
-            .inspect_err(|_| self.incident(blob, "the record's data key does not unwrap"))?;
+        let data_key = self
+            .unwrap_data_key(blob, &header, "the record's data key does not unwrap")
+            .await?;
         Ok((header, data_key))
     }
 }

@@ -161,10 +161,10 @@ pub async fn metadata(
     }
     if model == DataModel::Xml {
         // One document an instance, written as each instance's metadata
-        // arrives (the cached JSON of a series is not used). The first is read
+        // arrives (from its record; the cached JSON of a series is not used). The first is read
         // before answering, so that an unreadable object gets a status (410,
         // 500) rather than a cut-off body, as in JSON.
-        let mut items = wado::metadata_stream(state.services.clone(), instances, base_url);
+        let mut items = wado::metadata_stream(state.services.clone(), instances, base_url).await?;
         let first = items
             .next()
             .await

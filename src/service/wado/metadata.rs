@@ -213,20 +213,35 @@ async fn metadata_items(
         .boxed())
 }
 
-/// The metadata of many instances, fetched a few at a time, in order.
-pub fn metadata_stream(
+/// The metadata of many instances as JSON values, in order (for the XML
+/// model): from their metadata records, else from their blobs a few at a time.
+pub async fn metadata_stream(
     services: Services,
     instances: Vec<StoredInstance>,
     base_url: String,
-) -> BoxStream<'static, Result<Json, ServiceError>> {
-    stream::iter(instances)
-        .map(move |instance| {
-            let services = services.clone();
-            let base_url = base_url.clone();
-            async move { metadata(&services, &instance, &base_url).await }
+) -> Result<BoxStream<'static, Result<Json, ServiceError>>, ServiceError> {
+    let placeholder = json_string_body(CACHED_BASE_URL);
+    let base = json_string_body(&base_url);
+    let items = metadata_items(&services, instances).await?;
+    Ok(items
+        .map(move |item| {
+            let text = replace_all(&item?, &placeholder, &base);
+            serde_json::from_slice(&text).map_err(|error| ServiceError::Task(error.to_string()))
         })
-        .buffered(8)
-        .boxed()
+        .boxed())
+}
+
+/// `haystack` with every `needle` replaced by `with`.
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut at = 0;
+    while let Some(found) = memchr::memmem::find(&haystack[at..], needle) {
+        out.extend_from_slice(&haystack[at..at + found]);
+        out.extend_from_slice(with);
+        at += found + needle.len();
+    }
+    out.extend_from_slice(&haystack[at..]);
+    out
 }
 
 /// The metadata of `instances` as one DICOM JSON array. Series are answered from
