@@ -430,7 +430,7 @@ def markdown(results: dict) -> str:
         vals = [get(s, phase, *keys) for s in servers]
         cells = [fmt(v) for v in vals]
         if ratio and len(vals) == 2 and all(isinstance(v, (int, float)) and v for v in vals):
-            cells.append(f"{vals[0] / vals[1]:.2f}")
+            cells.append(f"{vals[0] / vals[1]:.3g}")
         elif len(servers) == 2:
             cells.append("")
         return f"| {label} | " + " | ".join(cells) + " |"
