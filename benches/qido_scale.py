@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kastell QIDO-RS at scale (issue 4).
+"""Kastell QIDO-RS at scale (issues 4 and 13).
 
 For each index backend (SQLite, PostgreSQL) this bench
 
@@ -10,7 +10,9 @@ For each index backend (SQLite, PostgreSQL) this bench
   4. warms up, then times each QIDO-RS query shape ~200 times over HTTP, one
      client, sequential, keep-alive, with parameters drawn from the generated
      distributions, checking every response,
-  5. captures the query plans of each shape's page query and count query
+  5. captures the query plans of each shape's page query (and of the count query
+     the server ran for the "additional results" warning before issue 13, for
+     comparison: the server now reads one row past the page instead)
      (SQLite: EXPLAIN QUERY PLAN through Python's sqlite3 module with
      case_sensitive_like=ON; PostgreSQL: EXPLAIN (ANALYZE, BUFFERS) through psql),
   6. stops the server and removes the data directory and the database.
@@ -23,6 +25,8 @@ sqlean.py, so that SQLite plans come from a SQLite as recent as the server's.
 
     python3 benches/qido_scale.py                                  # both, 1M instances
     python3 benches/qido_scale.py --backends sqlite --studies 20000 # quick try
+    python3 benches/qido_scale.py --studies 1000000 --keep-data     # 10M instances, keep them
+    python3 benches/qido_scale.py --studies 1000000 --reuse WORK_DIR --reuse-db DB   # measure again
 
 The server binary is --bin, else $KASTELL_BIN, else the first existing of
 ~/.cache/kastell-target/release/kastell, $CARGO_TARGET_DIR/release/kastell and
@@ -70,7 +74,8 @@ import requests
 DICOM_JSON = "application/dicom+json"
 
 # Targets from issue 4: p99 per shape, milliseconds.
-TARGET_P99_MS = {"sqlite": 100.0, "postgres": 50.0}
+# Issue 13 (10,000,000 instances); issue 4 asked for 100 / 50 ms at 1,000,000.
+TARGET_P99_MS = {"sqlite": 50.0, "postgres": 25.0}
 
 # The generator's vocabulary (src/index/generate.rs), for drawing query values.
 FAMILY = [
@@ -315,7 +320,9 @@ class Query:
     check: Callable[[list], str | None]  # results -> problem or None
     allow_empty: bool = False       # 204 plausible
     page_sql: str = ""
-    count_sql: str | None = None    # run by the server only when the page is full
+    # The count the server ran for the "additional results" warning before issue 13
+    # (a full page only); it now reads one row past the page instead. Planned for comparison.
+    count_sql: str | None = None
 
 
 STUDY_FROM = "FROM studies st WHERE 1=1"
@@ -327,8 +334,19 @@ ESC = " ESCAPE '\\'"
 
 def study_sql(cond: str, limit: int, offset: int = 0) -> tuple[str, str]:
     fw = STUDY_FROM + cond
-    return (f"SELECT st.* {fw} ORDER BY st.study_pk LIMIT {limit} OFFSET {offset}",
+    # limit + 1: the server reads one row past the page to know whether more follow.
+    return (f"SELECT st.* {fw} ORDER BY st.study_pk LIMIT {limit + 1} OFFSET {offset}",
             f"SELECT COUNT(*) AS count {fw}")
+
+
+def pg_study_page(sql: str) -> str:
+    """The study page as the server sends it to PostgreSQL: the page's keys first
+    (index-only where an index covers the conditions), then their rows."""
+    head = f"SELECT st.* {STUDY_FROM}"
+    if not sql.startswith(head):
+        return sql
+    inner = "SELECT st.study_pk " + sql[len("SELECT st.* "):]
+    return f"SELECT st.* FROM studies st WHERE st.study_pk IN ({inner}) ORDER BY st.study_pk"
 
 
 def need(cond: bool, msg: str) -> str | None:
@@ -545,7 +563,7 @@ class ShapeStats:
     statuses: dict[str, int] = field(default_factory=dict)
     failures: int = 0
     failure_samples: list[str] = field(default_factory=list)
-    full_pages: int = 0       # the server also ran the count query
+    more_warnings: int = 0    # responses with the "additional results" warning
     results: int = 0
 
 
@@ -597,7 +615,7 @@ def measure(base: str, ctx: Ctx, shapes: list[Shape], n: int, warmup: int, rng: 
     for i, (shape, q) in enumerate(plan):
         st = stats[shape.name]
         try:
-            ms, status, results, problem, _warning = do_query(sess, base, q, timeout)
+            ms, status, results, problem, warning = do_query(sess, base, q, timeout)
         except requests.RequestException as e:
             ms, status, results, problem = None, "error", None, f"transport error: {e}"
             if not server.alive():
@@ -609,9 +627,8 @@ def measure(base: str, ctx: Ctx, shapes: list[Shape], n: int, warmup: int, rng: 
                 slowest[shape.name] = (ms, q)
         if results is not None:
             st.results += len(results)
-            limit = int(q.params.get("limit", "1000"))
-            if len(results) == limit:
-                st.full_pages += 1
+            if warning and "additional results" in warning:
+                st.more_warnings += 1
         if problem:
             st.failures += 1
             if len(st.failure_samples) < 5:
@@ -643,7 +660,7 @@ def summarize(stats: dict[str, ShapeStats], n: int) -> dict:
             "failures": st.failures,
             "failure_samples": st.failure_samples,
             "mean_results": r2(st.results / n if n else None, 1),
-            "count_query_ran": st.full_pages,
+            "more_warnings": st.more_warnings,
         }
     return out
 
@@ -707,13 +724,14 @@ def sqlite_plans(db_path: str, queries: dict[str, list[tuple[str, Query]]],
         for which, q in variants:
             lines.append(f"=== {name}, {which}: GET /dicomweb{q.path}?{requests.compat.urlencode(q.params)}")
             t = timings[name].setdefault("slowest" if which.startswith("slowest") else "representative", {})
-            for kind, sql in (("page", q.page_sql), ("count", q.count_sql)):
+            for kind, sql in (("page", q.page_sql), ("former_count", q.count_sql)):
                 if not sql:
-                    lines.append("--- count query: not run for this resource (page limit 1000 never full)")
+                    lines.append("--- no count query for this resource (page limit 1000 never full)")
                     continue
                 ms = timed(sql)
                 t[kind + "_ms"] = r2(ms)
-                lines.append(f"--- {kind} query ({ms:.2f} ms run directly, median of 3)")
+                lines.append(f"--- {kind.replace('_', ' ')} query ({ms:.2f} ms run directly, median of 3)"
+                             + (", not run by the server since issue 13" if kind != "page" else ""))
                 lines.append(sql)
                 lines.extend(tree(sql))
             lines.append("")
@@ -730,9 +748,9 @@ def postgres_plans(psql: Psql, db: str, queries: dict[str, list[tuple[str, Query
         for which, q in variants:
             lines.append(f"=== {name}, {which}: GET /dicomweb{q.path}?{requests.compat.urlencode(q.params)}")
             t = timings[name].setdefault("slowest" if which.startswith("slowest") else "representative", {})
-            for kind, sql in (("page", q.page_sql), ("count", q.count_sql)):
+            for kind, sql in (("page", pg_study_page(q.page_sql)), ("former_count", q.count_sql)):
                 if not sql:
-                    lines.append("--- count query: not run for this resource (page limit 1000 never full)")
+                    lines.append("--- no count query for this resource (page limit 1000 never full)")
                     continue
                 psql.run(db, sql)  # once to warm, like the measured requests were
                 plan = psql.run(db, "EXPLAIN (ANALYZE, BUFFERS) " + sql).rstrip("\n")
@@ -741,7 +759,8 @@ def postgres_plans(psql: Psql, db: str, queries: dict[str, list[tuple[str, Query
                     if line.strip().startswith("Execution Time:"):
                         exec_ms = float(line.split(":")[1].split()[0])
                 t[kind + "_ms"] = exec_ms
-                lines.append(f"--- {kind} query")
+                lines.append(f"--- {kind.replace('_', ' ')} query"
+                             + (", not run by the server since issue 13" if kind != "page" else ""))
                 lines.append(sql)
                 lines.append(plan)
             lines.append("")
@@ -761,16 +780,34 @@ def run_backend(backend: str, binary: str, work: str, args, psql: Psql | None) -
     db = None
     index_url = None
     server = None
+    reused = None
     try:
+        # An index generated by an earlier --keep-data run with the same --studies
+        # and --gen-seed: its data directory (the tenant keys in the database are
+        # wrapped with that directory's development master key) and, for
+        # PostgreSQL, its database. The server runs any newer migration at start.
+        reused = os.path.join(args.reuse, backend) if args.reuse else None
+        if reused:
+            data_dir = reused
         if backend == "postgres":
             assert psql is not None
-            db = f"kastell_qido_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-            psql.run("postgres", f"CREATE DATABASE {db}")
-            log(f"created database {db}")
+            if reused:
+                if not args.reuse_db:
+                    raise RuntimeError("--reuse with the postgres backend needs --reuse-db")
+                db = args.reuse_db
+            else:
+                db = f"kastell_qido_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+                psql.run("postgres", f"CREATE DATABASE {db}")
+                log(f"created database {db}")
             index_url = psql.url(db)
             result["database"] = db
             result["server_version"] = psql.run("postgres", "SHOW server_version").strip()
-        result["generate_s"] = r2(run_generate(binary, data_dir, index_url, args, log_path), 1)
+        if reused:
+            log(f"reusing the {backend} index at {reused} (no generation)")
+            result["reused"] = reused
+            result["generate_s"] = None
+        else:
+            result["generate_s"] = r2(run_generate(binary, data_dir, index_url, args, log_path), 1)
         if backend == "sqlite":
             result["index_bytes"] = sum(
                 os.path.getsize(os.path.join(data_dir, f)) for f in os.listdir(data_dir)
@@ -806,7 +843,7 @@ def run_backend(backend: str, binary: str, work: str, args, psql: Psql | None) -
     finally:
         if server is not None:
             result["server_exit_code"] = server.stop()
-        if db is not None and not args.keep_data:
+        if db is not None and not args.keep_data and not reused:
             try:
                 psql.run("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
                 log(f"dropped database {db}")
@@ -915,6 +952,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="parent of the temporary directory")
     p.add_argument("--keep-data", action="store_true",
                    help="keep the data directory and the PostgreSQL database")
+    p.add_argument("--reuse", default=None, metavar="WORK_DIR",
+                   help="work directory kept by an earlier --keep-data run: measure its indexes "
+                        "again without generating (they are kept afterwards)")
+    p.add_argument("--reuse-db", default=None, metavar="DB",
+                   help="with --reuse: the PostgreSQL database that run kept")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
     p.add_argument("--startup-timeout", type=float, default=60.0)
     p.add_argument("--wait-bin", type=float, default=600.0,

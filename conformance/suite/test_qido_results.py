@@ -337,8 +337,10 @@ def test_limit_and_warning(api, A):
     assert len(res) == 2
     assert kh.has_warning_299(resp), f"expected Warning 299 about remaining results: {kh.warnings_of(resp)}"
     text = " ".join(kh.warnings_of(resp))
-    assert "additional results" in text, text
-    assert re.search(r"\b4\b", text), f"warning should state the 4 remaining results: {text!r}"
+    assert "There are additional results that can be requested" in text, text
+    # Kastell states that more matches follow, not how many (a count would walk
+    # every match: CONFORMANCE.md §4, "additional results").
+    assert not re.search(r"There are \d", text), f"no number expected: {text!r}"
 
 
 def test_no_warning_when_nothing_remains(api, A):

@@ -7,7 +7,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel::{QueryableByName, SqliteConnection};
 
 use super::catalog::{InstanceRow, Level, SeriesRow, StudyRow};
-use super::conn::IndexConn;
+use super::conn::{Dialect, IndexConn};
 use super::qido::{self, SearchRequest};
 use super::sql::{Bind, SqlBuilder};
 use super::{with_conn, Hit, Index, IndexError, IndexPool, SearchResult, StoredInstance};
@@ -38,12 +38,6 @@ const INSTANCE_COLUMNS: &str =
      i.pixel_data_offset, i.pixel_data_length, i.number_of_frames, i.bits_allocated, \
      i.content_sha256, i.frame_offsets";
 
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    count: i64,
-}
-
 impl Index {
     /// Runs a QIDO search.
     pub fn search(
@@ -61,46 +55,58 @@ impl Index {
             Level::Series => ("SELECT st.*, se.* ", " ORDER BY se.series_pk"),
             Level::Instance => ("SELECT st.*, se.*, i.* ", " ORDER BY i.instance_pk"),
         };
-        let mut sql = SqlBuilder::new();
+        // One row past the page tells whether more matches follow (the 299
+        // "additional results" warning) without counting them: a count walks
+        // every match, so its cost grows with the archive while the page's
+        // does not (benches/README.md, "QIDO at ten million instances").
+        let probe = limit.saturating_add(1);
         // limit and offset are numbers we parsed, written into the text.
-        sql.push(select)
-            .push(plan.from_where.sql())
-            .push(order)
-            .push(&format!(" LIMIT {limit} OFFSET {}", request.offset));
+        let page = format!(" LIMIT {probe} OFFSET {}", request.offset);
+        let mut sql = SqlBuilder::new();
+        if plan.level == Level::Study && self.dialect() == Dialect::Postgres {
+            // PostgreSQL reads the table row of every index entry it walks
+            // unless the index holds every column the walk needs: a page at
+            // offset 50,000, or a month of StudyDate sorted by key, read tens of
+            // thousands of rows to return 100. So the page's keys come first,
+            // from indexes alone where the conditions allow (`studies_pkey` and
+            // the covering indexes of schema/postgres/2026-12-04-000100), and
+            // only the page's rows are read. SQLite's indexes carry the rowid
+            // already, and its plans for the plain form meet the target.
+            sql.push("SELECT st.* FROM studies st WHERE st.study_pk IN (SELECT st.study_pk ")
+                .push(plan.from_where.sql())
+                .push(order)
+                .push(&page)
+                .push(")")
+                .push(order);
+        } else {
+            sql.push(select)
+                .push(plan.from_where.sql())
+                .push(order)
+                .push(&page);
+        }
         let binds = plan.from_where.binds();
-        let (hits, total) = with_conn!(self, conn => {
-            let hits: Vec<Hit> = match plan.level {
-                Level::Study => conn
-                    .load::<StudyRow>(sql.sql(), binds)?
-                    .into_iter()
-                    .map(|study| Hit { study, series: None, instance: None })
-                    .collect(),
-                Level::Series => conn
-                    .load::<SeriesHit>(sql.sql(), binds)?
-                    .into_iter()
-                    .map(|h| Hit { study: h.study, series: Some(h.series), instance: None })
-                    .collect(),
-                Level::Instance => conn
-                    .load::<InstanceHit>(sql.sql(), binds)?
-                    .into_iter()
-                    .map(|h| Hit { study: h.study, series: Some(h.series), instance: Some(h.instance) })
-                    .collect(),
-            };
-            // Counting the rest costs a second query, so only when the page is full.
-            let total = if hits.len() as u64 == limit {
-                let count_sql = format!("SELECT COUNT(*) AS count {}", plan.from_where.sql());
-                Some(conn.load_one::<Count>(&count_sql, plan.from_where.binds())?.count as u64)
-            } else {
-                None
-            };
-            (hits, total)
+        let mut hits: Vec<Hit> = with_conn!(self, conn => match plan.level {
+            Level::Study => conn
+                .load::<StudyRow>(sql.sql(), binds)?
+                .into_iter()
+                .map(|study| Hit { study, series: None, instance: None })
+                .collect(),
+            Level::Series => conn
+                .load::<SeriesHit>(sql.sql(), binds)?
+                .into_iter()
+                .map(|h| Hit { study: h.study, series: Some(h.series), instance: None })
+                .collect(),
+            Level::Instance => conn
+                .load::<InstanceHit>(sql.sql(), binds)?
+                .into_iter()
+                .map(|h| Hit { study: h.study, series: Some(h.series), instance: Some(h.instance) })
+                .collect(),
         });
-        let remaining = total.map_or(0, |total| {
-            total.saturating_sub(request.offset + hits.len() as u64)
-        });
+        let more = hits.len() as u64 > limit;
+        hits.truncate(limit as usize);
         Ok(SearchResult {
             hits,
-            remaining,
+            more,
             requested: plan.requested,
             stored: plan.stored,
             ignored: plan.ignored,
@@ -346,13 +352,44 @@ mod tests {
                 .unwrap();
             assert_eq!(located.len(), 2000);
             assert_eq!(conn::statements_on_this_thread() - before, 1);
-            // A full page also counts what remains: one statement more.
-            let mut paged = request.clone();
-            paged.limit = Some(100);
-            let before = conn::statements_on_this_thread();
-            let page = index.search(&paged, 5000).unwrap();
-            assert_eq!((page.hits.len(), page.remaining), (100, 1900));
-            assert_eq!(conn::statements_on_this_thread() - before, 2);
+        }
+    }
+
+    /// The "additional results" warning needs to know that more matches follow a
+    /// page, not how many: the page's own statement reads one row past it. A
+    /// count (a second statement, or one walking every match) would make every
+    /// full page cost as much as the whole result.
+    #[test]
+    fn a_full_page_knows_that_more_follow_without_counting_them() {
+        for (index, _db) in test_indexes() {
+            generate::generate(&index, 1, 2, 1000, 7, &|_| {}).unwrap();
+            let page = |limit: u64, offset: u64| {
+                let request = SearchRequest {
+                    resource: qido::Resource::StudyInstances {
+                        study: "2.25.7.0".to_string(),
+                    },
+                    matches: vec![],
+                    include: vec![],
+                    fuzzy: false,
+                    empty_value_matching: false,
+                    multiple_value_matching: false,
+                    limit: Some(limit),
+                    offset,
+                };
+                let before = conn::statements_on_this_thread();
+                let result = index.search(&request, 5000).unwrap();
+                let statements = conn::statements_on_this_thread() - before;
+                (result.hits.len(), result.more, statements)
+            };
+            let dialect = index.dialect();
+            assert_eq!(page(100, 0), (100, true, 1), "{dialect:?}");
+            assert_eq!(page(100, 1800), (100, true, 1), "{dialect:?}");
+            // The last page: exactly full, nothing follows.
+            assert_eq!(page(100, 1900), (100, false, 1), "{dialect:?}");
+            assert_eq!(page(100, 1950), (50, false, 1), "{dialect:?}");
+            assert_eq!(page(100, 2000), (0, false, 1), "{dialect:?}");
+            // The server maximum bounds the page like a limit does.
+            assert_eq!(page(5000, 0), (2000, false, 1), "{dialect:?}");
         }
     }
 

@@ -119,8 +119,8 @@ pub struct Hit {
 #[derive(Debug)]
 pub struct SearchResult {
     pub hits: Vec<Hit>,
-    /// Matches beyond this page.
-    pub remaining: u64,
+    /// Whether matches follow this page (not how many: see `Index::search`).
+    pub more: bool,
     pub requested: Vec<&'static Attr>,
     /// What `includefield` asks for beyond the index's columns.
     pub stored: StoredFields,

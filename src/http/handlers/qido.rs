@@ -12,6 +12,9 @@ use crate::http::state::AppState;
 use crate::service::qido;
 use crate::service::{IncludeField, MatchKey, Resource, SearchRequest};
 
+/// The 299 warning of a page that more matches follow (PS3.18 §8.3.4.4.1).
+const ADDITIONAL_RESULTS: &str = "There are additional results that can be requested";
+
 /// The six search resources (PS3.18 Table 10.6.1-1) in one handler: the
 /// endpoint the request reached names the resource, the routed path its UIDs.
 pub async fn search(
@@ -166,11 +169,12 @@ async fn run_search(
             ignored.join(", ")
         )));
     }
-    if page.remaining > 0 {
-        warnings.push(state.warning(&format!(
-            "There are {} additional results that can be requested",
-            page.remaining
-        )));
+    if page.more {
+        // PS3.18 §8.3.4.4.1 puts the number of remaining matches in this text;
+        // the index knows only that there are more (counting them would cost
+        // a walk over every match), so the number is left out: a deviation
+        // stated in conformance/CONFORMANCE.md §4.
+        warnings.push(state.warning(ADDITIONAL_RESULTS));
     }
     let mut response = if page.results.is_empty() {
         HttpResponse::NoContent()

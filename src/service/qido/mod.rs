@@ -17,7 +17,8 @@ use crate::service::SearchRequest;
 #[derive(Debug)]
 pub struct SearchPage {
     pub results: Vec<Json>,
-    pub remaining: u64,
+    /// Whether matches follow this page.
+    pub more: bool,
     pub ignored: Vec<String>,
 }
 
@@ -51,7 +52,7 @@ pub async fn search(
         .collect();
     Ok(SearchPage {
         results,
-        remaining: result.remaining,
+        more: result.more,
         ignored: result.ignored,
     })
 }
