@@ -5,7 +5,7 @@
 //! a derived object. Both hold a placeholder for the base URL, filled in as it
 //! is sent.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use bytes::Bytes;
 use dicom_object::InMemDicomObject;
@@ -126,11 +126,18 @@ pub async fn seal_metadata_record(
         record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid
     );
     let json = instance_json(dataset, None, pixel_data, &url);
-    let mut deflater =
-        flate2::write::DeflateEncoder::new(Vec::with_capacity(4096), flate2::Compression::fast());
-    let deflated = serde_json::to_writer(&mut deflater, &json)
+    // Serialized whole first: serde_json writes a few bytes at a time, and each
+    // write into the encoder would be a call into the compressor.
+    let deflated = serde_json::to_vec(&json)
         .map_err(std::io::Error::other)
-        .and_then(|()| deflater.finish());
+        .and_then(|text| {
+            let mut deflater = flate2::write::DeflateEncoder::new(
+                Vec::with_capacity(text.len() / 3),
+                flate2::Compression::fast(),
+            );
+            deflater.write_all(&text)?;
+            deflater.finish()
+        });
     let sealed = match deflated {
         Ok(deflated) => services.store.seal_record(key, &deflated).await,
         Err(error) => Err(error.into()),
