@@ -105,14 +105,8 @@ async fn rewrap_metadata_records(
     store: &crate::store::BlobStore,
     report: &mut RotationReport,
 ) -> anyhow::Result<()> {
-    let mut after = 0;
-    loop {
-        let page = services.index.metadata_records_after(after, 500)?;
-        let Some(last) = page.last() else {
-            return Ok(());
-        };
-        after = last.instance_pk;
-        for record in page {
+    for page in metadata_record_pages(services) {
+        for record in page? {
             let outcome = match crate::store::BlobKey::parse(&record.blob_key) {
                 Ok(key) => store
                     .rewrap_record(&key, &record.sealed)
@@ -136,6 +130,29 @@ async fn rewrap_metadata_records(
             }
         }
     }
+    Ok(())
+}
+
+/// Every metadata record in the index, a page of 500 at a time (never all of
+/// them in memory), in key order.
+fn metadata_record_pages(
+    services: &Services,
+) -> impl Iterator<Item = anyhow::Result<Vec<crate::index::MetadataRecord>>> + '_ {
+    let mut after = Some(0);
+    std::iter::from_fn(move || {
+        let from = after?;
+        match services.index.metadata_records_after(from, 500) {
+            Ok(page) if page.is_empty() => None,
+            Ok(page) => {
+                after = page.last().map(|last| last.instance_pk);
+                Some(Ok(page))
+            }
+            Err(error) => {
+                after = None;
+                Some(Err(error.into()))
+            }
+        }
+    })
 }
 
 /// Destroys a superseded key version after checking that no indexed object's header
@@ -180,14 +197,8 @@ async fn retire_with(services: &Services, tenant: &str, version: u32) -> anyhow:
         }
         checked += 1;
     }
-    let mut after = 0;
-    loop {
-        let page = services.index.metadata_records_after(after, 500)?;
-        let Some(last) = page.last() else {
-            break;
-        };
-        after = last.instance_pk;
-        for record in page {
+    for page in metadata_record_pages(services) {
+        for record in page? {
             if crate::store::BlobStore::record_key_id(&record.sealed)? == id {
                 anyhow::bail!(
                     "the metadata record of blob {} is still encrypted under {id}; run `kastell keys rotate` first",
