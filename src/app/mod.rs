@@ -6,6 +6,7 @@
 //! `shutdown`. Operator commands that are not "serve" live in `crate::ops`.
 
 mod backends;
+pub mod events;
 pub mod exposure;
 mod keys;
 mod load;

@@ -74,6 +74,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(error) => tracing::warn!(%error, "the orphan sweep failed"),
         }
     });
+    let sinks = super::events::build_sinks(&config)?;
+    let events = crate::service::events::start(tenants.clone(), &config.events, sinks);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let site = http::Site {
         tenants,
@@ -92,6 +94,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("server.trusted_proxies")?,
         client_address_header: config.server.client_address_header,
+        events,
+        changefeed_max_page: config.events.max_page,
     };
     let prefix = config.dicomweb.path_prefix.clone();
     let wado_uri_path = config.dicomweb.wado_uri_path.clone();

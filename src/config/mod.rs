@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod dicomweb;
+mod events;
 mod index;
 mod keys;
 mod limits;
@@ -32,6 +33,7 @@ mod telemetry;
 pub use crate::redact::{is_secret_name, redact_url, REDACTED};
 pub use auth::{AuthConfig, JwtConfig};
 pub use dicomweb::DicomWebConfig;
+pub use events::{EventsConfig, JobsConfig, NatsConfig, WebhookConfig, EVENT_ACTIONS};
 pub use index::IndexConfig;
 pub use keys::{KeysConfig, MasterKeySource, DEVELOPMENT_KEY_FILE};
 pub use limits::LimitsConfig;
@@ -56,6 +58,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub sovereignty: SovereigntyConfig,
     pub limits: LimitsConfig,
+    pub events: EventsConfig,
 }
 
 /// Values given on the command line; they win over every other layer.
@@ -114,6 +117,7 @@ impl Config {
         self.auth.validate()?;
         self.telemetry.validate()?;
         self.server.validate()?;
+        self.events.validate()?;
         if self.index.pool_size == 0 || self.dicomweb.qido_max_results == 0 {
             return Err(ConfigError::Rule(
                 "index.pool_size and dicomweb.qido_max_results must be positive".into(),

@@ -152,6 +152,10 @@ pub enum Endpoint {
     Readyz,
     Metrics,
     AdminSovereignty,
+    /// The tenant's change feed (issue 14), a page of it.
+    ChangeFeed,
+    /// The latest entry of the change feed.
+    ChangeFeedLatest,
     /// A routed path, with a method it does not serve (405).
     MethodNotAllowed,
     /// No route at all (404).
@@ -172,6 +176,8 @@ enum Kind {
     Open,
     /// Spans tenants: admin on every tenant.
     Admin,
+    /// The change feed: read on the tenant, audited as a query (it names UIDs).
+    Feed,
     /// No endpoint: the permission follows the method, nothing is audited.
     Unrouted,
 }
@@ -229,6 +235,8 @@ impl Endpoint {
             E::Readyz => "Readyz",
             E::Metrics => "Metrics",
             E::AdminSovereignty => "AdminSovereignty",
+            E::ChangeFeed => "ChangeFeed",
+            E::ChangeFeedLatest => "ChangeFeedLatest",
             E::MethodNotAllowed => "MethodNotAllowed",
             E::NoRoute => "NoRoute",
         }
@@ -268,6 +276,7 @@ impl Endpoint {
             E::RetrieveCapabilities | E::OpenApiDescription => Kind::Describe,
             E::Healthz | E::Readyz | E::Metrics => Kind::Open,
             E::AdminSovereignty => Kind::Admin,
+            E::ChangeFeed | E::ChangeFeedLatest => Kind::Feed,
             E::MethodNotAllowed | E::NoRoute => Kind::Unrouted,
         }
     }
@@ -277,7 +286,7 @@ impl Endpoint {
     /// requests that reach no endpoint).
     pub fn audit_action(self) -> Option<AuditAction> {
         match self.kind() {
-            Kind::Search => Some(AuditAction::Search),
+            Kind::Search | Kind::Feed => Some(AuditAction::Search),
             Kind::Store => Some(AuditAction::Store),
             Kind::Retrieve => Some(AuditAction::Retrieve),
             Kind::Delete => Some(AuditAction::Delete),
@@ -291,7 +300,9 @@ impl Endpoint {
     /// caller without rights.
     pub fn permission(self, method: &Method, routed_path: &str) -> Permission {
         match self.kind() {
-            Kind::Search | Kind::Retrieve | Kind::Describe => Permission::Tenant(Action::Read),
+            Kind::Search | Kind::Retrieve | Kind::Describe | Kind::Feed => {
+                Permission::Tenant(Action::Read)
+            }
             Kind::Store => Permission::Tenant(Action::Write),
             Kind::Delete => Permission::Tenant(Action::Delete),
             Kind::Open => Permission::Open,
@@ -409,6 +420,8 @@ static TABLE: LazyLock<Vec<Route>> = LazyLock::new(|| {
         route(E::RetrieveCapabilities, M::OPTIONS, Prefix, "", &[], DESCRIPTIONS, &[]),
         route(E::RetrieveCapabilities, M::OPTIONS, Prefix, "/", &[], DESCRIPTIONS, &[]),
         route(E::OpenApiDescription, M::GET, Prefix, "/openapi.json", &[], JSON, &[]),
+        route(E::ChangeFeed, M::GET, Prefix, "/changefeed", &[], JSON, &["after", "limit"]),
+        route(E::ChangeFeedLatest, M::GET, Prefix, "/changefeed/latest", &[], JSON, &[]),
         route(E::RetrieveWadoUri, M::GET, WadoUri, "", &[], WADO_URI, WADO_URI_PARAMS),
         route(E::Healthz, M::GET, Root, "/healthz", &[], TEXT, &[]),
         route(E::Readyz, M::GET, Root, "/readyz", &[], TEXT, &[]),

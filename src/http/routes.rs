@@ -7,7 +7,9 @@ use actix_web::{web, HttpResponse, Route};
 
 use super::endpoint::{self, Endpoint, Mount};
 use super::error::ApiError;
-use super::handlers::{capabilities, delete, openapi, qido, rendered, site, stow, wado, wado_uri};
+use super::handlers::{
+    capabilities, changefeed, delete, openapi, qido, rendered, site, stow, wado, wado_uri,
+};
 
 /// The handler of an endpoint (`None` for the two outcomes that are not routes).
 fn handler(endpoint: Endpoint) -> Option<Route> {
@@ -46,6 +48,8 @@ fn handler(endpoint: Endpoint) -> Option<Route> {
         E::Readyz => web::get().to(site::readyz),
         E::Metrics => web::get().to(site::metrics),
         E::AdminSovereignty => web::get().to(site::sovereignty),
+        E::ChangeFeed => web::get().to(changefeed::page),
+        E::ChangeFeedLatest => web::get().to(changefeed::latest),
         E::MethodNotAllowed | E::NoRoute => return None,
     })
 }

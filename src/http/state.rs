@@ -30,6 +30,10 @@ pub struct Site {
     /// Peers whose forwarding header names the client (`server.trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
     pub client_address_header: ClientAddressHeader,
+    /// The event sinks' backlog and errors, as this process's dispatchers see them.
+    pub events: crate::service::events::EventStatus,
+    /// Most changes one change feed page returns (`events.max_page`).
+    pub changefeed_max_page: u32,
 }
 
 impl Site {

@@ -8,6 +8,7 @@ use diesel::pg::PgConnection;
 use diesel::sql_types::{BigInt, Text};
 use diesel::{QueryableByName, SqliteConnection};
 
+use super::changes::{self, ChangeAction, NewChange};
 use super::conn::IndexConn;
 use super::read::push_scope_condition;
 use super::records::BlobKeyRow;
@@ -34,10 +35,17 @@ impl Index {
             series_pk: i64,
             #[diesel(sql_type = BigInt)]
             study_pk: i64,
+            #[diesel(sql_type = Text)]
+            sop_class_uid: String,
+            #[diesel(sql_type = Text)]
+            series_instance_uid: String,
+            #[diesel(sql_type = Text)]
+            study_instance_uid: String,
         }
         let mut sql = SqlBuilder::new();
         sql.push(
-            "SELECT i.instance_pk, i.blob_key, i.sop_instance_uid, se.series_pk, st.study_pk \
+            "SELECT i.instance_pk, i.blob_key, i.sop_instance_uid, se.series_pk, st.study_pk, \
+             i.sop_class_uid, se.series_instance_uid, st.study_instance_uid \
              FROM instances i JOIN series se ON se.series_pk = i.series_fk \
              JOIN studies st ON st.study_pk = se.study_fk WHERE ",
         );
@@ -83,6 +91,9 @@ impl Index {
                     let emptied = conn.load::<Emptied>(sql, &[Bind::Int(*pk), Bind::Int(*pk)])?;
                     for row in emptied {
                         remember_deleted(conn, &row.uid, level, &at)?;
+                        if level == "study" {
+                            changes::forget_settling(conn, &row.uid)?;
+                        }
                         gone_uids.push(row.uid);
                     }
                 }
@@ -97,6 +108,19 @@ impl Index {
                     .push(") RETURNING blob_key");
                 derived.extend(conn.load::<BlobKeyRow>(sql.sql(), sql.binds())?.into_iter().map(|r| r.blob_key));
             }
+            // Last in the transaction (see `changes::append_changes`).
+            let deleted: Vec<NewChange> = doomed
+                .iter()
+                .map(|row| NewChange {
+                    action: ChangeAction::Deleted,
+                    study_instance_uid: Some(row.study_instance_uid.clone()),
+                    series_instance_uid: Some(row.series_instance_uid.clone()),
+                    sop_instance_uid: Some(row.sop_instance_uid.clone()),
+                    sop_class_uid: Some(row.sop_class_uid.clone()),
+                    detail: None,
+                })
+                .collect();
+            changes::append_changes(conn, &deleted)?;
             Ok(DeletedBlobs {
                 instances: doomed.into_iter().map(|row| row.blob_key).collect(),
                 derived,

@@ -14,6 +14,7 @@ pub mod api_keys;
 pub mod audit;
 mod blobs;
 pub mod catalog;
+pub mod changes;
 pub mod conn;
 mod delete;
 mod error;

@@ -9,6 +9,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel::{QueryableByName, SqliteConnection};
 
 use super::catalog::{Attr, Kind, Level};
+use super::changes::{self, ChangeAction, NewChange};
 use super::conn::IndexConn;
 use super::sql::{Bind, SqlBuilder};
 use super::{now, qido, with_conn, Index, IndexError, IndexPool, NewInstance, StoreOutcome};
@@ -114,9 +115,40 @@ impl Index {
                 outcomes[i] = store_one(conn, &batch[i], overwrite, &mut studies, &mut series_touched)?;
             }
             refresh_aggregates(conn, &studies, &series_touched)?;
+            record_changes(conn, batch, &outcomes)?;
             Ok(outcomes)
         }))
     }
+}
+
+/// The change feed's entries for what a batch stored (in request order), and
+/// its studies open again until quiet; last in the transaction (see
+/// `changes::append_changes`).
+fn record_changes<C: IndexConn>(
+    conn: &mut C,
+    batch: &[NewInstance],
+    outcomes: &[StoreOutcome],
+) -> Result<(), IndexError> {
+    let mut changes = Vec::new();
+    let mut studies = BTreeSet::new();
+    for (instance, outcome) in batch.iter().zip(outcomes) {
+        let action = match outcome {
+            StoreOutcome::Stored => ChangeAction::Created,
+            StoreOutcome::Replaced { .. } => ChangeAction::Replaced,
+            _ => continue,
+        };
+        studies.insert(instance.study_instance_uid.as_str());
+        changes.push(NewChange {
+            action,
+            study_instance_uid: Some(instance.study_instance_uid.clone()),
+            series_instance_uid: Some(instance.series_instance_uid.clone()),
+            sop_instance_uid: Some(instance.sop_instance_uid.clone()),
+            sop_class_uid: Some(instance.sop_class_uid.clone()),
+            detail: None,
+        });
+    }
+    changes::unsettle(conn, &studies, changes::epoch_ms())?;
+    changes::append_changes(conn, &changes)
 }
 
 /// The columns (and bound values) that store one catalog attribute.

@@ -31,6 +31,7 @@ pub async fn delete(services: &Services, scope: Scope) -> Result<usize, ServiceE
             ServiceError::NotFound(kind)
         });
     }
+    super::events::changes_committed();
     let count = blobs.instances.len();
     for name in blobs.instances.into_iter().chain(blobs.derived) {
         match BlobKey::parse(&name) {

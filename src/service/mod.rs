@@ -5,6 +5,7 @@ mod error;
 
 pub mod delete;
 pub mod derived;
+pub mod events;
 pub mod qido;
 pub mod render;
 pub mod request;

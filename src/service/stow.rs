@@ -381,6 +381,7 @@ impl StowSession {
             }
         };
         record_outcomes(self.services.store.tenant(), &outcomes);
+        super::events::changes_committed();
         let mut referenced = Vec::new();
         let mut unreferenced = Vec::new();
         let mut parts: Vec<Option<PartOutcome>> = vec![None; self.parts];

@@ -52,8 +52,19 @@ pub const CRYPTO_SEALED: &str = "kastell.crypto.sealed";
 /// store. Unit `By`; label `backend`.
 pub const CRYPTO_OPENED: &str = "kastell.crypto.opened";
 
+/// Changes of the feed a sink has not delivered yet (the outbox backlog),
+/// sampled at every collection. Unit `{change}`; labels `tenant`, `sink`
+/// (`nats`, `jobs`, `webhook.<name>`).
+pub const EVENTS_BACKLOG: &str = "kastell.events.backlog";
+/// Events handed to a sink. Unit `{event}`; labels `sink`, `outcome`
+/// (`delivered`, `failed`: an attempt that will be retried, `dead_lettered`).
+pub const EVENTS_DELIVERIES: &str = "kastell.events.deliveries";
+/// Jobs run by this process. Unit `{job}`; labels `kind` (`precompute`),
+/// `outcome` (`done`, `failed`, `skipped`: done before, redelivered).
+pub const JOBS: &str = "kastell.jobs";
+
 /// Every metric name, for the documentation test.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 13] = [
     HTTP_REQUESTS,
     HTTP_REQUEST_DURATION,
     HTTP_RECEIVED,
@@ -64,6 +75,9 @@ pub const ALL: [&str; 10] = [
     INDEX_POOL_CONNECTIONS,
     CRYPTO_SEALED,
     CRYPTO_OPENED,
+    EVENTS_BACKLOG,
+    EVENTS_DELIVERIES,
+    JOBS,
 ];
 
 /// Name of the instrumentation scope every instrument belongs to.
@@ -89,6 +103,8 @@ pub(crate) struct Instruments {
     pub index_duration: Histogram<f64>,
     pub crypto_sealed: Counter<u64>,
     pub crypto_opened: Counter<u64>,
+    pub events_deliveries: Counter<u64>,
+    pub jobs: Counter<u64>,
 }
 
 pub(crate) fn meter() -> Meter {
@@ -129,6 +145,8 @@ pub(crate) static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
         index_duration: seconds(INDEX_DURATION, "Duration of index calls"),
         crypto_sealed: counter(CRYPTO_SEALED, "By", "Plaintext bytes encrypted"),
         crypto_opened: counter(CRYPTO_OPENED, "By", "Plaintext bytes decrypted"),
+        events_deliveries: counter(EVENTS_DELIVERIES, "{event}", "Events handed to a sink"),
+        jobs: counter(JOBS, "{job}", "Jobs run"),
     }
 });
 
@@ -142,6 +160,65 @@ pub fn instances_stored(tenant: &str, outcome: &'static str, count: u64) {
                 KeyValue::new("outcome", outcome),
             ],
         );
+    }
+}
+
+/// Counts events a sink delivered (`delivered`), failed to deliver and will
+/// retry (`failed`), or gave up on (`dead_lettered`).
+pub fn events_delivered(sink: &str, outcome: &'static str, count: u64) {
+    if count > 0 {
+        INSTRUMENTS.events_deliveries.add(
+            count,
+            &[
+                KeyValue::new("sink", sink.to_string()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+    }
+}
+
+/// Counts a job of `kind` this process ran, with its outcome.
+pub fn job_ran(kind: &'static str, outcome: &'static str) {
+    INSTRUMENTS.jobs.add(
+        1,
+        &[
+            KeyValue::new("kind", kind),
+            KeyValue::new("outcome", outcome),
+        ],
+    );
+}
+
+/// The outbox backlog of each (tenant, sink), as the dispatchers last saw it,
+/// reported by the `kastell.events.backlog` gauge.
+static BACKLOG: std::sync::Mutex<Vec<((String, String), u64)>> = std::sync::Mutex::new(Vec::new());
+static BACKLOG_GAUGE: std::sync::Once = std::sync::Once::new();
+
+/// Records the backlog of `sink` for `tenant`.
+pub fn events_backlog(tenant: &str, sink: &str, backlog: u64) {
+    BACKLOG_GAUGE.call_once(|| {
+        let _gauge = meter()
+            .u64_observable_gauge(EVENTS_BACKLOG)
+            .with_unit("{change}")
+            .with_description("Changes a sink has not delivered yet")
+            .with_callback(|observer| {
+                let backlog = BACKLOG.lock().unwrap_or_else(|e| e.into_inner());
+                for ((tenant, sink), value) in backlog.iter() {
+                    observer.observe(
+                        *value,
+                        &[
+                            KeyValue::new("tenant", tenant.clone()),
+                            KeyValue::new("sink", sink.clone()),
+                        ],
+                    );
+                }
+            })
+            .build();
+    });
+    let mut all = BACKLOG.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (tenant.to_string(), sink.to_string());
+    match all.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, value)) => *value = backlog,
+        None => all.push((key, backlog)),
     }
 }
 

@@ -4,6 +4,7 @@
 //! `protocol/`, never in another handler.
 
 pub mod capabilities;
+pub mod changefeed;
 pub mod delete;
 pub mod openapi;
 pub mod qido;

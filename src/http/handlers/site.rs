@@ -26,9 +26,19 @@ pub async fn readyz(state: web::ReqData<AppState>, site: web::Data<Site>) -> Htt
     let ready = state.services.readiness().await;
     let (index_ok, store_ok) = (ready.index, ready.blob_store);
     if index_ok && store_ok {
-        HttpResponse::Ok()
-            .content_type("text/plain")
-            .body("ready\n")
+        // A sink that cannot deliver does not make the server unready (stores
+        // go on, the outbox keeps the events): it is shown, with its backlog.
+        let mut body = String::from("ready\n");
+        for ((tenant, sink), view) in site.events.snapshot() {
+            if view.backlog > 0 || view.error.is_some() {
+                body.push_str(&format!(
+                    "events backlog: {} (tenant {tenant}, sink {sink}){}\n",
+                    view.backlog,
+                    view.error.map(|e| format!(": {e}")).unwrap_or_default()
+                ));
+            }
+        }
+        HttpResponse::Ok().content_type("text/plain").body(body)
     } else {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain")

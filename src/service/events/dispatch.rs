@@ -1,0 +1,312 @@
+//! The loops behind the events: per tenant, one that announces studies gone
+//! quiet, and one per sink that takes the sink's lease, reads the feed beyond
+//! its cursor, delivers, and moves the cursor — retrying with backoff, or
+//! dead-lettering where the sink gives up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{EventStatus, Sink, SinkView, Stopped, TenantRef, CHANGED};
+use crate::config::EventsConfig;
+use crate::index::changes::epoch_ms;
+use crate::service::tenants::Tenants;
+use crate::telemetry::metrics;
+
+/// How often the list of tenants is read again.
+const TENANTS_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    poll: Duration,
+    batch: i64,
+    lease: Duration,
+    stable_after: Option<Duration>,
+    /// Identifies this process's leases.
+    owner: String,
+}
+
+impl Settings {
+    pub(super) fn from_config(config: &EventsConfig) -> Self {
+        Self {
+            poll: Duration::from_millis(config.poll_interval_ms),
+            batch: i64::from(config.batch),
+            lease: Duration::from_secs(config.lease_secs),
+            stable_after: (config.stable_after_secs > 0)
+                .then(|| Duration::from_secs(config.stable_after_secs)),
+            owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        }
+    }
+}
+
+/// Starts the loops of every tenant, and of tenants registered later.
+pub(super) async fn run(
+    tenants: Arc<Tenants>,
+    settings: Settings,
+    sinks: Vec<Arc<dyn Sink>>,
+    status: EventStatus,
+) {
+    let mut started = HashSet::new();
+    loop {
+        match tenants.all().await {
+            Ok(all) => {
+                for (name, services) in all {
+                    if !started.insert(name.clone()) {
+                        continue;
+                    }
+                    let tenant = TenantRef { name, services };
+                    if let Some(quiet) = settings.stable_after {
+                        tokio::spawn(announce_stable(tenant.clone(), quiet, settings.poll));
+                    }
+                    for sink in sinks.iter().filter(|s| s.serves(&tenant.name)) {
+                        tokio::spawn(deliver(
+                            tenant.clone(),
+                            sink.clone(),
+                            settings.clone(),
+                            status.clone(),
+                        ));
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "events: the tenants could not be listed"),
+        }
+        tokio::time::sleep(TENANTS_EVERY).await;
+    }
+}
+
+/// Writes a "study-stable" change for each study of `tenant` quiet for `quiet`.
+async fn announce_stable(tenant: TenantRef, quiet: Duration, poll: Duration) {
+    // Quiet times are seconds: looking more often than every quarter second
+    // would only load the index.
+    let every = poll.max(Duration::from_millis(250));
+    loop {
+        let quiet_since = epoch_ms() - quiet.as_millis() as i64;
+        match tenant
+            .services
+            .with_index(move |index| index.announce_stable_studies(quiet_since, 100))
+            .await
+        {
+            Ok(0) => tokio::time::sleep(every).await,
+            // More may be due: look again at once.
+            Ok(_) => super::changes_committed(),
+            Err(error) => {
+                tracing::warn!(tenant = %tenant.name, %error, "events: stable studies could not be announced");
+                tokio::time::sleep(every).await;
+            }
+        }
+    }
+}
+
+/// Delivers `tenant`'s changes to `sink`, for as long as the process runs.
+async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, status: EventStatus) {
+    let name = sink.name().to_string();
+    // Failed attempts of the change at the head of the cursor.
+    let mut attempts: HashMap<i64, u32> = HashMap::new();
+    let mut last_error: Option<String> = None;
+    loop {
+        // Registered before the feed is read: a commit after the read still wakes us.
+        let woken = CHANGED.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let step = step(
+            &tenant,
+            sink.as_ref(),
+            &settings,
+            &mut attempts,
+            &mut last_error,
+        )
+        .await;
+        match step {
+            Ok(Step::Idle { backlog }) => {
+                status.set(
+                    &tenant.name,
+                    &name,
+                    SinkView {
+                        backlog,
+                        error: last_error.clone(),
+                    },
+                );
+                let _ = tokio::time::timeout(settings.poll, woken).await;
+            }
+            Ok(Step::Progress { backlog }) => {
+                status.set(
+                    &tenant.name,
+                    &name,
+                    SinkView {
+                        backlog,
+                        error: last_error.clone(),
+                    },
+                );
+            }
+            Ok(Step::Failed { backlog, wait }) => {
+                status.set(
+                    &tenant.name,
+                    &name,
+                    SinkView {
+                        backlog,
+                        error: last_error.clone(),
+                    },
+                );
+                // Keep the lease while waiting, so that another process does
+                // not start over in the middle of the backoff.
+                sleep_holding_lease(&tenant, &name, &settings, wait).await;
+            }
+            Ok(Step::NotOurs) => {
+                // Another process delivers; look again when its lease may have run out.
+                tokio::time::sleep(settings.lease / 2).await;
+            }
+            Err(error) => {
+                tracing::warn!(tenant = %tenant.name, sink = %name, %error, "events: the feed could not be read");
+                tokio::time::sleep(settings.poll.max(Duration::from_secs(1))).await;
+            }
+        }
+    }
+}
+
+enum Step {
+    /// Nothing beyond the cursor.
+    Idle { backlog: u64 },
+    /// A batch went out.
+    Progress { backlog: u64 },
+    /// A delivery failed: try again after `wait`.
+    Failed { backlog: u64, wait: Duration },
+    /// Another process holds the lease.
+    NotOurs,
+}
+
+async fn step(
+    tenant: &TenantRef,
+    sink: &dyn Sink,
+    settings: &Settings,
+    attempts: &mut HashMap<i64, u32>,
+    last_error: &mut Option<String>,
+) -> Result<Step, crate::service::ServiceError> {
+    let name = sink.name().to_string();
+    let owner = settings.owner.clone();
+    let start = sink.start();
+    let lease_ms = settings.lease.as_millis() as i64;
+    let batch = settings.batch;
+    let lookup = (name.clone(), owner.clone());
+    let read = tenant
+        .services
+        .with_index(move |index| {
+            let now = epoch_ms();
+            let Some(cursor) =
+                index.take_sink_lease(&lookup.0, &lookup.1, now, now + lease_ms, start)?
+            else {
+                return Ok(None);
+            };
+            let changes = index.changes_after(cursor, batch)?;
+            let latest = index.latest_change()?;
+            Ok(Some((cursor, changes, latest)))
+        })
+        .await?;
+    let Some((cursor, changes, latest)) = read else {
+        return Ok(Step::NotOurs);
+    };
+    let Some(last) = changes.last().map(|c| c.seq) else {
+        return Ok(Step::Idle { backlog: 0 });
+    };
+    let result = sink.deliver(tenant, &changes).await;
+    let (delivered_to, failure) = match result {
+        Ok(()) => (last, None),
+        Err(Stopped { delivered, error }) => {
+            let delivered = delivered.min(changes.len());
+            let to = if delivered == 0 {
+                cursor
+            } else {
+                changes[delivered - 1].seq
+            };
+            (
+                to,
+                Some((changes[delivered.min(changes.len() - 1)].seq, error)),
+            )
+        }
+    };
+    metrics::events_delivered(&name, "delivered", (delivered_to - cursor) as u64);
+    if delivered_to > cursor {
+        let (name, owner) = (name.clone(), owner.clone());
+        let moved = tenant
+            .services
+            .with_index(move |index| index.advance_sink(&name, &owner, cursor, delivered_to))
+            .await?;
+        if !moved {
+            // The lease went to another process meanwhile: it repeats what we did.
+            return Ok(Step::NotOurs);
+        }
+    }
+    let Some((failed_seq, error)) = failure else {
+        attempts.clear();
+        *last_error = None;
+        return Ok(Step::Progress {
+            backlog: (latest - delivered_to).max(0) as u64,
+        });
+    };
+    metrics::events_delivered(&name, "failed", 1);
+    tracing::warn!(tenant = %tenant.name, sink = %name, seq = failed_seq, %error, "events: a delivery failed");
+    let count = {
+        let count = attempts.entry(failed_seq).or_insert(0);
+        *count += 1;
+        *count
+    };
+    attempts.retain(|seq, _| *seq == failed_seq);
+    *last_error = Some(error.clone());
+    if sink.max_attempts().is_some_and(|max| count >= max) {
+        let (name, owner, reason) = (name.clone(), owner.clone(), error.clone());
+        let dead = tenant
+            .services
+            .with_index(move |index| {
+                index.dead_letter(&name, &owner, failed_seq, count as i32, &reason)
+            })
+            .await?;
+        if dead {
+            metrics::events_delivered(sink.name(), "dead_lettered", 1);
+            tracing::error!(tenant = %tenant.name, sink = %sink.name(), seq = failed_seq, attempts = count, %error,
+                "events: gave up on an event (dead letter; see `kastell events status`)");
+        }
+        attempts.clear();
+        return Ok(Step::Progress {
+            backlog: (latest - failed_seq).max(0) as u64,
+        });
+    }
+    let (name, reason) = (name.clone(), error);
+    tenant
+        .services
+        .with_index(move |index| index.sink_failed(&name, &reason))
+        .await?;
+    Ok(Step::Failed {
+        backlog: (latest - delivered_to).max(0) as u64,
+        wait: sink.backoff(count),
+    })
+}
+
+/// Sleeps `wait`, renewing the sink's lease every third of it.
+async fn sleep_holding_lease(tenant: &TenantRef, sink: &str, settings: &Settings, wait: Duration) {
+    let renew_every = settings.lease / 3;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(renew_every)).await;
+        let (name, owner) = (sink.to_string(), settings.owner.clone());
+        let lease_ms = settings.lease.as_millis() as i64;
+        let renewed = tenant
+            .services
+            .with_index(move |index| {
+                let now = epoch_ms();
+                index.take_sink_lease(
+                    &name,
+                    &owner,
+                    now,
+                    now + lease_ms,
+                    crate::index::changes::SinkStart::Beginning,
+                )
+            })
+            .await;
+        if !matches!(renewed, Ok(Some(_))) {
+            return;
+        }
+    }
+}
