@@ -216,6 +216,10 @@ def synthetic_seeds():
     ]
     for i, query in enumerate(queries):
         write("qido_query", bytes([i % 6]) + query.encode())
+    # The change feed's query: the first byte is 6 modulo 7.
+    for i, query in enumerate(["after=0&limit=100", "after=123456789&limit=1000", "limit=7", "",
+                               "after=1&after=2", "offset=3"]):
+        write("qido_query", bytes([6 + 7 * i]) + query.encode())
 
     accepts = [
         ('multipart/related; type="application/dicom"; transfer-syntax=*', "", "bytes=0-99"),

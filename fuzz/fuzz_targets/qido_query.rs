@@ -2,12 +2,17 @@
 //! (src/http/protocol/query.rs `parse_query`, src/http/handlers/qido.rs `parse_search`) to the SQL
 //! plan (src/index/qido.rs `plan`).
 //!
-//! Input: one byte choosing the resource, then the query string (without `?`).
+//! Also the change feed's query (src/http/protocol/feed.rs `parse_feed_query`).
+//!
+//! Input: one byte choosing the resource (or the change feed), then the query
+//! string (without `?`).
 //! Property: every value reaches SQL as a bind parameter, never as SQL text
-//! (as many `?` placeholders as binds).
+//! (as many `?` placeholders as binds); a change feed query accepted is a
+//! sequence number and a page within the bound.
 #![no_main]
 
 use kastell::http::protocol::accept::{acceptable, negotiate_model};
+use kastell::http::protocol::feed::parse_feed_query;
 use kastell::http::protocol::query::parse_query;
 use kastell::http::handlers::qido::parse_search;
 use kastell::index::qido::plan;
@@ -24,7 +29,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(query) = std::str::from_utf8(query) else {
         return;
     };
-    let resource = match which % 6 {
+    if which % 7 == 6 {
+        let max_page = 1 + u32::from(which) * 4;
+        if let Ok((after, limit)) = parse_feed_query(query, max_page) {
+            assert!(after >= 0, "after {after}");
+            assert!((1..=max_page).contains(&limit), "limit {limit} of {max_page}");
+        }
+        return;
+    }
+    let resource = match which % 7 {
         0 => Resource::Studies,
         1 => Resource::Series,
         2 => Resource::Instances,

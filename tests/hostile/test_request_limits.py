@@ -181,6 +181,33 @@ def test_qido_includefield_all_over_the_largest_page_is_bounded(default):
 
 
 # --------------------------------------------------------------------------
+# The change feed (issue 14)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("params", [
+    {"limit": "1001"}, {"limit": str(10**30)}, {"limit": "0"}, {"limit": "-5"},
+    {"after": str(10**30)}, {"after": "-1"}, {"after": "1e3"}, {"after": "\u0661"},
+    [("after", "1"), ("after", "2")], {"offset": "0"},
+], ids=["limit-over-max", "limit-10^30", "limit-0", "limit-negative", "after-10^30",
+        "after-negative", "after-float", "after-arabic-digit", "after-twice", "unknown-param"])
+def test_change_feed_paging_out_of_bounds_is_400(default, params):
+    """A page is at most events.max_page (1000) entries; after is a sequence number.
+    Anything else is refused before the index is asked."""
+    with default.watch(rss_mib=RSS):
+        resp = default.api.get("/changefeed", params=params)
+        assert resp.status_code == 400, hostile.brief(resp)
+
+
+def test_change_feed_largest_page_is_bounded(default):
+    """The largest page the server gives, from the start: at most 1000 entries."""
+    with default.watch(rss_mib=RSS):
+        resp = default.api.get("/changefeed", params={"after": "0", "limit": "1000"})
+        assert resp.status_code == 200, hostile.brief(resp)
+        assert len(resp.json()) <= 1000
+        latest = default.api.get("/changefeed/latest")
+        assert latest.status_code == 200 and latest.json()["sequence"] >= 0
+
+
+# --------------------------------------------------------------------------
 # URL and headers
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("kib", [16, 60, 100])

@@ -92,6 +92,8 @@ async fn every_ps3_18_example_request_reaches_its_endpoint() {
         (Method::GET, "/dicomweb/openapi.json".into(), E::OpenApiDescription),
         (Method::GET, "/healthz".into(), E::Healthz),
         (Method::GET, "/readyz".into(), E::Readyz),
+        (Method::GET, "/dicomweb/changefeed".into(), E::ChangeFeed),
+        (Method::GET, "/tenants/north/dicomweb/changefeed/latest".into(), E::ChangeFeedLatest),
         (Method::GET, "/metrics".into(), E::Metrics),
         (Method::GET, "/admin/sovereignty".into(), E::AdminSovereignty),
         // What actix routes is what the table names, however it is spelled.
@@ -139,9 +141,10 @@ fn every_endpoint_is_in_the_table_once_per_method_and_path() {
             Endpoint::MethodNotAllowed | Endpoint::NoRoute
         ));
     }
-    // 30 DICOMweb transactions at 30 method-paths, then the site's 8.
+    // 30 DICOMweb transactions at 30 method-paths, then the site's 8 and the
+    // change feed's 2.
     assert_eq!(transactions().count(), 30);
-    assert_eq!(table().len(), 38);
+    assert_eq!(table().len(), 40);
 }
 
 #[test]
@@ -158,6 +161,12 @@ fn audit_actions_and_permissions_follow_the_kind_of_endpoint() {
         Some(AuditAction::Retrieve)
     );
     assert_eq!(E::DeleteSeries.audit_action(), Some(AuditAction::Delete));
+    // The change feed names UIDs: audited as a query, read permission.
+    assert_eq!(E::ChangeFeed.audit_action(), Some(AuditAction::Search));
+    assert_eq!(
+        E::ChangeFeedLatest.permission(get, "/dicomweb/changefeed/latest"),
+        Permission::Tenant(Action::Read)
+    );
     for quiet in [
         E::RetrieveCapabilities,
         E::OpenApiDescription,
@@ -202,5 +211,5 @@ fn names_are_the_transactions_of_ps3_18() {
     assert_eq!(Endpoint::StoreStudyInstances.name(), "StoreInstances");
     assert_eq!(Endpoint::RetrieveFrames.name(), "RetrieveFrames");
     let names: std::collections::HashSet<_> = table().iter().map(|r| r.name()).collect();
-    assert_eq!(names.len(), 36, "one name per endpoint but STOW-RS");
+    assert_eq!(names.len(), 38, "one name per endpoint but STOW-RS");
 }

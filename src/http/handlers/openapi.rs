@@ -9,7 +9,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value as Json};
 
-use crate::http::endpoint::{self, Mount, Route};
+use crate::http::endpoint::{self, Endpoint, Mount, Route};
 use crate::http::protocol::etag::with_etag;
 use crate::http::state::AppState;
 use crate::http::state::Site;
@@ -87,7 +87,15 @@ pub fn document(table: &[Route], bases: &Bases) -> Json {
         };
         operation_ids.push(operation_id.clone());
         let mut parameters: Vec<Json> = names.iter().map(|name| path_parameter(name)).collect();
-        parameters.extend(endpoint.query.iter().map(|name| query_parameter(name)));
+        parameters.extend(endpoint.query.iter().map(|name| {
+            if endpoint.endpoint == Endpoint::ChangeFeed && *name == "limit" {
+                // At most `events.max_page` (default 1000); more is a 400.
+                json!({"name": "limit", "in": "query", "required": false,
+                    "schema": {"type": "integer", "minimum": 1}})
+            } else {
+                query_parameter(name)
+            }
+        }));
         let mut operation = json!({
             "operationId": operation_id,
             "summary": endpoint.name(),
@@ -239,6 +247,8 @@ fn query_parameter(name: &str) -> Json {
         "includefield" => (comma_list(string()), Some("form")),
         "fuzzymatching" | "emptyvaluematching" | "multiplevaluematching" => (boolean(), None),
         "limit" => (count(0), None),
+        // The change feed's: a sequence number.
+        "after" => (count(0), None),
         // At most `limits.max_query_offset` (default 10 000 000); more is a 400.
         "offset" => (count(0), None),
         "quality" | "imageQuality" => (
@@ -299,6 +309,10 @@ fn responses(mount: Mount, endpoint: &Route) -> Json {
                 let schema = match *media {
                     "application/dicom+json" if object => json!({"type": "object"}),
                     "application/dicom+json" => {
+                        json!({"type": "array", "items": {"type": "object"}})
+                    }
+                    // The change feed's page is a list of entries.
+                    "application/json" if endpoint.endpoint == Endpoint::ChangeFeed => {
                         json!({"type": "array", "items": {"type": "object"}})
                     }
                     "application/json" => json!({"type": "object"}),

@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod etag;
+pub mod feed;
 pub mod multipart;
 pub mod query;
 pub mod range;
