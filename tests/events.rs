@@ -329,3 +329,37 @@ fn each_tenant_has_its_own_feed() {
         vec![(1, "created".to_string(), "6.2.1.1".to_string())]
     );
 }
+
+/// Key events are changes of the tenant: rotation and shredding are in its
+/// feed (and the deletions a shred makes follow it).
+#[test]
+fn key_rotation_and_shredding_are_in_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [("KASTELL__EVENTS__STABLE_AFTER_SECS", "0")];
+    let server = Server::spawn(&data, &env);
+    assert_eq!(
+        store(
+            &server,
+            "/studies",
+            &[dicom_file(&Spec::new("5.1", "5.1.1", "5.1.1.1"))]
+        )
+        .0,
+        200
+    );
+    server.terminate();
+    let (ok, out) = cli(&["keys", "rotate", "--tenant", "default"], &data);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["keys", "shred", "--tenant", "default", "--yes"], &data);
+    assert!(ok, "{out}");
+    let server = Server::spawn(&data, &env);
+    let all = whole_feed(&server, 10);
+    let actions: Vec<&str> = all.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        vec!["created", "key-rotated", "key-shredded", "deleted"]
+    );
+    assert_eq!(all[1]["keyVersion"], 2);
+    assert!(all[1].get("studyInstanceUID").is_none());
+    assert_eq!(all[3]["sopInstanceUID"], "5.1.1.1");
+}

@@ -178,7 +178,15 @@ impl Default for JobsConfig {
 }
 
 /// The actions events name (the change feed's `action`).
-pub const EVENT_ACTIONS: &[&str] = &["created", "replaced", "deleted", "study-stable"];
+pub const EVENT_ACTIONS: &[&str] = &[
+    "created",
+    "replaced",
+    "deleted",
+    "study-stable",
+    "key-rotated",
+    "key-retired",
+    "key-shredded",
+];
 
 impl EventsConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {

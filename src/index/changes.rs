@@ -31,14 +31,24 @@ pub enum ChangeAction {
     Deleted,
     /// No instance of the study arrived for the configured quiet time.
     StudyStable,
+    /// The tenant's key was rotated (`kastell keys rotate`): data keys re-wrapped.
+    KeyRotated,
+    /// A superseded version of the tenant's key was destroyed (`kastell keys retire`).
+    KeyRetired,
+    /// Every key of the tenant was destroyed (`kastell keys shred`); the
+    /// deletions of its studies follow.
+    KeyShredded,
 }
 
 impl ChangeAction {
-    pub const ALL: [ChangeAction; 4] = [
+    pub const ALL: [ChangeAction; 7] = [
         ChangeAction::Created,
         ChangeAction::Replaced,
         ChangeAction::Deleted,
         ChangeAction::StudyStable,
+        ChangeAction::KeyRotated,
+        ChangeAction::KeyRetired,
+        ChangeAction::KeyShredded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +57,9 @@ impl ChangeAction {
             ChangeAction::Replaced => "replaced",
             ChangeAction::Deleted => "deleted",
             ChangeAction::StudyStable => "study-stable",
+            ChangeAction::KeyRotated => "key-rotated",
+            ChangeAction::KeyRetired => "key-retired",
+            ChangeAction::KeyShredded => "key-shredded",
         }
     }
 
@@ -242,6 +255,24 @@ impl Index {
              ORDER BY seq LIMIT ?",
             &[Bind::Int(after), Bind::Int(limit)],
         )?))
+    }
+
+    /// Writes a change of the tenant itself (a key event), with what it adds as
+    /// `detail` (JSON).
+    pub fn record_tenant_change(
+        &self,
+        action: ChangeAction,
+        detail: Option<serde_json::Value>,
+    ) -> Result<(), IndexError> {
+        let change = NewChange {
+            action,
+            study_instance_uid: None,
+            series_instance_uid: None,
+            sop_instance_uid: None,
+            sop_class_uid: None,
+            detail: detail.map(|d| d.to_string()),
+        };
+        with_conn!(self, conn => conn.write(|conn| append_changes(conn, std::slice::from_ref(&change))))
     }
 
     /// The number of the tenant's latest change (0 before the first).

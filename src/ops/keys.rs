@@ -6,6 +6,7 @@ use crate::app::build_tenants;
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::config::Config;
 use crate::crypto::KeyId;
+use crate::index::changes::ChangeAction;
 use crate::service::Services;
 
 use super::audit::audit_cli;
@@ -84,6 +85,15 @@ async fn rotate_with(
         }
     }
     rewrap_metadata_records(services, &store, &mut report).await?;
+    // And in the tenant's change feed, for the systems that follow it.
+    services.index.record_tenant_change(
+        ChangeAction::KeyRotated,
+        Some(serde_json::json!({
+            "keyVersion": report.new_key.version,
+            "dataKeysRewrapped": report.rewrapped,
+            "failed": report.failed.len(),
+        })),
+    )?;
     // Key events live with the keys, in the control index.
     control.index.record_key_event(
         tenant,
@@ -209,6 +219,10 @@ async fn retire_with(services: &Services, tenant: &str, version: u32) -> anyhow:
         }
     }
     services.store.keys().retire(&id)?;
+    services.index.record_tenant_change(
+        ChangeAction::KeyRetired,
+        Some(serde_json::json!({ "keyVersion": version })),
+    )?;
     Ok(checked)
 }
 
@@ -235,6 +249,9 @@ pub async fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<Shred
             .find_map(|(name, services)| (name == tenant).then_some(services))
             .ok_or_else(|| anyhow::anyhow!("there is no tenant {tenant}"))?;
         services.store.keys().shred(tenant)?;
+        services
+            .with_index(|index| index.record_tenant_change(ChangeAction::KeyShredded, None))
+            .await?;
         let mut report = ShredReport::default();
         let studies = services.with_index(|index| index.study_uids()).await?;
         for study in studies {

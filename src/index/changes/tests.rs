@@ -84,13 +84,24 @@ fn stores_replacements_and_deletions_are_numbered_without_gaps() {
             vec![(3, "replaced", Some("1.9.1.2"))]
         );
         assert!(index.changes_after(4, 10).unwrap().is_empty());
+        // A change of the tenant itself: no UIDs, its facts as detail.
+        index
+            .record_tenant_change(
+                ChangeAction::KeyRotated,
+                Some(serde_json::json!({"keyVersion": 2})),
+            )
+            .unwrap();
+        let key = &index.changes_after(4, 10).unwrap()[0];
+        assert_eq!((key.seq, key.action.as_str()), (5, "key-rotated"));
+        assert_eq!(key.study_instance_uid, None);
+        assert_eq!(key.detail.as_deref(), Some(r#"{"keyVersion":2}"#));
         // A deletion that matched nothing writes nothing.
         index
             .delete(&Scope::Study {
                 study: "1.7".into(),
             })
             .unwrap();
-        assert_eq!(index.latest_change().unwrap(), 4);
+        assert_eq!(index.latest_change().unwrap(), 5);
     }
 }
 

@@ -11,6 +11,7 @@ use crate::index::changes::{Change, StudyPatient};
 pub fn event_type(action: &str) -> String {
     match action {
         "study-stable" => "org.kastell.study.stable".to_string(),
+        key if key.starts_with("key-") => format!("org.kastell.tenant.{key}"),
         other => format!("org.kastell.instance.{other}"),
     }
 }
