@@ -175,6 +175,47 @@ fn check_consistent(server: &Server, data: &Path, ledger: &Ledger) -> usize {
             .unwrap_or_else(|status| panic!("QIDO lists {uid}, but retrieving it gives {status}"));
         assert!(stored == *bytes, "{uid} is not byte-identical");
     }
+    // The change feed (the events' outbox) agrees: numbered 1..N without a gap,
+    // one `created` for each instance stored, none for what the kill undid.
+    let mut feed: Vec<serde_json::Value> = Vec::new();
+    loop {
+        let after = feed.last().map_or(0, |e| e["sequence"].as_i64().unwrap());
+        let page: Vec<serde_json::Value> = client()
+            .get(server.url(&format!("/changefeed?after={after}&limit=1000")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        feed.extend(page);
+    }
+    let sequences: Vec<i64> = feed
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        sequences,
+        (1..=feed.len() as i64).collect::<Vec<_>>(),
+        "a gap in the feed"
+    );
+    let created: Vec<&str> = feed
+        .iter()
+        .filter(|e| e["action"] == "created")
+        .map(|e| e["sopInstanceUID"].as_str().unwrap())
+        .collect();
+    let created_set: std::collections::BTreeSet<&str> = created.iter().copied().collect();
+    assert_eq!(
+        created.len(),
+        created_set.len(),
+        "an instance created twice in the feed"
+    );
+    let listed_set: std::collections::BTreeSet<&str> = listed.keys().map(String::as_str).collect();
+    assert_eq!(
+        created_set, listed_set,
+        "the feed's creations are not what is stored"
+    );
     let lost: Vec<&String> = ledger
         .acked
         .iter()
