@@ -357,6 +357,16 @@ impl Index {
         }))
     }
 
+    /// Forgets the studies waiting for their quiet time since before
+    /// `before_ms`, announcing nothing (stable-study announcements are off: a
+    /// later switch-on must not announce every study ever stored at once).
+    pub fn forget_settling_before(&self, before_ms: i64) -> Result<usize, IndexError> {
+        Ok(with_conn!(self, conn => conn.run(
+            "DELETE FROM studies_settling WHERE last_arrival_ms <= ?",
+            &[Bind::Int(before_ms)],
+        )?))
+    }
+
     /// How many studies wait for their quiet time.
     pub fn settling_studies(&self) -> Result<i64, IndexError> {
         Ok(with_conn!(self, conn => conn.load_one::<Seq>(

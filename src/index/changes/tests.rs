@@ -159,6 +159,19 @@ fn a_study_is_announced_stable_once_and_again_after_new_instances() {
         assert_eq!(last[0].action, "study-stable");
         assert_eq!(last[0].study_instance_uid.as_deref(), Some("2.1"));
         assert_eq!(index.settling_studies().unwrap(), 0);
+        // Announcements off: the marks are dropped without a word.
+        index
+            .store_instances(&[instance("2.4", "2.4.1", "2.4.1.1", "a")], false)
+            .unwrap();
+        let latest = index.latest_change().unwrap();
+        assert_eq!(index.forget_settling_before(epoch_ms() + 1).unwrap(), 1);
+        assert_eq!(
+            index
+                .announce_stable_studies(epoch_ms() + 1_000, 100)
+                .unwrap(),
+            0
+        );
+        assert_eq!(index.latest_change().unwrap(), latest);
     }
 }
 

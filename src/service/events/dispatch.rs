@@ -55,8 +55,13 @@ pub(super) async fn run(
                         continue;
                     }
                     let tenant = TenantRef { name, services };
-                    if let Some(quiet) = settings.stable_after {
-                        tokio::spawn(announce_stable(tenant.clone(), quiet, settings.poll));
+                    match settings.stable_after {
+                        Some(quiet) => {
+                            tokio::spawn(announce_stable(tenant.clone(), quiet, settings.poll));
+                        }
+                        None => {
+                            tokio::spawn(forget_settling(tenant.clone()));
+                        }
                     }
                     for sink in sinks.iter().filter(|s| s.serves(&tenant.name)) {
                         tokio::spawn(deliver(
@@ -94,6 +99,22 @@ async fn announce_stable(tenant: TenantRef, quiet: Duration, poll: Duration) {
                 tokio::time::sleep(every).await;
             }
         }
+    }
+}
+
+/// With stable-study announcements off, forgets the studies STOW marked as
+/// settling, every minute.
+async fn forget_settling(tenant: TenantRef) {
+    loop {
+        let before = epoch_ms();
+        if let Err(error) = tenant
+            .services
+            .with_index(move |index| index.forget_settling_before(before))
+            .await
+        {
+            tracing::warn!(tenant = %tenant.name, %error, "events: settling studies could not be forgotten");
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
     }
 }
 
