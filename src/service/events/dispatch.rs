@@ -124,6 +124,7 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
     // Failed attempts of the change at the head of the cursor.
     let mut attempts: HashMap<i64, u32> = HashMap::new();
     let mut last_error: Option<String> = None;
+    let mut held: Option<Held> = None;
     loop {
         // Registered before the feed is read: a commit after the read still wakes us.
         let woken = CHANGED.notified();
@@ -135,6 +136,7 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
             &settings,
             &mut attempts,
             &mut last_error,
+            &mut held,
         )
         .await;
         match step {
@@ -171,6 +173,7 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
                 // Keep the lease while waiting, so that another process does
                 // not start over in the middle of the backoff.
                 sleep_holding_lease(&tenant, &name, &settings, wait).await;
+                held = None;
             }
             Ok(Step::NotOurs) => {
                 // Another process delivers; look again when its lease may have run out.
@@ -182,6 +185,13 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
             }
         }
     }
+}
+
+/// The lease this process holds on a sink, and the sink's cursor.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    cursor: i64,
+    until_ms: i64,
 }
 
 enum Step {
@@ -201,6 +211,7 @@ async fn step(
     settings: &Settings,
     attempts: &mut HashMap<i64, u32>,
     last_error: &mut Option<String>,
+    held: &mut Option<Held>,
 ) -> Result<Step, crate::service::ServiceError> {
     let name = sink.name().to_string();
     let owner = settings.owner.clone();
@@ -208,14 +219,25 @@ async fn step(
     let lease_ms = settings.lease.as_millis() as i64;
     let batch = settings.batch;
     let lookup = (name.clone(), owner.clone());
+    // A lease with more than half its time left is used as it is: only the
+    // holder moves the cursor, so the one kept here is current, and an idle
+    // sink does not write to the index at every look.
+    let now = epoch_ms();
+    let known = held
+        .filter(|h| h.until_ms - now > lease_ms / 2)
+        .map(|h| h.cursor);
     let read = tenant
         .services
         .with_index(move |index| {
-            let now = epoch_ms();
-            let Some(cursor) =
-                index.take_sink_lease(&lookup.0, &lookup.1, now, now + lease_ms, start)?
-            else {
-                return Ok(None);
+            let cursor = match known {
+                Some(cursor) => cursor,
+                None => {
+                    let now = epoch_ms();
+                    match index.take_sink_lease(&lookup.0, &lookup.1, now, now + lease_ms, start)? {
+                        Some(cursor) => cursor,
+                        None => return Ok(None),
+                    }
+                }
             };
             let changes = index.changes_after(cursor, batch)?;
             let latest = index.latest_change()?;
@@ -223,8 +245,15 @@ async fn step(
         })
         .await?;
     let Some((cursor, changes, latest)) = read else {
+        *held = None;
         return Ok(Step::NotOurs);
     };
+    if known.is_none() {
+        *held = Some(Held {
+            cursor,
+            until_ms: now + lease_ms,
+        });
+    }
     let Some(last) = changes.last().map(|c| c.seq) else {
         return Ok(Step::Idle { backlog: 0 });
     };
@@ -253,7 +282,11 @@ async fn step(
             .await?;
         if !moved {
             // The lease went to another process meanwhile: it repeats what we did.
+            *held = None;
             return Ok(Step::NotOurs);
+        }
+        if let Some(held) = held.as_mut() {
+            held.cursor = delivered_to;
         }
     }
     let Some((failed_seq, error)) = failure else {
@@ -280,6 +313,10 @@ async fn step(
                 index.dead_letter(&name, &owner, failed_seq, count as i32, &reason)
             })
             .await?;
+        match held.as_mut() {
+            Some(held) if dead => held.cursor = failed_seq,
+            _ => *held = None,
+        }
         if dead {
             metrics::events_delivered(sink.name(), "dead_lettered", 1);
             tracing::error!(tenant = %tenant.name, sink = %sink.name(), seq = failed_seq, attempts = count, %error,
