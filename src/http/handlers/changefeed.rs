@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::http::error::ApiError;
 use crate::http::protocol::feed::parse_feed_query;
 use crate::http::state::{AppState, Site};
-use crate::service::events::{self, FeedEntry};
+use crate::service::events::{self, cloudevent, FeedEntry};
 
 /// One page of the feed, with a `Link: rel="next"` when the page is full.
 pub async fn page(
@@ -48,29 +48,10 @@ pub async fn latest(state: web::ReqData<AppState>) -> Result<HttpResponse, ApiEr
 }
 
 fn entry_json(entry: &FeedEntry) -> Value {
-    let mut value = json!({
-        "sequence": entry.seq,
-        "timestamp": entry.occurred_at,
-        "action": entry.action,
-    });
-    if let Value::Object(fields) = &mut value {
-        for (name, field) in [
-            ("studyInstanceUID", &entry.study_instance_uid),
-            ("seriesInstanceUID", &entry.series_instance_uid),
-            ("sopInstanceUID", &entry.sop_instance_uid),
-            ("sopClassUID", &entry.sop_class_uid),
-        ] {
-            if let Some(field) = field {
-                fields.insert(name.into(), json!(field));
-            }
-        }
-        if let Some(Value::Object(detail)) = entry
-            .detail
-            .as_deref()
-            .and_then(|d| serde_json::from_str::<Value>(d).ok())
-        {
-            fields.extend(detail);
-        }
-    }
-    value
+    let mut fields = serde_json::Map::new();
+    fields.insert("sequence".into(), json!(entry.seq));
+    fields.insert("timestamp".into(), json!(entry.occurred_at));
+    fields.insert("action".into(), json!(entry.action));
+    fields.extend(cloudevent::facts(entry));
+    Value::Object(fields)
 }

@@ -22,13 +22,11 @@ pub fn event_id(tenant: &str, seq: i64) -> String {
     format!("{tenant}:{seq}")
 }
 
-/// The CloudEvent of `change` of `tenant`; `patient` is added to the data when
-/// given (the caller decides whether the sink may carry it).
-pub fn cloud_event(tenant: &str, change: &Change, patient: Option<&StudyPatient>) -> Value {
-    let mut data = Map::new();
-    data.insert("tenant".into(), json!(tenant));
-    data.insert("sequence".into(), json!(change.seq));
-    data.insert("action".into(), json!(change.action));
+/// What a change names (its UIDs, by their DICOM JSON-style names) and what
+/// its action adds (a stable study's counts, a key version): the fields the
+/// change feed and the events share.
+pub fn facts(change: &Change) -> Map<String, Value> {
+    let mut fields = Map::new();
     for (name, value) in [
         ("studyInstanceUID", &change.study_instance_uid),
         ("seriesInstanceUID", &change.series_instance_uid),
@@ -36,7 +34,7 @@ pub fn cloud_event(tenant: &str, change: &Change, patient: Option<&StudyPatient>
         ("sopClassUID", &change.sop_class_uid),
     ] {
         if let Some(value) = value {
-            data.insert(name.into(), json!(value));
+            fields.insert(name.into(), json!(value));
         }
     }
     if let Some(Value::Object(detail)) = change
@@ -44,8 +42,19 @@ pub fn cloud_event(tenant: &str, change: &Change, patient: Option<&StudyPatient>
         .as_deref()
         .and_then(|d| serde_json::from_str::<Value>(d).ok())
     {
-        data.extend(detail);
+        fields.extend(detail);
     }
+    fields
+}
+
+/// The CloudEvent of `change` of `tenant`; `patient` is added to the data when
+/// given (the caller decides whether the sink may carry it).
+pub fn cloud_event(tenant: &str, change: &Change, patient: Option<&StudyPatient>) -> Value {
+    let mut data = Map::new();
+    data.insert("tenant".into(), json!(tenant));
+    data.insert("sequence".into(), json!(change.seq));
+    data.insert("action".into(), json!(change.action));
+    data.extend(facts(change));
     if let Some(patient) = patient {
         let mut fields = Map::new();
         for (name, value) in [

@@ -139,37 +139,18 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
             &mut held,
         )
         .await;
+        let show = |backlog| {
+            let error = last_error.clone();
+            status.set(&tenant.name, &name, SinkView { backlog, error });
+        };
         match step {
             Ok(Step::Idle { backlog }) => {
-                status.set(
-                    &tenant.name,
-                    &name,
-                    SinkView {
-                        backlog,
-                        error: last_error.clone(),
-                    },
-                );
+                show(backlog);
                 let _ = tokio::time::timeout(settings.poll, woken).await;
             }
-            Ok(Step::Progress { backlog }) => {
-                status.set(
-                    &tenant.name,
-                    &name,
-                    SinkView {
-                        backlog,
-                        error: last_error.clone(),
-                    },
-                );
-            }
+            Ok(Step::Progress { backlog }) => show(backlog),
             Ok(Step::Failed { backlog, wait }) => {
-                status.set(
-                    &tenant.name,
-                    &name,
-                    SinkView {
-                        backlog,
-                        error: last_error.clone(),
-                    },
-                );
+                show(backlog);
                 // Keep the lease while waiting, so that another process does
                 // not start over in the middle of the backoff.
                 sleep_holding_lease(&tenant, &name, &settings, wait).await;
