@@ -383,7 +383,10 @@ fn stow_and_delete_reach_the_receivers_in_order_signed_and_with_patient_data_onl
         .collect();
     created.sort();
     assert_eq!(created, ["21.1.1.1", "21.1.1.2"]);
-    assert_eq!(events[2].event()["data"]["numberOfStudyRelatedInstances"], 2);
+    assert_eq!(
+        events[2].event()["data"]["numberOfStudyRelatedInstances"],
+        2
+    );
 
     // The other subscription skipped "study stable" and got the patient.
     let events = with_patient.wait_for(4);
@@ -411,8 +414,7 @@ fn stow_and_delete_reach_the_receivers_in_order_signed_and_with_patient_data_onl
     assert_eq!(tenant["latest_seq"], 5);
     assert_eq!(tenant["dead_letters"], serde_json::json!([]));
     wait_until("both sinks are at the end of the feed", || {
-        let status: Value =
-            serde_json::from_str(&events_status(&server, &config, "json")).unwrap();
+        let status: Value = serde_json::from_str(&events_status(&server, &config, "json")).unwrap();
         let sinks = status["tenants"][0]["sinks"].as_array().unwrap().clone();
         sinks.len() == 2 && sinks.iter().all(|s| s["cursor"] == 5 && s["backlog"] == 0)
     });
@@ -432,7 +434,10 @@ fn a_replayed_stale_or_tampered_delivery_is_rejected_by_the_receiver() {
         }],
     );
     let server = serve(dir.path(), &config);
-    assert_eq!(store(&server, "/studies", &[dicom_file(&instance("22.1", 1))]).0, 200);
+    assert_eq!(
+        store(&server, "/studies", &[dicom_file(&instance("22.1", 1))]).0,
+        200
+    );
     let captured = receiver.wait_for(1).remove(0);
     assert_eq!(receiver.answers("default:1"), [204]);
 
@@ -479,7 +484,10 @@ fn a_receiver_that_fails_twice_gets_the_event_on_the_third_attempt() {
         }],
     );
     let server = serve(dir.path(), &config);
-    assert_eq!(store(&server, "/studies", &[dicom_file(&instance("23.1", 1))]).0, 200);
+    assert_eq!(
+        store(&server, "/studies", &[dicom_file(&instance("23.1", 1))]).0,
+        200
+    );
     let accepted = receiver.wait_for(1);
     assert_eq!(accepted[0].id, "default:1");
     assert_eq!(receiver.answers("default:1"), [500, 500, 204]);
@@ -504,10 +512,12 @@ fn an_event_a_receiver_always_refuses_is_dead_lettered_and_later_events_still_ar
         }],
     );
     let server = serve(dir.path(), &config);
-    assert_eq!(store(&server, "/studies", &[dicom_file(&instance("24.1", 1))]).0, 200);
+    assert_eq!(
+        store(&server, "/studies", &[dicom_file(&instance("24.1", 1))]).0,
+        200
+    );
     wait_until("the refused event is dead-lettered", || {
-        let status: Value =
-            serde_json::from_str(&events_status(&server, &config, "json")).unwrap();
+        let status: Value = serde_json::from_str(&events_status(&server, &config, "json")).unwrap();
         !status["tenants"][0]["dead_letters"]
             .as_array()
             .unwrap()
@@ -525,25 +535,36 @@ fn an_event_a_receiver_always_refuses_is_dead_lettered_and_later_events_still_ar
         dead["last_error"].as_str().unwrap().contains("500"),
         "{dead}"
     );
-    assert!(dead["failed_at"].as_str().unwrap().starts_with("20"), "{dead}");
+    assert!(
+        dead["failed_at"].as_str().unwrap().starts_with("20"),
+        "{dead}"
+    );
     let sink = &tenant["sinks"][0];
     assert_eq!(sink["name"], "webhook.ris");
     assert_eq!(sink["cursor"], 1);
     let text = events_status(&server, &config, "text");
-    assert!(text.contains("Tenant default (active): latest change 1"), "{text}");
-    assert!(text.contains("webhook.ris seq 1 after 3 attempts"), "{text}");
+    assert!(
+        text.contains("Tenant default (active): latest change 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("webhook.ris seq 1 after 3 attempts"),
+        "{text}"
+    );
     assert!(text.contains("the receiver answered 500"), "{text}");
 
     // The next event goes through.
-    assert_eq!(store(&server, "/studies", &[dicom_file(&instance("24.2", 1))]).0, 200);
+    assert_eq!(
+        store(&server, "/studies", &[dicom_file(&instance("24.2", 1))]).0,
+        200
+    );
     let accepted = receiver.wait_for(1);
     assert_eq!(accepted[0].id, "default:2");
     assert_eq!(accepted[0].event()["data"]["sopInstanceUID"], "24.2.1.1");
     // The dead letter was not tried again.
     assert_eq!(receiver.answers("default:1"), [500, 500, 500]);
     wait_until("the sink is at the end of the feed", || {
-        let status: Value =
-            serde_json::from_str(&events_status(&server, &config, "json")).unwrap();
+        let status: Value = serde_json::from_str(&events_status(&server, &config, "json")).unwrap();
         let sink = &status["tenants"][0]["sinks"][0];
         sink["cursor"] == 2 && sink["backlog"] == 0 && sink["last_error"].is_null()
     });
@@ -583,7 +604,11 @@ fn serve_refuses_a_webhook_declared_outside_the_personal_data_countries() {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let hook = report["backends"]
         .as_array()
@@ -593,7 +618,10 @@ fn serve_refuses_a_webhook_declared_outside_the_personal_data_countries() {
         .expect("the webhook is in the report")
         .clone();
     assert_eq!(hook["jurisdiction"]["country"], "DE");
-    assert!(hook["receives"].as_str().unwrap().contains("UIDs"), "{hook}");
+    assert!(
+        hook["receives"].as_str().unwrap().contains("UIDs"),
+        "{hook}"
+    );
     assert!(report["chain"]
         .as_array()
         .unwrap()
@@ -619,8 +647,14 @@ fn serve_refuses_a_webhook_declared_outside_the_personal_data_countries() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("refuses to start"), "{stderr}");
-    assert!(stderr.contains("webhook ris (http://127.0.0.1:9/…)"), "{stderr}");
-    assert!(stderr.contains("sovereignty.personal_data_countries"), "{stderr}");
+    assert!(
+        stderr.contains("webhook ris (http://127.0.0.1:9/…)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sovereignty.personal_data_countries"),
+        "{stderr}"
+    );
     // Nothing was created before the refusal.
     assert!(!dir.path().join("data").join("index.sqlite").exists());
 }

@@ -248,8 +248,14 @@ mod tests {
         let text = report.to_string();
         assert!(text.contains("latest change 10, 1 study waiting"), "{text}");
         assert!(text.contains("backlog      3"), "{text}");
-        assert!(text.contains("held by 42-abc until 2027-01-15T08:00:05Z"), "{text}");
-        assert!(text.contains("last error: the receiver answered 500"), "{text}");
+        assert!(
+            text.contains("held by 42-abc until 2027-01-15T08:00:05Z"),
+            "{text}"
+        );
+        assert!(
+            text.contains("last error: the receiver answered 500"),
+            "{text}"
+        );
         assert!(text.contains("webhook.ai"), "{text}");
         assert!(
             text.contains("webhook.ris seq 3 after 4 attempts, 2026-12-04T08:00:00Z"),

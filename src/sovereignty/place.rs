@@ -187,9 +187,10 @@ pub(super) fn event_destination(what: &str, urls: &str) -> Place {
         .collect();
     let local = !hosts.is_empty() && hosts.iter().all(|h| is_local_host(h));
     let tls = !parsed.is_empty()
-        && parsed
-            .iter()
-            .all(|u| u.as_ref().is_some_and(|u| matches!(u.scheme(), "https" | "tls")));
+        && parsed.iter().all(|u| {
+            u.as_ref()
+                .is_some_and(|u| matches!(u.scheme(), "https" | "tls"))
+        });
     let shown: Vec<String> = hosts
         .iter()
         .map(|h| if h.is_empty() { "?" } else { h.as_str() }.to_string())
@@ -316,7 +317,10 @@ mod tests {
         assert!(remote.description.contains("ris.example"));
         let brokers = event_destination("NATS server", "nats://127.0.0.1:4222, nats://[::1]:4223");
         assert!(brokers.local);
-        let mixed = event_destination("NATS server", "tls://localhost:4222,tls://nats.example:4222");
+        let mixed = event_destination(
+            "NATS server",
+            "tls://localhost:4222,tls://nats.example:4222",
+        );
         assert!(!mixed.local && mixed.tls_required == Some(true));
         assert!(!event_destination("NATS server", "not a url").local);
     }

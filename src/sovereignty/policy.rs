@@ -202,7 +202,9 @@ pub(super) fn judge(
                              law, which the policy must know for {}{also}",
                             b.protects()
                         ),
-                        format!("add foreign_access_law = true or false to the location in {section}"),
+                        format!(
+                            "add foreign_access_law = true or false to the location in {section}"
+                        ),
                     )),
                 }
             }

@@ -347,14 +347,18 @@ fn a_webhook_outside_the_policy_is_refused_like_the_index() {
             ("webhook".to_string(), Rule::ForeignAccessLaw)
         ]
     );
-    assert!(violations[0].backend.starts_with("webhook ris (https://ris.example.com/…)"));
+    assert!(violations[0]
+        .backend
+        .starts_with("webhook ris (https://ris.example.com/…)"));
     assert!(violations[0].problem.contains("UIDs"), "{}", violations[0]);
     assert!(
         violations[0].fix.contains("anywhere-without-patient-data"),
         "{}",
         violations[0]
     );
-    assert!(violations[0].fix.contains("point the webhook at a receiver"));
+    assert!(violations[0]
+        .fix
+        .contains("point the webhook at a receiver"));
 
     // Events without patient data may go anywhere when the policy says so...
     config.sovereignty.event_destinations = EventDestinationPolicy::AnywhereWithoutPatientData;
@@ -372,7 +376,11 @@ fn a_webhook_outside_the_policy_is_refused_like_the_index() {
             ("webhook".to_string(), Rule::ForeignAccessLaw)
         ]
     );
-    assert!(violations[0].problem.contains("patient names"), "{}", violations[0]);
+    assert!(
+        violations[0].problem.contains("patient names"),
+        "{}",
+        violations[0]
+    );
     assert!(
         violations[0]
             .fix
@@ -411,7 +419,10 @@ fn a_webhook_in_an_allowed_country_is_listed_with_what_it_receives() {
     assert_eq!(events.held.len(), 1);
     assert!(events.rule.contains("same-as-personal-data"));
     let personal = &report.chain[1];
-    assert!(personal.held.iter().any(|h| h.backend == BackendKind::Webhook));
+    assert!(personal
+        .held
+        .iter()
+        .any(|h| h.backend == BackendKind::Webhook));
     let text = report.to_string();
     assert!(text.contains("receives:"), "{text}");
     assert!(text.contains("event destinations: same-as-personal-data"));
@@ -444,7 +455,11 @@ fn a_loopback_webhook_and_broker_inherit_the_host() {
         rules(&violations),
         [("server".to_string(), Rule::PersonalDataCountries)]
     );
-    assert!(violations[0].problem.contains("webhook local"), "{}", violations[0]);
+    assert!(
+        violations[0].problem.contains("webhook local"),
+        "{}",
+        violations[0]
+    );
 }
 
 #[test]
@@ -458,10 +473,7 @@ fn an_undeclared_remote_broker_is_a_warning_or_a_violation() {
         .warnings
         .iter()
         .any(|w| w.backend.starts_with("event broker") && w.message.contains("[events.nats]")));
-    assert!(report
-        .warnings
-        .iter()
-        .any(|w| w.message.contains("tls://")));
+    assert!(report.warnings.iter().any(|w| w.message.contains("tls://")));
     assert!(!serde_json::to_string(&report).unwrap().contains("hunter2"));
 
     config.sovereignty.require_declarations = true;
@@ -489,5 +501,8 @@ fn a_webhook_url_is_shown_without_its_path_or_query() {
         assert!(!output.contains("token-4711"), "{output}");
         assert!(!output.contains("s3cret"), "{output}");
     }
-    assert!(text.contains("webhook chat (https://hooks.example.com/…)"), "{text}");
+    assert!(
+        text.contains("webhook chat (https://hooks.example.com/…)"),
+        "{text}"
+    );
 }

@@ -127,7 +127,8 @@ impl WebhookSink {
             })?);
             Zeroizing::new(read.trim_ascii().to_vec())
         };
-        let key = signing_key(&secret).map_err(|_| WebhookError::NotBase64 { name: name.clone() })?;
+        let key =
+            signing_key(&secret).map_err(|_| WebhookError::NotBase64 { name: name.clone() })?;
         if key.len() < MIN_SECRET_BYTES {
             return Err(WebhookError::ShortSecret {
                 name,
@@ -329,7 +330,10 @@ mod tests {
     fn a_standard_webhooks_secret_is_the_base64_of_its_key() {
         let key = signing_key(b"whsec_MDEyMzQ1Njc4OWFiY2RlZg==").unwrap();
         assert_eq!(key.as_slice(), b"0123456789abcdef");
-        assert_eq!(signing_key(b"plain secret").unwrap().as_slice(), b"plain secret");
+        assert_eq!(
+            signing_key(b"plain secret").unwrap().as_slice(),
+            b"plain secret"
+        );
         assert!(signing_key(b"whsec_not base64!").is_err());
     }
 
@@ -345,7 +349,10 @@ mod tests {
         missing.secret = String::new();
         missing.secret_file = "/nonexistent/kastell-webhook-secret".into();
         let error = WebhookSink::new(&missing).unwrap_err().to_string();
-        assert!(error.contains("/nonexistent/kastell-webhook-secret"), "{error}");
+        assert!(
+            error.contains("/nonexistent/kastell-webhook-secret"),
+            "{error}"
+        );
     }
 
     #[test]
