@@ -658,3 +658,39 @@ fn serve_refuses_a_webhook_declared_outside_the_personal_data_countries() {
     // Nothing was created before the refusal.
     assert!(!dir.path().join("data").join("index.sqlite").exists());
 }
+
+#[test]
+fn two_servers_deliver_each_event_once_even_when_a_delivery_outlasts_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    // A slow receiver: delivering the batch takes twice the lease.
+    let receiver = Receiver::with_policy(Box::new(|_, _| {
+        std::thread::sleep(Duration::from_millis(1000));
+        true
+    }));
+    let config = write_config(
+        dir.path(),
+        "stable_after_secs = 0\nlease_secs = 2",
+        &[Hook {
+            name: "ris",
+            url: receiver.url(),
+            extra: "",
+        }],
+    );
+    let data = dir.path().join("data");
+    let env = [("KASTELL_CONFIG", config.to_str().unwrap())];
+    let a = Server::spawn(&data, &env);
+    let _b = Server::spawn(&data, &env);
+    let parts: Vec<Vec<u8>> = (1..=4).map(|n| dicom_file(&instance("25.1", n))).collect();
+    assert_eq!(store(&a, "/studies", &parts).0, 200);
+    receiver.wait_for(4);
+    wait_until("the sink is at the end of the feed", || {
+        let status: Value = serde_json::from_str(&events_status(&a, &config, "json")).unwrap();
+        let sink = &status["tenants"][0]["sinks"][0];
+        sink["cursor"] == 4 && sink["backlog"] == 0
+    });
+    // The process holding the lease kept it while delivering: the other one
+    // never delivered the same events again.
+    for seq in 1..=4 {
+        assert_eq!(receiver.answers(&format!("default:{seq}")), [204], "{seq}");
+    }
+}
