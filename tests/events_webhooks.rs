@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,6 +54,7 @@ struct State {
 struct Receiver {
     port: u16,
     state: Arc<Mutex<State>>,
+    https: bool,
 }
 
 impl Receiver {
@@ -62,6 +63,32 @@ impl Receiver {
     }
 
     fn with_policy(policy: Policy) -> Self {
+        Self::listening(policy, None)
+    }
+
+    /// A receiver that speaks HTTPS with the test certificate for `localhost`
+    /// (`tests/tls`).
+    fn with_tls() -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(dir.join("localhost.pem"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(dir.join("localhost.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Self::listening(Box::new(|_, _| true), Some(Arc::new(config)))
+    }
+
+    fn listening(policy: Policy, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(State {
@@ -70,26 +97,48 @@ impl Receiver {
             accepted_ids: HashSet::new(),
             policy,
         }));
-        let receiver = Receiver { port, state };
+        let receiver = Receiver {
+            port,
+            state,
+            https: tls.is_some(),
+        };
         let serving = receiver.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let serving = serving.clone();
-                std::thread::spawn(move || serving.serve(stream));
+                let tls = tls.clone();
+                std::thread::spawn(move || {
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                        .unwrap();
+                    match tls {
+                        None => serving.serve(stream),
+                        Some(config) => {
+                            let Ok(connection) = rustls::ServerConnection::new(config) else {
+                                return;
+                            };
+                            let mut tls = rustls::StreamOwned::new(connection, stream);
+                            serving.serve(&mut tls);
+                            tls.conn.send_close_notify();
+                            let _ = tls.flush();
+                        }
+                    }
+                });
             }
         });
         receiver
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
+        if self.https {
+            format!("https://localhost:{}/hook", self.port)
+        } else {
+            format!("http://127.0.0.1:{}/hook", self.port)
+        }
     }
 
     /// Reads one request, answers it, closes the connection.
-    fn serve(&self, mut stream: TcpStream) {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+    fn serve(&self, mut stream: impl Read + Write) {
         let Some(delivery) = read_request(&mut stream) else {
             return;
         };
@@ -99,6 +148,7 @@ impl Receiver {
             stream,
             "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
+        let _ = stream.flush();
     }
 
     /// The receiver's checks, then its policy.
@@ -208,7 +258,7 @@ fn verify(delivery: &Delivery, now: u64) -> Result<(), u16> {
 }
 
 /// One HTTP/1.1 request with a Content-Length body.
-fn read_request(stream: &mut TcpStream) -> Option<Delivery> {
+fn read_request(stream: &mut impl Read) -> Option<Delivery> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -693,4 +743,50 @@ fn two_servers_deliver_each_event_once_even_when_a_delivery_outlasts_the_lease()
     for seq in 1..=4 {
         assert_eq!(receiver.answers(&format!("default:{seq}")), [204], "{seq}");
     }
+}
+
+#[test]
+fn deliveries_go_over_https_to_a_receiver_trusted_through_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::with_tls();
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls/ca.pem");
+    let config = write_config(
+        dir.path(),
+        "stable_after_secs = 0",
+        &[
+            Hook {
+                name: "trusted",
+                url: receiver.url(),
+                extra: &format!("ca_file = \"{}\"", ca.display()),
+            },
+            // The same receiver without its CA: the handshake fails.
+            Hook {
+                name: "untrusted",
+                url: receiver.url(),
+                extra: "max_attempts = 1",
+            },
+        ],
+    );
+    let server = serve(dir.path(), &config);
+    assert_eq!(
+        store(&server, "/studies", &[dicom_file(&instance("26.1", 1))]).0,
+        200
+    );
+    let accepted = receiver.wait_for(1);
+    assert_eq!(accepted[0].id, "default:1");
+    assert_eq!(verify(&accepted[0], now()), Ok(()));
+    wait_until("the untrusted subscription dead-letters the event", || {
+        let status: Value = serde_json::from_str(&events_status(&server, &config, "json")).unwrap();
+        !status["tenants"][0]["dead_letters"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    let status: Value = serde_json::from_str(&events_status(&server, &config, "json")).unwrap();
+    let dead = &status["tenants"][0]["dead_letters"][0];
+    assert_eq!(dead["sink"], "webhook.untrusted");
+    let error = dead["last_error"].as_str().unwrap();
+    assert!(error.contains("certificate"), "{error}");
+    // Only the trusted subscription's delivery got through.
+    assert_eq!(receiver.answers("default:1"), [204]);
 }
