@@ -9,6 +9,12 @@
 //! attempt, retried by the dispatcher with this sink's backoff and
 //! dead-lettered after `max_attempts`. Neither the secret nor a body is ever
 //! logged or put in an error.
+//!
+//! Delivery is at least once: a receiver should answer 2xx to a `webhook-id`
+//! it has already processed (a retry after a lost answer, or a process that
+//! took over a sink), not an error, which would only be retried. Patient data
+//! (`include_patient`) is read from the index at delivery: a "deleted" event
+//! of a study that is gone entirely carries none.
 
 use std::time::Duration;
 
@@ -303,6 +309,8 @@ impl Sink for WebhookSink {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     fn config() -> WebhookConfig {
@@ -392,6 +400,68 @@ mod tests {
         assert!(all.serves("any") && all.wants("study-stable"));
         assert_eq!(all.start(), SinkStart::Latest);
         assert!(!format!("{all:?}").contains("ris.example"));
+    }
+
+    /// A loopback server answering every request with `answer`; returns its
+    /// URL and the requests' heads.
+    fn answering(answer: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut head = String::new();
+                let mut reader = BufReader::new(&mut stream);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line.to_ascii_lowercase());
+                }
+                seen.lock().unwrap().push(head);
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (url, heads)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
+        let (url, heads) = answering(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        let mut hook = config();
+        hook.url = url;
+        let sink = WebhookSink::new(&hook).unwrap();
+        let error = sink.post("north:7", b"{}".to_vec()).await.unwrap_err();
+        assert!(error.contains("307"), "{error}");
+        assert!(error.contains("redirects are not followed"), "{error}");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 1, "{heads:?}");
+        assert!(heads[0].starts_with("post /hook "), "{}", heads[0]);
+        assert!(heads[0].contains("content-type: application/cloudevents+json"));
+        assert!(heads[0].contains("webhook-id: north:7"));
+        assert!(heads[0].contains("webhook-signature: v1,"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_receiver_is_a_failed_attempt_naming_no_url() {
+        // A port nobody listens on (bound, then freed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut hook = config();
+        hook.url = format!("http://127.0.0.1:{port}/hook?token=hunter2");
+        let sink = WebhookSink::new(&hook).unwrap();
+        let error = sink.post("north:7", b"{}".to_vec()).await.unwrap_err();
+        assert!(error.contains("could not connect"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
     }
 
     #[test]
