@@ -449,6 +449,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_receiver_that_does_not_answer_in_timeout_secs_is_a_failed_attempt() {
+        // Accepts connections and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut hook = config();
+        hook.url = format!("http://{}/hook", listener.local_addr().unwrap());
+        hook.timeout_secs = 1;
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(1).collect();
+            std::thread::sleep(Duration::from_secs(5));
+            drop(held);
+        });
+        let sink = WebhookSink::new(&hook).unwrap();
+        let error = sink.post("north:7", b"{}".to_vec()).await.unwrap_err();
+        assert!(error.contains("timed out"), "{error}");
+    }
+
+    #[tokio::test]
     async fn an_unreachable_receiver_is_a_failed_attempt_naming_no_url() {
         // A port nobody listens on (bound, then freed).
         let port = std::net::TcpListener::bind("127.0.0.1:0")
