@@ -790,3 +790,43 @@ fn deliveries_go_over_https_to_a_receiver_trusted_through_ca_file() {
     // Only the trusted subscription's delivery got through.
     assert_eq!(receiver.answers("default:1"), [204]);
 }
+
+#[test]
+fn serve_refuses_a_webhook_whose_secret_file_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "",
+        &[Hook {
+            name: "ris",
+            url: "http://127.0.0.1:9/hook".into(),
+            extra: "",
+        }],
+    );
+    let missing = dir.path().join("no-such-secret");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("secret = \"{SECRET}\""),
+        &format!("secret_file = \"{}\"", missing.display()),
+    );
+    std::fs::write(&path, text).unwrap();
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kastell"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(index_args(&data))
+        .env("KASTELL_CONFIG", &path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if poll(Duration::from_secs(30), || child.try_wait().unwrap()).is_none() {
+        let _ = child.kill();
+        panic!("kastell serve started without the webhook's secret");
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("secret file"), "{stderr}");
+    assert!(stderr.contains("no-such-secret"), "{stderr}");
+}
