@@ -830,3 +830,80 @@ fn serve_refuses_a_webhook_whose_secret_file_cannot_be_read() {
     assert!(stderr.contains("secret file"), "{stderr}");
     assert!(stderr.contains("no-such-secret"), "{stderr}");
 }
+
+#[test]
+fn each_subscription_gets_the_events_of_the_tenants_it_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, out) = cli(&["tenants", "add", "radiology"], &data);
+    assert!(ok, "{out}");
+    let every = Receiver::accepting_all();
+    let radiology = Receiver::accepting_all();
+    let config = write_config(
+        dir.path(),
+        "stable_after_secs = 0",
+        &[
+            Hook {
+                name: "every",
+                url: every.url(),
+                extra: "",
+            },
+            Hook {
+                name: "radiology",
+                url: radiology.url(),
+                extra: "tenants = [\"radiology\"]",
+            },
+        ],
+    );
+    let server = serve(dir.path(), &config);
+    let file = dicom_file(&instance("27.1", 1));
+    assert_eq!(
+        store(&server, "/studies", std::slice::from_ref(&file)).0,
+        200
+    );
+    let (content_type, body) = multipart(std::slice::from_ref(&file));
+    let stored = client()
+        .post(format!(
+            "http://127.0.0.1:{}/tenants/radiology/dicomweb/studies",
+            server.port
+        ))
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(stored.as_u16(), 200);
+
+    let mut ids: Vec<String> = every.wait_for(2).into_iter().map(|d| d.id).collect();
+    ids.sort();
+    assert_eq!(ids, ["default:1", "radiology:1"]);
+    let only = radiology.wait_for(1);
+    assert_eq!(only[0].id, "radiology:1");
+    assert_eq!(only[0].event()["source"], "/kastell/tenants/radiology");
+    wait_until("every sink is at the end of its tenant's feed", || {
+        let status: Value = serde_json::from_str(&events_status(&server, &config, "json")).unwrap();
+        let tenants = status["tenants"].as_array().unwrap();
+        tenants.len() == 2
+            && tenants.iter().all(|t| {
+                t["sinks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|s| s["cursor"] == 1 && s["backlog"] == 0)
+            })
+    });
+    let status: Value = serde_json::from_str(&events_status(&server, &config, "json")).unwrap();
+    let sinks = |tenant: usize| -> Vec<String> {
+        status["tenants"][tenant]["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(status["tenants"][0]["name"], "default");
+    assert_eq!(sinks(0), ["webhook.every"]);
+    assert_eq!(status["tenants"][1]["name"], "radiology");
+    assert_eq!(sinks(1), ["webhook.every", "webhook.radiology"]);
+    assert_eq!(radiology.accepted().len(), 1);
+}
