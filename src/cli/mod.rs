@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod apikeys;
 mod audit;
+mod events;
 mod import;
 mod index;
 mod keys;
@@ -59,6 +60,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: audit::AuditAction,
+    },
+    /// Events: the change feed's sinks (webhooks, the broker) and their dead letters.
+    Events {
+        #[command(subcommand)]
+        action: events::EventsAction,
     },
     /// The jurisdiction policy: where each kind of data sits and under whose law.
     Sovereignty {
@@ -169,6 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apikeys { action } => apikeys::run(outer, action),
         Command::Verify(args) => index::verify(&merge(outer, &args)),
         Command::Audit { action } => audit::run(outer, action),
+        Command::Events { action } => events::run(outer, action),
         Command::Sovereignty { action } => sovereignty::run(outer, action),
         Command::Generate {
             studies,

@@ -38,7 +38,7 @@ pub use index::IndexConfig;
 pub use keys::{KeysConfig, MasterKeySource, DEVELOPMENT_KEY_FILE};
 pub use limits::LimitsConfig;
 pub use server::ServerConfig;
-pub use sovereignty::{BlobStorePolicy, Location, SovereigntyConfig};
+pub use sovereignty::{BlobStorePolicy, EventDestinationPolicy, Location, SovereigntyConfig};
 pub use storage::StorageConfig;
 pub use telemetry::{LogConfig, LogFormat, TelemetryConfig};
 

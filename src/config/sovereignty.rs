@@ -37,6 +37,8 @@ pub struct SovereigntyConfig {
     pub allow_foreign_access_law: bool,
     /// What blob stores may be.
     pub blob_stores: BlobStorePolicy,
+    /// Where events may go (the NATS broker, webhook receivers).
+    pub event_destinations: EventDestinationPolicy,
     /// Refuse to start while any backend (or the host) has no location declared.
     pub require_declarations: bool,
 }
@@ -52,6 +54,20 @@ pub enum BlobStorePolicy {
     SameAsPersonalData,
 }
 
+/// Where events may go: the broker and every webhook receiver get the UIDs of
+/// each study, series and instance stored or deleted (pseudonymous personal
+/// data), and patient names, IDs and birth dates where `include_patient` says.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventDestinationPolicy {
+    /// Under the same rules as personal metadata.
+    #[default]
+    SameAsPersonalData,
+    /// Anywhere while the events carry no patient data (`include_patient =
+    /// false`); under the personal-data rules where they do.
+    AnywhereWithoutPatientData,
+}
+
 impl Default for SovereigntyConfig {
     fn default() -> Self {
         Self {
@@ -61,6 +77,7 @@ impl Default for SovereigntyConfig {
                 .collect(),
             allow_foreign_access_law: false,
             blob_stores: BlobStorePolicy::CiphertextAnywhere,
+            event_destinations: EventDestinationPolicy::SameAsPersonalData,
             // The embedded default must start with no configuration at all; it warns
             // loudly instead that the host's location is undeclared.
             require_declarations: false,

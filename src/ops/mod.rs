@@ -1,13 +1,14 @@
 //! Operator commands that work beside the server rather than in it, one file per
 //! job: the bulk import of a directory (through the same store pipeline as
 //! STOW-RS) with its terminal progress, `kastell stats`, `kastell verify`, the
-//! tenant key life cycle, registering tenants, and the audit trail from the
-//! command line.
+//! tenant key life cycle, registering tenants, the audit trail from the
+//! command line, and the status of the events (`kastell events status`).
 //!
 //! May use `service`, `index`, `store` and `dicom`; no actix. Backends are built by
 //! `app` (its builders are called here); the command line prints what these return.
 
 pub mod audit;
+pub mod events;
 pub mod import;
 pub mod keys;
 pub mod progress;

@@ -7,10 +7,9 @@ use anyhow::Context;
 use indicatif::HumanBytes;
 use serde::Serialize;
 
-use crate::app::{blob_retries, index_options, open_index};
+use crate::app::blob_retries;
 use crate::config::{redact_url, Config};
 use crate::index::stats::IndexStats;
-use crate::index::Index;
 use crate::store::BlobUsage;
 
 /// Counts and sizes per tenant and backend (`kastell stats`), from the indexes
@@ -19,24 +18,20 @@ use crate::store::BlobUsage;
 pub async fn collect(config: &Config, list_blobs: bool) -> anyhow::Result<StatsReport> {
     use crate::index::conn::Dialect;
     let control_url = config.effective_index_url();
-    let control = open_index(config)?;
-    let options = index_options(2, config);
-    let mut indexes = vec![(
-        config.keys.default_tenant.clone(),
-        "active".to_string(),
-        control.clone(),
-    )];
-    for row in control.tenants()? {
-        if row.name == config.keys.default_tenant {
-            continue;
-        }
-        let index = Index::open_tenant(&control_url, &row.name, options)
-            .with_context(|| format!("opening the index of tenant {}", row.name))?;
-        indexes.push((row.name, row.status, index));
-    }
+    let indexes = super::tenants::tenant_indexes(config)?;
+    // The default tenant's index is the control index.
+    let control = indexes
+        .first()
+        .map(|t| t.index.clone())
+        .context("no tenant index")?;
     let mut tenants = Vec::new();
     let mut sqlite_bytes = 0;
-    for (name, status, index) in indexes {
+    for super::tenants::TenantIndex {
+        name,
+        status,
+        index,
+    } in indexes
+    {
         let stats = index.stats()?;
         if index.dialect() == Dialect::Sqlite {
             sqlite_bytes += index.database_bytes()?;

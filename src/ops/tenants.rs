@@ -1,5 +1,5 @@
 //! `kastell tenants add`: registers a tenant with its key-encryption key and its
-//! own index.
+//! own index; the walk over every tenant's index the reports share.
 
 use anyhow::Context;
 
@@ -25,4 +25,38 @@ pub fn add_tenant(config: &Config, name: &str, display_name: &str) -> anyhow::Re
     )
     .with_context(|| format!("creating the index of tenant {name}"))?;
     Ok(added)
+}
+
+/// A tenant's index, as the reports over every tenant walk them.
+pub struct TenantIndex {
+    pub name: String,
+    /// `active` or `disabled`.
+    pub status: String,
+    pub index: Index,
+}
+
+/// The index of every tenant, the default tenant's (the control index) first,
+/// then the registered ones by name.
+pub fn tenant_indexes(config: &Config) -> anyhow::Result<Vec<TenantIndex>> {
+    let control_url = config.effective_index_url();
+    let control = open_index(config)?;
+    let options = index_options(2, config);
+    let mut indexes = vec![TenantIndex {
+        name: config.keys.default_tenant.clone(),
+        status: "active".to_string(),
+        index: control.clone(),
+    }];
+    for row in control.tenants()? {
+        if row.name == config.keys.default_tenant {
+            continue;
+        }
+        let index = Index::open_tenant(&control_url, &row.name, options)
+            .with_context(|| format!("opening the index of tenant {}", row.name))?;
+        indexes.push(TenantIndex {
+            name: row.name,
+            status: row.status,
+            index,
+        });
+    }
+    Ok(indexes)
 }

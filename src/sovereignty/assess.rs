@@ -3,7 +3,7 @@
 
 use super::{chain, judge, place, Backend, BackendKind, Environment, Jurisdiction, Notice};
 use super::{display_url, Report, Source};
-use crate::config::{BlobStorePolicy, Config, Location, MasterKeySource};
+use crate::config::{BlobStorePolicy, Config, EventDestinationPolicy, Location, MasterKeySource};
 
 /// The full report, violations included, with the backends' endpoints as the
 /// environment snapshot `env` sets them.
@@ -36,9 +36,12 @@ pub fn assess(config: &Config, env: &Environment) -> Report {
             personal_data_rules: kind != BackendKind::BlobStore
                 || policy.blob_stores == BlobStorePolicy::SameAsPersonalData,
             jurisdiction,
+            section: kind.section().to_string(),
+            receives: None,
+            patient_data: false,
         }
     };
-    let backends = vec![
+    let mut backends = vec![
         backend(
             BackendKind::Server,
             "server (the host running Kastell)".into(),
@@ -68,6 +71,25 @@ pub fn assess(config: &Config, env: &Environment) -> Report {
             config.keys.location.as_ref(),
         ),
     ];
+    let mut unencrypted_events = Vec::new();
+    for destination in event_destinations(config) {
+        let mut b = backend(
+            destination.kind,
+            destination.name,
+            destination.place.description.clone(),
+            destination.place.local,
+            destination.location,
+        );
+        b.personal_data_rules = destination.patient_data
+            || policy.event_destinations == EventDestinationPolicy::SameAsPersonalData;
+        b.section = destination.section;
+        b.receives = Some(destination.receives);
+        b.patient_data = destination.patient_data;
+        if !destination.place.local && destination.place.tls_required == Some(false) {
+            unencrypted_events.push(b.name.clone());
+        }
+        backends.push(b);
+    }
 
     let (violations, mut warnings) = judge(policy, &backends);
     if !index_place.local && index_place.tls_required == Some(false) {
@@ -75,6 +97,14 @@ pub fn assess(config: &Config, env: &Environment) -> Report {
             backend: backends[1].name.clone(),
             message: "personal metadata travels to a remote database whose URL does not \
                       require TLS; add sslmode=verify-full (or require) to index.url"
+                .into(),
+        });
+    }
+    for name in unencrypted_events {
+        warnings.push(Notice {
+            backend: name,
+            message: "events travel to a remote broker whose URL does not require TLS; use \
+                      tls:// in events.nats.url"
                 .into(),
         });
     }
@@ -99,5 +129,93 @@ pub(super) fn describe_key_source(source: &MasterKeySource) -> String {
             format!("generated development master key {}", path.display())
         }
         MasterKeySource::Missing => "no master key configured".into(),
+    }
+}
+
+/// A place events go, before its jurisdiction is known.
+struct EventDestination<'a> {
+    kind: BackendKind,
+    name: String,
+    section: String,
+    place: place::Place,
+    location: Option<&'a Location>,
+    receives: String,
+    patient_data: bool,
+}
+
+/// The NATS broker (when configured) and every webhook, with what each gets.
+fn event_destinations(config: &Config) -> Vec<EventDestination<'_>> {
+    const EVENT: &str = "CloudEvents of the changes: tenant, action, feed number, study, \
+                         series and instance UIDs, SOP class";
+    const PATIENT: &str = "; the patient's name, ID and birth date (include_patient = true)";
+    let mut destinations = Vec::new();
+    let nats = &config.events.nats;
+    if !nats.url.is_empty() {
+        let jobs = if config.events.jobs.precompute_on_stable {
+            ", and the jobs that follow them (study UIDs)"
+        } else {
+            ""
+        };
+        destinations.push(EventDestination {
+            kind: BackendKind::EventBroker,
+            name: format!("event broker ({})", display_urls(&nats.url)),
+            section: BackendKind::EventBroker.section().to_string(),
+            place: place::event_destination("NATS server", &nats.url),
+            location: nats.location.as_ref(),
+            receives: format!(
+                "every tenant's {EVENT}{jobs}{}",
+                if nats.include_patient { PATIENT } else { "" }
+            ),
+            patient_data: nats.include_patient,
+        });
+    }
+    for hook in &config.events.webhooks {
+        let tenants = if hook.tenants.iter().any(|t| t == "*") {
+            "every tenant's".to_string()
+        } else {
+            format!("tenant {}:", hook.tenants.join(", "))
+        };
+        let actions = if hook.actions.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} only)", hook.actions.join(", "))
+        };
+        destinations.push(EventDestination {
+            kind: BackendKind::Webhook,
+            name: format!("webhook {} ({})", hook.name, origin(&hook.url)),
+            section: format!("the [[events.webhooks]] entry named {:?}", hook.name),
+            place: place::event_destination("webhook receiver", &hook.url),
+            location: hook.location.as_ref(),
+            receives: format!(
+                "{tenants} {EVENT}{actions}{}",
+                if hook.include_patient { PATIENT } else { "" }
+            ),
+            patient_data: hook.include_patient,
+        });
+    }
+    destinations
+}
+
+/// A comma-separated list of URLs, each as `display_url` shows it.
+fn display_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| display_url(u.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where a webhook goes, without its path or query: those often carry a token.
+fn origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) => {
+            let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let path = if parsed.path().len() > 1 { "/…" } else { "" };
+            format!(
+                "{}://{}{port}{path}",
+                parsed.scheme(),
+                parsed.host_str().unwrap_or_default()
+            )
+        }
+        Err(_) => display_url(url),
     }
 }

@@ -2,7 +2,7 @@
 //! encrypted, and who holds the keys that open it.
 
 use super::{describe_key_source, place, Backend, BackendKind, Custody, DataKind, Holding};
-use crate::config::{BlobStorePolicy, MasterKeySource, SovereigntyConfig};
+use crate::config::{BlobStorePolicy, EventDestinationPolicy, MasterKeySource, SovereigntyConfig};
 
 /// The control chain, one link per kind of data.
 // `assess` builds one backend of each kind: a missing one is a bug of this
@@ -82,7 +82,11 @@ pub(super) fn chain(
         "no key protects the index rows: whoever administers the database server can read them"
     };
 
-    vec![
+    let destinations: Vec<&Backend> = backends
+        .iter()
+        .filter(|b| b.kind.is_event_destination())
+        .collect();
+    let mut links = vec![
         Custody {
             data: DataKind::Images,
             rule: match policy.blob_stores {
@@ -185,5 +189,58 @@ pub(super) fn chain(
                 .into(),
             keys: "none: whoever reads the host's logs reads them".into(),
         },
-    ]
+    ];
+    // Patient data sent with events is personal metadata held there too.
+    for b in destinations.iter().filter(|b| b.patient_data) {
+        links[1].held.push(held(
+            b,
+            "the patient's name, ID and birth date in each event (include_patient = true)",
+            false,
+        ));
+    }
+    if !destinations.is_empty() {
+        links.push(events_link(policy, &destinations, &personal_rule));
+    }
+    links
+}
+
+/// Where events go: the broker and the webhook receivers, each with what it gets.
+fn events_link(
+    policy: &SovereigntyConfig,
+    destinations: &[&Backend],
+    personal_rule: &str,
+) -> Custody {
+    Custody {
+        data: DataKind::Events,
+        rule: match policy.event_destinations {
+            EventDestinationPolicy::SameAsPersonalData => format!(
+                "sovereignty.event_destinations = \"same-as-personal-data\": the UIDs events \
+                 carry are pseudonymous personal data; {personal_rule}"
+            ),
+            EventDestinationPolicy::AnywhereWithoutPatientData => format!(
+                "sovereignty.event_destinations = \"anywhere-without-patient-data\": events \
+                 without patient data may go anywhere; those with it (include_patient = true) \
+                 follow the {personal_rule}"
+            ),
+        },
+        held: destinations
+            .iter()
+            .map(|b| Holding {
+                what: b.receives.clone().unwrap_or_default(),
+                backend: b.kind,
+                name: b.name.clone(),
+                encrypted: false,
+                jurisdiction: b.jurisdiction.clone(),
+            })
+            .collect(),
+        encryption: "not encrypted by Kastell: each event is plain JSON. On the way: HTTPS to \
+            webhook receivers (plain HTTP only to a loopback address), TLS to the broker when \
+            its URL is tls://; at rest, whatever the broker or receiver does with it (a \
+            JetStream stream keeps events on its disks)"
+            .into(),
+        keys: "no key protects an event: whoever runs the broker or a receiver reads them; \
+            webhook deliveries are signed with HMAC-SHA256 under each subscription's secret, \
+            which proves where they come from, not who may read them"
+            .into(),
+    }
 }

@@ -34,6 +34,10 @@ pub enum BackendKind {
     BlobStore,
     /// Where the master key is held.
     Keys,
+    /// The NATS broker events are published to (`[events.nats]`).
+    EventBroker,
+    /// A webhook receiver events are POSTed to (`[[events.webhooks]]`).
+    Webhook,
 }
 
 impl BackendKind {
@@ -44,7 +48,14 @@ impl BackendKind {
             BackendKind::Index => "[index]",
             BackendKind::BlobStore => "[storage]",
             BackendKind::Keys => "[keys]",
+            BackendKind::EventBroker => "[events.nats]",
+            BackendKind::Webhook => "[[events.webhooks]]",
         }
+    }
+
+    /// Whether events go there (rather than data being kept).
+    pub fn is_event_destination(self) -> bool {
+        matches!(self, BackendKind::EventBroker | BackendKind::Webhook)
     }
 
     /// What the personal-data rules protect there, for messages.
@@ -54,6 +65,9 @@ impl BackendKind {
             BackendKind::Index => "personal metadata and the audit trail",
             BackendKind::BlobStore => "blobs (sovereignty.blob_stores = \"same-as-personal-data\")",
             BackendKind::Keys => "the master key",
+            BackendKind::EventBroker | BackendKind::Webhook => {
+                "events, which carry study, series and instance UIDs (pseudonymous personal data)"
+            }
         }
     }
 
@@ -64,6 +78,8 @@ impl BackendKind {
             BackendKind::Index => "move the index to a database",
             BackendKind::BlobStore => "use a blob store",
             BackendKind::Keys => "hold the master key",
+            BackendKind::EventBroker => "run the broker",
+            BackendKind::Webhook => "point the webhook at a receiver",
         }
     }
 }
@@ -77,6 +93,8 @@ pub enum DataKind {
     Keys,
     AuditTrail,
     Logs,
+    /// What the broker and the webhook receivers get.
+    Events,
 }
 
 impl fmt::Display for DataKind {
@@ -87,6 +105,7 @@ impl fmt::Display for DataKind {
             DataKind::Keys => "keys",
             DataKind::AuditTrail => "audit trail",
             DataKind::Logs => "logs",
+            DataKind::Events => "events",
         })
     }
 }
@@ -176,6 +195,26 @@ pub struct Backend {
     /// Whether the personal-data rules apply to it.
     pub personal_data_rules: bool,
     pub jurisdiction: Jurisdiction,
+    /// Where its `location` is declared, e.g. `[index]`.
+    pub section: String,
+    /// What goes there, for the places events go (the storage backends'
+    /// contents are in the control chain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receives: Option<String>,
+    /// Events there carry patient names, IDs and birth dates (`include_patient`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub patient_data: bool,
+}
+
+impl Backend {
+    /// What the personal-data rules protect there, for messages.
+    pub(super) fn protects(&self) -> &'static str {
+        if self.patient_data {
+            "events carrying patient names, IDs and birth dates (include_patient = true)"
+        } else {
+            self.kind.protects()
+        }
+    }
 }
 
 /// Part of a kind of data, held by one backend.

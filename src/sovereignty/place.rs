@@ -166,6 +166,44 @@ pub(super) fn blob_store(
     }
 }
 
+/// A place events go: the NATS broker (`urls` may list several servers,
+/// comma-separated) or a webhook receiver. On the host when every server is a
+/// loopback address; `tls_required` says whether every URL asks for TLS
+/// (`https://`, `tls://`).
+pub(super) fn event_destination(what: &str, urls: &str) -> Place {
+    let parsed: Vec<Option<url::Url>> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| url::Url::parse(u).ok())
+        .collect();
+    let hosts: Vec<String> = parsed
+        .iter()
+        .map(|u| {
+            u.as_ref()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_default()
+        })
+        .collect();
+    let local = !hosts.is_empty() && hosts.iter().all(|h| is_local_host(h));
+    let tls = !parsed.is_empty()
+        && parsed.iter().all(|u| {
+            u.as_ref()
+                .is_some_and(|u| matches!(u.scheme(), "https" | "tls"))
+        });
+    let shown: Vec<String> = hosts
+        .iter()
+        .map(|h| if h.is_empty() { "?" } else { h.as_str() }.to_string())
+        .collect();
+    let mut place = if local {
+        Place::local(format!("{what} on the host ({})", shown.join(", ")))
+    } else {
+        Place::remote(format!("{what} at {}", shown.join(", ")))
+    };
+    place.tls_required = Some(tls);
+    place
+}
+
 fn endpoint_place(what: &str, endpoint: &str, bucket: &str) -> Place {
     let host = url::Url::parse(endpoint)
         .ok()
@@ -268,6 +306,23 @@ mod tests {
             Some(true)
         );
         assert_eq!(index("postgres://db/k", &env()).tls_required, Some(false));
+    }
+
+    #[test]
+    fn event_destinations_are_local_only_on_loopback() {
+        let hook = event_destination("webhook receiver", "http://127.0.0.1:9000/hook");
+        assert!(hook.local && hook.tls_required == Some(false));
+        let remote = event_destination("webhook receiver", "https://ris.example/hook");
+        assert!(!remote.local && remote.tls_required == Some(true));
+        assert!(remote.description.contains("ris.example"));
+        let brokers = event_destination("NATS server", "nats://127.0.0.1:4222, nats://[::1]:4223");
+        assert!(brokers.local);
+        let mixed = event_destination(
+            "NATS server",
+            "tls://localhost:4222,tls://nats.example:4222",
+        );
+        assert!(!mixed.local && mixed.tls_required == Some(true));
+        assert!(!event_destination("NATS server", "not a url").local);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::{assess, country, Backend, BackendKind, Environment, Notice, Report, Source};
-use crate::config::{Config, SovereigntyConfig};
+use crate::config::{Config, EventDestinationPolicy, SovereigntyConfig};
 
 /// The policy rule a violation breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,7 +103,7 @@ pub(super) fn judge(
         .collect();
 
     for b in backends {
-        let section = b.kind.section();
+        let section = b.section.as_str();
         let also = if b.kind == BackendKind::Server && !inheritors.is_empty() {
             format!(
                 "; this also covers {}, which are on the host and inherit its location",
@@ -147,31 +147,26 @@ pub(super) fn judge(
                              alpha-2 code{}",
                             country::hint(&country)
                         ),
-                        format!("use a two-letter ISO 3166-1 code in {section} location"),
+                        format!("use a two-letter ISO 3166-1 code in the location in {section}"),
                     ));
                     continue;
                 }
                 if !b.personal_data_rules {
                     continue;
                 }
-                let blob_alternative = if b.kind == BackendKind::BlobStore {
-                    ", or set sovereignty.blob_stores = \"ciphertext-anywhere\" (every blob is \
-                     encrypted before upload and its keys stay under the personal-data rules)"
-                } else {
-                    ""
-                };
+                let other_way = alternative(policy, b);
                 if !allowed.contains(&country) {
                     violations.push(violation(
                         Rule::PersonalDataCountries,
                         format!(
                             "is declared in {country}, outside the countries allowed for {} ({}){also}",
-                            b.kind.protects(),
+                            b.protects(),
                             allowed.join(", ")
                         ),
                         format!(
-                            "{} in an allowed country (or correct {section} location if it is \
-                             wrong); to allow {country}, add it to \
-                             sovereignty.personal_data_countries{blob_alternative}",
+                            "{} in an allowed country (or correct the location in {section} if \
+                             it is wrong); to allow {country}, add it to \
+                             sovereignty.personal_data_countries{other_way}",
                             b.kind.move_advice()
                         ),
                     ));
@@ -191,12 +186,12 @@ pub(super) fn judge(
                                 .as_ref()
                                 .map(|o| format!(" ({o})"))
                                 .unwrap_or_default(),
-                            b.kind.protects()
+                            b.protects()
                         ),
                         format!(
                             "{} with an operator not subject to foreign-access law, or set \
                              sovereignty.allow_foreign_access_law = true if your risk assessment \
-                             accepts the exposure{blob_alternative}",
+                             accepts the exposure{other_way}",
                             b.kind.move_advice()
                         ),
                     )),
@@ -205,13 +200,44 @@ pub(super) fn judge(
                         format!(
                             "does not state whether its operator is subject to foreign-access \
                              law, which the policy must know for {}{also}",
-                            b.kind.protects()
+                            b.protects()
                         ),
-                        format!("add foreign_access_law = true or false to {section} location"),
+                        format!(
+                            "add foreign_access_law = true or false to the location in {section}"
+                        ),
                     )),
                 }
             }
         }
     }
     (violations, warnings)
+}
+
+/// The other way to comply than moving `b`, when the policy has one: a blob
+/// store that may hold ciphertext anywhere, an event destination without
+/// patient data.
+fn alternative(policy: &SovereigntyConfig, b: &Backend) -> String {
+    if b.kind == BackendKind::BlobStore {
+        return ", or set sovereignty.blob_stores = \"ciphertext-anywhere\" (every blob is \
+                encrypted before upload and its keys stay under the personal-data rules)"
+            .into();
+    }
+    if !b.kind.is_event_destination() {
+        return String::new();
+    }
+    let anywhere = "sovereignty.event_destinations = \"anywhere-without-patient-data\"";
+    match (b.patient_data, policy.event_destinations) {
+        (true, EventDestinationPolicy::SameAsPersonalData) => format!(
+            ", or set include_patient = false in {} and {anywhere} if the events' UIDs may \
+             leave (they are pseudonymous personal data)",
+            b.section
+        ),
+        (true, EventDestinationPolicy::AnywhereWithoutPatientData) => {
+            format!(", or set include_patient = false in {}", b.section)
+        }
+        (false, _) => format!(
+            ", or set {anywhere} if the events' UIDs may leave (they are pseudonymous \
+             personal data)"
+        ),
+    }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::{Backend, BackendKind, Custody, Notice, Violation};
-use crate::config::{BlobStorePolicy, SovereigntyConfig};
+use crate::config::{BlobStorePolicy, EventDestinationPolicy, SovereigntyConfig};
 
 /// The control chain: the policy, the backends with their jurisdictions, and for
 /// each kind of data where it sits, encrypted or not, and who holds the keys.
@@ -71,6 +71,15 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
+            "  event destinations: {}",
+            match policy.event_destinations {
+                EventDestinationPolicy::SameAsPersonalData => "same-as-personal-data",
+                EventDestinationPolicy::AnywhereWithoutPatientData =>
+                    "anywhere-without-patient-data",
+            }
+        )?;
+        writeln!(
+            f,
             "  declarations required: {}",
             if policy.require_declarations {
                 "yes"
@@ -79,11 +88,14 @@ impl fmt::Display for Report {
             }
         )?;
 
-        writeln!(f, "\nBackends")?;
+        writeln!(f, "\nBackends, and the places events go")?;
         for b in &self.backends {
             writeln!(f, "  {}", b.name)?;
             writeln!(f, "    where:        {}", b.placement)?;
             writeln!(f, "    jurisdiction: {}", b.jurisdiction)?;
+            if let Some(receives) = &b.receives {
+                writeln!(f, "    receives:     {receives}")?;
+            }
             if let Some(note) = &b.jurisdiction.note {
                 writeln!(f, "    note:         {note}")?;
             }

@@ -1,7 +1,7 @@
 //! Tests of the sovereignty check against example configurations.
 
 use super::*;
-use crate::config::{BlobStorePolicy, Config, Location};
+use crate::config::{BlobStorePolicy, Config, EventDestinationPolicy, Location};
 
 fn location(country: &str, operator: &str, foreign_access_law: bool) -> Option<Location> {
     Some(Location {
@@ -319,4 +319,190 @@ fn the_report_serializes_every_kind_of_data() {
         "inherited-from-server"
     );
     assert_eq!(json["violations"], serde_json::json!([]));
+}
+
+fn webhook(name: &str, url: &str, location: Option<Location>) -> crate::config::WebhookConfig {
+    crate::config::WebhookConfig {
+        name: name.into(),
+        url: url.into(),
+        secret: "0123456789abcdef".into(),
+        location,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_webhook_outside_the_policy_is_refused_like_the_index() {
+    let mut config = eu_host();
+    config.events.webhooks.push(webhook(
+        "ris",
+        "https://ris.example.com/hook",
+        location("US", "Example Cloud Inc.", true),
+    ));
+    let violations = check(&config).unwrap_err();
+    assert_eq!(
+        rules(&violations),
+        [
+            ("webhook".to_string(), Rule::PersonalDataCountries),
+            ("webhook".to_string(), Rule::ForeignAccessLaw)
+        ]
+    );
+    assert!(violations[0]
+        .backend
+        .starts_with("webhook ris (https://ris.example.com/…)"));
+    assert!(violations[0].problem.contains("UIDs"), "{}", violations[0]);
+    assert!(
+        violations[0].fix.contains("anywhere-without-patient-data"),
+        "{}",
+        violations[0]
+    );
+    assert!(violations[0]
+        .fix
+        .contains("point the webhook at a receiver"));
+
+    // Events without patient data may go anywhere when the policy says so...
+    config.sovereignty.event_destinations = EventDestinationPolicy::AnywhereWithoutPatientData;
+    let report = check(&config).expect("UIDs may leave");
+    let hook = &report.backends[4];
+    assert_eq!(hook.kind, BackendKind::Webhook);
+    assert!(!hook.personal_data_rules);
+    // ... but not with them.
+    config.events.webhooks[0].include_patient = true;
+    let violations = check(&config).unwrap_err();
+    assert_eq!(
+        rules(&violations),
+        [
+            ("webhook".to_string(), Rule::PersonalDataCountries),
+            ("webhook".to_string(), Rule::ForeignAccessLaw)
+        ]
+    );
+    assert!(
+        violations[0].problem.contains("patient names"),
+        "{}",
+        violations[0]
+    );
+    assert!(
+        violations[0]
+            .fix
+            .contains("include_patient = false in the [[events.webhooks]] entry named \"ris\""),
+        "{}",
+        violations[0]
+    );
+}
+
+#[test]
+fn a_webhook_in_an_allowed_country_is_listed_with_what_it_receives() {
+    let mut config = eu_host();
+    let mut hook = webhook(
+        "ai",
+        "https://ai.example.de/events",
+        location("DE", "Radiology AI GmbH", false),
+    );
+    hook.tenants = vec!["north".into()];
+    hook.actions = vec!["study-stable".into()];
+    hook.include_patient = true;
+    config.events.webhooks.push(hook);
+    let report = check(&config).expect("allowed");
+    let hook = report.backend(BackendKind::Webhook);
+    assert_eq!(hook.jurisdiction.source, Source::Declared);
+    assert!(hook.personal_data_rules && hook.patient_data);
+    let receives = hook.receives.clone().unwrap();
+    assert!(receives.contains("tenant north"), "{receives}");
+    assert!(receives.contains("study-stable only"), "{receives}");
+    assert!(receives.contains("patient's name"), "{receives}");
+    // The events link lists it, and so does personal metadata.
+    let events = report
+        .chain
+        .iter()
+        .find(|c| c.data == DataKind::Events)
+        .expect("an events link");
+    assert_eq!(events.held.len(), 1);
+    assert!(events.rule.contains("same-as-personal-data"));
+    let personal = &report.chain[1];
+    assert!(personal
+        .held
+        .iter()
+        .any(|h| h.backend == BackendKind::Webhook));
+    let text = report.to_string();
+    assert!(text.contains("receives:"), "{text}");
+    assert!(text.contains("event destinations: same-as-personal-data"));
+    assert!(text.contains("DE, Radiology AI GmbH"));
+}
+
+#[test]
+fn a_loopback_webhook_and_broker_inherit_the_host() {
+    let mut config = eu_host();
+    config.events.nats.url = "nats://127.0.0.1:4222".into();
+    config
+        .events
+        .webhooks
+        .push(webhook("local", "http://127.0.0.1:9000/hook", None));
+    let report = check(&config).expect("on the host");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    for kind in [BackendKind::EventBroker, BackendKind::Webhook] {
+        let b = report.backend(kind);
+        assert!(b.local && b.inherits_from_server, "{kind:?}");
+        assert_eq!(b.jurisdiction.country.as_deref(), Some("DE"));
+    }
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["backends"][4]["kind"], "event-broker");
+    assert_eq!(json["backends"][4]["section"], "[events.nats]");
+    assert_eq!(json["chain"][5]["data"], "events");
+    // A host outside the policy names them among what lives on it.
+    config.server.location = location("US", "Example Hosting", false);
+    let violations = check(&config).unwrap_err();
+    assert_eq!(
+        rules(&violations),
+        [("server".to_string(), Rule::PersonalDataCountries)]
+    );
+    assert!(
+        violations[0].problem.contains("webhook local"),
+        "{}",
+        violations[0]
+    );
+}
+
+#[test]
+fn an_undeclared_remote_broker_is_a_warning_or_a_violation() {
+    let mut config = eu_host();
+    config.events.nats.url = "nats://user:hunter2secret@nats.example.com:4222".into();
+    let report = check(&config).expect("undeclared is allowed by default");
+    let broker = report.backend(BackendKind::EventBroker);
+    assert_eq!(broker.jurisdiction.source, Source::Undeclared);
+    assert!(report
+        .warnings
+        .iter()
+        .any(|w| w.backend.starts_with("event broker") && w.message.contains("[events.nats]")));
+    assert!(report.warnings.iter().any(|w| w.message.contains("tls://")));
+    assert!(!serde_json::to_string(&report).unwrap().contains("hunter2"));
+
+    config.sovereignty.require_declarations = true;
+    let violations = check(&config).unwrap_err();
+    assert_eq!(
+        rules(&violations),
+        [("event".to_string(), Rule::RequireDeclarations)]
+    );
+    assert!(violations[0].fix.contains("[events.nats]"));
+}
+
+#[test]
+fn a_webhook_url_is_shown_without_its_path_or_query() {
+    let mut config = eu_host();
+    config.events.webhooks.push(webhook(
+        "chat",
+        "https://hooks.example.com/services/T000/B000/token-4711?sig=s3cret",
+        location("US", "Chat Inc.", true),
+    ));
+    let report = assess(&config, &Environment::default());
+    let text = report.to_string();
+    let json = serde_json::to_string(&report).unwrap();
+    let refusal = Refusal(report.violations.clone()).to_string();
+    for output in [&text, &json, &refusal] {
+        assert!(!output.contains("token-4711"), "{output}");
+        assert!(!output.contains("s3cret"), "{output}");
+    }
+    assert!(
+        text.contains("webhook chat (https://hooks.example.com/…)"),
+        "{text}"
+    );
 }

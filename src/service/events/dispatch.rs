@@ -238,7 +238,10 @@ async fn step(
     let Some(last) = changes.last().map(|c| c.seq) else {
         return Ok(Step::Idle { backlog: 0 });
     };
-    let result = sink.deliver(tenant, &changes).await;
+    // A delivery may outlast the lease (a slow webhook receiver, up to its
+    // timeout per event): renewed meanwhile, so that no other process starts
+    // delivering the same changes.
+    let result = holding_lease(tenant, &name, settings, sink.deliver(tenant, &changes)).await;
     let (delivered_to, failure) = match result {
         Ok(()) => (last, None),
         Err(Stopped { delivered, error }) => {
@@ -321,31 +324,45 @@ async fn step(
 
 /// Sleeps `wait`, renewing the sink's lease every third of it.
 async fn sleep_holding_lease(tenant: &TenantRef, sink: &str, settings: &Settings, wait: Duration) {
-    let renew_every = settings.lease / 3;
-    let deadline = tokio::time::Instant::now() + wait;
+    holding_lease(tenant, sink, settings, tokio::time::sleep(wait)).await;
+}
+
+/// Runs `work`, renewing the sink's lease every third of it meanwhile (renewals
+/// stop once the lease went to another process: `advance_sink` then refuses).
+async fn holding_lease<T>(
+    tenant: &TenantRef,
+    sink: &str,
+    settings: &Settings,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut held = true;
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        tokio::time::sleep(left.min(renew_every)).await;
-        let (name, owner) = (sink.to_string(), settings.owner.clone());
-        let lease_ms = settings.lease.as_millis() as i64;
-        let renewed = tenant
-            .services
-            .with_index(move |index| {
-                let now = epoch_ms();
-                index.take_sink_lease(
-                    &name,
-                    &owner,
-                    now,
-                    now + lease_ms,
-                    crate::index::changes::SinkStart::Beginning,
-                )
-            })
-            .await;
-        if !matches!(renewed, Ok(Some(_))) {
-            return;
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tokio::time::sleep(settings.lease / 3), if held => {
+                held = renew_lease(tenant, sink, settings).await;
+            }
         }
     }
+}
+
+/// Renews the sink's lease; `false` when another process holds it now.
+async fn renew_lease(tenant: &TenantRef, sink: &str, settings: &Settings) -> bool {
+    let (name, owner) = (sink.to_string(), settings.owner.clone());
+    let lease_ms = settings.lease.as_millis() as i64;
+    let renewed = tenant
+        .services
+        .with_index(move |index| {
+            let now = epoch_ms();
+            index.take_sink_lease(
+                &name,
+                &owner,
+                now,
+                now + lease_ms,
+                crate::index::changes::SinkStart::Beginning,
+            )
+        })
+        .await;
+    matches!(renewed, Ok(Some(_)))
 }

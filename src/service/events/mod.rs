@@ -14,6 +14,7 @@
 
 pub mod cloudevent;
 mod dispatch;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
