@@ -74,8 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(error) => tracing::warn!(%error, "the orphan sweep failed"),
         }
     });
-    let sinks = super::events::build_sinks(&config)?;
-    let events = crate::service::events::start(tenants.clone(), &config.events, sinks);
+    let events = super::events::start(&config, tenants.clone())?;
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let site = http::Site {
         tenants,

@@ -14,6 +14,9 @@
 
 pub mod cloudevent;
 mod dispatch;
+pub mod jobs;
+pub mod nats;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
