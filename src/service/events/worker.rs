@@ -25,8 +25,12 @@ use crate::config::JobsConfig;
 use crate::service::tenants::Tenants;
 use crate::telemetry::metrics;
 
-/// How long one request for a job waits for one before asking again.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long one request for a job waits for one before asking again (a
+/// waiting request costs the broker nothing; a lost connection shows sooner,
+/// as missing heartbeats).
+const PULL_EXPIRES: Duration = Duration::from_secs(120);
+/// The broker's heartbeat while a request for a job waits.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Runs jobs from the work queue for as long as the process runs, reconnecting
 /// (and creating the stream and consumer when missing) after a failure.
@@ -84,6 +88,7 @@ async fn take_jobs(
             .batch()
             .max_messages(1)
             .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
         {
