@@ -105,9 +105,9 @@ impl Nats {
                 };
                 let id = message
                     .headers
-                    .get("Nats-Msg-Id")
+                    .get(async_nats::header::NATS_MESSAGE_ID)
                     .map(|v| v.as_str().to_string())
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| format!("{:?}", message.headers));
                 let payload = serde_json::from_slice(&message.payload).expect("JSON payload");
                 found.push((message.subject.to_string(), id, payload));
             }
