@@ -11,6 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::nats::Nats;
@@ -177,37 +178,58 @@ fn a_broker_killed_during_ingest_loses_and_duplicates_no_event() {
         ("KASTELL__EVENTS__NATS__ACK_TIMEOUT_SECS", "1"),
         ("KASTELL__EVENTS__STABLE_AFTER_SECS", "0"),
     ]);
-    let total = 24;
-    let stow = |n: u32| {
-        let (status, body) = store(&server, "/studies", &[instance("2.25.9", "2.25.9.1", n)]);
-        assert_eq!(
-            status, 200,
-            "STOW {n} while the broker is up or down: {body}"
-        );
-    };
-    for n in 1..=8 {
-        stow(n);
-    }
-    events_when(&nats, 1);
-    nats.kill9();
-    // Stores go on, and /readyz shows the events waiting for the broker.
-    for n in 9..=16 {
-        stow(n);
-    }
-    wait_until("/readyz shows the NATS backlog", || {
-        nats_backlog(&server).is_some_and(|backlog| backlog > 0)
+    // Ingest: one instance per STOW, until told to stop; each must answer 200
+    // whether the broker is up or down.
+    let stored = AtomicU32::new(0);
+    let stop = AtomicBool::new(false);
+    let total = std::thread::scope(|scope| {
+        let ingest = scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let (status, body) =
+                    store(&server, "/studies", &[instance("2.25.9", "2.25.9.1", n)]);
+                assert_eq!(status, 200, "STOW {n}: {body}");
+                stored.store(n, Ordering::SeqCst);
+            }
+            n
+        });
+        let at_least = |count: u32| {
+            wait_until(&format!("{count} instances are stored"), || {
+                stored.load(Ordering::SeqCst) >= count || ingest.is_finished()
+            })
+        };
+        at_least(5);
+        events_when(&nats, 1);
+        nats.kill9();
+        let killed_at = stored.load(Ordering::SeqCst);
+        // Stores go on, and /readyz shows the events waiting for the broker.
+        at_least(killed_at + 5);
+        wait_until("/readyz shows the NATS backlog", || {
+            nats_backlog(&server).is_some_and(|backlog| backlog > 0)
+        });
+        nats.restart();
+        let restarted_at = stored.load(Ordering::SeqCst);
+        at_least(restarted_at + 5);
+        stop.store(true, Ordering::SeqCst);
+        ingest.join().unwrap()
     });
-    nats.restart();
-    for n in 17..=total {
-        stow(n);
-    }
-    wait_until("/readyz shows no backlog", || {
-        nats_backlog(&server).is_none()
+    let caught_up = poll(Duration::from_secs(60), || {
+        (nats_backlog(&server).is_none()
             && nats
                 .messages(EVENTS)
                 .iter()
-                .any(|(_, id, _)| id == &format!("default:{total}"))
+                .any(|(_, _, e)| e["data"]["sequence"] == total))
+        .then_some(())
     });
+    assert!(
+        caught_up.is_some(),
+        "the events did not catch up: backlog {:?}, {} in the stream",
+        nats_backlog(&server),
+        nats.messages(EVENTS).len()
+    );
+    // Every event once, in order: the repeats of publishes whose
+    // acknowledgement was lost were dropped by the broker (Nats-Msg-Id).
     let sequences: Vec<i64> = nats
         .messages(EVENTS)
         .iter()
