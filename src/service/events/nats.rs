@@ -32,9 +32,10 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: not shown.
         f.debug_struct("Broker")
-            .field("url", &crate::redact::redact_url(&self.config.url))
-            .finish()
+            .field("stream", &self.config.stream)
+            .finish_non_exhaustive()
     }
 }
 
