@@ -337,6 +337,7 @@ fn a_study_is_announced_stable_once_per_completion() {
     let server = Server::start_with(&[
         ("KASTELL__EVENTS__NATS__URL", &nats.url()),
         ("KASTELL__EVENTS__STABLE_AFTER_SECS", "1"),
+        ("KASTELL__EVENTS__NATS__INCLUDE_PATIENT", "true"),
     ]);
     let stables = |study: &str| -> Vec<Value> {
         nats.messages(EVENTS)
@@ -377,6 +378,9 @@ fn a_study_is_announced_stable_once_per_completion() {
     assert_eq!(first[0]["data"]["numberOfStudyRelatedInstances"], 2);
     assert_eq!(first[1]["data"]["numberOfStudyRelatedInstances"], 3);
     assert_eq!(first[0]["subject"], "studies/2.25.51");
+    // This server is configured to carry the patient (events.nats.include_patient).
+    assert_eq!(first[0]["data"]["patient"]["PatientID"], "PID-1");
+    assert_eq!(first[0]["data"]["patient"]["PatientName"], "Doe^John");
 }
 
 #[test]

@@ -248,3 +248,49 @@ async fn publish(broker: &Broker, jobs: &[(usize, Job)]) -> Result<(), Stopped> 
             error: stopped.error,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(action: &str, seq: i64) -> Change {
+        Change {
+            seq,
+            occurred_at: "2026-12-04T08:00:00.000000Z".into(),
+            action: action.into(),
+            study_instance_uid: Some("1.2".into()),
+            series_instance_uid: None,
+            sop_instance_uid: None,
+            sop_class_uid: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn a_stable_study_asks_for_a_precompute_job_named_after_its_change() {
+        let config = JobsConfig::default();
+        let job = Job::for_change("north", &change("study-stable", 7), &config).unwrap();
+        assert_eq!(
+            job,
+            Job {
+                kind: "precompute".into(),
+                tenant: "north".into(),
+                study: "1.2".into(),
+                id: "north:7".into(),
+            }
+        );
+        let json: serde_json::Value = serde_json::to_value(&job).unwrap();
+        assert_eq!(json["id"], "north:7");
+        for action in ["created", "replaced", "deleted"] {
+            assert_eq!(Job::for_change("north", &change(action, 8), &config), None);
+        }
+        let off = JobsConfig {
+            precompute_on_stable: false,
+            ..JobsConfig::default()
+        };
+        assert_eq!(
+            Job::for_change("north", &change("study-stable", 9), &off),
+            None
+        );
+    }
+}
