@@ -103,6 +103,8 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
     // Failed attempts of the change at the head of the cursor.
     let mut attempts: HashMap<i64, u32> = HashMap::new();
     let mut last_error: Option<String> = None;
+    // The lease this loop holds and the cursor it moved, while it holds one.
+    let mut held: Option<Held> = None;
     loop {
         // Registered before the feed is read: a commit after the read still wakes us.
         let woken = CHANGED.notified();
@@ -114,8 +116,13 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
             &settings,
             &mut attempts,
             &mut last_error,
+            &mut held,
         )
         .await;
+        if !matches!(step, Ok(Step::Idle { .. } | Step::Progress { .. })) {
+            // Read the cursor again (and take the lease) before the next batch.
+            held = None;
+        }
         match step {
             Ok(Step::Idle { backlog }) => {
                 status.set(
@@ -163,6 +170,15 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
     }
 }
 
+/// A lease of this process on the sink, as last taken or renewed, and the
+/// sink's cursor as this process last moved it: while more than half the
+/// lease is left, a step reads the feed without writing to the index first.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    cursor: i64,
+    until_ms: i64,
+}
+
 enum Step {
     /// Nothing beyond the cursor.
     Idle { backlog: u64 },
@@ -180,6 +196,7 @@ async fn step(
     settings: &Settings,
     attempts: &mut HashMap<i64, u32>,
     last_error: &mut Option<String>,
+    held: &mut Option<Held>,
 ) -> Result<Step, crate::service::ServiceError> {
     let name = sink.name().to_string();
     let owner = settings.owner.clone();
@@ -187,23 +204,35 @@ async fn step(
     let lease_ms = settings.lease.as_millis() as i64;
     let batch = settings.batch;
     let lookup = (name.clone(), owner.clone());
+    let still_held = held.filter(|h| h.until_ms - epoch_ms() > lease_ms / 2);
     let read = tenant
         .services
         .with_index(move |index| {
-            let now = epoch_ms();
-            let Some(cursor) =
-                index.take_sink_lease(&lookup.0, &lookup.1, now, now + lease_ms, start)?
-            else {
-                return Ok(None);
+            let lease = match still_held {
+                Some(held) => held,
+                None => {
+                    let now = epoch_ms();
+                    let Some(cursor) =
+                        index.take_sink_lease(&lookup.0, &lookup.1, now, now + lease_ms, start)?
+                    else {
+                        return Ok(None);
+                    };
+                    Held {
+                        cursor,
+                        until_ms: now + lease_ms,
+                    }
+                }
             };
-            let changes = index.changes_after(cursor, batch)?;
+            let changes = index.changes_after(lease.cursor, batch)?;
             let latest = index.latest_change()?;
-            Ok(Some((cursor, changes, latest)))
+            Ok(Some((lease, changes, latest)))
         })
         .await?;
-    let Some((cursor, changes, latest)) = read else {
+    let Some((lease, changes, latest)) = read else {
         return Ok(Step::NotOurs);
     };
+    let cursor = lease.cursor;
+    *held = Some(lease);
     let Some(last) = changes.last().map(|c| c.seq) else {
         return Ok(Step::Idle { backlog: 0 });
     };
@@ -234,6 +263,10 @@ async fn step(
             // The lease went to another process meanwhile: it repeats what we did.
             return Ok(Step::NotOurs);
         }
+        *held = Some(Held {
+            cursor: delivered_to,
+            ..lease
+        });
     }
     let Some((failed_seq, error)) = failure else {
         attempts.clear();
@@ -265,6 +298,9 @@ async fn step(
                 "events: gave up on an event (dead letter; see `kastell events status`)");
         }
         attempts.clear();
+        // The cursor moved past the dead letter (or another process has the
+        // sink): read it again.
+        *held = None;
         return Ok(Step::Progress {
             backlog: (latest - failed_seq).max(0) as u64,
         });
