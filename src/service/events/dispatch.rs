@@ -2,6 +2,13 @@
 //! quiet, and one per sink that takes the sink's lease, reads the feed beyond
 //! its cursor, delivers, and moves the cursor — retrying with backoff, or
 //! dead-lettering where the sink gives up.
+//!
+//! The cursor in the index is a checkpoint: the loop moves it at most every
+//! [`CHECKPOINT_EVERY`] while deliveries succeed (at once when one fails), so
+//! that a busy feed costs the index one write per checkpoint rather than one
+//! per batch. A process that dies loses the progress since its last
+//! checkpoint: whoever takes the sink over delivers those changes again (at
+//! least once; events carry their id for deduplication).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,6 +19,9 @@ use crate::config::EventsConfig;
 use crate::index::changes::epoch_ms;
 use crate::service::tenants::Tenants;
 use crate::telemetry::metrics;
+
+/// How often at most a sink's cursor is written while deliveries succeed.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the list of tenants is read again.
 const TENANTS_EVERY: Duration = Duration::from_secs(5);
@@ -170,12 +180,15 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
     }
 }
 
-/// A lease of this process on the sink, as last taken or renewed, and the
-/// sink's cursor as this process last moved it: while more than half the
-/// lease is left, a step reads the feed without writing to the index first.
+/// A lease of this process on the sink, as last taken or renewed, the
+/// sink's cursor as delivered (`cursor`) and as last written to the index
+/// (`saved`): while more than half the lease is left, a step reads the feed
+/// without writing to the index first.
 #[derive(Debug, Clone, Copy)]
 struct Held {
     cursor: i64,
+    saved: i64,
+    saved_at: std::time::Instant,
     until_ms: i64,
 }
 
@@ -204,7 +217,8 @@ async fn step(
     let lease_ms = settings.lease.as_millis() as i64;
     let batch = settings.batch;
     let lookup = (name.clone(), owner.clone());
-    let still_held = held.filter(|h| h.until_ms - epoch_ms() > lease_ms / 2);
+    let before = *held;
+    let still_held = before.filter(|h| h.until_ms - epoch_ms() > lease_ms / 2);
     let read = tenant
         .services
         .with_index(move |index| {
@@ -212,13 +226,21 @@ async fn step(
                 Some(held) => held,
                 None => {
                     let now = epoch_ms();
-                    let Some(cursor) =
+                    let Some(saved) =
                         index.take_sink_lease(&lookup.0, &lookup.1, now, now + lease_ms, start)?
                     else {
                         return Ok(None);
                     };
+                    // Renewed: what was delivered since the checkpoint stays
+                    // delivered, unless someone else moved the cursor.
+                    let cursor = match before {
+                        Some(held) if held.saved == saved => held.cursor,
+                        _ => saved,
+                    };
                     Held {
                         cursor,
+                        saved,
+                        saved_at: before.map_or_else(std::time::Instant::now, |h| h.saved_at),
                         until_ms: now + lease_ms,
                     }
                 }
@@ -234,6 +256,11 @@ async fn step(
     let cursor = lease.cursor;
     *held = Some(lease);
     let Some(last) = changes.last().map(|c| c.seq) else {
+        if lease.cursor > lease.saved && lease.saved_at.elapsed() >= CHECKPOINT_EVERY {
+            if !checkpoint(tenant, &name, &owner, held).await? {
+                return Ok(Step::NotOurs);
+            }
+        }
         return Ok(Step::Idle { backlog: 0 });
     };
     let result = sink.deliver(tenant, &changes).await;
@@ -253,20 +280,16 @@ async fn step(
         }
     };
     metrics::events_delivered(&name, "delivered", (delivered_to - cursor) as u64);
-    if delivered_to > cursor {
-        let (name, owner) = (name.clone(), owner.clone());
-        let moved = tenant
-            .services
-            .with_index(move |index| index.advance_sink(&name, &owner, cursor, delivered_to))
-            .await?;
-        if !moved {
-            // The lease went to another process meanwhile: it repeats what we did.
-            return Ok(Step::NotOurs);
-        }
-        *held = Some(Held {
-            cursor: delivered_to,
-            ..lease
-        });
+    *held = Some(Held {
+        cursor: delivered_to,
+        ..lease
+    });
+    // A failure is written at once (dead letters start from the cursor).
+    if (failure.is_some() || lease.saved_at.elapsed() >= CHECKPOINT_EVERY)
+        && !checkpoint(tenant, &name, &owner, held).await?
+    {
+        // The lease went to another process meanwhile: it repeats what we did.
+        return Ok(Step::NotOurs);
     }
     let Some((failed_seq, error)) = failure else {
         attempts.clear();
@@ -314,6 +337,33 @@ async fn step(
         backlog: (latest - delivered_to).max(0) as u64,
         wait: sink.backoff(count),
     })
+}
+
+/// Writes the delivered cursor of `held` to the index, if it moved; `false`
+/// when the sink is no longer this process's.
+async fn checkpoint(
+    tenant: &TenantRef,
+    name: &str,
+    owner: &str,
+    held: &mut Option<Held>,
+) -> Result<bool, crate::service::ServiceError> {
+    let Some(lease) = *held else {
+        return Ok(true);
+    };
+    if lease.cursor == lease.saved {
+        return Ok(true);
+    }
+    let (name, owner) = (name.to_string(), owner.to_string());
+    let moved = tenant
+        .services
+        .with_index(move |index| index.advance_sink(&name, &owner, lease.saved, lease.cursor))
+        .await?;
+    *held = moved.then(|| Held {
+        saved: lease.cursor,
+        saved_at: std::time::Instant::now(),
+        ..lease
+    });
+    Ok(moved)
 }
 
 /// Sleeps `wait`, renewing the sink's lease every third of it.
