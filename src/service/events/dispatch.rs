@@ -256,10 +256,11 @@ async fn step(
     let cursor = lease.cursor;
     *held = Some(lease);
     let Some(last) = changes.last().map(|c| c.seq) else {
-        if lease.cursor > lease.saved && lease.saved_at.elapsed() >= CHECKPOINT_EVERY {
-            if !checkpoint(tenant, &name, &owner, held).await? {
-                return Ok(Step::NotOurs);
-            }
+        if lease.cursor > lease.saved
+            && lease.saved_at.elapsed() >= CHECKPOINT_EVERY
+            && !checkpoint(tenant, &name, &owner, held).await?
+        {
+            return Ok(Step::NotOurs);
         }
         return Ok(Step::Idle { backlog: 0 });
     };
