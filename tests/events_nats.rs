@@ -153,6 +153,15 @@ fn every_store_and_delete_is_published_once_in_order_and_failed_parts_are_not() 
     assert_eq!(sops(2..3), ["2.25.2.1.1".to_string()].into());
     assert_eq!(sops(3..5), study_one);
     assert_eq!(sops(5..6), ["2.25.3.1.1".to_string()].into());
+    // Once idle, the sink's cursor in the index (a checkpoint) says so too.
+    let index = open_index(&server.data_dir);
+    wait_until("the nats sink's cursor is written", || {
+        index
+            .sinks()
+            .unwrap()
+            .iter()
+            .any(|sink| sink.name == "nats" && sink.delivered_seq == 6)
+    });
 }
 
 /// The number in `/readyz`'s `events backlog: N (tenant default, sink nats)`.
