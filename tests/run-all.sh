@@ -26,13 +26,15 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
     -r conformance/requirements.txt
 
 # Build dependencies: libpq for diesel's PostgreSQL backend, cmake and a C++
-# compiler for CharLS (the JPEG-LS codec of the default build); and a test tool.
+# compiler for CharLS (the JPEG-LS codec of the default build); and test tools.
 missing=()
 command -v pg_config >/dev/null 2>&1 || missing+=(libpq-dev)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 # OpenJPH's encoder makes the HTJ2K fixtures of the conformance suite.
 command -v ojph_compress >/dev/null 2>&1 || missing+=(openjph-tools)
+# tests/events_nats.rs starts private NATS servers with JetStream (issue 14).
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 if ((${#missing[@]})); then
     step "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

@@ -33,9 +33,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let report = enforce_sovereignty(&config).context("kastell refuses to start")?;
     let sovereignty_report =
         Arc::new(serde_json::to_value(&report).context("rendering the sovereignty report")?);
-    // The event sinks, before any backend is opened: a webhook secret file that
+    // The webhook subscriptions, checked before any backend is opened: a secret file that
     // cannot be read stops the server before the index is created or migrated.
-    let sinks = super::events::build_sinks(&config)?;
+    super::events::webhook_sinks(&config)?;
     let services = build_services(&config)?;
     // Built now so that a bad JWKS file or URL stops the server at start.
     let authenticator = crate::auth::Authenticator::new(&config.auth, services.index.clone())
@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(error) => tracing::warn!(%error, "the orphan sweep failed"),
         }
     });
-    let events = crate::service::events::start(tenants.clone(), &config.events, sinks);
+    let events = super::events::start(&config, tenants.clone())?;
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let site = http::Site {
         tenants,

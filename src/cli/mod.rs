@@ -21,6 +21,7 @@ mod serve;
 mod sovereignty;
 mod startup;
 mod tenants;
+mod worker;
 
 #[derive(Parser, Debug)]
 #[command(name = "kastell", version, about = "A sovereign DICOMweb archive")]
@@ -35,6 +36,8 @@ pub struct Cli {
 enum Command {
     /// Serve DICOMweb (the default).
     Serve(ServeArgs),
+    /// Take jobs from the broker's work queue (events.nats.url) until stopped.
+    Worker(ServeArgs),
     /// Create or upgrade the index schema, then exit.
     Migrate(CommonArgs),
     /// Print the effective configuration, secrets redacted.
@@ -168,6 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let outer = &cli.common;
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve::serve(&merge(outer, &args.common), args.listen),
+        Command::Worker(args) => worker::worker(&merge(outer, &args.common)),
         Command::Migrate(args) => index::migrate(&merge(outer, &args)),
         Command::Config(args) => serve::print_config(&merge(outer, &args.common), args.listen),
         Command::Tenants { action } => tenants::run(outer, action),

@@ -164,6 +164,9 @@ pub struct JobsConfig {
     pub max_deliver: i64,
     /// Jobs one worker runs at once.
     pub concurrency: usize,
+    /// Whether `kastell serve` also runs a worker when a broker is configured
+    /// (one process is then enough; `kastell worker` processes add more).
+    pub worker_in_serve: bool,
 }
 
 impl Default for JobsConfig {
@@ -173,6 +176,7 @@ impl Default for JobsConfig {
             ack_wait_secs: 60,
             max_deliver: 5,
             concurrency: 2,
+            worker_in_serve: true,
         }
     }
 }

@@ -522,11 +522,16 @@ impl Index {
 
     /// Whether job `job_id` was finished before.
     pub fn job_done(&self, job_id: &str) -> Result<bool, IndexError> {
+        Ok(self.job_attempts(job_id)?.is_some())
+    }
+
+    /// The delivery on which job `job_id` was finished, if it was.
+    pub fn job_attempts(&self, job_id: &str) -> Result<Option<i64>, IndexError> {
         let rows = with_conn!(self, conn => conn.load::<Seq>(
             "SELECT CAST(attempts AS BIGINT) AS seq FROM jobs_done WHERE job_id = ?",
             &[Bind::Text(job_id.to_string())],
         )?);
-        Ok(!rows.is_empty())
+        Ok(rows.into_iter().next().map(|row| row.seq))
     }
 
     /// Records that job `job_id` finished, on its `attempts`th delivery.

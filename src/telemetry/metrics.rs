@@ -60,7 +60,8 @@ pub const EVENTS_BACKLOG: &str = "kastell.events.backlog";
 /// (`delivered`, `failed`: an attempt that will be retried, `dead_lettered`).
 pub const EVENTS_DELIVERIES: &str = "kastell.events.deliveries";
 /// Jobs run by this process. Unit `{job}`; labels `kind` (`precompute`),
-/// `outcome` (`done`, `failed`, `skipped`: done before, redelivered).
+/// `outcome` (`done`, `failed`, `skipped`: done before, redelivered;
+/// `invalid`: a queue message that is not a job, dropped).
 pub const JOBS: &str = "kastell.jobs";
 
 /// Every metric name, for the documentation test.

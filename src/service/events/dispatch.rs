@@ -2,6 +2,13 @@
 //! quiet, and one per sink that takes the sink's lease, reads the feed beyond
 //! its cursor, delivers, and moves the cursor — retrying with backoff, or
 //! dead-lettering where the sink gives up.
+//!
+//! The cursor in the index is a checkpoint: the loop moves it at most every
+//! [`CHECKPOINT_EVERY`] while deliveries succeed (at once when one fails), so
+//! that a busy feed costs the index one write per checkpoint rather than one
+//! per batch. A process that dies loses the progress since its last
+//! checkpoint: whoever takes the sink over delivers those changes again (at
+//! least once; events carry their id for deduplication).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,6 +19,9 @@ use crate::config::EventsConfig;
 use crate::index::changes::epoch_ms;
 use crate::service::tenants::Tenants;
 use crate::telemetry::metrics;
+
+/// How often at most a sink's cursor is written while deliveries succeed.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the list of tenants is read again.
 const TENANTS_EVERY: Duration = Duration::from_secs(5);
@@ -124,6 +134,7 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
     // Failed attempts of the change at the head of the cursor.
     let mut attempts: HashMap<i64, u32> = HashMap::new();
     let mut last_error: Option<String> = None;
+    // The lease this loop holds and the cursor it moved, while it holds one.
     let mut held: Option<Held> = None;
     loop {
         // Registered before the feed is read: a commit after the read still wakes us.
@@ -139,22 +150,44 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
             &mut held,
         )
         .await;
-        let show = |backlog| {
-            let error = last_error.clone();
-            status.set(&tenant.name, &name, SinkView { backlog, error });
-        };
+        if !matches!(step, Ok(Step::Idle { .. } | Step::Progress { .. })) {
+            // Read the cursor again (and take the lease) before the next batch.
+            held = None;
+        }
         match step {
             Ok(Step::Idle { backlog }) => {
-                show(backlog);
+                status.set(
+                    &tenant.name,
+                    &name,
+                    SinkView {
+                        backlog,
+                        error: last_error.clone(),
+                    },
+                );
                 let _ = tokio::time::timeout(settings.poll, woken).await;
             }
-            Ok(Step::Progress { backlog }) => show(backlog),
+            Ok(Step::Progress { backlog }) => {
+                status.set(
+                    &tenant.name,
+                    &name,
+                    SinkView {
+                        backlog,
+                        error: last_error.clone(),
+                    },
+                );
+            }
             Ok(Step::Failed { backlog, wait }) => {
-                show(backlog);
+                status.set(
+                    &tenant.name,
+                    &name,
+                    SinkView {
+                        backlog,
+                        error: last_error.clone(),
+                    },
+                );
                 // Keep the lease while waiting, so that another process does
                 // not start over in the middle of the backoff.
                 sleep_holding_lease(&tenant, &name, &settings, wait).await;
-                held = None;
             }
             Ok(Step::NotOurs) => {
                 // Another process delivers; look again when its lease may have run out.
@@ -168,10 +201,15 @@ async fn deliver(tenant: TenantRef, sink: Arc<dyn Sink>, settings: Settings, sta
     }
 }
 
-/// The lease this process holds on a sink, and the sink's cursor.
+/// A lease of this process on the sink, as last taken or renewed, the
+/// sink's cursor as delivered (`cursor`) and as last written to the index
+/// (`saved`): while more than half the lease is left, a step reads the feed
+/// without writing to the index first.
 #[derive(Debug, Clone, Copy)]
 struct Held {
     cursor: i64,
+    saved: i64,
+    saved_at: std::time::Instant,
     until_ms: i64,
 }
 
@@ -200,42 +238,51 @@ async fn step(
     let lease_ms = settings.lease.as_millis() as i64;
     let batch = settings.batch;
     let lookup = (name.clone(), owner.clone());
-    // A lease with more than half its time left is used as it is: only the
-    // holder moves the cursor, so the one kept here is current, and an idle
-    // sink does not write to the index at every look.
-    let now = epoch_ms();
-    let known = held
-        .filter(|h| h.until_ms - now > lease_ms / 2)
-        .map(|h| h.cursor);
+    let before = *held;
+    let still_held = before.filter(|h| h.until_ms - epoch_ms() > lease_ms / 2);
     let read = tenant
         .services
         .with_index(move |index| {
-            let cursor = match known {
-                Some(cursor) => cursor,
+            let lease = match still_held {
+                Some(held) => held,
                 None => {
                     let now = epoch_ms();
-                    match index.take_sink_lease(&lookup.0, &lookup.1, now, now + lease_ms, start)? {
-                        Some(cursor) => cursor,
-                        None => return Ok(None),
+                    let Some(saved) =
+                        index.take_sink_lease(&lookup.0, &lookup.1, now, now + lease_ms, start)?
+                    else {
+                        return Ok(None);
+                    };
+                    // Renewed: what was delivered since the checkpoint stays
+                    // delivered, unless someone else moved the cursor.
+                    let cursor = match before {
+                        Some(held) if held.saved == saved => held.cursor,
+                        _ => saved,
+                    };
+                    Held {
+                        cursor,
+                        saved,
+                        saved_at: before.map_or_else(std::time::Instant::now, |h| h.saved_at),
+                        until_ms: now + lease_ms,
                     }
                 }
             };
-            let changes = index.changes_after(cursor, batch)?;
+            let changes = index.changes_after(lease.cursor, batch)?;
             let latest = index.latest_change()?;
-            Ok(Some((cursor, changes, latest)))
+            Ok(Some((lease, changes, latest)))
         })
         .await?;
-    let Some((cursor, changes, latest)) = read else {
-        *held = None;
+    let Some((lease, changes, latest)) = read else {
         return Ok(Step::NotOurs);
     };
-    if known.is_none() {
-        *held = Some(Held {
-            cursor,
-            until_ms: now + lease_ms,
-        });
-    }
+    let cursor = lease.cursor;
+    *held = Some(lease);
     let Some(last) = changes.last().map(|c| c.seq) else {
+        if lease.cursor > lease.saved
+            && lease.saved_at.elapsed() >= CHECKPOINT_EVERY
+            && !checkpoint(tenant, &name, &owner, held).await?
+        {
+            return Ok(Step::NotOurs);
+        }
         return Ok(Step::Idle { backlog: 0 });
     };
     // A delivery may outlast the lease (a slow webhook receiver, up to its
@@ -258,20 +305,16 @@ async fn step(
         }
     };
     metrics::events_delivered(&name, "delivered", (delivered_to - cursor) as u64);
-    if delivered_to > cursor {
-        let (name, owner) = (name.clone(), owner.clone());
-        let moved = tenant
-            .services
-            .with_index(move |index| index.advance_sink(&name, &owner, cursor, delivered_to))
-            .await?;
-        if !moved {
-            // The lease went to another process meanwhile: it repeats what we did.
-            *held = None;
-            return Ok(Step::NotOurs);
-        }
-        if let Some(held) = held.as_mut() {
-            held.cursor = delivered_to;
-        }
+    *held = Some(Held {
+        cursor: delivered_to,
+        ..lease
+    });
+    // A failure is written at once (dead letters start from the cursor).
+    if (failure.is_some() || lease.saved_at.elapsed() >= CHECKPOINT_EVERY)
+        && !checkpoint(tenant, &name, &owner, held).await?
+    {
+        // The lease went to another process meanwhile: it repeats what we did.
+        return Ok(Step::NotOurs);
     }
     let Some((failed_seq, error)) = failure else {
         attempts.clear();
@@ -297,16 +340,15 @@ async fn step(
                 index.dead_letter(&name, &owner, failed_seq, count as i32, &reason)
             })
             .await?;
-        match held.as_mut() {
-            Some(held) if dead => held.cursor = failed_seq,
-            _ => *held = None,
-        }
         if dead {
             metrics::events_delivered(sink.name(), "dead_lettered", 1);
             tracing::error!(tenant = %tenant.name, sink = %sink.name(), seq = failed_seq, attempts = count, %error,
                 "events: gave up on an event (dead letter; see `kastell events status`)");
         }
         attempts.clear();
+        // The cursor moved past the dead letter (or another process has the
+        // sink): read it again.
+        *held = None;
         return Ok(Step::Progress {
             backlog: (latest - failed_seq).max(0) as u64,
         });
@@ -320,6 +362,33 @@ async fn step(
         backlog: (latest - delivered_to).max(0) as u64,
         wait: sink.backoff(count),
     })
+}
+
+/// Writes the delivered cursor of `held` to the index, if it moved; `false`
+/// when the sink is no longer this process's.
+async fn checkpoint(
+    tenant: &TenantRef,
+    name: &str,
+    owner: &str,
+    held: &mut Option<Held>,
+) -> Result<bool, crate::service::ServiceError> {
+    let Some(lease) = *held else {
+        return Ok(true);
+    };
+    if lease.cursor == lease.saved {
+        return Ok(true);
+    }
+    let (name, owner) = (name.to_string(), owner.to_string());
+    let moved = tenant
+        .services
+        .with_index(move |index| index.advance_sink(&name, &owner, lease.saved, lease.cursor))
+        .await?;
+    *held = moved.then(|| Held {
+        saved: lease.cursor,
+        saved_at: std::time::Instant::now(),
+        ..lease
+    });
+    Ok(moved)
 }
 
 /// Sleeps `wait`, renewing the sink's lease every third of it.

@@ -14,7 +14,10 @@
 
 pub mod cloudevent;
 mod dispatch;
+pub mod jobs;
+pub mod nats;
 pub mod webhook;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
