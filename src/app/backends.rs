@@ -93,6 +93,7 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
                 config.dicomweb.metadata_warm_after_secs,
             )),
             metadata_in_index: config.dicomweb.metadata_in_index,
+            lifecycle: config.lifecycle.clone(),
         }),
     })
 }

@@ -96,6 +96,11 @@ fn coding(stored: &StoredEvent) -> Coding {
         Action::LoginFailure => (USER_AUTHENTICATION, Some(LOGIN), "E"),
         Action::AccessDenied => (SECURITY_ALERT, Some(USE_OF_RESTRICTED_FUNCTION), "E"),
         Action::AuditExport => (AUDIT_LOG_USED, None, "R"),
+        // What may happen to the instances changed, not the instances: an
+        // update of their record (A.5.3.4 with action U).
+        Action::LegalHold | Action::LegalHoldLift | Action::RetentionRelease => {
+            (INSTANCES_ACCESSED, None, "U")
+        }
     };
     let (requester_role, server_role) = match event.action {
         // The requester sends (source), Kastell receives (destination); a query

@@ -183,6 +183,13 @@ text_enum! {
         AccessDenied => "access-denied",
         /// The audit trail itself was read out (`kastell audit export`).
         AuditExport => "audit-export",
+        /// A legal hold placed on a study or a patient (`kastell lifecycle hold`).
+        LegalHold => "legal-hold",
+        /// A legal hold lifted (`kastell lifecycle lift`).
+        LegalHoldLift => "legal-hold-lift",
+        /// A study released from its retention period before it ended
+        /// (`kastell lifecycle release`), the override with its reason.
+        RetentionRelease => "retention-release",
     }
 }
 

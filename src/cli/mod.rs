@@ -17,6 +17,7 @@ mod events;
 mod import;
 mod index;
 mod keys;
+mod lifecycle;
 mod serve;
 mod sovereignty;
 mod startup;
@@ -51,6 +52,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         action: keys::KeysAction,
+    },
+    /// Retention and legal holds: what may be deleted when, holds, releases.
+    Lifecycle {
+        #[command(subcommand)]
+        action: lifecycle::LifecycleAction,
     },
     /// Manage static API keys (for modalities and scripts).
     Apikeys {
@@ -177,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenants { action } => tenants::run(outer, action),
         Command::Keys { action } => keys::run(outer, action),
         Command::Apikeys { action } => apikeys::run(outer, action),
+        Command::Lifecycle { action } => lifecycle::run(outer, action),
         Command::Verify(args) => index::verify(&merge(outer, &args)),
         Command::Audit { action } => audit::run(outer, action),
         Command::Events { action } => events::run(outer, action),

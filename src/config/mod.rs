@@ -22,6 +22,7 @@ mod dicomweb;
 mod events;
 mod index;
 mod keys;
+mod lifecycle;
 mod limits;
 pub mod proxies;
 mod redact;
@@ -36,6 +37,9 @@ pub use dicomweb::DicomWebConfig;
 pub use events::{EventsConfig, JobsConfig, NatsConfig, WebhookConfig, EVENT_ACTIONS};
 pub use index::IndexConfig;
 pub use keys::{KeysConfig, MasterKeySource, DEVELOPMENT_KEY_FILE};
+pub use lifecycle::{
+    LifecycleConfig, RetentionAnchor, RetentionConfig, RetentionRule, TenantLifecycleConfig,
+};
 pub use limits::LimitsConfig;
 pub use server::ServerConfig;
 pub use sovereignty::{BlobStorePolicy, EventDestinationPolicy, Location, SovereigntyConfig};
@@ -59,6 +63,7 @@ pub struct Config {
     pub sovereignty: SovereigntyConfig,
     pub limits: LimitsConfig,
     pub events: EventsConfig,
+    pub lifecycle: LifecycleConfig,
 }
 
 /// Values given on the command line; they win over every other layer.
@@ -118,6 +123,7 @@ impl Config {
         self.telemetry.validate()?;
         self.server.validate()?;
         self.events.validate()?;
+        self.lifecycle.validate()?;
         if self.index.pool_size == 0 || self.dicomweb.qido_max_results == 0 {
             return Err(ConfigError::Rule(
                 "index.pool_size and dicomweb.qido_max_results must be positive".into(),

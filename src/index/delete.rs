@@ -10,6 +10,7 @@ use diesel::{QueryableByName, SqliteConnection};
 
 use super::changes::{self, ChangeAction, NewChange};
 use super::conn::IndexConn;
+use super::protection::{self, DeletionGuard};
 use super::read::push_scope_condition;
 use super::records::BlobKeyRow;
 use super::sql::{Bind, SqlBuilder};
@@ -22,7 +23,11 @@ impl Index {
     /// remembers their UIDs (for 410 Gone), with the derived objects (metadata,
     /// thumbnails) of every UID that went. Returns the blobs to remove; no
     /// instance blobs when nothing matched.
-    pub fn delete(&self, scope: &Scope) -> Result<DeletedBlobs, IndexError> {
+    ///
+    /// `guard` weighs the studies touched (retention, legal holds) inside the
+    /// transaction, before anything is deleted: its refusal is
+    /// [`IndexError::Protected`] and nothing changes.
+    pub fn delete(&self, scope: &Scope, guard: DeletionGuard) -> Result<DeletedBlobs, IndexError> {
         #[derive(QueryableByName)]
         struct Doomed {
             #[diesel(sql_type = BigInt)]
@@ -55,6 +60,9 @@ impl Index {
             if doomed.is_empty() {
                 return Ok(DeletedBlobs::default());
             }
+            let studies: BTreeSet<i64> = doomed.iter().map(|row| row.study_pk).collect();
+            let facts = protection::facts_of_studies(conn, studies)?;
+            guard(&facts).map_err(IndexError::Protected)?;
             let at = now();
             let mut gone_uids: Vec<String> = doomed.iter().map(|r| r.sop_instance_uid.clone()).collect();
             let mut series_touched = BTreeSet::new();

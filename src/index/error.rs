@@ -19,6 +19,9 @@ pub enum IndexError {
     Io(#[from] std::io::Error),
     #[error("invalid tenant name {0:?}: use lower-case letters, digits and dashes")]
     InvalidTenant(String),
+    /// A deletion refused by its guard: retention or a legal hold (409).
+    #[error("{0}")]
+    Protected(String),
 }
 
 impl IndexError {

@@ -23,6 +23,7 @@ pub mod keys;
 mod metadata;
 mod open;
 mod pools;
+pub mod protection;
 pub mod qido;
 mod read;
 mod records;

@@ -238,7 +238,8 @@ pub struct ShredReport {
 /// then erases what the index still knew of them — the studies' attributes,
 /// patient data included — keeping only their UIDs so that retrieval answers
 /// 410 Gone, and removes the unreadable blobs. Running it again finishes an
-/// erasure that was interrupted. Audited.
+/// erasure that was interrupted. Refused while any study of the tenant is
+/// under retention or a legal hold. Audited.
 pub async fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<ShredReport> {
     let tenants = build_tenants(config)?;
     let result = async {
@@ -248,6 +249,11 @@ pub async fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<Shred
             .into_iter()
             .find_map(|(name, services)| (name == tenant).then_some(services))
             .ok_or_else(|| anyhow::anyhow!("there is no tenant {tenant}"))?;
+        // Retention and legal holds protect studies from shredding as from
+        // DELETE: shredding erases them all, so every one must be deletable.
+        if let Some(refusal) = super::lifecycle::shred_refusal(&services, config, tenant).await? {
+            anyhow::bail!(refusal);
+        }
         services.store.keys().shred(tenant)?;
         services
             .with_index(|index| index.record_tenant_change(ChangeAction::KeyShredded, None))

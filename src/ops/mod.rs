@@ -11,6 +11,7 @@ pub mod audit;
 pub mod events;
 pub mod import;
 pub mod keys;
+pub mod lifecycle;
 pub mod progress;
 pub mod stats;
 pub mod tenants;

@@ -1,6 +1,7 @@
 //! Deleting studies, series and instances: index rows first (one transaction, the
 //! UIDs remembered so retrieval answers 410), then the blobs.
 
+use super::retention::RetentionPolicy;
 use super::{ServiceError, Services};
 use crate::service::Scope;
 use crate::store::BlobKey;
@@ -13,13 +14,16 @@ fn what(scope: &Scope) -> &'static str {
     }
 }
 
-/// Deletes everything under `scope`. A blob whose removal fails is left for
-/// `kastell verify` to report as an orphan; the index no longer points at it.
+/// Deletes everything under `scope`, unless a study it touches is under
+/// retention or a legal hold (409, nothing deleted; see `service::retention`).
+/// A blob whose removal fails is left for `kastell verify` to report as an
+/// orphan; the index no longer points at it.
 pub async fn delete(services: &Services, scope: Scope) -> Result<usize, ServiceError> {
     let kind = what(&scope);
     let lookup = scope.clone();
+    let policy = RetentionPolicy::of(&services.settings.lifecycle, services.store.tenant());
     let blobs = services
-        .with_index(move |index| index.delete(&scope))
+        .with_index(move |index| index.delete(&scope, &|studies| policy.check(studies)))
         .await?;
     if blobs.instances.is_empty() {
         let deleted = services

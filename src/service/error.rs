@@ -77,6 +77,7 @@ impl ServiceError {
             ServiceError::NotAcceptable(_) => 406,
             ServiceError::TenantDisabled => 403,
             ServiceError::Index(IndexError::Query(_)) => 400,
+            ServiceError::Index(IndexError::Protected(_)) => 409,
             ServiceError::Store(StoreError::Shredded) => 410,
             ServiceError::Dicom(DicomError::OutsideImage) => 400,
             ServiceError::Dicom(DicomError::CannotDecode(_)) => 406,
@@ -106,6 +107,7 @@ impl ServiceError {
                 error @ (DicomError::OutsideImage | DicomError::CannotDecode(_)),
             ) => error.to_string(),
             ServiceError::Index(IndexError::Query(e)) => e.to_string(),
+            ServiceError::Index(IndexError::Protected(why)) => why.clone(),
             ServiceError::Store(StoreError::Shredded) => {
                 "this data was erased: its encryption key was destroyed".to_string()
             }

@@ -9,6 +9,7 @@ pub mod events;
 pub mod qido;
 pub mod render;
 pub mod request;
+pub mod retention;
 pub mod stow;
 pub mod tenants;
 pub mod wado;
@@ -41,6 +42,8 @@ pub struct ServiceSettings {
     pub warmer: warm::MetadataWarmer,
     /// STOW seals each instance's metadata into the index (`dicomweb.metadata_in_index`).
     pub metadata_in_index: bool,
+    /// Retention rules and the lifecycle clock (`[lifecycle]`).
+    pub lifecycle: crate::config::LifecycleConfig,
 }
 
 /// A byte budget shared by every decoding in flight (rendering, transcoding):

@@ -61,9 +61,12 @@ fn stores_replacements_and_deletions_are_numbered_without_gaps() {
             .store_instances(&[instance("1.9", "1.9.1", "1.9.1.2", "c")], true)
             .unwrap();
         index
-            .delete(&Scope::Study {
-                study: "1.8".into(),
-            })
+            .delete(
+                &Scope::Study {
+                    study: "1.8".into(),
+                },
+                &|_| Ok(()),
+            )
             .unwrap();
         let feed = index.changes_after(0, 100).unwrap();
         assert_eq!(
@@ -97,9 +100,12 @@ fn stores_replacements_and_deletions_are_numbered_without_gaps() {
         assert_eq!(key.detail.as_deref(), Some(r#"{"keyVersion":2}"#));
         // A deletion that matched nothing writes nothing.
         index
-            .delete(&Scope::Study {
-                study: "1.7".into(),
-            })
+            .delete(
+                &Scope::Study {
+                    study: "1.7".into(),
+                },
+                &|_| Ok(()),
+            )
             .unwrap();
         assert_eq!(index.latest_change().unwrap(), 5);
     }
@@ -147,9 +153,12 @@ fn a_study_is_announced_stable_once_and_again_after_new_instances() {
             .store_instances(&[instance("2.3", "2.3.1", "2.3.1.1", "a")], false)
             .unwrap();
         index
-            .delete(&Scope::Study {
-                study: "2.3".into(),
-            })
+            .delete(
+                &Scope::Study {
+                    study: "2.3".into(),
+                },
+                &|_| Ok(()),
+            )
             .unwrap();
         let later = epoch_ms() + 1_000;
         assert_eq!(index.announce_stable_studies(later, 100).unwrap(), 1);

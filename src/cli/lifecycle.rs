@@ -1,0 +1,273 @@
+//! `kastell lifecycle`: retention and legal holds (issue 15).
+
+use clap::Subcommand;
+
+use kastell::index::protection::HoldTarget;
+use kastell::ops::lifecycle;
+
+use super::startup::{start, tokio_runtime, Start};
+use super::{merge, CommonArgs, ReportFormat};
+
+#[derive(Subcommand, Debug)]
+pub enum LifecycleAction {
+    /// Place a legal hold on a study or on every study of a patient: no
+    /// deletion (DELETE, erasure, shredding) until it is lifted. Audited.
+    Hold {
+        /// Tenant (default: keys.default_tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The Study Instance UID to hold.
+        #[arg(long, conflicts_with = "patient", required_unless_present = "patient")]
+        study: Option<String>,
+        /// The PatientID whose studies to hold (those stored later too).
+        #[arg(long)]
+        patient: Option<String>,
+        /// Only the patient's studies with this Issuer of Patient ID.
+        #[arg(long, requires = "patient")]
+        issuer: Option<String>,
+        /// Why (kept with the hold and in the audit trail).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Lift a legal hold. Audited.
+    Lift {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The hold's number, as `hold` printed it.
+        #[arg(long)]
+        hold: i64,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List the legal holds (active ones; all with --all).
+    Holds {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Release a study from its retention period so that it can be deleted
+    /// before the period ends: the audited override. Legal holds still apply.
+    Release {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        study: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Each study's keep-until day, the rule that sets it, its holds and
+    /// whether it may be deleted today (the dry run of `erase-expired`).
+    Retention {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this study.
+        #[arg(long)]
+        study: Option<String>,
+        /// Only the studies whose retention has ended (what erase-expired erases).
+        #[arg(long)]
+        expired: bool,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Delete every study whose retention period has ended and that no hold
+    /// covers, each deletion audited. Without --yes, only says what it would do.
+    EraseExpired {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
+    match action {
+        LifecycleAction::Hold {
+            tenant,
+            study,
+            patient,
+            issuer,
+            reason,
+            common,
+        } => {
+            let config =
+                start(&merge(outer, &common), Start::writing("place a legal hold"))?.config;
+            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            let target = match (study, patient) {
+                (Some(study), _) => HoldTarget::Study(study),
+                (None, Some(id)) => HoldTarget::Patient { id, issuer },
+                (None, None) => anyhow::bail!("name a --study or a --patient"),
+            };
+            let id = tokio_runtime()?
+                .block_on(lifecycle::place_hold(&config, &tenant, target, &reason))?;
+            println!("tenant {tenant}: legal hold #{id} placed");
+            Ok(())
+        }
+        LifecycleAction::Lift {
+            tenant,
+            hold,
+            reason,
+            common,
+        } => {
+            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
+            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            tokio_runtime()?.block_on(lifecycle::lift_hold(&config, &tenant, hold, &reason))?;
+            println!("tenant {tenant}: legal hold #{hold} lifted");
+            Ok(())
+        }
+        LifecycleAction::Holds {
+            tenant,
+            all,
+            format,
+            common,
+        } => {
+            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
+            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            let holds = tokio_runtime()?.block_on(lifecycle::holds(&config, &tenant, all))?;
+            match format {
+                ReportFormat::Json => {
+                    let rows: Vec<serde_json::Value> = holds
+                        .iter()
+                        .map(|h| {
+                            serde_json::json!({
+                                "hold": h.hold_id, "kind": h.kind, "target": h.target,
+                                "issuer_of_patient_id": h.issuer_of_patient_id,
+                                "reason": h.reason, "placed_by": h.placed_by,
+                                "placed_at": h.placed_at, "lifted_by": h.lifted_by,
+                                "lifted_at": h.lifted_at, "lift_reason": h.lift_reason,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                }
+                ReportFormat::Text => {
+                    for h in &holds {
+                        let state = match &h.lifted_at {
+                            Some(at) => format!("lifted {at}"),
+                            None => "active".to_string(),
+                        };
+                        println!(
+                            "#{} {} {} ({state}; placed {} by {}): {}",
+                            h.hold_id, h.kind, h.target, h.placed_at, h.placed_by, h.reason
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        LifecycleAction::Release {
+            tenant,
+            study,
+            reason,
+            common,
+        } => {
+            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
+            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            tokio_runtime()?.block_on(lifecycle::release(&config, &tenant, &study, &reason))?;
+            println!("tenant {tenant}: study {study} released from its retention period");
+            Ok(())
+        }
+        LifecycleAction::Retention {
+            tenant,
+            study,
+            expired,
+            format,
+            common,
+        } => {
+            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
+            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            let report = tokio_runtime()?.block_on(lifecycle::retention_report(
+                &config,
+                &tenant,
+                study.as_deref(),
+            ))?;
+            let report: Vec<_> = report
+                .into_iter()
+                .filter(|entry| !expired || entry.expired)
+                .collect();
+            match format {
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                ReportFormat::Text => {
+                    for entry in &report {
+                        println!(
+                            "{} keep until {} ({}){}{}; {}",
+                            entry.study_instance_uid,
+                            entry.keep_until.as_deref().unwrap_or("-"),
+                            entry.rule.as_deref().unwrap_or("no rule"),
+                            if entry.released { ", released" } else { "" },
+                            if entry.legal_holds.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", legal holds {:?}", entry.legal_holds)
+                            },
+                            if entry.expired {
+                                "expired"
+                            } else if entry.deletable {
+                                "deletable"
+                            } else {
+                                "protected"
+                            }
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        LifecycleAction::EraseExpired {
+            tenant,
+            yes,
+            common,
+        } => {
+            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
+            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            let runtime = tokio_runtime()?;
+            if !yes {
+                let report =
+                    runtime.block_on(lifecycle::retention_report(&config, &tenant, None))?;
+                let expired: Vec<_> = report.iter().filter(|e| e.expired).collect();
+                for entry in &expired {
+                    println!(
+                        "would erase {} (retention ended {}, rule {})",
+                        entry.study_instance_uid,
+                        entry.keep_until.as_deref().unwrap_or("-"),
+                        entry.rule.as_deref().unwrap_or("-")
+                    );
+                }
+                println!(
+                    "tenant {tenant}: {} studies would be erased; repeat with --yes to erase them",
+                    expired.len()
+                );
+                return Ok(());
+            }
+            let report = runtime.block_on(lifecycle::erase_expired(&config, &tenant))?;
+            println!(
+                "tenant {tenant}: {} studies ({} instances) erased after their retention ended, {} failed",
+                report.studies,
+                report.instances,
+                report.failed.len()
+            );
+            for (study, error) in &report.failed {
+                println!("  failed {study}: {error}");
+            }
+            if report.failed.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("some studies were not erased; run it again")
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `[lifecycle]`: how long studies must be kept (retention rules, per tenant)
+//! and the clock retention decisions are taken by (issue 15).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// The retention of every tenant that has none of its own below.
+    pub retention: RetentionConfig,
+    /// Per tenant (by name): its own retention, instead of the one above.
+    pub tenants: BTreeMap<String, TenantLifecycleConfig>,
+    /// "Now" for retention decisions, as `YYYY-MM-DD` or an RFC 3339 time: a
+    /// clock that tests and "what if" dry runs can move. Empty: the system clock.
+    pub now: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLifecycleConfig {
+    pub retention: RetentionConfig,
+}
+
+/// A tenant's retention: every study is kept at least `default_years` from its
+/// anchor date, longer where a rule that matches it says so (the longest
+/// period of all that match applies). Until then DELETE (and shredding the
+/// tenant's keys) is refused with 409, unless the study was released by an
+/// audited override. 0 years and no rules: no retention.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub default_years: u32,
+    /// Where periods start: `received` (the day the study's first instance
+    /// arrived), `study_date` (StudyDate; the received day when absent), or
+    /// `later` (whichever of the two is later).
+    pub anchor: RetentionAnchor,
+    pub rules: Vec<RetentionRule>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            default_years: 0,
+            anchor: RetentionAnchor::Received,
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RetentionAnchor {
+    Received,
+    StudyDate,
+    Later,
+}
+
+/// One retention rule. A study matches when every condition given holds: one
+/// of its modalities is listed (when `modalities` is not empty), one of its SOP
+/// classes is listed (when `sop_classes` is not empty), and the patient was
+/// younger than `patient_age_below_years` at the study (when given; a study
+/// without both dates does not match an age condition).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionRule {
+    /// Named in refusals and reports.
+    pub name: String,
+    pub modalities: Vec<String>,
+    pub sop_classes: Vec<String>,
+    pub patient_age_below_years: Option<u32>,
+    /// Years kept from the anchor date.
+    pub years: u32,
+    /// And at least until the patient reaches this age (records of minors).
+    pub until_patient_age_years: Option<u32>,
+}
+
+/// Longest period a rule may set: a typo of 1000 years would make studies
+/// undeletable for good.
+const MAX_YEARS: u32 = 200;
+
+impl LifecycleConfig {
+    /// The retention of `tenant`.
+    pub fn retention_of(&self, tenant: &str) -> &RetentionConfig {
+        self.tenants
+            .get(tenant)
+            .map_or(&self.retention, |t| &t.retention)
+    }
+
+    /// The configured "now", when one is set: (the day as `YYYYMMDD`).
+    pub fn fixed_today(&self) -> Option<String> {
+        parse_day(&self.now)
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !self.now.is_empty() && parse_day(&self.now).is_none() {
+            return Err(ConfigError::Rule(format!(
+                "lifecycle.now must be YYYY-MM-DD or an RFC 3339 time, not {:?}",
+                self.now
+            )));
+        }
+        std::iter::once(("lifecycle.retention".to_string(), &self.retention))
+            .chain(self.tenants.iter().map(|(name, tenant)| {
+                (
+                    format!("lifecycle.tenants.{name}.retention"),
+                    &tenant.retention,
+                )
+            }))
+            .try_for_each(|(path, retention)| retention.validate(&path))
+    }
+}
+
+impl RetentionConfig {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let rule = |message: String| Err(ConfigError::Rule(format!("{path}: {message}")));
+        if self.default_years > MAX_YEARS {
+            return rule(format!("default_years is above {MAX_YEARS}"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in &self.rules {
+            if r.name.trim().is_empty() {
+                return rule("every rule needs a name".into());
+            }
+            if !names.insert(r.name.as_str()) {
+                return rule(format!("two rules are named {:?}", r.name));
+            }
+            let ages = [r.patient_age_below_years, r.until_patient_age_years];
+            if r.years > MAX_YEARS || ages.iter().flatten().any(|&a| a > MAX_YEARS) {
+                return rule(format!(
+                    "rule {:?} sets a period or age above {MAX_YEARS} years",
+                    r.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD` or an RFC 3339 time as the day `YYYYMMDD` (UTC).
+fn parse_day(text: &str) -> Option<String> {
+    let text = text.trim();
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Some(day.format("%Y%m%d").to_string());
+    }
+    let time = humantime::parse_rfc3339_weak(text).ok()?;
+    let secs = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    let day = chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, 0)?;
+    Some(day.format("%Y%m%d").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_override_takes_a_day_or_a_time() {
+        let mut config = LifecycleConfig {
+            now: "2040-02-29".into(),
+            ..Default::default()
+        };
+        assert_eq!(config.fixed_today().as_deref(), Some("20400229"));
+        config.now = "2041-03-01T23:30:00Z".into();
+        assert_eq!(config.fixed_today().as_deref(), Some("20410301"));
+        config.now = "tomorrow".into();
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn rules_need_distinct_names_and_sane_periods() {
+        let mut config = LifecycleConfig::default();
+        config.retention.rules = vec![
+            RetentionRule {
+                name: "rt".into(),
+                years: 30,
+                ..Default::default()
+            },
+            RetentionRule {
+                name: "rt".into(),
+                years: 10,
+                ..Default::default()
+            },
+        ];
+        assert!(config.validate().is_err());
+        config.retention.rules.pop();
+        assert!(config.validate().is_ok());
+        config.retention.rules[0].years = 1000;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn a_tenant_of_its_own_overrides_the_default() {
+        let mut config = LifecycleConfig::default();
+        config.retention.default_years = 10;
+        let mut own = TenantLifecycleConfig::default();
+        own.retention.default_years = 30;
+        config.tenants.insert("radiotherapy".into(), own);
+        assert_eq!(config.retention_of("radiotherapy").default_years, 30);
+        assert_eq!(config.retention_of("other").default_years, 10);
+    }
+}
