@@ -77,12 +77,12 @@ cargo test --locked
 step "integration tests with the index on PostgreSQL"
 KASTELL_TEST_INDEX=postgres cargo test --locked --test '*'
 
-step "on one PostgreSQL and one S3 bucket (moto): two server processes sharing them; kill -9 in ingest; the S3 connection cut and restored"
+step "on one PostgreSQL and one S3 bucket (moto): two server processes sharing them; kill -9 in ingest; the S3 connection cut and restored; lifecycle moves to an S3 storage class"
 (
     eval "$(tests/backends/start_s3.sh)"
     trap 'tests/backends/stop.sh "$KASTELL_S3_STATE"' EXIT
     KASTELL_TEST_INDEX=postgres KASTELL_TEST_BLOB_URL="s3://$KASTELL_S3_BUCKET/rust" \
-        cargo test --locked --test concurrency --test crash
+        cargo test --locked --test concurrency --test crash --test tiers
 )
 
 step "DICOMweb conformance suite against the running server (index on SQLite; server at trace level, its log checked for patient data)"

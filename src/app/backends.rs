@@ -75,6 +75,26 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             crate::config::redact_url(&blob_url)
         )
     })?;
+    let store = config
+        .storage
+        .stores
+        .iter()
+        .try_fold(store, |store, (name, named)| {
+            store
+                .with_named_store(
+                    name,
+                    &named.url,
+                    &named.option_pairs(),
+                    Some(named.storage_class.clone()),
+                    blob_retries(config),
+                )
+                .with_context(|| {
+                    format!(
+                        "opening the blob store {name} at {}",
+                        crate::config::redact_url(&named.url)
+                    )
+                })
+        })?;
     crate::dicom::guard::ParseLimits::install(config.limits.parse_limits());
     Ok(Services {
         index,

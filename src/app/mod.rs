@@ -9,6 +9,7 @@ mod backends;
 pub mod events;
 pub mod exposure;
 mod keys;
+mod lifecycle;
 mod load;
 mod server;
 mod shutdown;

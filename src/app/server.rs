@@ -78,6 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
     let events = super::events::start(&config, tenants.clone())?;
+    super::lifecycle::start(&config, tenants.clone(), audit.clone());
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let site = http::Site {
         tenants,

@@ -98,9 +98,10 @@ fn coding(stored: &StoredEvent) -> Coding {
         Action::AuditExport => (AUDIT_LOG_USED, None, "R"),
         // What may happen to the instances changed, not the instances: an
         // update of their record (A.5.3.4 with action U).
-        Action::LegalHold | Action::LegalHoldLift | Action::RetentionRelease => {
-            (INSTANCES_ACCESSED, None, "U")
-        }
+        Action::LegalHold
+        | Action::LegalHoldLift
+        | Action::RetentionRelease
+        | Action::LifecycleMove => (INSTANCES_ACCESSED, None, "U"),
     };
     let (requester_role, server_role) = match event.action {
         // The requester sends (source), Kastell receives (destination); a query
@@ -132,7 +133,7 @@ fn outcome_code(stored: &StoredEvent) -> &'static str {
 fn outcome_description(stored: &StoredEvent) -> Option<String> {
     let event = &stored.event;
     let status = event.status.map(|s| match event.actor_kind {
-        ActorKind::Cli => format!("exit code {s}"),
+        ActorKind::Cli | ActorKind::System => format!("exit code {s}"),
         _ => format!("HTTP {s}"),
     });
     match (status, &event.detail) {

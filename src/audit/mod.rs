@@ -156,6 +156,8 @@ text_enum! {
         Anonymous => "anonymous",
         /// The `kastell` command line; the actor is the OS user.
         Cli => "cli",
+        /// The server's own scheduled work (lifecycle passes); the actor names it.
+        System => "system",
     }
 }
 
@@ -190,6 +192,8 @@ text_enum! {
         /// A study released from its retention period before it ended
         /// (`kastell lifecycle release`), the override with its reason.
         RetentionRelease => "retention-release",
+        /// A lifecycle pass moved instances between stores (`kastell lifecycle run`).
+        LifecycleMove => "lifecycle-move",
     }
 }
 

@@ -1,4 +1,4 @@
-//! `kastell lifecycle`: retention and legal holds (issue 15).
+//! `kastell lifecycle`: retention, legal holds and moves between stores (issue 15).
 
 use clap::Subcommand;
 
@@ -77,6 +77,27 @@ pub enum LifecycleAction {
         /// Only the studies whose retention has ended (what erase-expired erases).
         #[arg(long)]
         expired: bool,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// What the next lifecycle pass would move, by rule and from store to
+    /// store, with the change in the monthly storage bill at the configured
+    /// prices (a dry run: nothing moves).
+    Plan {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Run one lifecycle pass: move what the rules ask for ([[lifecycle.moves]]),
+    /// crash-safe and resumable (run it again after a crash). Audited.
+    Run {
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
         #[command(flatten)]
@@ -227,6 +248,16 @@ pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        LifecycleAction::Plan {
+            tenant,
+            format,
+            common,
+        } => plan(&merge(outer, &common), tenant, format),
+        LifecycleAction::Run {
+            tenant,
+            format,
+            common,
+        } => run_pass(&merge(outer, &common), tenant, format),
         LifecycleAction::EraseExpired {
             tenant,
             yes,
@@ -269,5 +300,64 @@ pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
                 anyhow::bail!("some studies were not erased; run it again")
             }
         }
+    }
+}
+
+fn plan(common: &CommonArgs, tenant: Option<String>, format: ReportFormat) -> anyhow::Result<()> {
+    let config = start(common, Start::LOGGED)?.config;
+    let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+    let plan = tokio_runtime()?.block_on(lifecycle::plan_moves(&config, &tenant))?;
+    match format {
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        ReportFormat::Text => {
+            for line in &plan.lines {
+                println!(
+                    "rule {:?}: {} objects ({} bytes) from {} to {}",
+                    line.rule, line.objects, line.bytes, line.from, line.to
+                );
+            }
+            println!(
+                "tenant {tenant}: {} objects to move; monthly storage cost change {:+.2}",
+                plan.lines.iter().map(|l| l.objects).sum::<u64>(),
+                plan.monthly_cost_change
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_pass(
+    common: &CommonArgs,
+    tenant: Option<String>,
+    format: ReportFormat,
+) -> anyhow::Result<()> {
+    let config = start(common, Start::LOGGED)?.config;
+    let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+    let report = tokio_runtime()?.block_on(lifecycle::run_moves(&config, &tenant))?;
+    match format {
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Text => {
+            println!(
+                "tenant {tenant}: {} objects ({} bytes) moved, {} failed, {} claimed by another process, {} recovered{}",
+                report.moved,
+                report.bytes,
+                report.failed.len(),
+                report.claimed_elsewhere,
+                report.recovered,
+                if report.reached_limit {
+                    "; stopped at lifecycle.pass.max_moves"
+                } else {
+                    ""
+                }
+            );
+            for (blob, error) in &report.failed {
+                println!("  failed {blob}: {error}");
+            }
+        }
+    }
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("some objects were not moved; run the pass again")
     }
 }

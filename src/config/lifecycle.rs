@@ -14,15 +14,69 @@ pub struct LifecycleConfig {
     pub retention: RetentionConfig,
     /// Per tenant (by name): its own retention, instead of the one above.
     pub tenants: BTreeMap<String, TenantLifecycleConfig>,
-    /// "Now" for retention decisions, as `YYYY-MM-DD` or an RFC 3339 time: a
-    /// clock that tests and "what if" dry runs can move. Empty: the system clock.
+    /// "Now" for retention and move decisions, as `YYYY-MM-DD` or an RFC 3339
+    /// time: a clock that tests and "what if" dry runs can move. Empty: the
+    /// system clock.
     pub now: String,
+    /// Where instances go as they age, for every tenant without rules of its
+    /// own: the first rule that matches an instance names its store.
+    pub moves: Vec<MoveRule>,
+    /// How lifecycle passes run.
+    pub pass: PassConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantLifecycleConfig {
     pub retention: RetentionConfig,
+    /// The tenant's own move rules instead of `lifecycle.moves` (an empty list:
+    /// nothing moves); absent: `lifecycle.moves`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moves: Option<Vec<MoveRule>>,
+}
+
+/// A move rule: instances matching every condition given go to store `to`
+/// (`primary` or a name in `storage.stores`). Instances matching no rule stay
+/// where they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MoveRule {
+    pub name: String,
+    /// Days since the instance was received, at least.
+    pub min_age_days: u32,
+    /// Days since the StudyDate, at least (instances without one do not match
+    /// when this is above 0).
+    pub min_study_age_days: u32,
+    pub modalities: Vec<String>,
+    pub sop_classes: Vec<String>,
+    /// Stored size in bytes, at least.
+    pub min_size_bytes: u64,
+    pub to: String,
+}
+
+/// How lifecycle passes run: at most `max_moves` objects per pass, at most
+/// `moves_per_second` (0: no limit); the server runs one every
+/// `interval_secs` (0: only `kastell lifecycle run`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassConfig {
+    pub interval_secs: u64,
+    pub max_moves: u64,
+    pub moves_per_second: f64,
+    /// Seconds a process holds its claim on an object being moved; a claim
+    /// left by a process that died is taken over this long after it expired.
+    pub lease_secs: u64,
+}
+
+impl Default for PassConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 0,
+            max_moves: 100_000,
+            moves_per_second: 0.0,
+            lease_secs: 300,
+        }
+    }
 }
 
 /// A tenant's retention: every study is kept at least `default_years` from its
@@ -90,6 +144,25 @@ impl LifecycleConfig {
             .map_or(&self.retention, |t| &t.retention)
     }
 
+    /// The move rules of `tenant`.
+    pub fn moves_of(&self, tenant: &str) -> &[MoveRule] {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.moves.as_deref())
+            .unwrap_or(&self.moves)
+    }
+
+    /// Every list of move rules with where it is configured.
+    pub fn all_moves(&self) -> Vec<(String, &[MoveRule])> {
+        std::iter::once(("lifecycle.moves".to_string(), self.moves.as_slice()))
+            .chain(self.tenants.iter().filter_map(|(name, t)| {
+                t.moves
+                    .as_deref()
+                    .map(|m| (format!("lifecycle.tenants.{name}.moves"), m))
+            }))
+            .collect()
+    }
+
     /// The configured "now", when one is set: (the day as `YYYYMMDD`).
     pub fn fixed_today(&self) -> Option<String> {
         parse_day(&self.now)
@@ -109,7 +182,25 @@ impl LifecycleConfig {
                     &tenant.retention,
                 )
             }))
-            .try_for_each(|(path, retention)| retention.validate(&path))
+            .try_for_each(|(path, retention)| retention.validate(&path))?;
+        for (path, rules) in self.all_moves() {
+            let mut names = std::collections::HashSet::new();
+            for rule in rules {
+                if rule.name.trim().is_empty() || !names.insert(rule.name.as_str()) {
+                    return Err(ConfigError::Rule(format!(
+                        "{path}: every move rule needs a name of its own"
+                    )));
+                }
+            }
+        }
+        if !(self.pass.moves_per_second >= 0.0 && self.pass.moves_per_second.is_finite())
+            || self.pass.lease_secs == 0
+        {
+            return Err(ConfigError::Rule(
+                "lifecycle.pass: moves_per_second must be 0 or more, lease_secs above 0".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -38,12 +38,13 @@ pub use events::{EventsConfig, JobsConfig, NatsConfig, WebhookConfig, EVENT_ACTI
 pub use index::IndexConfig;
 pub use keys::{KeysConfig, MasterKeySource, DEVELOPMENT_KEY_FILE};
 pub use lifecycle::{
-    LifecycleConfig, RetentionAnchor, RetentionConfig, RetentionRule, TenantLifecycleConfig,
+    LifecycleConfig, MoveRule, PassConfig, RetentionAnchor, RetentionConfig, RetentionRule,
+    TenantLifecycleConfig,
 };
 pub use limits::LimitsConfig;
 pub use server::ServerConfig;
 pub use sovereignty::{BlobStorePolicy, EventDestinationPolicy, Location, SovereigntyConfig};
-pub use storage::StorageConfig;
+pub use storage::{NamedStoreConfig, StorageConfig};
 pub use telemetry::{LogConfig, LogFormat, TelemetryConfig};
 
 /// Prefix of every environment variable that sets a config key.
@@ -124,6 +125,24 @@ impl Config {
         self.server.validate()?;
         self.events.validate()?;
         self.lifecycle.validate()?;
+        let primary = self.effective_blob_url();
+        for (name, store) in &self.storage.stores {
+            if store.url.trim_end_matches('/') == primary.trim_end_matches('/') {
+                return Err(ConfigError::Rule(format!(
+                    "storage.stores.{name} has the primary store's URL; give it its own"
+                )));
+            }
+        }
+        for (path, rules) in self.lifecycle.all_moves() {
+            for rule in rules {
+                if rule.to != "primary" && !self.storage.stores.contains_key(&rule.to) {
+                    return Err(ConfigError::Rule(format!(
+                        "{path}: rule {:?} moves to {:?}, which is not primary nor in storage.stores",
+                        rule.name, rule.to
+                    )));
+                }
+            }
+        }
         if self.index.pool_size == 0 || self.dicomweb.qido_max_results == 0 {
             return Err(ConfigError::Rule(
                 "index.pool_size and dicomweb.qido_max_results must be positive".into(),

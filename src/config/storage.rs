@@ -38,6 +38,57 @@ pub struct StorageConfig {
     /// endpoint) inherits `server.location` when this is absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
+    /// What a GB-month costs in the primary store, for `kastell lifecycle
+    /// plan`'s estimate (any currency, the same for every store; 0: unknown).
+    pub price_per_gb_month: f64,
+    /// Named stores beside the primary one, where lifecycle rules
+    /// (`[[lifecycle.moves]]`) move instances as they age (issue 15). Each is a
+    /// place of its own (two stores never share a URL); a tier of a bucket is
+    /// a store over its own prefix with a `storage_class`.
+    pub stores: std::collections::BTreeMap<String, NamedStoreConfig>,
+}
+
+/// One named blob store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamedStoreConfig {
+    /// As `storage.blob_url`: `file:///dir`, `s3://bucket/prefix`, `az://…`, `gs://…`.
+    pub url: String,
+    /// object_store settings, as `storage.blob_options`.
+    pub options: std::collections::BTreeMap<String, String>,
+    /// The storage class objects are written with: an S3 storage class
+    /// (`STANDARD_IA`, `GLACIER_IR`, …), an Azure access tier (`Cool`, `Cold`),
+    /// a GCS class (`NEARLINE`, `COLDLINE`); empty: the bucket's default.
+    /// Only instant-access classes: objects that must be restored before they
+    /// can be read (S3 Glacier Flexible Retrieval, Deep Archive, Azure
+    /// Archive) are not supported yet.
+    pub storage_class: String,
+    /// What a GB-month costs here (see `storage.price_per_gb_month`).
+    pub price_per_gb_month: f64,
+    /// Where the store is and who runs it (the sovereignty policy: it holds
+    /// ciphertext only, as the primary store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+impl NamedStoreConfig {
+    pub fn option_pairs(&self) -> Vec<(String, String)> {
+        self.options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// Store names: lower-case letters, digits and dashes (they prefix object keys).
+fn valid_store_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !["primary", "instances", "derived"].contains(&name)
 }
 
 impl StorageConfig {
@@ -63,6 +114,8 @@ impl Default for StorageConfig {
             blob_max_retries: 3,
             blob_retry_timeout_ms: 10_000,
             location: None,
+            price_per_gb_month: 0.0,
+            stores: Default::default(),
         }
     }
 }
@@ -74,6 +127,26 @@ impl StorageConfig {
                 "storage.upload_part_bytes must be at least 5 MiB (the S3 minimum part size)"
                     .into(),
             ));
+        }
+        let mut urls = std::collections::HashSet::new();
+        for (name, store) in &self.stores {
+            if !valid_store_name(name) {
+                return Err(ConfigError::Rule(format!(
+                    "storage.stores.{name}: a store name is lower-case letters, digits and dashes, \
+                     and not primary, instances or derived"
+                )));
+            }
+            if store.url.is_empty() {
+                return Err(ConfigError::Rule(format!(
+                    "storage.stores.{name}.url is empty"
+                )));
+            }
+            if !urls.insert(store.url.trim_end_matches('/')) {
+                return Err(ConfigError::Rule(format!(
+                    "storage.stores.{name}: two stores have the URL {:?}; give each its own prefix",
+                    crate::redact::redact_url(&store.url)
+                )));
+            }
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ mod error;
 pub mod generate;
 pub mod keys;
 mod metadata;
+pub mod moves;
 mod open;
 mod pools;
 pub mod protection;

@@ -30,6 +30,18 @@ pub struct IndexStats {
     pub last_stored_at: Option<String>,
 }
 
+/// The instances of one store, as the index records them (issue 15).
+#[derive(Debug, Clone, Default, PartialEq, Eq, QueryableByName, Serialize)]
+pub struct StoreUsage {
+    /// `primary` or the name of a store in `storage.stores`.
+    #[diesel(sql_type = Text)]
+    pub store: String,
+    #[diesel(sql_type = BigInt)]
+    pub objects: i64,
+    #[diesel(sql_type = BigInt)]
+    pub bytes: i64,
+}
+
 #[derive(QueryableByName)]
 struct Bytes {
     #[diesel(sql_type = BigInt)]
@@ -49,6 +61,17 @@ impl Index {
              (SELECT COUNT(*) FROM derived_blobs) AS derived_objects, \
              (SELECT MAX(created_at) FROM instances) AS last_stored_at";
         Ok(with_conn!(self, conn => conn.load_one::<IndexStats>(SQL, &[])?))
+    }
+
+    /// Instances and their bytes per store. A key is `instances/<32 hex>` in the
+    /// primary store and `<store>/instances/<32 hex>` in a named one: what
+    /// precedes the last 42 characters names the store.
+    pub fn usage_by_store(&self) -> Result<Vec<StoreUsage>, IndexError> {
+        const SQL: &str = "SELECT CASE WHEN length(blob_key) <= 42 THEN 'primary' \
+             ELSE substr(blob_key, 1, length(blob_key) - 43) END AS store, \
+             COUNT(*) AS objects, CAST(COALESCE(SUM(blob_size), 0) AS BIGINT) AS bytes \
+             FROM instances GROUP BY 1 ORDER BY 1";
+        Ok(with_conn!(self, conn => conn.load::<StoreUsage>(SQL, &[])?))
     }
 
     /// The bytes the database takes: the SQLite file's pages (each tenant has a

@@ -48,7 +48,14 @@ fn audited<T>(
     detail: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<T> {
     let event = match &result {
-        Ok(value) => event.status(0).detail(detail(value)),
+        Ok(value) => {
+            let status = if event.outcome == Outcome::Success {
+                0
+            } else {
+                1
+            };
+            event.status(status).detail(detail(value))
+        }
         Err(error) => AuditEvent {
             outcome: Outcome::Failure,
             ..event
@@ -301,4 +308,78 @@ pub async fn erase_expired(config: &Config, tenant: &str) -> anyhow::Result<Eras
         append_audit(config, &control.index, &[event])?;
     }
     Ok(report)
+}
+
+/// The prices per GB-month of every store (`primary` included), for plans.
+fn prices(config: &Config) -> std::collections::BTreeMap<String, f64> {
+    std::iter::once((
+        crate::store::PRIMARY_STORE.to_string(),
+        config.storage.price_per_gb_month,
+    ))
+    .chain(
+        config
+            .storage
+            .stores
+            .iter()
+            .map(|(name, store)| (name.clone(), store.price_per_gb_month)),
+    )
+    .collect()
+}
+
+/// What the next lifecycle pass would move for `tenant` (a dry run).
+pub async fn plan_moves(
+    config: &Config,
+    tenant: &str,
+) -> anyhow::Result<crate::service::tiering::Plan> {
+    let (services, _) = tenant_services(config, tenant).await?;
+    let today = crate::service::retention::today(&config.lifecycle);
+    Ok(crate::service::tiering::plan(
+        &services,
+        config.lifecycle.moves_of(tenant),
+        today,
+        &prices(config),
+    )
+    .await?)
+}
+
+/// Runs one lifecycle pass for `tenant`; audited with its counts.
+pub async fn run_moves(
+    config: &Config,
+    tenant: &str,
+) -> anyhow::Result<crate::service::tiering::PassReport> {
+    let (services, control) = tenant_services(config, tenant).await?;
+    let today = crate::service::retention::today(&config.lifecycle);
+    let owner = format!(
+        "{}:{}:{}",
+        crate::audit::cli_user(),
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let result = crate::service::tiering::run_pass(
+        &services,
+        config.lifecycle.moves_of(tenant),
+        today,
+        &config.lifecycle.pass,
+        &owner,
+    )
+    .await
+    .map_err(anyhow::Error::from);
+    let event = AuditEvent::cli(tenant, Action::LifecycleMove, Outcome::Success);
+    let event = match &result {
+        Ok(report) if !report.failed.is_empty() => AuditEvent {
+            outcome: Outcome::Failure,
+            ..event
+        },
+        _ => event,
+    };
+    audited(config, &control, event, result, |report| {
+        format!(
+            "lifecycle pass: {} objects ({} bytes) moved, {} failed, {} claimed by another process, {} left by a dead process recovered",
+            report.moved,
+            report.bytes,
+            report.failed.len(),
+            report.claimed_elsewhere,
+            report.recovered
+        )
+    })
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::app::blob_retries;
 use crate::config::{redact_url, Config};
-use crate::index::stats::IndexStats;
+use crate::index::stats::{IndexStats, StoreUsage};
 use crate::store::BlobUsage;
 
 /// Counts and sizes per tenant and backend (`kastell stats`), from the indexes
@@ -33,6 +33,7 @@ pub async fn collect(config: &Config, list_blobs: bool) -> anyhow::Result<StatsR
     } in indexes
     {
         let stats = index.stats()?;
+        let stores = index.usage_by_store()?;
         if index.dialect() == Dialect::Sqlite {
             sqlite_bytes += index.database_bytes()?;
         }
@@ -40,6 +41,7 @@ pub async fn collect(config: &Config, list_blobs: bool) -> anyhow::Result<StatsR
             name,
             status,
             stats,
+            stores,
         });
     }
     let (database, bytes) = match control.dialect() {
@@ -104,6 +106,8 @@ pub struct TenantStats {
     pub status: String,
     #[serde(flatten)]
     pub stats: IndexStats,
+    /// Instances and bytes per store (issue 15: rules move them as they age).
+    pub stores: Vec<StoreUsage>,
 }
 
 impl StatsReport {
@@ -178,6 +182,31 @@ impl fmt::Display for StatsReport {
         for tenant in &self.tenants {
             row(f, &tenant.name, &tenant.status, &tenant.stats)?;
         }
-        row(f, "total", "", &self.total)
+        row(f, "total", "", &self.total)?;
+        if self.tenants.iter().any(|t| {
+            t.stores
+                .iter()
+                .any(|s| s.store != crate::store::PRIMARY_STORE)
+        }) {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "{:<20} {:<12} {:>10} {:>14}",
+                "tenant", "store", "instances", "bytes"
+            )?;
+            for tenant in &self.tenants {
+                for store in &tenant.stores {
+                    writeln!(
+                        f,
+                        "{:<20} {:<12} {:>10} {:>14}",
+                        tenant.name,
+                        store.store,
+                        store.objects,
+                        bytes(store.bytes)
+                    )?;
+                }
+            }
+        }
+        Ok(())
     }
 }

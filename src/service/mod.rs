@@ -12,6 +12,7 @@ pub mod request;
 pub mod retention;
 pub mod stow;
 pub mod tenants;
+pub mod tiering;
 pub mod wado;
 pub mod warm;
 

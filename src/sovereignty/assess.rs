@@ -71,6 +71,25 @@ pub fn assess(config: &Config, env: &Environment) -> Report {
             config.keys.location.as_ref(),
         ),
     ];
+    // Named stores (issue 15) hold ciphertext as the primary store does, under
+    // the same rules, each at its own declared place.
+    for (name, store) in &config.storage.stores {
+        let place = place::blob_store(&store.url, &store.options, env);
+        let class = if store.storage_class.is_empty() {
+            String::new()
+        } else {
+            format!(", storage class {}", store.storage_class)
+        };
+        let mut b = backend(
+            BackendKind::BlobStore,
+            format!("blob store {name} ({}{class})", display_url(&store.url)),
+            place.description.clone(),
+            place.local,
+            store.location.as_ref(),
+        );
+        b.section = format!("[storage.stores.{name}]");
+        backends.push(b);
+    }
     let mut unencrypted_events = Vec::new();
     for destination in event_destinations(config) {
         let mut b = backend(

@@ -506,3 +506,41 @@ fn a_webhook_url_is_shown_without_its_path_or_query() {
         "{text}"
     );
 }
+
+#[test]
+fn named_blob_stores_are_listed_and_held_to_the_blob_policy() {
+    let mut config = eu_host();
+    config.keys.master_key_file = "/etc/kastell/master.key".into();
+    config.storage.stores.insert(
+        "cold".into(),
+        crate::config::NamedStoreConfig {
+            url: "s3://kastell-archive/cold".into(),
+            storage_class: "GLACIER_IR".into(),
+            location: location("US", "Amazon Web Services, Inc.", true),
+            ..Default::default()
+        },
+    );
+    let report = check(&config).expect("ciphertext may be anywhere");
+    let cold = report
+        .backends
+        .iter()
+        .find(|b| b.name.starts_with("blob store cold"))
+        .expect("the named store is in the report");
+    assert!(
+        cold.name.contains("storage class GLACIER_IR"),
+        "{}",
+        cold.name
+    );
+    assert_eq!(cold.section, "[storage.stores.cold]");
+    assert_eq!(cold.jurisdiction.country.as_deref(), Some("US"));
+
+    config.sovereignty.blob_stores = BlobStorePolicy::SameAsPersonalData;
+    let violations = check(&config).unwrap_err();
+    assert!(
+        violations
+            .iter()
+            .all(|v| v.backend.starts_with("blob store cold")),
+        "{violations:?}"
+    );
+    assert!(!violations.is_empty());
+}

@@ -21,6 +21,9 @@ pub enum StoreError {
     OutOfRange { start: u64, end: u64, len: u64 },
     #[error("invalid blob key {0:?}")]
     InvalidKey(String),
+    /// A key names a store the configuration no longer declares.
+    #[error("blob store {0:?} is not configured (storage.stores)")]
+    UnknownStore(String),
     #[error("blob store failure: {0}")]
     Backend(#[source] object_store::Error),
     /// The backend could not be reached or did not answer in time (connection

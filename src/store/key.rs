@@ -24,9 +24,31 @@ impl BlobKind {
     }
 }
 
-/// The name of one object in the blob store: `<kind>/<random uuid>`.
+/// The name of one object: `<kind>/<random uuid>` in the primary store, or
+/// `<store>/<kind>/<random uuid>` in the named store `<store>` (issue 15: a
+/// study's instances may be moved to other stores and tiers as they age). The
+/// store part routes the request; the object's path inside its store is always
+/// `<kind>/<uuid>`, so a moved object keeps its name, and its bytes: the
+/// encryption binds the uuid, not the store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlobKey(String);
+
+/// Whether `name` may name a store: lower-case letters, digits and dashes, at
+/// most 63 characters, and not a kind's prefix.
+pub fn valid_store_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && name != BlobKind::Instance.prefix()
+        && name != BlobKind::Derived.prefix()
+        && name != PRIMARY_STORE
+}
+
+/// The name the primary store (`storage.blob_url`) goes by in reports and rules.
+pub const PRIMARY_STORE: &str = "primary";
 
 impl BlobKey {
     /// A fresh, never-used key. Random, so it carries no patient data and two
@@ -42,11 +64,14 @@ impl BlobKey {
     /// Re-creates a key read back from the index, rejecting anything we would not
     /// have produced ourselves.
     pub fn parse(raw: &str) -> Result<Self, StoreError> {
-        let valid = raw.split_once('/').is_some_and(|(kind, id)| {
-            (kind == BlobKind::Instance.prefix() || kind == BlobKind::Derived.prefix())
-                && id.len() == 32
-                && id.bytes().all(|b| b.is_ascii_hexdigit())
-        });
+        let mut parts: Vec<&str> = raw.split('/').collect();
+        if parts.len() == 3 && valid_store_name(parts[0]) {
+            parts.remove(0);
+        }
+        let valid = parts.len() == 2
+            && (parts[0] == BlobKind::Instance.prefix() || parts[0] == BlobKind::Derived.prefix())
+            && parts[1].len() == 32
+            && parts[1].bytes().all(|b| b.is_ascii_hexdigit());
         if valid {
             Ok(BlobKey(raw.to_string()))
         } else {
@@ -54,12 +79,49 @@ impl BlobKey {
         }
     }
 
+    /// The named store the object is in; None for the primary store.
+    pub fn store(&self) -> Option<&str> {
+        let (first, rest) = self.0.split_once('/')?;
+        rest.contains('/').then_some(first)
+    }
+
+    /// The store's name, `primary` for the primary store.
+    pub fn store_name(&self) -> &str {
+        self.store().unwrap_or(PRIMARY_STORE)
+    }
+
+    /// The same object's name in another store (`None` or `primary`: the primary).
+    pub fn in_store(&self, store: Option<&str>) -> BlobKey {
+        let path = self.object_path();
+        match store.filter(|s| *s != PRIMARY_STORE) {
+            Some(store) => BlobKey(format!("{store}/{path}")),
+            None => BlobKey(path.to_string()),
+        }
+    }
+
+    /// `<kind>/<uuid>`: the path inside its store.
+    fn object_path(&self) -> &str {
+        match self.store() {
+            Some(store) => &self.0[store.len() + 1..],
+            None => &self.0,
+        }
+    }
+
+    /// The key of an object listed in store `store` at `path`.
+    pub(super) fn listed(store: Option<&str>, path: &str) -> Result<Self, StoreError> {
+        let key = Self::parse(path)?;
+        if key.store().is_some() {
+            return Err(StoreError::InvalidKey(path.to_string()));
+        }
+        Ok(key.in_store(store))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     pub(super) fn path(&self) -> ObjectPath {
-        ObjectPath::from(self.0.as_str())
+        ObjectPath::from(self.object_path())
     }
 
     /// The 16 random bytes of the name, which the encrypted object is bound to.

@@ -42,7 +42,7 @@ impl BlobStore {
     pub async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
         let _timer = StoreTimer::start("delete", &self.description);
         self.headers.forget(key);
-        match self.inner.delete(&key.path()).await {
+        match self.backend(key)?.delete(&key.path()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -122,7 +122,8 @@ impl BlobStore {
         removed
     }
 
-    /// Keys of every blob of `kind` last modified before `now - grace`.
+    /// Keys of every blob of `kind` last modified before `now - grace`, in
+    /// every store (the primary and the named ones).
     #[tracing::instrument(name = "store.list", skip_all)]
     pub async fn keys_older_than(
         &self,
@@ -134,15 +135,19 @@ impl BlobStore {
             .checked_sub(grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let prefix = ObjectPath::from(kind.prefix());
-        let mut listing = self.inner.list(Some(&prefix));
         let mut keys = Vec::new();
-        while let Some(meta) = listing.next().await {
-            let meta = meta?;
-            if SystemTime::from(meta.last_modified) > cutoff {
-                continue;
-            }
-            if let Ok(key) = BlobKey::parse(meta.location.as_ref()) {
-                keys.push(key);
+        // Stores never share a place (the configuration refuses it), so a listed
+        // object has exactly one key.
+        for (store, backend) in self.backends() {
+            let mut listing = backend.list(Some(&prefix));
+            while let Some(meta) = listing.next().await {
+                let meta = meta?;
+                if SystemTime::from(meta.last_modified) > cutoff {
+                    continue;
+                }
+                if let Ok(key) = BlobKey::listed(store, meta.location.as_ref()) {
+                    keys.push(key);
+                }
             }
         }
         Ok(keys)
@@ -196,9 +201,11 @@ impl BlobStore {
     pub async fn probe(&self) -> Result<(), StoreError> {
         let _timer = StoreTimer::start("probe", &self.description);
         let prefix = ObjectPath::from(BlobKind::Instance.prefix());
-        match self.inner.list(Some(&prefix)).next().await {
-            None | Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(e.into()),
+        for (_, backend) in self.backends() {
+            if let Some(Err(e)) = backend.list(Some(&prefix)).next().await {
+                return Err(e.into());
+            }
         }
+        Ok(())
     }
 }

@@ -15,6 +15,7 @@ mod key;
 mod maintenance;
 mod read;
 mod record;
+mod tiers;
 mod write;
 
 #[cfg(test)]
@@ -28,7 +29,7 @@ use crate::crypto::KeyRing;
 
 pub use backend::{backend_from_url, environment_settings, Retries};
 pub use error::StoreError;
-pub use key::{BlobKey, BlobKind};
+pub use key::{valid_store_name, BlobKey, BlobKind, PRIMARY_STORE};
 pub use maintenance::{usage, BlobUsage};
 pub use write::{BlobWriter, WriteOptions};
 
@@ -71,6 +72,17 @@ pub struct BlobStore {
     local_dir: Option<std::path::PathBuf>,
     /// Headers of objects read recently, shared by every clone.
     headers: Arc<header_cache::HeaderCache>,
+    /// The named stores beside the primary one (`storage.stores`), by name:
+    /// where lifecycle rules move instances as they age (issue 15).
+    named: Arc<std::collections::BTreeMap<String, NamedStore>>,
+}
+
+/// A named store: its backend and the storage class its objects are written
+/// with (an S3 storage class, an Azure access tier, a GCS class), if any.
+#[derive(Clone)]
+struct NamedStore {
+    backend: Arc<dyn ObjectStore>,
+    storage_class: Option<String>,
 }
 
 /// Held by the owner of blobs the index does not reference yet (a STOW session),
@@ -133,7 +145,82 @@ impl BlobStore {
             uploads: Arc::default(),
             local_dir: None,
             headers: Arc::default(),
+            named: Arc::default(),
         }
+    }
+
+    /// Adds the named store `name` over the backend at `url`, its objects
+    /// written with `storage_class` when given.
+    pub fn with_named_store(
+        mut self,
+        name: &str,
+        url: &str,
+        options: &[(String, String)],
+        storage_class: Option<String>,
+        retries: Retries,
+    ) -> Result<Self, StoreError> {
+        if !valid_store_name(name) {
+            return Err(StoreError::UnknownStore(name.to_string()));
+        }
+        let backend = backend_from_url(url, options, retries)?;
+        let mut named = (*self.named).clone();
+        named.insert(
+            name.to_string(),
+            NamedStore {
+                backend,
+                storage_class: storage_class.filter(|c| !c.is_empty()),
+            },
+        );
+        self.named = Arc::new(named);
+        Ok(self)
+    }
+
+    /// The names of the stores: `primary`, then the named ones.
+    pub fn store_names(&self) -> Vec<String> {
+        std::iter::once(PRIMARY_STORE.to_string())
+            .chain(self.named.keys().cloned())
+            .collect()
+    }
+
+    /// Whether `store` is the primary store or a configured named one.
+    pub fn has_store(&self, store: &str) -> bool {
+        store == PRIMARY_STORE || self.named.contains_key(store)
+    }
+
+    /// The backend a key's object is in.
+    fn backend(&self, key: &BlobKey) -> Result<&Arc<dyn ObjectStore>, StoreError> {
+        match key.store() {
+            None => Ok(&self.inner),
+            Some(store) => self
+                .named
+                .get(store)
+                .map(|named| &named.backend)
+                .ok_or_else(|| StoreError::UnknownStore(store.to_string())),
+        }
+    }
+
+    /// Every store: its name (None for the primary) and backend.
+    fn backends(&self) -> impl Iterator<Item = (Option<&str>, &Arc<dyn ObjectStore>)> {
+        std::iter::once((None, &self.inner)).chain(
+            self.named
+                .iter()
+                .map(|(name, named)| (Some(name.as_str()), &named.backend)),
+        )
+    }
+
+    /// How an object of `key`'s store is written: with the store's storage class.
+    fn put_options(&self, key: &BlobKey) -> object_store::PutMultipartOptions {
+        let mut options = object_store::PutMultipartOptions::default();
+        let class = key
+            .store()
+            .and_then(|store| self.named.get(store))
+            .and_then(|named| named.storage_class.clone());
+        if let Some(class) = class {
+            options
+                .attributes
+                .insert(object_store::Attribute::StorageClass, class.into());
+        }
+        options
     }
 
     /// The same store, encrypting under another tenant's key.

@@ -108,7 +108,7 @@ impl BlobStore {
         // Ranges past the end are clamped by every backend, so small objects are fine.
         let range = GetRange::Bounded(0..prefetch.max(MAX_HEADER_LEN as u64));
         let result = self
-            .inner
+            .backend(key)?
             .get_opts(
                 &key.path(),
                 GetOptions {
@@ -148,7 +148,7 @@ impl BlobStore {
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         let _timer = StoreTimer::start("read_stream", &self.description);
         let result = self
-            .inner
+            .backend(key)?
             .get_opts(&key.path(), GetOptions::default())
             .await?;
         let total = result.meta.size;
@@ -247,7 +247,7 @@ impl BlobStore {
         }
         let segments = layout.segments_for(range);
         let sealed = self
-            .inner
+            .backend(key)?
             .get_range(&key.path(), layout.ciphertext_range(&segments))
             .await?;
         let plain = opened.opener.open(segments.start, &sealed);

@@ -322,6 +322,22 @@ fn keys_are_opaque_and_validated() {
     assert_eq!(BlobKey::parse(key.as_str()).unwrap(), key);
     assert!(BlobKey::parse("instances/../etc/passwd").is_err());
     assert!(BlobKey::parse("1.2.840.1/abc").is_err());
+    // In a named store: the store routes, the path inside it is the same.
+    let moved = key.in_store(Some("cold"));
+    assert_eq!(moved.as_str(), format!("cold/{key}"));
+    assert_eq!(BlobKey::parse(moved.as_str()).unwrap(), moved);
+    assert_eq!(moved.store(), Some("cold"));
+    assert_eq!(moved.path(), key.path());
+    assert_eq!(moved.in_store(Some("primary")), key);
+    assert_eq!(key.store_name(), "primary");
+    for bad in [
+        "Cold/instances/0123456789abcdef0123456789abcdef",
+        "primary/instances/0123456789abcdef0123456789abcdef",
+        "instances/instances/0123456789abcdef0123456789abcdef",
+        "a/b/instances/0123456789abcdef0123456789abcdef",
+    ] {
+        assert!(BlobKey::parse(bad).is_err(), "{bad}");
+    }
     assert!(matches!(
         backend_from_url("ftp://x/y", &[], retries()),
         Err(StoreError::UnsupportedUrl(_))

@@ -32,7 +32,10 @@ impl BlobStore {
         let data_key = SecretKey::generate()?;
         let object_id = key.object_id();
         let header = seal_header(&tenant_key, &data_key, &key_id, object_id)?;
-        let upload = self.inner.put_multipart(&key.path()).await?;
+        let upload = self
+            .backend(&key)?
+            .put_multipart_opts(&key.path(), self.put_options(&key))
+            .await?;
         let mut upload = WriteMultipart::new_with_chunk_size(upload, self.options.part_bytes);
         upload.put(Bytes::from(header));
         Ok(BlobWriter {
@@ -72,7 +75,7 @@ impl BlobStore {
         let new_header = seal_header(&active_key, &data_key, &active_id, header.object_id)?;
         // Stream the segments unchanged behind the new header.
         let body = self
-            .inner
+            .backend(key)?
             .get_opts(
                 &key.path(),
                 GetOptions {
@@ -81,7 +84,10 @@ impl BlobStore {
                 },
             )
             .await?;
-        let upload = self.inner.put_multipart(&key.path()).await?;
+        let upload = self
+            .backend(key)?
+            .put_multipart_opts(&key.path(), self.put_options(key))
+            .await?;
         let mut upload = WriteMultipart::new_with_chunk_size(upload, self.options.part_bytes);
         upload.put(Bytes::from(new_header));
         let mut stream = body.into_stream();

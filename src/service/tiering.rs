@@ -1,0 +1,382 @@
+//! Lifecycle moves (issue 15): instances go to other stores and tiers as they
+//! age, by the tenant's rules (`[[lifecycle.moves]]`). A pass weighs every
+//! instance, and moves each that a rule sends elsewhere: claim it in the index's
+//! journal, copy the object byte for byte, read the copy back whole (it must
+//! decrypt), switch the instance's blob key in the index, delete the old
+//! object. A kill at any point leaves each instance readable from exactly one
+//! object that the index names; the journal row it leaves lets the next pass
+//! (after the claim's lease) undo the copy or finish the deletion.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::NaiveDate;
+
+use super::{ServiceError, Services};
+use crate::config::{MoveRule, PassConfig};
+use crate::index::moves::{BlobMove, MoveCandidate};
+use crate::store::{BlobKey, PRIMARY_STORE};
+
+/// Instances read from the index at a time.
+const PAGE: i64 = 1000;
+
+/// The rule that sends `candidate` elsewhere as of `today`, and where.
+pub fn destination<'r>(
+    rules: &'r [MoveRule],
+    candidate: &MoveCandidate,
+    today: NaiveDate,
+) -> Option<&'r MoveRule> {
+    let received = candidate
+        .received_at
+        .get(..10)
+        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+    let study_day = candidate
+        .study_date
+        .as_deref()
+        .and_then(|d| NaiveDate::parse_from_str(d.trim(), "%Y%m%d").ok());
+    let days_since = |day: Option<NaiveDate>| day.map(|d| (today - d).num_days());
+    let listed = |wanted: &[String], value: Option<&str>| {
+        wanted.is_empty()
+            || value.is_some_and(|v| wanted.iter().any(|w| w.trim().eq_ignore_ascii_case(v)))
+    };
+    let rule = rules.iter().find(|rule| {
+        days_since(received).is_some_and(|d| d >= i64::from(rule.min_age_days))
+            && (rule.min_study_age_days == 0
+                || days_since(study_day).is_some_and(|d| d >= i64::from(rule.min_study_age_days)))
+            && listed(&rule.modalities, candidate.modality.as_deref())
+            && listed(&rule.sop_classes, Some(&candidate.sop_class_uid))
+            && u64::try_from(candidate.blob_size).unwrap_or(0) >= rule.min_size_bytes
+    })?;
+    let here = BlobKey::parse(&candidate.blob_key)
+        .map(|key| key.store_name().to_string())
+        .ok()?;
+    (rule.to != here).then_some(rule)
+}
+
+/// One line of a plan: objects a rule would move from one store to another.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PlanLine {
+    pub rule: String,
+    pub from: String,
+    pub to: String,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// What the next pass would move (a dry run), and what it would change in the
+/// monthly storage bill at the configured prices.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Plan {
+    pub lines: Vec<PlanLine>,
+    /// Negative: a saving. 0 when no prices are configured.
+    pub monthly_cost_change: f64,
+}
+
+/// The plan of `services`' tenant under `rules` as of `today`; `prices` per GB-month by store.
+pub async fn plan(
+    services: &Services,
+    rules: &[MoveRule],
+    today: NaiveDate,
+    prices: &BTreeMap<String, f64>,
+) -> Result<Plan, ServiceError> {
+    let mut lines: BTreeMap<(String, String, String), PlanLine> = BTreeMap::new();
+    each_candidate(services, |candidate| {
+        if let Some(rule) = destination(rules, candidate, today) {
+            let from = BlobKey::parse(&candidate.blob_key)
+                .map(|k| k.store_name().to_string())
+                .unwrap_or_else(|_| PRIMARY_STORE.to_string());
+            let line = lines
+                .entry((rule.name.clone(), from.clone(), rule.to.clone()))
+                .or_insert_with(|| PlanLine {
+                    rule: rule.name.clone(),
+                    from,
+                    to: rule.to.clone(),
+                    ..Default::default()
+                });
+            line.objects += 1;
+            line.bytes += u64::try_from(candidate.blob_size).unwrap_or(0);
+        }
+    })
+    .await?;
+    let price = |store: &str| prices.get(store).copied().unwrap_or(0.0);
+    let monthly_cost_change = lines
+        .values()
+        .map(|l| (price(&l.to) - price(&l.from)) * l.bytes as f64 / 1e9)
+        .sum();
+    Ok(Plan {
+        lines: lines.into_values().collect(),
+        monthly_cost_change,
+    })
+}
+
+async fn each_candidate(
+    services: &Services,
+    mut visit: impl FnMut(&MoveCandidate),
+) -> Result<(), ServiceError> {
+    let mut after = 0;
+    loop {
+        let page = services
+            .with_index(move |index| index.move_candidates(after, PAGE))
+            .await?;
+        page.iter().for_each(&mut visit);
+        match page.last() {
+            Some(last) if page.len() as i64 == PAGE => after = last.instance_pk,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PassReport {
+    pub moved: u64,
+    pub bytes: u64,
+    /// Moves another process had claimed.
+    pub claimed_elsewhere: u64,
+    /// Moves left by a process that died, undone or finished.
+    pub recovered: u64,
+    pub failed: Vec<(String, String)>,
+    /// The pass stopped at `lifecycle.pass.max_moves`.
+    pub reached_limit: bool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs one pass for `services`' tenant: first what dead processes left, then
+/// the moves `rules` ask for as of `today`, rate-limited and bounded by `pass`.
+/// `owner` names this process in its claims.
+pub async fn run_pass(
+    services: &Services,
+    rules: &[MoveRule],
+    today: NaiveDate,
+    pass: &PassConfig,
+    owner: &str,
+) -> Result<PassReport, ServiceError> {
+    let lease_ms = i64::try_from(pass.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut report = PassReport::default();
+    let who = owner.to_string();
+    let now = now_ms();
+    let stale = services
+        .with_index(move |index| index.take_over_stale_moves(&who, now, now + lease_ms))
+        .await?;
+    for left in stale {
+        recover(services, &left).await?;
+        report.recovered += 1;
+    }
+    let mut wanted = Vec::new();
+    each_candidate(services, |candidate| {
+        if let Some(rule) = destination(rules, candidate, today) {
+            wanted.push((candidate.blob_key.clone(), rule.to.clone()));
+        }
+    })
+    .await?;
+    let pause =
+        (pass.moves_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / pass.moves_per_second));
+    let mut switched = Vec::new();
+    for (from, to_store) in wanted {
+        if report.moved >= pass.max_moves {
+            report.reached_limit = true;
+            break;
+        }
+        let started = tokio::time::Instant::now();
+        match move_one(services, &from, &to_store, owner, lease_ms).await {
+            Ok(Some((to, bytes))) => {
+                report.moved += 1;
+                report.bytes += bytes;
+                switched.push((from, to));
+            }
+            Ok(None) => report.claimed_elsewhere += 1,
+            Err(error) => {
+                tracing::warn!(blob = %from, %error, "lifecycle move failed");
+                report.failed.push((from, error.to_string()));
+            }
+        }
+        if let Some(pause) = pause {
+            tokio::time::sleep_until(started + pause).await;
+        }
+    }
+    // The old objects go last: a read that found the old key just before the
+    // switch has had the rest of the pass to finish.
+    for (from, _) in switched {
+        finish_switched(services, &from).await?;
+    }
+    Ok(report)
+}
+
+/// Moves one object; None when another process holds its move (or it is gone).
+async fn move_one(
+    services: &Services,
+    from: &str,
+    to_store: &str,
+    owner: &str,
+    lease_ms: i64,
+) -> Result<Option<(String, u64)>, ServiceError> {
+    let from_key = BlobKey::parse(from)?;
+    let to_key = from_key.in_store(Some(to_store));
+    let (f, t, o) = (from.to_string(), to_key.to_string(), owner.to_string());
+    let lease_until = now_ms() + lease_ms;
+    let claimed = services
+        .with_index(move |index| index.claim_move(&f, &t, &o, lease_until))
+        .await?;
+    if !claimed {
+        return Ok(None);
+    }
+    let copied = async {
+        services.store.copy_object(&from_key, &to_key).await?;
+        services.store.check_decrypts(&to_key).await
+    }
+    .await;
+    if let Err(error) = copied {
+        undo(services, from, &to_key).await;
+        return Err(error.into());
+    }
+    let (f, t, o) = (from.to_string(), to_key.to_string(), owner.to_string());
+    let switched = services
+        .with_index(move |index| index.switch_move(&f, &t, &o))
+        .await?;
+    if !switched {
+        // Deleted or replaced meanwhile: the copy is not needed.
+        undo(services, from, &to_key).await;
+        return Ok(None);
+    }
+    let bytes = services.store.size(&to_key).await.unwrap_or(0);
+    Ok(Some((to_key.to_string(), bytes)))
+}
+
+/// Removes a copy the index does not point at, and the journal row.
+async fn undo(services: &Services, from: &str, copy: &BlobKey) {
+    if let Err(error) = services.store.delete(copy).await {
+        tracing::warn!(blob = %copy, %error, "could not remove the copy of a move that did not complete; the next pass will");
+        return;
+    }
+    let f = from.to_string();
+    if let Err(error) = services
+        .with_index(move |index| index.finish_move(&f))
+        .await
+    {
+        tracing::warn!(%error, "could not end a lifecycle move's journal row; the next pass will");
+    }
+}
+
+/// Deletes the old object of a switched move and ends its journal row.
+async fn finish_switched(services: &Services, from: &str) -> Result<(), ServiceError> {
+    services.store.delete(&BlobKey::parse(from)?).await?;
+    let f = from.to_string();
+    services
+        .with_index(move |index| index.finish_move(&f))
+        .await
+}
+
+/// Finishes or undoes a move a dead process left, by what the index says.
+async fn recover(services: &Services, left: &BlobMove) -> Result<(), ServiceError> {
+    if left.state == "switched" {
+        finish_switched(services, &left.from_key).await
+    } else {
+        let copy = BlobKey::parse(&left.to_key)?;
+        services.store.delete(&copy).await?;
+        let f = left.from_key.clone();
+        services
+            .with_index(move |index| index.finish_move(&f))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(key: &str, received: &str, modality: &str) -> MoveCandidate {
+        MoveCandidate {
+            instance_pk: 1,
+            blob_key: key.into(),
+            blob_size: 1000,
+            received_at: format!("{received}T10:00:00Z"),
+            study_date: Some("20200101".into()),
+            modality: Some(modality.into()),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+        }
+    }
+
+    fn rule(name: &str, days: u32, to: &str) -> MoveRule {
+        MoveRule {
+            name: name.into(),
+            min_age_days: days,
+            to: to.into(),
+            ..Default::default()
+        }
+    }
+
+    const KEY: &str = "instances/0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_first_matching_rule_decides() {
+        let today = NaiveDate::from_ymd_opt(2024, 6, 1).unwrap();
+        let rules = vec![rule("archive", 365, "glacier"), rule("cool", 30, "cold")];
+        let young = candidate(KEY, "2024-05-20", "CT");
+        assert_eq!(destination(&rules, &young, today), None);
+        let month = candidate(KEY, "2024-04-01", "CT");
+        assert_eq!(destination(&rules, &month, today).unwrap().to, "cold");
+        let old = candidate(KEY, "2022-01-01", "CT");
+        assert_eq!(destination(&rules, &old, today).unwrap().to, "glacier");
+        // Already there: nothing to do.
+        let there = candidate(
+            "glacier/instances/0123456789abcdef0123456789abcdef",
+            "2022-01-01",
+            "CT",
+        );
+        assert_eq!(destination(&rules, &there, today), None);
+    }
+
+    #[test]
+    fn conditions_narrow_a_rule() {
+        let today = NaiveDate::from_ymd_opt(2024, 6, 1).unwrap();
+        let mut mr_only = rule("mr", 0, "cold");
+        mr_only.modalities = vec!["MR".into()];
+        mr_only.min_size_bytes = 500;
+        assert_eq!(
+            destination(
+                &[mr_only.clone()],
+                &candidate(KEY, "2024-05-01", "CT"),
+                today
+            ),
+            None
+        );
+        assert!(destination(
+            &[mr_only.clone()],
+            &candidate(KEY, "2024-05-01", "MR"),
+            today
+        )
+        .is_some());
+        mr_only.min_size_bytes = 5000;
+        assert_eq!(
+            destination(&[mr_only], &candidate(KEY, "2024-05-01", "MR"), today),
+            None
+        );
+        let mut by_study_date = rule("old studies", 0, "cold");
+        by_study_date.min_study_age_days = 10_000;
+        assert_eq!(
+            destination(&[by_study_date], &candidate(KEY, "2024-05-01", "MR"), today),
+            None
+        );
+    }
+
+    #[test]
+    fn a_rule_back_to_the_primary_store_moves_from_a_named_one() {
+        let today = NaiveDate::from_ymd_opt(2024, 6, 1).unwrap();
+        let back = rule("back", 0, "primary");
+        let named = candidate(
+            "cold/instances/0123456789abcdef0123456789abcdef",
+            "2024-05-01",
+            "CT",
+        );
+        assert!(destination(std::slice::from_ref(&back), &named, today).is_some());
+        assert_eq!(
+            destination(&[back], &candidate(KEY, "2024-05-01", "CT"), today),
+            None
+        );
+    }
+}

@@ -1,0 +1,427 @@
+//! Moves between stores by lifecycle rules (issue 15), through the binary: a
+//! second, named store (a directory, or an S3 prefix with a storage class when
+//! the tests run on moto: `KASTELL_TEST_BLOB_URL` and `AWS_ENDPOINT_URL` set);
+//! the rules and the clock (`lifecycle.now`) from a TOML file, not sleeps.
+//! A rule moves exactly the matching instances and retrieval returns the same
+//! bytes; a pass killed with -9 and run again loses, duplicates and orphans
+//! nothing; two passes at once never move one object twice.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::*;
+
+/// Where the named store `cold` is, and how to count what it holds.
+enum Cold {
+    Dir(PathBuf),
+    /// moto: the bucket, the prefix and the endpoint.
+    S3 {
+        endpoint: String,
+        bucket: String,
+        prefix: String,
+    },
+}
+
+impl Cold {
+    fn new(dir: &Path) -> Self {
+        match (
+            std::env::var("KASTELL_TEST_BLOB_URL"),
+            std::env::var("AWS_ENDPOINT_URL"),
+            std::env::var("KASTELL_S3_BUCKET"),
+        ) {
+            (Ok(_), Ok(endpoint), Ok(bucket)) => Cold::S3 {
+                endpoint,
+                bucket,
+                prefix: format!("cold-{}", uuid::Uuid::new_v4().simple()),
+            },
+            _ => Cold::Dir(dir.join("cold")),
+        }
+    }
+
+    fn toml(&self) -> String {
+        match self {
+            Cold::Dir(dir) => format!("url = \"file://{}\"\n", dir.display()),
+            Cold::S3 { bucket, prefix, .. } => {
+                format!("url = \"s3://{bucket}/{prefix}\"\nstorage_class = \"STANDARD_IA\"\n")
+            }
+        }
+    }
+
+    /// The instance objects in the store: their names, with the storage class
+    /// S3 reports for each (None on a directory).
+    fn objects(&self) -> BTreeMap<String, Option<String>> {
+        match self {
+            Cold::Dir(dir) => std::fs::read_dir(dir.join("instances"))
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| (e.file_name().to_string_lossy().into_owned(), None))
+                        .filter(|(name, _)| !name.contains('#'))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Cold::S3 {
+                endpoint,
+                bucket,
+                prefix,
+            } => {
+                // moto checks no signature: plain requests do.
+                let listing = client()
+                    .get(format!(
+                        "{endpoint}/{bucket}?list-type=2&prefix={prefix}/instances/"
+                    ))
+                    .send()
+                    .unwrap()
+                    .text()
+                    .unwrap();
+                listing
+                    .split("<Key>")
+                    .skip(1)
+                    .filter_map(|rest| rest.split("</Key>").next())
+                    .map(|key| {
+                        let head = client()
+                            .head(format!("{endpoint}/{bucket}/{key}"))
+                            .send()
+                            .unwrap();
+                        let class = head
+                            .headers()
+                            .get("x-amz-storage-class")
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .or_else(|| Some("STANDARD".into()));
+                        (key.rsplit('/').next().unwrap().to_string(), class)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    config: PathBuf,
+    cold: Cold,
+}
+
+/// A data directory, a `cold` store and a rule moving instances of `modality`
+/// received at least 30 days ago there; `extra` is appended to the file.
+fn setup(modality: &str, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cold = Cold::new(dir.path());
+    let config = dir.path().join("kastell.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nprice_per_gb_month = 0.02\n\
+             [storage.stores.cold]\n{}price_per_gb_month = 0.004\n\
+             [[lifecycle.moves]]\nname = \"cool {modality}\"\nmin_age_days = 30\n\
+             modalities = [\"{modality}\"]\nto = \"cold\"\n{extra}",
+            cold.toml()
+        ),
+    )
+    .unwrap();
+    Setup {
+        _dir: dir,
+        data,
+        config,
+        cold,
+    }
+}
+
+impl Setup {
+    fn env<'a>(&'a self, now: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut env = vec![("KASTELL_CONFIG", self.config.to_str().unwrap())];
+        if !now.is_empty() {
+            env.push(("KASTELL__LIFECYCLE__NOW", now));
+        }
+        env
+    }
+
+    fn lifecycle(&self, now: &str, args: &[&str]) -> (bool, String, String) {
+        let mut all = vec!["lifecycle"];
+        all.extend_from_slice(args);
+        let output = cli_command(&all, &self.data)
+            .envs(self.env(now))
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn json(&self, now: &str, args: &[&str]) -> serde_json::Value {
+        let (ok, stdout, stderr) = self.lifecycle(now, args);
+        assert!(ok, "{stdout}{stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    }
+
+    fn verify(&self) -> (bool, String) {
+        let output = cli_command(&["verify"], &self.data)
+            .envs(self.env(""))
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    }
+}
+
+/// Sixty days after today: past the rules' 30 days.
+fn later() -> String {
+    let in_60_days = std::time::SystemTime::now() + std::time::Duration::from_secs(60 * 86_400);
+    humantime::format_rfc3339_seconds(in_60_days).to_string()
+}
+
+fn store_series(server: &Server, study: &str, modality: &str, count: usize) -> Vec<Spec> {
+    let specs: Vec<Spec> = (1..=count)
+        .map(|n| {
+            let mut spec = Spec::new(study, &format!("{study}.1"), &format!("{study}.1.{n}"));
+            spec.modality = modality.into();
+            spec.instance_number = n as i32;
+            spec
+        })
+        .collect();
+    let files: Vec<Vec<u8>> = specs.iter().map(dicom_file).collect();
+    for chunk in files.chunks(20) {
+        assert_eq!(store(server, "/studies", chunk).0, 200);
+    }
+    specs
+}
+
+fn contents(server: &Server, specs: &[Spec]) -> Vec<Vec<u8>> {
+    specs
+        .iter()
+        .map(|s| retrieve_instance(server, &s.study, &s.series, &s.instance).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_rule_moves_exactly_the_matching_instances_and_reads_stay_identical() {
+    let setup = setup("CT", "");
+    let server = Server::spawn(&setup.data, &setup.env(""));
+    let ct = store_series(&server, "31.1", "CT", 3);
+    let mr = store_series(&server, "31.2", "MR", 2);
+    let before_ct = contents(&server, &ct);
+    let before_mr = contents(&server, &mr);
+
+    // Received today: nothing is 30 days old.
+    let plan = setup.json("", &["plan", "--format", "json"]);
+    assert_eq!(plan["lines"], serde_json::json!([]), "{plan}");
+
+    // Sixty days on: the three CT instances, at a saving.
+    let later = later();
+    let plan = setup.json(&later, &["plan", "--format", "json"]);
+    let lines = plan["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{plan}");
+    assert_eq!(lines[0]["rule"], "cool CT");
+    assert_eq!(lines[0]["from"], "primary");
+    assert_eq!(lines[0]["to"], "cold");
+    assert_eq!(lines[0]["objects"], 3);
+    assert!(
+        plan["monthly_cost_change"].as_f64().unwrap() < 0.0,
+        "{plan}"
+    );
+    assert!(setup.cold.objects().is_empty(), "the plan moved something");
+
+    let report = setup.json(&later, &["run", "--format", "json"]);
+    assert_eq!(report["moved"], 3, "{report}");
+    assert_eq!(report["failed"], serde_json::json!([]));
+    let cold = setup.cold.objects();
+    assert_eq!(cold.len(), 3, "{cold:?}");
+    if let Cold::S3 { .. } = setup.cold {
+        for class in cold.values() {
+            assert_eq!(class.as_deref(), Some("STANDARD_IA"));
+        }
+    }
+    // The server reads them from the other store, byte for byte as stored.
+    assert_eq!(contents(&server, &ct), before_ct);
+    assert_eq!(contents(&server, &mr), before_mr);
+    let (ok, out) = setup.verify();
+    assert!(ok, "{out}");
+    assert!(out.contains(" 0 orphaned blobs"), "{out}");
+
+    // `kastell stats` counts the instances per store.
+    let output = cli_command(&["stats", "--format", "json"], &setup.data)
+        .envs(setup.env(""))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let stores: BTreeMap<String, i64> = stats["tenants"][0]["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["store"].as_str().unwrap().to_string(),
+                s["objects"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stores,
+        BTreeMap::from([("cold".to_string(), 3), ("primary".to_string(), 2)])
+    );
+
+    // Nothing left to do; the pass is audited.
+    let report = setup.json(&later, &["run", "--format", "json"]);
+    assert_eq!(report["moved"], 0, "{report}");
+
+    // Deleting the study removes its objects from the store they are in.
+    let status = client()
+        .delete(server.url("/studies/31.1"))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 204);
+    wait_until("the moved objects are deleted", || {
+        setup.cold.objects().is_empty()
+    });
+}
+
+#[test]
+fn a_pass_killed_midway_then_run_again_loses_and_duplicates_nothing() {
+    // Slow enough to be killed in the middle; claims expire after a second.
+    let setup = setup(
+        "CT",
+        "[lifecycle.pass]\nmoves_per_second = 20.0\nlease_secs = 1\n",
+    );
+    let server = Server::spawn(&setup.data, &setup.env(""));
+    let specs = store_series(&server, "32.1", "CT", 40);
+    let before = contents(&server, &specs);
+    let later = later();
+
+    let mut pass = cli_command(&["lifecycle", "run"], &setup.data)
+        .envs(setup.env(&later))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the pass has moved some objects", || {
+        setup.cold.objects().len() >= 5
+    });
+    pass.kill().unwrap();
+    let _ = pass.wait();
+    let moved_before_kill = setup.cold.objects().len();
+    assert!(moved_before_kill < 40, "the pass finished before the kill");
+
+    // Every instance reads the same meanwhile, wherever it is.
+    assert_eq!(contents(&server, &specs), before);
+
+    // Passes until the dead pass's claims have expired and been taken over:
+    // then everything is in the cold store, once, and nothing is orphaned.
+    wait_until("a later pass has finished the work", || {
+        let (ok, _, _) = setup.lifecycle(&later, &["run"]);
+        let (verified, out) = setup.verify();
+        ok && verified && out.contains(" 0 orphaned blobs")
+    });
+    assert_eq!(setup.cold.objects().len(), 40);
+    assert_eq!(contents(&server, &specs), before);
+    let (ok, out) = setup.verify();
+    assert!(ok, "{out}");
+    assert!(out.contains(" 0 orphaned blobs"), "{out}");
+    if let Cold::Dir(_) = setup.cold {
+        if std::env::var("KASTELL_TEST_BLOB_URL").is_err() {
+            let primary = std::fs::read_dir(setup.data.join("blobs/instances"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert_eq!(primary, 0, "old objects left in the primary store");
+        }
+    }
+}
+
+#[test]
+fn two_passes_at_once_never_move_one_object_twice() {
+    let setup = setup("MR", "");
+    let server = Server::spawn(&setup.data, &setup.env(""));
+    let specs = store_series(&server, "33.1", "MR", 30);
+    let before = contents(&server, &specs);
+    let later = later();
+    let spawn = || {
+        cli_command(&["lifecycle", "run", "--format", "json"], &setup.data)
+            .envs(setup.env(&later))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    let reports: Vec<serde_json::Value> = [first, second]
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().unwrap();
+            assert!(output.status.success());
+            serde_json::from_slice(&output.stdout).unwrap()
+        })
+        .collect();
+    let moved: u64 = reports.iter().map(|r| r["moved"].as_u64().unwrap()).sum();
+    assert_eq!(moved, 30, "{reports:?}");
+    for report in &reports {
+        assert_eq!(report["failed"], serde_json::json!([]), "{report}");
+    }
+    assert_eq!(setup.cold.objects().len(), 30);
+    assert_eq!(contents(&server, &specs), before);
+    let (ok, out) = setup.verify();
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_rule_naming_an_unknown_store_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kastell.toml");
+    std::fs::write(
+        &config,
+        "[[lifecycle.moves]]\nname = \"nowhere\"\nto = \"glacier\"\n",
+    )
+    .unwrap();
+    let output = cli_command(&["config"], &dir.path().join("data"))
+        .env("KASTELL_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not primary nor in storage.stores"));
+}
+
+#[test]
+fn the_server_runs_passes_on_its_schedule_and_audits_them() {
+    let setup = setup("CT", "[lifecycle.pass]\ninterval_secs = 1\n");
+    let later = later();
+    let server = Server::spawn(&setup.data, &setup.env(&later));
+    let specs = store_series(&server, "34.1", "CT", 2);
+    let before = contents(&server, &specs);
+    wait_until("the scheduled pass has moved the instances", || {
+        setup.cold.objects().len() == 2
+    });
+    assert_eq!(contents(&server, &specs), before);
+    let audited = || {
+        let output = cli_command(
+            &[
+                "audit",
+                "export",
+                "--since",
+                "2000-01-01",
+                "--format",
+                "fhir",
+            ],
+            &setup.data,
+        )
+        .envs(setup.env(""))
+        .output()
+        .unwrap();
+        output.status.success()
+            && String::from_utf8_lossy(&output.stdout)
+                .contains("scheduled lifecycle pass: 2 objects")
+    };
+    wait_until("the pass is in the audit trail", audited);
+}
