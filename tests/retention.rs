@@ -342,3 +342,40 @@ fn rules_by_modality_come_from_the_config_file() {
     assert!(body.contains("radiotherapy"), "{body}");
     assert_eq!(delete(&server, "/studies/25.2").0, 204);
 }
+
+#[test]
+fn the_server_erases_expired_studies_when_asked_and_spares_held_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        ("KASTELL__LIFECYCLE__RETENTION__DEFAULT_YEARS", "1"),
+        ("KASTELL__LIFECYCLE__RETENTION__ERASE_EXPIRED", "true"),
+        ("KASTELL__LIFECYCLE__PASS__INTERVAL_SECS", "1"),
+    ];
+    // Today nothing has expired: the server erases nothing.
+    let server = Server::spawn(&data, &env);
+    store_study(&server, "26.1", "PID-A", "CT");
+    store_study(&server, "26.2", "PID-B", "CT");
+    let (ok, out) = lifecycle(&data, &["hold", "--study", "26.2", "--reason", "inquiry"]);
+    assert!(ok, "{out}");
+    assert_eq!(get_status(&server, "/studies/26.1/metadata"), 200);
+    server.terminate();
+
+    // Two years on, the dry run names one study, and the server erases it.
+    let mut later = env.to_vec();
+    later.push(("KASTELL__LIFECYCLE__NOW", "2099-01-01"));
+    let expired = lifecycle_json(
+        &data,
+        &later,
+        &["retention", "--expired", "--format", "json"],
+    );
+    assert_eq!(expired.as_array().unwrap().len(), 1, "{expired}");
+    let server = Server::spawn(&data, &later);
+    wait_until("the expired study is erased", || {
+        get_status(&server, "/studies/26.1/metadata") == 410
+    });
+    assert_eq!(get_status(&server, "/studies/26.2/metadata"), 200);
+    wait_until("the erasure is audited", || {
+        audited(&data, "erased after its retention ended on")
+    });
+}

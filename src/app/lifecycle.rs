@@ -1,6 +1,7 @@
 //! The server's scheduled lifecycle passes (issue 15): every
-//! `lifecycle.pass.interval_secs`, one pass per tenant with move rules, each
-//! audited. Several servers may run them at once: each object's move is claimed
+//! `lifecycle.pass.interval_secs`, per tenant, the erasure of studies whose
+//! retention ended (where `erase_expired` is on) and one pass of its move
+//! rules, each audited. Several servers may run them at once: each object's move is claimed
 //! in the tenant's index (`index/moves.rs`), so none is moved twice.
 
 use std::sync::Arc;
@@ -9,6 +10,50 @@ use std::time::Duration;
 use crate::audit::{Action, ActorKind, AuditEvent, AuditLog, Outcome};
 use crate::config::Config;
 use crate::service::tenants::Tenants;
+
+/// Erases the tenant's studies whose retention has ended, each audited.
+async fn erase_expired(
+    services: &crate::service::Services,
+    tenant: &str,
+    lifecycle: &crate::config::LifecycleConfig,
+    audit: &AuditLog,
+) {
+    use crate::service::retention::{erasure_note, expired_studies, RetentionPolicy};
+    let policy = RetentionPolicy::of(lifecycle, tenant);
+    let expired = match expired_studies(services, &policy).await {
+        Ok(expired) => expired,
+        Err(error) => {
+            tracing::warn!(%error, %tenant, "the studies whose retention ended could not be listed");
+            return;
+        }
+    };
+    for (study, kept) in expired {
+        let result = crate::service::delete::delete(
+            services,
+            crate::service::Scope::Study {
+                study: study.clone(),
+            },
+        )
+        .await;
+        let outcome = if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let mut event = AuditEvent::new(
+            "kastell lifecycle",
+            ActorKind::System,
+            tenant,
+            Action::Delete,
+            outcome,
+        )
+        .detail(erasure_note(&kept, &result));
+        event.study_uid = Some(study);
+        if let Err(error) = audit.record(event).await {
+            tracing::error!(%error, %tenant, "the audit record of an erasure could not be written");
+        }
+    }
+}
 
 /// Starts the passes when the configuration asks for them.
 pub fn start(config: &Config, tenants: Arc<Tenants>, audit: AuditLog) {
@@ -35,6 +80,9 @@ pub fn start(config: &Config, tenants: Arc<Tenants>, audit: AuditLog) {
                 }
             };
             for (tenant, services) in all {
+                if lifecycle.retention_of(&tenant).erase_expired {
+                    erase_expired(&services, &tenant, &lifecycle, &audit).await;
+                }
                 let rules = lifecycle.moves_of(&tenant);
                 if rules.is_empty() {
                     continue;

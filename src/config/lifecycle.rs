@@ -93,6 +93,11 @@ pub struct RetentionConfig {
     /// `later` (whichever of the two is later).
     pub anchor: RetentionAnchor,
     pub rules: Vec<RetentionRule>,
+    /// Whether the server's scheduled lifecycle pass (`lifecycle.pass.
+    /// interval_secs`) erases studies whose retention has ended and that no
+    /// hold covers, each deletion audited. Off by default; `kastell lifecycle
+    /// retention --expired` is the dry run of what it would erase.
+    pub erase_expired: bool,
 }
 
 impl Default for RetentionConfig {
@@ -101,6 +106,7 @@ impl Default for RetentionConfig {
             default_years: 0,
             anchor: RetentionAnchor::Received,
             rules: Vec::new(),
+            erase_expired: false,
         }
     }
 }

@@ -7,15 +7,13 @@ use crate::app::build_tenants;
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::config::Config;
 use crate::index::protection::{HoldTarget, LegalHold, StudyFacts};
-use crate::service::retention::{KeepUntil, RetentionPolicy};
+use crate::service::retention::{each_study, KeepUntil, RetentionPolicy};
 use crate::service::{Scope, Services};
 
 use super::audit::{append_audit, audit_cli};
 
 /// Longest reason kept with a hold, a lift or a release.
 pub const MAX_REASON_CHARS: usize = 1000;
-/// Studies read from the index at a time by the reports.
-const PAGE: i64 = 1000;
 
 /// A stated reason: not blank, bounded.
 fn reason(text: &str) -> anyhow::Result<String> {
@@ -184,7 +182,7 @@ pub struct RetentionEntry {
 fn entry(policy: &RetentionPolicy, study: StudyFacts) -> RetentionEntry {
     let kept: Option<KeepUntil> = policy.keep_until(&study);
     let deletable = policy.refusal(&study).is_none();
-    let expired = study.holds.is_empty() && kept.as_ref().is_some_and(|k| k.day <= policy.today());
+    let expired = policy.expired(&study).is_some();
     RetentionEntry {
         keep_until: kept.as_ref().map(|k| k.day.format("%Y-%m-%d").to_string()),
         rule: kept.map(|k| k.rule),
@@ -218,23 +216,6 @@ pub async fn retention_report(
     Ok(report)
 }
 
-/// Calls `visit` with every study of the tenant, a page at a time.
-async fn each_study(services: &Services, mut visit: impl FnMut(StudyFacts)) -> anyhow::Result<()> {
-    let mut after: Option<String> = None;
-    loop {
-        let from = after.clone();
-        let page = services
-            .with_index(move |index| index.study_facts_page(from.as_deref(), PAGE))
-            .await?;
-        let done = (page.len() as i64) < PAGE;
-        after = page.last().map(|facts| facts.study_instance_uid.clone());
-        page.into_iter().for_each(&mut visit);
-        if done {
-            return Ok(());
-        }
-    }
-}
-
 /// Why a tenant's keys may not be shredded, if any study is protected:
 /// shredding erases every study, so each must be deletable.
 pub async fn shred_refusal(
@@ -265,14 +246,9 @@ pub struct EraseReport {
 /// hold covers), each deletion audited with the rule and the day it ended.
 pub async fn erase_expired(config: &Config, tenant: &str) -> anyhow::Result<EraseReport> {
     let (services, control) = tenant_services(config, tenant).await?;
-    let expired: Vec<RetentionEntry> = retention_report(config, tenant, None)
-        .await?
-        .into_iter()
-        .filter(|entry| entry.expired)
-        .collect();
+    let policy = RetentionPolicy::of(&config.lifecycle, tenant);
     let mut report = EraseReport::default();
-    for entry in expired {
-        let study = entry.study_instance_uid.clone();
+    for (study, kept) in crate::service::retention::expired_studies(&services, &policy).await? {
         let result = crate::service::delete::delete(
             &services,
             Scope::Study {
@@ -280,20 +256,14 @@ pub async fn erase_expired(config: &Config, tenant: &str) -> anyhow::Result<Eras
             },
         )
         .await;
+        let note = crate::service::retention::erasure_note(&kept, &result);
         let mut event = AuditEvent::cli(tenant, Action::Delete, Outcome::Success);
         event.study_uid = Some(study.clone());
-        let ended = format!(
-            "retention ended on {} (rule {:?})",
-            entry.keep_until.as_deref().unwrap_or("?"),
-            entry.rule.as_deref().unwrap_or("?")
-        );
-        let event = match &result {
+        let event = match result {
             Ok(count) => {
                 report.studies += 1;
                 report.instances += count;
-                event
-                    .status(0)
-                    .detail(format!("erased after its {ended}: {count} instances"))
+                event.status(0).detail(note)
             }
             Err(error) => {
                 report.failed.push((study, error.to_string()));
@@ -302,7 +272,7 @@ pub async fn erase_expired(config: &Config, tenant: &str) -> anyhow::Result<Eras
                     ..event
                 }
                 .status(1)
-                .detail(format!("erasure after its {ended} failed: {error}"))
+                .detail(note)
             }
         };
         append_audit(config, &control.index, &[event])?;

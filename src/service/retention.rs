@@ -8,6 +8,7 @@
 
 use chrono::{Months, NaiveDate};
 
+use super::{ServiceError, Services};
 use crate::config::{LifecycleConfig, RetentionAnchor, RetentionConfig, RetentionRule};
 use crate::index::protection::StudyFacts;
 
@@ -135,6 +136,15 @@ impl RetentionPolicy {
         })
     }
 
+    /// The study's keep-until day when its retention applied and has ended
+    /// and no legal hold covers it.
+    pub fn expired(&self, study: &StudyFacts) -> Option<KeepUntil> {
+        if !study.holds.is_empty() {
+            return None;
+        }
+        self.keep_until(study).filter(|kept| kept.day <= self.today)
+    }
+
     /// The deletion guard the index calls inside its transaction: refuses when
     /// any study touched is protected, naming the first and counting the rest.
     pub fn check(&self, studies: &[StudyFacts]) -> Result<(), String> {
@@ -150,6 +160,57 @@ impl RetentionPolicy {
                 })
             }
         }
+    }
+}
+
+/// Calls `visit` with the facts of every study of `services`' tenant, a page
+/// at a time.
+pub async fn each_study(
+    services: &Services,
+    mut visit: impl FnMut(StudyFacts),
+) -> Result<(), ServiceError> {
+    const PAGE: i64 = 1000;
+    let mut after: Option<String> = None;
+    loop {
+        let from = after.clone();
+        let page = services
+            .with_index(move |index| index.study_facts_page(from.as_deref(), PAGE))
+            .await?;
+        let done = (page.len() as i64) < PAGE;
+        after = page.last().map(|facts| facts.study_instance_uid.clone());
+        page.into_iter().for_each(&mut visit);
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// The studies whose retention period applied and has ended, with no legal
+/// hold: what may be erased (a release alone does not make a study expire).
+pub async fn expired_studies(
+    services: &Services,
+    policy: &RetentionPolicy,
+) -> Result<Vec<(String, KeepUntil)>, ServiceError> {
+    let mut expired = Vec::new();
+    each_study(services, |facts| {
+        if let Some(kept) = policy.expired(&facts) {
+            expired.push((facts.study_instance_uid, kept));
+        }
+    })
+    .await?;
+    Ok(expired)
+}
+
+/// The audit note of an erasure after retention.
+pub fn erasure_note(kept: &KeepUntil, outcome: &Result<usize, ServiceError>) -> String {
+    let ended = format!(
+        "retention ended on {} (rule {:?})",
+        kept.day.format("%Y-%m-%d"),
+        kept.rule
+    );
+    match outcome {
+        Ok(count) => format!("erased after its {ended}: {count} instances"),
+        Err(error) => format!("erasure after its {ended} failed: {error}"),
     }
 }
 

@@ -16,6 +16,7 @@ use super::{ServiceError, Services};
 use crate::config::{MoveRule, PassConfig};
 use crate::index::moves::{BlobMove, MoveCandidate};
 use crate::store::{BlobKey, PRIMARY_STORE};
+use crate::telemetry::metrics;
 
 /// Instances read from the index at a time.
 const PAGE: i64 = 1000;
@@ -163,9 +164,12 @@ pub async fn run_pass(
     let stale = services
         .with_index(move |index| index.take_over_stale_moves(&who, now, now + lease_ms))
         .await?;
+    let tenant = services.store.tenant().to_string();
     for left in stale {
         recover(services, &left).await?;
         report.recovered += 1;
+        let store = BlobKey::parse(&left.to_key).map(|k| k.store_name().to_string());
+        metrics::lifecycle_moved(&tenant, &store.unwrap_or_default(), "recovered", 1);
     }
     let mut wanted = Vec::new();
     each_candidate(services, |candidate| {
@@ -185,12 +189,14 @@ pub async fn run_pass(
         let started = tokio::time::Instant::now();
         match move_one(services, &from, &to_store, owner, lease_ms).await {
             Ok(Some((to, bytes))) => {
+                metrics::lifecycle_moved(&tenant, &to_store, "moved", 1);
                 report.moved += 1;
                 report.bytes += bytes;
                 switched.push((from, to));
             }
             Ok(None) => report.claimed_elsewhere += 1,
             Err(error) => {
+                metrics::lifecycle_moved(&tenant, &to_store, "failed", 1);
                 tracing::warn!(blob = %from, %error, "lifecycle move failed");
                 report.failed.push((from, error.to_string()));
             }

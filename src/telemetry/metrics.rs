@@ -63,9 +63,13 @@ pub const EVENTS_DELIVERIES: &str = "kastell.events.deliveries";
 /// `outcome` (`done`, `failed`, `skipped`: done before, redelivered;
 /// `invalid`: a queue message that is not a job, dropped).
 pub const JOBS: &str = "kastell.jobs";
+/// Objects lifecycle passes of this process handled (issue 15). Unit
+/// `{object}`; labels `tenant`, `store` (where they went), `outcome` (`moved`,
+/// `failed`, `recovered`: a dead process's move undone or finished).
+pub const LIFECYCLE_MOVES: &str = "kastell.lifecycle.moves";
 
 /// Every metric name, for the documentation test.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     HTTP_REQUESTS,
     HTTP_REQUEST_DURATION,
     HTTP_RECEIVED,
@@ -79,6 +83,7 @@ pub const ALL: [&str; 13] = [
     EVENTS_BACKLOG,
     EVENTS_DELIVERIES,
     JOBS,
+    LIFECYCLE_MOVES,
 ];
 
 /// Name of the instrumentation scope every instrument belongs to.
@@ -106,6 +111,7 @@ pub(crate) struct Instruments {
     pub crypto_opened: Counter<u64>,
     pub events_deliveries: Counter<u64>,
     pub jobs: Counter<u64>,
+    pub lifecycle_moves: Counter<u64>,
 }
 
 pub(crate) fn meter() -> Meter {
@@ -148,6 +154,11 @@ pub(crate) static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
         crypto_opened: counter(CRYPTO_OPENED, "By", "Plaintext bytes decrypted"),
         events_deliveries: counter(EVENTS_DELIVERIES, "{event}", "Events handed to a sink"),
         jobs: counter(JOBS, "{job}", "Jobs run"),
+        lifecycle_moves: counter(
+            LIFECYCLE_MOVES,
+            "{object}",
+            "Objects moved between stores by lifecycle passes",
+        ),
     }
 });
 
@@ -172,6 +183,20 @@ pub fn events_delivered(sink: &str, outcome: &'static str, count: u64) {
             count,
             &[
                 KeyValue::new("sink", sink.to_string()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+    }
+}
+
+/// Counts objects a lifecycle pass handled for `tenant` towards `store`.
+pub fn lifecycle_moved(tenant: &str, store: &str, outcome: &'static str, count: u64) {
+    if count > 0 {
+        INSTRUMENTS.lifecycle_moves.add(
+            count,
+            &[
+                KeyValue::new("tenant", tenant.to_string()),
+                KeyValue::new("store", store.to_string()),
                 KeyValue::new("outcome", outcome),
             ],
         );
