@@ -62,8 +62,9 @@ UID_ROOT = "1.2.826.0.1.3680043.10.1"
 
 
 def uid(kind: int, n: int) -> str:
-    """Fixed-length UIDs, so one encoded file is a template for a series."""
-    return f"{UID_ROOT}.{kind}.{n:010d}"
+    """Fixed-length UIDs (no leading zero in a component), so one encoded file
+    is a template for a series."""
+    return f"{UID_ROOT}.{kind}.{10**9 + n}"
 
 
 def series_files(study: StudyInfo, series: SeriesInfo, count: int, first: int,
@@ -171,7 +172,8 @@ def main() -> None:
         config = os.path.join(root, "kastell.toml")
         with open(config, "w") as f:
             f.write(f'[storage.stores.cold]\nurl = "file://{root}/cold"\n'
-                    '[[lifecycle.moves]]\nname = "cool OT"\nmin_age_days = 30\nmodalities = ["OT"]\nto = "cold"\n')
+                    '[[lifecycle.moves]]\nname = "cool OT"\nmin_age_days = 30\nmodalities = ["OT"]\nto = "cold"\n'
+                    '[lifecycle.pass]\nmax_moves = 10000000\n')
         env = dict(os.environ, KASTELL_CONFIG=config, RUST_LOG="warn")
         later = (dt.date.today() + dt.timedelta(days=60)).isoformat()
 
