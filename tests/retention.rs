@@ -71,22 +71,7 @@ fn run(data: &Path, env: &[(&str, &str)], args: &[&str]) -> (bool, String, Strin
 
 /// The FHIR export of the audit trail.
 fn audit_entries(data: &Path) -> Vec<serde_json::Value> {
-    let output = cli_command(
-        &[
-            "audit",
-            "export",
-            "--since",
-            "2000-01-01",
-            "--format",
-            "fhir",
-        ],
-        data,
-    )
-    .output()
-    .expect("run kastell");
-    assert!(output.status.success());
-    let bundle: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    bundle["entry"].as_array().cloned().unwrap_or_default()
+    audit_events(data, &[])
 }
 
 fn audited(data: &Path, needle: &str) -> bool {
@@ -226,6 +211,13 @@ fn legal_holds_block_deletion_until_lifted() {
     assert!(out.contains("legal hold #1 placed"), "{out}");
     let (ok, out) = lifecycle(&server.data_dir, &["hold", "--reason", "nothing named"]);
     assert!(!ok, "{out}");
+    let too_long = "P".repeat(65);
+    let (ok, out) = lifecycle(
+        &server.data_dir,
+        &["hold", "--patient", &too_long, "--reason", "oversized"],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("1 to 64 characters"), "{out}");
 
     for study in ["23.1", "23.2"] {
         let (status, body) = delete(&server, &format!("/studies/{study}"));

@@ -103,16 +103,12 @@ pub fn start(config: &Config, tenants: Arc<Tenants>, audit: AuditLog) {
                         } else {
                             Outcome::Failure
                         },
-                        format!(
-                            "scheduled lifecycle pass: {} objects ({} bytes) moved, {} failed, {} claimed by another process, {} recovered",
-                            report.moved,
-                            report.bytes,
-                            report.failed.len(),
-                            report.claimed_elsewhere,
-                            report.recovered
-                        ),
+                        format!("scheduled lifecycle pass: {report}"),
                     ),
-                    Err(error) => (Outcome::Failure, format!("scheduled lifecycle pass failed: {error}")),
+                    Err(error) => (
+                        Outcome::Failure,
+                        format!("scheduled lifecycle pass failed: {error}"),
+                    ),
                 };
                 let quiet = matches!(&result, Ok(r) if r.moved == 0 && r.failed.is_empty() && r.recovered == 0);
                 if quiet {

@@ -125,9 +125,11 @@ pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
             reason,
             common,
         } => {
-            let config =
-                start(&merge(outer, &common), Start::writing("place a legal hold"))?.config;
-            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            let (config, tenant) = begin(
+                &merge(outer, &common),
+                Start::writing("place a legal hold"),
+                tenant,
+            )?;
             let target = match (study, patient) {
                 (Some(study), _) => HoldTarget::Study(study),
                 (None, Some(id)) => HoldTarget::Patient { id, issuer },
@@ -144,8 +146,7 @@ pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
             reason,
             common,
         } => {
-            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
-            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            let (config, tenant) = begin(&merge(outer, &common), Start::LOGGED, tenant)?;
             tokio_runtime()?.block_on(lifecycle::lift_hold(&config, &tenant, hold, &reason))?;
             println!("tenant {tenant}: legal hold #{hold} lifted");
             Ok(())
@@ -156,8 +157,7 @@ pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
             format,
             common,
         } => {
-            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
-            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            let (config, tenant) = begin(&merge(outer, &common), Start::LOGGED, tenant)?;
             let holds = tokio_runtime()?.block_on(lifecycle::holds(&config, &tenant, all))?;
             match format {
                 ReportFormat::Json => {
@@ -196,8 +196,7 @@ pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
             reason,
             common,
         } => {
-            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
-            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            let (config, tenant) = begin(&merge(outer, &common), Start::LOGGED, tenant)?;
             tokio_runtime()?.block_on(lifecycle::release(&config, &tenant, &study, &reason))?;
             println!("tenant {tenant}: study {study} released from its retention period");
             Ok(())
@@ -209,8 +208,7 @@ pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
             format,
             common,
         } => {
-            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
-            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            let (config, tenant) = begin(&merge(outer, &common), Start::LOGGED, tenant)?;
             let report = tokio_runtime()?.block_on(lifecycle::retention_report(
                 &config,
                 &tenant,
@@ -263,8 +261,7 @@ pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
             yes,
             common,
         } => {
-            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
-            let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+            let (config, tenant) = begin(&merge(outer, &common), Start::LOGGED, tenant)?;
             let runtime = tokio_runtime()?;
             if !yes {
                 let report =
@@ -304,8 +301,7 @@ pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
 }
 
 fn plan(common: &CommonArgs, tenant: Option<String>, format: ReportFormat) -> anyhow::Result<()> {
-    let config = start(common, Start::LOGGED)?.config;
-    let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+    let (config, tenant) = begin(common, Start::LOGGED, tenant)?;
     let plan = tokio_runtime()?.block_on(lifecycle::plan_moves(&config, &tenant))?;
     match format {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
@@ -331,25 +327,12 @@ fn run_pass(
     tenant: Option<String>,
     format: ReportFormat,
 ) -> anyhow::Result<()> {
-    let config = start(common, Start::LOGGED)?.config;
-    let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+    let (config, tenant) = begin(common, Start::LOGGED, tenant)?;
     let report = tokio_runtime()?.block_on(lifecycle::run_moves(&config, &tenant))?;
     match format {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         ReportFormat::Text => {
-            println!(
-                "tenant {tenant}: {} objects ({} bytes) moved, {} failed, {} claimed by another process, {} recovered{}",
-                report.moved,
-                report.bytes,
-                report.failed.len(),
-                report.claimed_elsewhere,
-                report.recovered,
-                if report.reached_limit {
-                    "; stopped at lifecycle.pass.max_moves"
-                } else {
-                    ""
-                }
-            );
+            println!("tenant {tenant}: {report}");
             for (blob, error) in &report.failed {
                 println!("  failed {blob}: {error}");
             }
@@ -360,4 +343,16 @@ fn run_pass(
     } else {
         anyhow::bail!("some objects were not moved; run the pass again")
     }
+}
+
+/// The configuration, and the tenant the command acts on (default:
+/// `keys.default_tenant`).
+fn begin(
+    common: &CommonArgs,
+    how: Start,
+    tenant: Option<String>,
+) -> anyhow::Result<(kastell::config::Config, String)> {
+    let config = start(common, how)?.config;
+    let tenant = tenant.unwrap_or_else(|| config.keys.default_tenant.clone());
+    Ok((config, tenant))
 }

@@ -169,12 +169,4 @@ impl Index {
         }
         Ok(taken)
     }
-
-    /// Every journaled move (for `kastell lifecycle status` and tests).
-    pub fn blob_moves(&self) -> Result<Vec<BlobMove>, IndexError> {
-        Ok(with_conn!(self, conn => conn.load::<BlobMove>(
-            "SELECT from_key, to_key, state, owner, lease_until_ms FROM blob_moves ORDER BY from_key",
-            &[],
-        )?))
-    }
 }

@@ -83,6 +83,20 @@ pub async fn place_hold(
     };
     let result = async {
         let why = reason(why)?;
+        // DICOM bounds what a hold can name (UI and LO: 64 characters); a longer
+        // value names nothing stored and is refused rather than kept.
+        let named = match &target {
+            HoldTarget::Study(uid) => vec![uid.as_str()],
+            HoldTarget::Patient { id, issuer } => std::iter::once(id.as_str())
+                .chain(issuer.as_deref())
+                .collect(),
+        };
+        if named
+            .iter()
+            .any(|v| v.trim().is_empty() || v.chars().count() > 64)
+        {
+            anyhow::bail!("a study UID, PatientID or issuer is 1 to 64 characters");
+        }
         if let HoldTarget::Study(uid) = &target {
             // A hold on a study names a stored one: a mistyped UID would hold nothing.
             let lookup = uid.clone();
@@ -343,13 +357,6 @@ pub async fn run_moves(
         _ => event,
     };
     audited(config, &control, event, result, |report| {
-        format!(
-            "lifecycle pass: {} objects ({} bytes) moved, {} failed, {} claimed by another process, {} left by a dead process recovered",
-            report.moved,
-            report.bytes,
-            report.failed.len(),
-            report.claimed_elsewhere,
-            report.recovered
-        )
+        format!("lifecycle pass: {report}")
     })
 }

@@ -141,6 +141,25 @@ pub struct PassReport {
     pub reached_limit: bool,
 }
 
+/// One line for operators and the audit trail: what the pass did.
+impl std::fmt::Display for PassReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} objects ({} bytes) moved, {} failed, {} claimed by another process, {} recovered",
+            self.moved,
+            self.bytes,
+            self.failed.len(),
+            self.claimed_elsewhere,
+            self.recovered
+        )?;
+        if self.reached_limit {
+            f.write_str("; stopped at lifecycle.pass.max_moves")?;
+        }
+        Ok(())
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

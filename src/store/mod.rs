@@ -175,18 +175,6 @@ impl BlobStore {
         Ok(self)
     }
 
-    /// The names of the stores: `primary`, then the named ones.
-    pub fn store_names(&self) -> Vec<String> {
-        std::iter::once(PRIMARY_STORE.to_string())
-            .chain(self.named.keys().cloned())
-            .collect()
-    }
-
-    /// Whether `store` is the primary store or a configured named one.
-    pub fn has_store(&self, store: &str) -> bool {
-        store == PRIMARY_STORE || self.named.contains_key(store)
-    }
-
     /// The backend a key's object is in.
     fn backend(&self, key: &BlobKey) -> Result<&Arc<dyn ObjectStore>, StoreError> {
         match key.store() {

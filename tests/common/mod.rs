@@ -266,6 +266,32 @@ pub fn poll<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option
     }
 }
 
+/// The audit trail of a data directory as FHIR AuditEvents (`kastell audit
+/// export --format fhir`), with extra environment `env`.
+pub fn audit_events(data_dir: &Path, env: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    let output = cli_command(
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2000-01-01",
+            "--format",
+            "fhir",
+        ],
+        data_dir,
+    )
+    .envs(env.iter().copied())
+    .output()
+    .expect("run kastell");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bundle: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    bundle["entry"].as_array().cloned().unwrap_or_default()
+}
+
 /// `kastell verify` on a data directory (with the test's index and blob store).
 pub fn verify(data_dir: &Path) -> (bool, String) {
     cli(&["verify"], data_dir)
