@@ -411,3 +411,20 @@ fn the_server_runs_passes_on_its_schedule_and_audits_them() {
     };
     wait_until("the pass is in the audit trail", audited);
 }
+
+#[test]
+fn a_pass_stops_at_its_limit_and_the_next_one_goes_on() {
+    let setup = setup("CT", "[lifecycle.pass]\nmax_moves = 2\n");
+    let server = Server::spawn(&setup.data, &setup.env(""));
+    let specs = store_series(&server, "35.1", "CT", 3);
+    let before = contents(&server, &specs);
+    let later = later();
+    let report = setup.json(&later, &["run", "--format", "json"]);
+    assert_eq!(report["moved"], 2, "{report}");
+    assert_eq!(report["reached_limit"], true, "{report}");
+    let report = setup.json(&later, &["run", "--format", "json"]);
+    assert_eq!(report["moved"], 1, "{report}");
+    assert_eq!(report["reached_limit"], false, "{report}");
+    assert_eq!(setup.cold.objects().len(), 3);
+    assert_eq!(contents(&server, &specs), before);
+}

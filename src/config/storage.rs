@@ -136,6 +136,16 @@ impl StorageConfig {
                      and not primary, instances or derived"
                 )));
             }
+            let class = &store.storage_class;
+            if class.len() > 64
+                || !class
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ConfigError::Rule(format!(
+                    "storage.stores.{name}.storage_class is a class name such as STANDARD_IA or Cool"
+                )));
+            }
             if store.url.is_empty() {
                 return Err(ConfigError::Rule(format!(
                     "storage.stores.{name}.url is empty"

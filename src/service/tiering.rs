@@ -190,10 +190,17 @@ pub async fn run_pass(
         let store = BlobKey::parse(&left.to_key).map(|k| k.store_name().to_string());
         metrics::lifecycle_moved(&tenant, &store.unwrap_or_default(), "recovered", 1);
     }
+    // At most `max_moves` objects are listed, so a pass's memory is bounded by
+    // the limit, not by the size of the archive.
+    let limit = usize::try_from(pass.max_moves).unwrap_or(usize::MAX);
     let mut wanted = Vec::new();
     each_candidate(services, |candidate| {
         if let Some(rule) = destination(rules, candidate, today) {
-            wanted.push((candidate.blob_key.clone(), rule.to.clone()));
+            if wanted.len() < limit {
+                wanted.push((candidate.blob_key.clone(), rule.to.clone()));
+            } else {
+                report.reached_limit = true;
+            }
         }
     })
     .await?;
@@ -201,10 +208,6 @@ pub async fn run_pass(
         (pass.moves_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / pass.moves_per_second));
     let mut switched = Vec::new();
     for (from, to_store) in wanted {
-        if report.moved >= pass.max_moves {
-            report.reached_limit = true;
-            break;
-        }
         let started = tokio::time::Instant::now();
         match move_one(services, &from, &to_store, owner, lease_ms).await {
             Ok(Some((to, bytes))) => {
