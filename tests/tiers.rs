@@ -428,3 +428,238 @@ fn a_pass_stops_at_its_limit_and_the_next_one_goes_on() {
     assert_eq!(setup.cold.objects().len(), 3);
     assert_eq!(contents(&server, &specs), before);
 }
+
+/// The instance objects under `prefix` in moto's bucket, with their storage class.
+fn s3_classes(endpoint: &str, bucket: &str, prefix: &str) -> BTreeMap<String, Option<String>> {
+    Cold::S3 {
+        endpoint: endpoint.into(),
+        bucket: bucket.into(),
+        prefix: prefix.into(),
+    }
+    .objects()
+}
+
+/// GET of one instance: its status, Retry-After and Warning.
+fn try_instance(server: &Server, spec: &Spec) -> (u16, Option<String>, Option<String>) {
+    let response = client()
+        .get(server.url(&format!(
+            "/studies/{}/series/{}/instances/{}",
+            spec.study, spec.series, spec.instance
+        )))
+        .header(
+            "Accept",
+            "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
+        )
+        .send()
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    (
+        response.status().as_u16(),
+        header("retry-after"),
+        header("warning"),
+    )
+}
+
+#[test]
+fn an_offline_tier_answers_503_until_restored_and_a_legal_hold_keeps_a_study_out_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Cold::S3 {
+        endpoint, bucket, ..
+    } = Cold::new(dir.path())
+    else {
+        eprintln!("skipped: offline tiers are S3 storage classes (run on moto: KASTELL_TEST_BLOB_URL, AWS_ENDPOINT_URL, KASTELL_S3_BUCKET)");
+        return;
+    };
+    let prefix = format!("glacier-{}", uuid::Uuid::new_v4().simple());
+    let data = dir.path().join("data");
+    let config = dir.path().join("kastell.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage.stores.glacier]\nurl = \"s3://{bucket}/{prefix}\"\n\
+             storage_class = \"GLACIER\"\nretry_after_secs = 7\n\
+             [[lifecycle.moves]]\nname = \"archive CT\"\nmin_age_days = 30\n\
+             modalities = [\"CT\"]\nto = \"glacier\"\n\
+             [lifecycle.restore]\npoll_secs = 3600\n"
+        ),
+    )
+    .unwrap();
+    let env = |now: &str| {
+        let mut env = vec![("KASTELL_CONFIG".to_string(), config.display().to_string())];
+        if !now.is_empty() {
+            env.push(("KASTELL__LIFECYCLE__NOW".to_string(), now.to_string()));
+        }
+        env
+    };
+    let lifecycle = |now: &str, args: &[&str]| {
+        let mut all = vec!["lifecycle"];
+        all.extend_from_slice(args);
+        let output = cli_command(&all, &data).envs(env(now)).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let json = |now: &str, args: &[&str]| -> serde_json::Value {
+        let stdout = lifecycle(now, args);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let server_env = env("");
+    let server_env: Vec<(&str, &str)> = server_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let server = Server::spawn(&data, &server_env);
+    let archived = store_series(&server, "41.1", "CT", 3);
+    let held = store_series(&server, "41.2", "CT", 2);
+    let before = contents(&server, &archived);
+    let before_held = contents(&server, &held);
+    lifecycle(
+        "",
+        &["hold", "--study", "41.2", "--reason", "litigation 7/2026"],
+    );
+
+    // The held study stays out of the offline tier: in the plan and the pass.
+    let later = later();
+    let plan = json(&later, &["plan", "--format", "json"]);
+    assert_eq!(plan["lines"][0]["objects"], 3, "{plan}");
+    assert_eq!(plan["held_back"], 2, "{plan}");
+    let report = json(&later, &["run", "--format", "json"]);
+    assert_eq!(report["moved"], 3, "{report}");
+    assert_eq!(report["held_back"], 2, "{report}");
+    assert_eq!(report["failed"], serde_json::json!([]), "{report}");
+    let objects = s3_classes(&endpoint, &bucket, &prefix);
+    assert_eq!(objects.len(), 3, "{objects:?}");
+    assert!(
+        objects.values().all(|c| c.as_deref() == Some("GLACIER")),
+        "{objects:?}"
+    );
+
+    // Retrieval waits for a restore, which the first request started.
+    let (status, retry_after, warning) = try_instance(&server, &archived[0]);
+    assert_eq!(status, 503);
+    assert_eq!(retry_after.as_deref(), Some("7"));
+    let warning = warning.unwrap_or_default();
+    assert!(
+        warning.starts_with("299 ") && warning.contains("a restore was started"),
+        "{warning}"
+    );
+    let (status, _, warning) = try_instance(&server, &archived[1]);
+    assert_eq!(status, 503);
+    assert!(
+        warning.unwrap_or_default().contains("in progress"),
+        "the second request does not start another restore"
+    );
+    // Frames wait too; the held study reads at once.
+    let frame = client()
+        .get(server.url(&format!(
+            "/studies/41.1/series/41.1.1/instances/{}/frames/1",
+            archived[0].instance
+        )))
+        .header(
+            "Accept",
+            "multipart/related; type=\"application/octet-stream\"",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(frame.status().as_u16(), 503);
+    assert_eq!(contents(&server, &held), before_held);
+
+    // Search, metadata and thumbnails never wait for a restore.
+    let search = client()
+        .get(server.url("/studies?StudyInstanceUID=41.1"))
+        .send()
+        .unwrap();
+    assert_eq!(search.status().as_u16(), 200);
+    let metadata = client()
+        .get(server.url("/studies/41.1/metadata"))
+        .header("Accept", "application/dicom+json")
+        .send()
+        .unwrap();
+    assert_eq!(metadata.status().as_u16(), 200);
+    let items: Vec<serde_json::Value> = metadata.json().unwrap();
+    assert_eq!(items.len(), 3);
+    let thumbnail = client()
+        .get(server.url("/studies/41.1/thumbnail"))
+        .header("Accept", "image/jpeg")
+        .send()
+        .unwrap();
+    assert_eq!(thumbnail.status().as_u16(), 200);
+
+    // The journal shows the study waiting; a poll finds the restores done
+    // (moto restores at once); the instances read as stored.
+    let restores = json("", &["restores", "--format", "json"]);
+    assert_eq!(
+        restores["studies"][0]["study_instance_uid"], "41.1",
+        "{restores}"
+    );
+    assert_eq!(restores["studies"][0]["waiting"], 3, "{restores}");
+    let polled = json("", &["restores", "--poll", "--format", "json"]);
+    assert_eq!(polled["poll"]["ready"], 3, "{polled}");
+    assert_eq!(polled["studies"][0]["waiting"], 0, "{polled}");
+    assert_eq!(contents(&server, &archived), before);
+
+    // `kastell lifecycle restore` is the same request from the command line
+    // (nothing new to ask for here), audited; stats name the tier.
+    let out = lifecycle("", &["restore", "--study", "41.1"]);
+    assert!(
+        out.contains("3 instances in offline tiers, 0 restores asked for"),
+        "{out}"
+    );
+    let events = serde_json::to_string(&audit_events(&data, &server_env)).unwrap();
+    assert!(
+        events.contains("restore from offline tiers: 3 instances offline"),
+        "the restore is not in the audit trail"
+    );
+    let stats = cli_command(&["stats", "--format", "json"], &data)
+        .envs(env(""))
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let glacier = stats["tenants"][0]["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["store"] == "glacier")
+        .cloned()
+        .unwrap();
+    assert_eq!(glacier["objects"], 3, "{stats}");
+    assert_eq!(glacier["offline"], true, "{stats}");
+    assert_eq!(glacier["storage_class"], "GLACIER", "{stats}");
+    let verify = cli_command(&["verify"], &data)
+        .envs(env(""))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{out}");
+    assert!(out.contains(" 0 orphaned blobs"), "{out}");
+}
+
+#[test]
+fn an_offline_class_is_refused_where_it_cannot_be_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kastell.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage.stores.deep]\nurl = \"file://{}\"\nstorage_class = \"DEEP_ARCHIVE\"\n",
+            dir.path().join("deep").display()
+        ),
+    )
+    .unwrap();
+    let output = cli_command(&["config"], &dir.path().join("data"))
+        .env("KASTELL_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("offline tier"), "{stderr}");
+}

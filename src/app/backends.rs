@@ -86,6 +86,11 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
                     &named.url,
                     &named.option_pairs(),
                     Some(named.storage_class.clone()),
+                    named.is_offline().then(|| crate::store::OfflineTier {
+                        restore_days: named.restore_days,
+                        restore_tier: named.restore_tier.clone(),
+                        retry_after: Duration::from_secs(named.restore_retry_after_secs()),
+                    }),
                     blob_retries(config),
                 )
                 .with_context(|| {
@@ -114,6 +119,12 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
             )),
             metadata_in_index: config.dicomweb.metadata_in_index,
             lifecycle: config.lifecycle.clone(),
+            lifecycle_uses_retrieval: config
+                .lifecycle
+                .all_moves()
+                .iter()
+                .any(|(_, rules)| rules.iter().any(|r| r.min_days_since_retrieval > 0)),
+            retrievals: Default::default(),
         }),
     })
 }

@@ -55,8 +55,88 @@ async fn erase_expired(
     }
 }
 
-/// Starts the passes when the configuration asks for them.
+/// Polls every tenant's restores from offline tiers, every
+/// `lifecycle.restore.poll_secs`, when a store is an offline tier.
+fn start_restore_polls(config: &Config, tenants: Arc<Tenants>) {
+    if !config.storage.stores.values().any(|s| s.is_offline()) {
+        return;
+    }
+    let every = Duration::from_secs(config.lifecycle.restore.poll_secs);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Ok(all) = tenants.all().await else {
+                continue;
+            };
+            for (tenant, services) in all {
+                match crate::service::restore::poll(&services).await {
+                    Ok(report) if report.checked > 0 => tracing::info!(
+                        %tenant, checked = report.checked, ready = report.ready,
+                        waiting = report.waiting, failed = report.failed,
+                        "restores from offline tiers checked"
+                    ),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%tenant, %error, "restores from offline tiers could not be checked")
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Counts every tenant's objects and bytes per store for `/metrics`, every
+/// `lifecycle.usage_interval_secs`.
+fn start_usage_counts(config: &Config, tenants: Arc<Tenants>) {
+    let interval = config.lifecycle.usage_interval_secs;
+    if interval == 0 {
+        return;
+    }
+    let classes: std::collections::BTreeMap<String, String> = config
+        .storage
+        .stores
+        .iter()
+        .map(|(name, store)| (name.clone(), store.storage_class.clone()))
+        .collect();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(interval));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Ok(all) = tenants.all().await else {
+                continue;
+            };
+            for (tenant, services) in all {
+                let usage = services.with_index(|index| index.usage_by_store()).await;
+                match usage {
+                    Ok(usage) => {
+                        for store in usage {
+                            let class = classes.get(&store.store).map_or("", String::as_str);
+                            crate::telemetry::metrics::store_usage(
+                                &tenant,
+                                &store.store,
+                                class,
+                                store.objects,
+                                store.bytes,
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%tenant, %error, "the objects per store could not be counted")
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Starts the passes when the configuration asks for them, the polls of
+/// restores from offline tiers and the counts of objects per store.
 pub fn start(config: &Config, tenants: Arc<Tenants>, audit: AuditLog) {
+    start_restore_polls(config, tenants.clone());
+    start_usage_counts(config, tenants.clone());
     let interval = config.lifecycle.pass.interval_secs;
     if interval == 0 {
         return;

@@ -101,7 +101,8 @@ fn coding(stored: &StoredEvent) -> Coding {
         Action::LegalHold
         | Action::LegalHoldLift
         | Action::RetentionRelease
-        | Action::LifecycleMove => (INSTANCES_ACCESSED, None, "U"),
+        | Action::LifecycleMove
+        | Action::LifecycleRestore => (INSTANCES_ACCESSED, None, "U"),
     };
     let (requester_role, server_role) = match event.action {
         // The requester sends (source), Kastell receives (destination); a query

@@ -194,6 +194,9 @@ text_enum! {
         RetentionRelease => "retention-release",
         /// A lifecycle pass moved instances between stores (`kastell lifecycle run`).
         LifecycleMove => "lifecycle-move",
+        /// The restore of a study from an offline tier asked for (`kastell
+        /// lifecycle restore`, or a retrieval that needed it).
+        LifecycleRestore => "lifecycle-restore",
     }
 }
 

@@ -60,6 +60,12 @@ pub fn verify(common: &CommonArgs) -> anyhow::Result<()> {
         report.failed.len(),
         report.orphans.len()
     );
+    if report.archived > 0 {
+        println!(
+            "  {} of them in offline tiers, not restored: their size checked, not their content",
+            report.archived
+        );
+    }
     for (blob, error) in &report.failed {
         println!("  FAILED {blob}: {error}");
     }

@@ -103,6 +103,28 @@ pub enum LifecycleAction {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Ask for the restore of a study's instances in offline tiers (S3
+    /// Glacier, Deep Archive); retrievals serve them once restored. Audited.
+    Restore {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        study: String,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// The restores asked for, by study: objects waiting and ready. With
+    /// --poll, checks those waiting first (as the server does on its schedule).
+    Restores {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        poll: bool,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
     /// Delete every study whose retention period has ended and that no hold
     /// covers, each deletion audited. Without --yes, only says what it would do.
     EraseExpired {
@@ -256,6 +278,57 @@ pub fn run(outer: &CommonArgs, action: LifecycleAction) -> anyhow::Result<()> {
             format,
             common,
         } => run_pass(&merge(outer, &common), tenant, format),
+        LifecycleAction::Restore {
+            tenant,
+            study,
+            common,
+        } => {
+            let (config, tenant) = begin(&merge(outer, &common), Start::LOGGED, tenant)?;
+            let asked =
+                tokio_runtime()?.block_on(lifecycle::restore_study(&config, &tenant, &study))?;
+            println!(
+                "tenant {tenant}: study {study}: {} instances in offline tiers, {} restores asked for",
+                asked.offline, asked.journaled
+            );
+            Ok(())
+        }
+        LifecycleAction::Restores {
+            tenant,
+            poll,
+            format,
+            common,
+        } => {
+            let (config, tenant) = begin(&merge(outer, &common), Start::LOGGED, tenant)?;
+            let (studies, report) =
+                tokio_runtime()?.block_on(lifecycle::restores(&config, &tenant, poll))?;
+            match format {
+                ReportFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "poll": report, "studies": studies })
+                    )?
+                ),
+                ReportFormat::Text => {
+                    if let Some(report) = report {
+                        println!(
+                            "checked {}: {} ready, {} waiting, {} failed; {} journal rows pruned",
+                            report.checked,
+                            report.ready,
+                            report.waiting,
+                            report.failed,
+                            report.pruned
+                        );
+                    }
+                    for study in &studies {
+                        println!(
+                            "{}: {} waiting, {} ready",
+                            study.study_instance_uid, study.waiting, study.ready
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
         LifecycleAction::EraseExpired {
             tenant,
             yes,
@@ -317,6 +390,12 @@ fn plan(common: &CommonArgs, tenant: Option<String>, format: ReportFormat) -> an
                 plan.lines.iter().map(|l| l.objects).sum::<u64>(),
                 plan.monthly_cost_change
             );
+            if plan.held_back > 0 {
+                println!(
+                    "{} objects a rule sends to an offline tier stay: legal holds cover them",
+                    plan.held_back
+                );
+            }
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LifecycleConfig {
     /// The retention of every tenant that has none of its own below.
@@ -23,6 +23,53 @@ pub struct LifecycleConfig {
     pub moves: Vec<MoveRule>,
     /// How lifecycle passes run.
     pub pass: PassConfig,
+    /// How instances in offline tiers are restored.
+    pub restore: RestoreConfig,
+    /// Seconds between two counts of each tenant's objects and bytes per
+    /// store for `/metrics` (`kastell.store.objects`, `kastell.store.bytes`;
+    /// one grouped query per tenant); 0: not counted.
+    pub usage_interval_secs: u64,
+}
+
+/// Restores from offline tiers (S3 Glacier Flexible Retrieval, Deep Archive).
+/// A retrieval of an archived instance asks for the restore of its whole study
+/// and answers 503 with `Retry-After`; the server checks the restores in
+/// progress every `poll_secs` and serves the instances once they are back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreConfig {
+    /// Seconds between two checks of the restores in progress.
+    pub poll_secs: u64,
+    /// Objects of one tenant being restored at a time, at most: a restore costs
+    /// money, so retrievals cannot start unbounded ones (beyond, 503 without a
+    /// new restore until some finish).
+    pub max_pending_objects: u64,
+    /// Restore requests (or status checks) sent to the store at once.
+    pub concurrency: usize,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        Self {
+            poll_secs: 60,
+            max_pending_objects: 100_000,
+            concurrency: 8,
+        }
+    }
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            retention: Default::default(),
+            tenants: Default::default(),
+            now: String::new(),
+            moves: Vec::new(),
+            pass: Default::default(),
+            restore: Default::default(),
+            usage_interval_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -51,6 +98,9 @@ pub struct MoveRule {
     pub sop_classes: Vec<String>,
     /// Stored size in bytes, at least.
     pub min_size_bytes: u64,
+    /// Days since the study was last retrieved (WADO), at least; a study never
+    /// retrieved counts from when the instance was received. 0: no condition.
+    pub min_days_since_retrieval: u32,
     pub to: String,
 }
 
@@ -198,6 +248,14 @@ impl LifecycleConfig {
                     )));
                 }
             }
+        }
+        if self.restore.poll_secs == 0
+            || self.restore.concurrency == 0
+            || self.restore.concurrency > 256
+        {
+            return Err(ConfigError::Rule(
+                "lifecycle.restore: poll_secs above 0, concurrency 1 to 256".into(),
+            ));
         }
         if !(self.pass.moves_per_second >= 0.0 && self.pass.moves_per_second.is_finite())
             || self.pass.lease_secs == 0

@@ -44,7 +44,7 @@ pub use lifecycle::{
 pub use limits::LimitsConfig;
 pub use server::ServerConfig;
 pub use sovereignty::{BlobStorePolicy, EventDestinationPolicy, Location, SovereigntyConfig};
-pub use storage::{NamedStoreConfig, StorageConfig};
+pub use storage::{NamedStoreConfig, StorageConfig, OFFLINE_S3_CLASSES};
 pub use telemetry::{LogConfig, LogFormat, TelemetryConfig};
 
 /// Prefix of every environment variable that sets a config key.

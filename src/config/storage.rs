@@ -49,7 +49,7 @@ pub struct StorageConfig {
 }
 
 /// One named blob store.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NamedStoreConfig {
     /// As `storage.blob_url`: `file:///dir`, `s3://bucket/prefix`, `az://…`, `gs://…`.
@@ -59,10 +59,21 @@ pub struct NamedStoreConfig {
     /// The storage class objects are written with: an S3 storage class
     /// (`STANDARD_IA`, `GLACIER_IR`, …), an Azure access tier (`Cool`, `Cold`),
     /// a GCS class (`NEARLINE`, `COLDLINE`); empty: the bucket's default.
-    /// Only instant-access classes: objects that must be restored before they
-    /// can be read (S3 Glacier Flexible Retrieval, Deep Archive, Azure
-    /// Archive) are not supported yet.
+    /// `GLACIER` (Glacier Flexible Retrieval) and `DEEP_ARCHIVE` make an
+    /// offline S3 tier: its objects are restored before they can be read
+    /// (retrieval answers 503 with `Retry-After` meanwhile; see `restore_days`).
+    /// Azure's `Archive` tier is not supported (rehydration is not built).
     pub storage_class: String,
+    /// Offline tiers: days a restored copy stays readable (S3 RestoreObject
+    /// `Days`).
+    pub restore_days: u32,
+    /// Offline tiers: the S3 retrieval tier of restores (`Expedited`,
+    /// `Standard` or `Bulk`: faster costs more).
+    pub restore_tier: String,
+    /// Offline tiers: the `Retry-After` of a retrieval that waits for a restore,
+    /// in seconds; 0: what the class and tier usually take (Glacier Standard
+    /// some 4 hours, Deep Archive 12).
+    pub retry_after_secs: u64,
     /// What a GB-month costs here (see `storage.price_per_gb_month`).
     pub price_per_gb_month: f64,
     /// Where the store is and who runs it (the sovereignty policy: it holds
@@ -71,7 +82,46 @@ pub struct NamedStoreConfig {
     pub location: Option<Location>,
 }
 
+impl Default for NamedStoreConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            options: Default::default(),
+            storage_class: String::new(),
+            restore_days: 7,
+            restore_tier: "Standard".into(),
+            retry_after_secs: 0,
+            price_per_gb_month: 0.0,
+            location: None,
+        }
+    }
+}
+
+/// The S3 storage classes whose objects must be restored before a read.
+pub const OFFLINE_S3_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
+
 impl NamedStoreConfig {
+    /// Whether the store's objects must be restored before they can be read.
+    pub fn is_offline(&self) -> bool {
+        OFFLINE_S3_CLASSES.contains(&self.storage_class.as_str())
+            || self.storage_class.eq_ignore_ascii_case("archive")
+    }
+
+    /// The `Retry-After` of a retrieval waiting for this store's restore.
+    pub fn restore_retry_after_secs(&self) -> u64 {
+        if self.retry_after_secs > 0 {
+            return self.retry_after_secs;
+        }
+        let hours = match (self.storage_class.as_str(), self.restore_tier.as_str()) {
+            (_, "Expedited") => 1,
+            ("DEEP_ARCHIVE", "Bulk") => 48,
+            ("DEEP_ARCHIVE", _) => 12,
+            (_, "Bulk") => 12,
+            _ => 4,
+        };
+        hours * 3600
+    }
+
     pub fn option_pairs(&self) -> Vec<(String, String)> {
         self.options
             .iter()
@@ -145,6 +195,25 @@ impl StorageConfig {
                 return Err(ConfigError::Rule(format!(
                     "storage.stores.{name}.storage_class is a class name such as STANDARD_IA or Cool"
                 )));
+            }
+            if store.is_offline() {
+                let s3 = store.url.starts_with("s3://") || store.url.starts_with("s3a://");
+                if !s3 {
+                    return Err(ConfigError::Rule(format!(
+                        "storage.stores.{name}: storage_class {:?} is an offline tier, which \
+                         Kastell restores on S3 only (Azure Archive rehydration is not built); \
+                         use an instant-access tier such as Cold",
+                        store.storage_class
+                    )));
+                }
+                if !["Expedited", "Standard", "Bulk"].contains(&store.restore_tier.as_str())
+                    || !(1..=3650).contains(&store.restore_days)
+                {
+                    return Err(ConfigError::Rule(format!(
+                        "storage.stores.{name}: restore_tier is Expedited, Standard or Bulk \
+                         and restore_days 1 to 3650"
+                    )));
+                }
             }
             if store.url.is_empty() {
                 return Err(ConfigError::Rule(format!(

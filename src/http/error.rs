@@ -115,6 +115,14 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs() {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
+        if let ApiError::Service(error) = self {
+            if let Some(warning) = error.warning() {
+                let value = format!("299 kastell \"{warning}\"");
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    response.insert_header((header::WARNING, value));
+                }
+            }
+        }
         if let ApiError::RangeNotSatisfiable(total) = self {
             response.insert_header((header::CONTENT_RANGE, format!("bytes */{total}")));
         }

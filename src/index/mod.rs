@@ -28,6 +28,7 @@ pub mod protection;
 pub mod qido;
 mod read;
 mod records;
+pub mod restores;
 pub mod sql;
 pub mod stats;
 pub mod tenants;

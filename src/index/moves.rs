@@ -27,6 +27,11 @@ pub struct MoveCandidate {
     pub modality: Option<String>,
     #[diesel(sql_type = Text)]
     pub sop_class_uid: String,
+    #[diesel(sql_type = Text)]
+    pub study_instance_uid: String,
+    /// The day the study was last retrieved (`YYYYMMDD`), when noted.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_retrieved_on: Option<String>,
 }
 
 /// A journal row.
@@ -56,7 +61,8 @@ impl Index {
         let mut sql = SqlBuilder::new();
         sql.push(
             "SELECT i.instance_pk, i.blob_key, CAST(i.blob_size AS BIGINT) AS blob_size, \
-             i.created_at AS received_at, st.study_date, se.modality, i.sop_class_uid \
+             i.created_at AS received_at, st.study_date, se.modality, i.sop_class_uid, \
+             st.study_instance_uid, st.last_retrieved_on \
              FROM instances i JOIN series se ON se.series_pk = i.series_fk \
              JOIN studies st ON st.study_pk = se.study_fk WHERE i.instance_pk > ",
         )

@@ -360,3 +360,53 @@ pub async fn run_moves(
         format!("lifecycle pass: {report}")
     })
 }
+
+/// Asks for the restore of `study`'s instances in offline tiers (the
+/// requests sent before returning); audited.
+pub async fn restore_study(
+    config: &Config,
+    tenant: &str,
+    study: &str,
+) -> anyhow::Result<crate::service::restore::StudyRestore> {
+    let (services, control) = tenant_services(config, tenant).await?;
+    let result = crate::service::restore::request_study(&services, study, true)
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|asked| {
+            if asked.queue_full {
+                anyhow::bail!(
+                    "not started: the tenant has lifecycle.restore.max_pending_objects restores waiting"
+                )
+            }
+            Ok(asked)
+        });
+    let mut event = AuditEvent::cli(tenant, Action::LifecycleRestore, Outcome::Success);
+    event.study_uid = Some(study.to_string());
+    audited(config, &control, event, result, |asked| {
+        format!(
+            "restore from offline tiers: {} instances offline, {} restores asked for",
+            asked.offline, asked.journaled
+        )
+    })
+}
+
+/// The restores of `tenant` by study; with `poll`, after checking those not
+/// ready (what the server does every `lifecycle.restore.poll_secs`).
+pub async fn restores(
+    config: &Config,
+    tenant: &str,
+    poll: bool,
+) -> anyhow::Result<(
+    Vec<crate::index::restores::StudyRestores>,
+    Option<crate::service::restore::PollReport>,
+)> {
+    let (services, _) = tenant_services(config, tenant).await?;
+    let report = match poll {
+        true => Some(crate::service::restore::poll(&services).await?),
+        false => None,
+    };
+    let studies = services
+        .with_index(|index| index.restores_by_study(1000))
+        .await?;
+    Ok((studies, report))
+}

@@ -33,7 +33,12 @@ pub async fn collect(config: &Config, list_blobs: bool) -> anyhow::Result<StatsR
     } in indexes
     {
         let stats = index.stats()?;
-        let stores = index.usage_by_store()?;
+        let stores = index
+            .usage_by_store()?
+            .into_iter()
+            .map(|usage| StoreStats::of(config, usage))
+            .collect();
+        let restores_waiting = index.restores_waiting()?;
         if index.dialect() == Dialect::Sqlite {
             sqlite_bytes += index.database_bytes()?;
         }
@@ -42,6 +47,7 @@ pub async fn collect(config: &Config, list_blobs: bool) -> anyhow::Result<StatsR
             status,
             stats,
             stores,
+            restores_waiting,
         });
     }
     let (database, bytes) = match control.dialect() {
@@ -107,7 +113,35 @@ pub struct TenantStats {
     #[serde(flatten)]
     pub stats: IndexStats,
     /// Instances and bytes per store (issue 15: rules move them as they age).
-    pub stores: Vec<StoreUsage>,
+    pub stores: Vec<StoreStats>,
+    /// Objects whose restore from an offline tier is not finished.
+    pub restores_waiting: i64,
+}
+
+/// What a tenant keeps in one store.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreStats {
+    /// `primary` or the name of a store in `storage.stores`.
+    pub store: String,
+    /// The store's storage class (tier); empty: the backend's default.
+    pub storage_class: String,
+    /// Whether its objects must be restored before they are read.
+    pub offline: bool,
+    pub objects: i64,
+    pub bytes: i64,
+}
+
+impl StoreStats {
+    fn of(config: &Config, usage: StoreUsage) -> Self {
+        let named = config.storage.stores.get(&usage.store);
+        Self {
+            storage_class: named.map(|s| s.storage_class.clone()).unwrap_or_default(),
+            offline: named.is_some_and(|s| s.is_offline()),
+            store: usage.store,
+            objects: usage.objects,
+            bytes: usage.bytes,
+        }
+    }
 }
 
 impl StatsReport {
@@ -191,18 +225,30 @@ impl fmt::Display for StatsReport {
             writeln!(f)?;
             writeln!(
                 f,
-                "{:<20} {:<12} {:>10} {:>14}",
-                "tenant", "store", "instances", "bytes"
+                "{:<20} {:<12} {:<14} {:>10} {:>14}",
+                "tenant", "store", "class", "instances", "bytes"
             )?;
             for tenant in &self.tenants {
                 for store in &tenant.stores {
                     writeln!(
                         f,
-                        "{:<20} {:<12} {:>10} {:>14}",
+                        "{:<20} {:<12} {:<14} {:>10} {:>14}",
                         tenant.name,
                         store.store,
+                        if store.offline {
+                            format!("{} (offline)", store.storage_class)
+                        } else {
+                            store.storage_class.clone()
+                        },
                         store.objects,
                         bytes(store.bytes)
+                    )?;
+                }
+                if tenant.restores_waiting > 0 {
+                    writeln!(
+                        f,
+                        "{:<20} {} objects waiting for their restore from an offline tier",
+                        tenant.name, tenant.restores_waiting
                     )?;
                 }
             }

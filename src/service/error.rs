@@ -30,6 +30,13 @@ pub enum ServiceError {
     /// A shared budget (decoding memory) is spent: try again later (503).
     #[error("the server is busy; try again later")]
     Busy { retry_after_secs: u64 },
+    /// What the request reads is in an offline tier and not restored yet:
+    /// 503 with `Retry-After` and a `Warning` saying where the restore stands.
+    #[error("the requested data is in an offline archive tier")]
+    Archived {
+        retry_after_secs: u64,
+        state: super::restore::Waiting,
+    },
     /// The tenant exists but is disabled.
     #[error("this tenant is disabled")]
     TenantDisabled,
@@ -72,6 +79,8 @@ impl ServiceError {
         match self {
             ServiceError::TooLarge(_) => 400,
             ServiceError::Busy { .. } => 503,
+            ServiceError::Archived { .. } => 503,
+            ServiceError::Store(StoreError::Archived) => 503,
             ServiceError::NotFound(_) => 404,
             ServiceError::Gone(_) => 410,
             ServiceError::NotAcceptable(_) => 406,
@@ -103,6 +112,9 @@ impl ServiceError {
             ServiceError::NotAcceptable(why) => why.clone(),
             ServiceError::TenantDisabled => "this tenant is disabled".into(),
             ServiceError::TooLarge(_) | ServiceError::Busy { .. } => self.to_string(),
+            ServiceError::Archived { .. } | ServiceError::Store(StoreError::Archived) => self
+                .warning()
+                .unwrap_or_else(|| "the requested data is in an offline archive tier".into()),
             ServiceError::Dicom(
                 error @ (DicomError::OutsideImage | DicomError::CannotDecode(_)),
             ) => error.to_string(),
@@ -123,10 +135,38 @@ impl ServiceError {
     /// [`OUTAGE_RETRY_AFTER_SECS`].
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            ServiceError::Busy { retry_after_secs } => Some(*retry_after_secs),
+            ServiceError::Busy { retry_after_secs }
+            | ServiceError::Archived {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ if self.status() == 503 => Some(OUTAGE_RETRY_AFTER_SECS),
             _ => None,
         }
+    }
+
+    /// The text of the `Warning` header that explains a 503 for data in an
+    /// offline tier (RFC 7234 warn-code 299, as PS3.18 uses it).
+    pub fn warning(&self) -> Option<String> {
+        use super::restore::Waiting;
+        let text = match self {
+            ServiceError::Archived { state, .. } => match state {
+                Waiting::Started => {
+                    "The requested data is in an offline archive tier; a restore was started"
+                }
+                Waiting::InProgress => {
+                    "The requested data is in an offline archive tier; its restore is in progress"
+                }
+                Waiting::QueueFull => {
+                    "The requested data is in an offline archive tier; too many restores are \
+                     waiting, so none was started: retry later"
+                }
+            },
+            ServiceError::Store(StoreError::Archived) => {
+                "The requested data is in an offline archive tier and was not restored"
+            }
+            _ => return None,
+        };
+        Some(text.to_string())
     }
 
     /// The failure reason of a Store Instances Response for an instance this

@@ -9,6 +9,7 @@ pub mod events;
 pub mod qido;
 pub mod render;
 pub mod request;
+pub mod restore;
 pub mod retention;
 pub mod stow;
 pub mod tenants;
@@ -45,6 +46,11 @@ pub struct ServiceSettings {
     pub metadata_in_index: bool,
     /// Retention rules and the lifecycle clock (`[lifecycle]`).
     pub lifecycle: crate::config::LifecycleConfig,
+    /// Whether a move rule looks at the time since a study's last retrieval
+    /// (then retrievals note the day: see `restore::note_retrieved`).
+    pub lifecycle_uses_retrieval: bool,
+    /// The studies noted as retrieved today.
+    pub retrievals: Arc<restore::RetrievalMarks>,
 }
 
 /// A byte budget shared by every decoding in flight (rendering, transcoding):

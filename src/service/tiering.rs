@@ -35,6 +35,11 @@ pub fn destination<'r>(
         .study_date
         .as_deref()
         .and_then(|d| NaiveDate::parse_from_str(d.trim(), "%Y%m%d").ok());
+    let retrieved = candidate
+        .last_retrieved_on
+        .as_deref()
+        .and_then(|d| NaiveDate::parse_from_str(d.trim(), "%Y%m%d").ok())
+        .or(received);
     let days_since = |day: Option<NaiveDate>| day.map(|d| (today - d).num_days());
     let listed = |wanted: &[String], value: Option<&str>| {
         wanted.is_empty()
@@ -47,6 +52,9 @@ pub fn destination<'r>(
             && listed(&rule.modalities, candidate.modality.as_deref())
             && listed(&rule.sop_classes, Some(&candidate.sop_class_uid))
             && u64::try_from(candidate.blob_size).unwrap_or(0) >= rule.min_size_bytes
+            && (rule.min_days_since_retrieval == 0
+                || days_since(retrieved)
+                    .is_some_and(|d| d >= i64::from(rule.min_days_since_retrieval)))
     })?;
     let here = BlobKey::parse(&candidate.blob_key)
         .map(|key| key.store_name().to_string())
@@ -71,6 +79,30 @@ pub struct Plan {
     pub lines: Vec<PlanLine>,
     /// Negative: a saving. 0 when no prices are configured.
     pub monthly_cost_change: f64,
+    /// Objects a rule would send to an offline tier that a legal hold keeps
+    /// where they are.
+    pub held_back: u64,
+}
+
+/// Remembers, per study, whether a legal hold covers it (one lookup per study
+/// and pass): a held study does not go to an offline tier, where it could not
+/// be produced at once.
+#[derive(Default)]
+struct Holds(std::collections::HashMap<String, bool>);
+
+impl Holds {
+    async fn covers(&mut self, services: &Services, study: &str) -> Result<bool, ServiceError> {
+        if let Some(held) = self.0.get(study) {
+            return Ok(*held);
+        }
+        let uid = study.to_string();
+        let held = services
+            .with_index(move |index| index.study_facts(&uid))
+            .await?
+            .is_some_and(|facts| !facts.holds.is_empty());
+        self.0.insert(study.to_string(), held);
+        Ok(held)
+    }
 }
 
 /// The plan of `services`' tenant under `rules` as of `today`; `prices` per GB-month by store.
@@ -81,8 +113,22 @@ pub async fn plan(
     prices: &BTreeMap<String, f64>,
 ) -> Result<Plan, ServiceError> {
     let mut lines: BTreeMap<(String, String, String), PlanLine> = BTreeMap::new();
-    each_candidate(services, |candidate| {
-        if let Some(rule) = destination(rules, candidate, today) {
+    let mut holds = Holds::default();
+    let mut held_back = 0;
+    let mut after = 0;
+    while let Some(page) = next_page(services, &mut after).await? {
+        for candidate in &page {
+            let Some(rule) = destination(rules, candidate, today) else {
+                continue;
+            };
+            if services.store.is_offline_store(&rule.to)
+                && holds
+                    .covers(services, &candidate.study_instance_uid)
+                    .await?
+            {
+                held_back += 1;
+                continue;
+            }
             let from = BlobKey::parse(&candidate.blob_key)
                 .map(|k| k.store_name().to_string())
                 .unwrap_or_else(|_| PRIMARY_STORE.to_string());
@@ -97,8 +143,7 @@ pub async fn plan(
             line.objects += 1;
             line.bytes += u64::try_from(candidate.blob_size).unwrap_or(0);
         }
-    })
-    .await?;
+    }
     let price = |store: &str| prices.get(store).copied().unwrap_or(0.0);
     let monthly_cost_change = lines
         .values()
@@ -107,24 +152,27 @@ pub async fn plan(
     Ok(Plan {
         lines: lines.into_values().collect(),
         monthly_cost_change,
+        held_back,
     })
 }
 
-async fn each_candidate(
+/// The next page of instances after `after` (moved on), None past the last.
+async fn next_page(
     services: &Services,
-    mut visit: impl FnMut(&MoveCandidate),
-) -> Result<(), ServiceError> {
-    let mut after = 0;
-    loop {
-        let page = services
-            .with_index(move |index| index.move_candidates(after, PAGE))
-            .await?;
-        page.iter().for_each(&mut visit);
-        match page.last() {
-            Some(last) if page.len() as i64 == PAGE => after = last.instance_pk,
-            _ => return Ok(()),
-        }
+    after: &mut i64,
+) -> Result<Option<Vec<MoveCandidate>>, ServiceError> {
+    if *after < 0 {
+        return Ok(None);
     }
+    let from = *after;
+    let page = services
+        .with_index(move |index| index.move_candidates(from, PAGE))
+        .await?;
+    *after = match page.last() {
+        Some(last) if page.len() as i64 == PAGE => last.instance_pk,
+        _ => -1,
+    };
+    Ok((!page.is_empty()).then_some(page))
 }
 
 /// What one pass did.
@@ -139,6 +187,10 @@ pub struct PassReport {
     pub failed: Vec<(String, String)>,
     /// The pass stopped at `lifecycle.pass.max_moves`.
     pub reached_limit: bool,
+    /// Moves to an offline tier a legal hold kept back.
+    pub held_back: u64,
+    /// Moves out of an offline tier waiting for their restore (asked for).
+    pub restoring: u64,
 }
 
 /// One line for operators and the audit trail: what the pass did.
@@ -153,6 +205,12 @@ impl std::fmt::Display for PassReport {
             self.claimed_elsewhere,
             self.recovered
         )?;
+        if self.held_back > 0 {
+            write!(f, ", {} held back by legal holds", self.held_back)?;
+        }
+        if self.restoring > 0 {
+            write!(f, ", {} waiting for their restore", self.restoring)?;
+        }
         if self.reached_limit {
             f.write_str("; stopped at lifecycle.pass.max_moves")?;
         }
@@ -194,29 +252,58 @@ pub async fn run_pass(
     // the limit, not by the size of the archive.
     let limit = usize::try_from(pass.max_moves).unwrap_or(usize::MAX);
     let mut wanted = Vec::new();
-    each_candidate(services, |candidate| {
-        if let Some(rule) = destination(rules, candidate, today) {
-            if wanted.len() < limit {
-                wanted.push((candidate.blob_key.clone(), rule.to.clone()));
-            } else {
+    let mut holds = Holds::default();
+    let mut after = 0;
+    'pages: while let Some(page) = next_page(services, &mut after).await? {
+        for candidate in page {
+            let Some(rule) = destination(rules, &candidate, today) else {
+                continue;
+            };
+            let offline = services.store.is_offline_store(&rule.to);
+            if offline
+                && holds
+                    .covers(services, &candidate.study_instance_uid)
+                    .await?
+            {
+                report.held_back += 1;
+                continue;
+            }
+            if wanted.len() == limit {
                 report.reached_limit = true;
+                break 'pages;
+            }
+            wanted.push(Wanted {
+                from: candidate.blob_key,
+                to_store: rule.to.clone(),
+                study: candidate.study_instance_uid,
+                offline,
+            });
+        }
+    }
+    // What a viewer lists and previews of a study (series metadata, thumbnails)
+    // is built in the hot store before the study's instances go offline.
+    let mut prepared = std::collections::HashSet::new();
+    for want in wanted.iter().filter(|w| w.offline) {
+        if prepared.insert(want.study.clone()) {
+            if let Err(error) = super::events::jobs::precompute(services, &want.study).await {
+                tracing::warn!(%error, "the metadata and thumbnails of a study going offline could not be built ahead");
             }
         }
-    })
-    .await?;
+    }
     let pause =
         (pass.moves_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / pass.moves_per_second));
     let mut switched = Vec::new();
-    for (from, to_store) in wanted {
+    for Wanted { from, to_store, .. } in wanted {
         let started = tokio::time::Instant::now();
         match move_one(services, &from, &to_store, owner, lease_ms).await {
-            Ok(Some((to, bytes))) => {
+            Ok(Moved::Switched(to, bytes)) => {
                 metrics::lifecycle_moved(&tenant, &to_store, "moved", 1);
                 report.moved += 1;
                 report.bytes += bytes;
                 switched.push((from, to));
             }
-            Ok(None) => report.claimed_elsewhere += 1,
+            Ok(Moved::Elsewhere) => report.claimed_elsewhere += 1,
+            Ok(Moved::Restoring) => report.restoring += 1,
             Err(error) => {
                 metrics::lifecycle_moved(&tenant, &to_store, "failed", 1);
                 tracing::warn!(blob = %from, %error, "lifecycle move failed");
@@ -235,14 +322,33 @@ pub async fn run_pass(
     Ok(report)
 }
 
-/// Moves one object; None when another process holds its move (or it is gone).
+/// An object a pass moves.
+struct Wanted {
+    from: String,
+    to_store: String,
+    study: String,
+    /// Its destination is an offline tier.
+    offline: bool,
+}
+
+/// What became of one move.
+enum Moved {
+    /// The index points at the copy (its key) of this many bytes.
+    Switched(String, u64),
+    /// Another process holds its move, or it is gone.
+    Elsewhere,
+    /// It is in an offline tier: its restore was asked for, a later pass moves it.
+    Restoring,
+}
+
+/// Moves one object.
 async fn move_one(
     services: &Services,
     from: &str,
     to_store: &str,
     owner: &str,
     lease_ms: i64,
-) -> Result<Option<(String, u64)>, ServiceError> {
+) -> Result<Moved, ServiceError> {
     let from_key = BlobKey::parse(from)?;
     let to_key = from_key.in_store(Some(to_store));
     let (f, t, o) = (from.to_string(), to_key.to_string(), owner.to_string());
@@ -251,17 +357,51 @@ async fn move_one(
         .with_index(move |index| index.claim_move(&f, &t, &o, lease_until))
         .await?;
     if !claimed {
-        return Ok(None);
+        return Ok(Moved::Elsewhere);
     }
     let copied = async {
-        services.store.copy_object(&from_key, &to_key).await?;
-        services.store.check_decrypts(&to_key).await
+        if services.store.is_offline(&to_key) {
+            // A copy in an offline tier cannot be read back: the source is
+            // read whole (it must decrypt) and the copy must have its size.
+            services.store.check_decrypts(&from_key).await?;
+            let bytes = services.store.copy_object(&from_key, &to_key).await?;
+            let stored = services.store.stored_size(&to_key).await?;
+            if stored != bytes {
+                return Err(crate::store::StoreError::Integrity(
+                    "the copy in the offline tier does not have the size of its source",
+                ));
+            }
+            Ok(bytes)
+        } else {
+            let bytes = services.store.copy_object(&from_key, &to_key).await?;
+            services.store.check_decrypts(&to_key).await?;
+            Ok(bytes)
+        }
     }
     .await;
-    if let Err(error) = copied {
-        undo(services, from, &to_key).await;
-        return Err(error.into());
-    }
+    let bytes = match copied {
+        Ok(bytes) => bytes,
+        Err(crate::store::StoreError::Archived) => {
+            // Leaving an offline tier starts with a restore.
+            undo(services, from, &to_key).await;
+            let key = from.to_string();
+            let study = services
+                .with_index(move |index| index.study_of_blob(&key))
+                .await?;
+            if let Some(study) = study {
+                let objects = vec![(from.to_string(), study)];
+                let now = super::restore::now_ms();
+                services
+                    .with_index(move |index| index.journal_restores(&objects, now))
+                    .await?;
+            }
+            return Ok(Moved::Restoring);
+        }
+        Err(error) => {
+            undo(services, from, &to_key).await;
+            return Err(error.into());
+        }
+    };
     let (f, t, o) = (from.to_string(), to_key.to_string(), owner.to_string());
     let switched = services
         .with_index(move |index| index.switch_move(&f, &t, &o))
@@ -269,10 +409,9 @@ async fn move_one(
     if !switched {
         // Deleted or replaced meanwhile: the copy is not needed.
         undo(services, from, &to_key).await;
-        return Ok(None);
+        return Ok(Moved::Elsewhere);
     }
-    let bytes = services.store.size(&to_key).await.unwrap_or(0);
-    Ok(Some((to_key.to_string(), bytes)))
+    Ok(Moved::Switched(to_key.to_string(), bytes))
 }
 
 /// Removes a copy the index does not point at, and the journal row.
@@ -326,6 +465,8 @@ mod tests {
             study_date: Some("20200101".into()),
             modality: Some(modality.into()),
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            study_instance_uid: "1.2.3".into(),
+            last_retrieved_on: None,
         }
     }
 
@@ -390,6 +531,26 @@ mod tests {
             destination(&[by_study_date], &candidate(KEY, "2024-05-01", "MR"), today),
             None
         );
+    }
+
+    #[test]
+    fn a_rule_on_the_last_retrieval_counts_from_it_or_from_the_reception() {
+        let today = NaiveDate::from_ymd_opt(2024, 6, 1).unwrap();
+        let mut unread = rule("unread", 0, "cold");
+        unread.min_days_since_retrieval = 90;
+        let rules = [unread];
+        // Received a year ago, never retrieved: moves.
+        let mut old = candidate(KEY, "2023-06-01", "CT");
+        assert!(destination(&rules, &old, today).is_some());
+        // Retrieved last month: stays.
+        old.last_retrieved_on = Some("20240501".into());
+        assert_eq!(destination(&rules, &old, today), None);
+        // Retrieved half a year ago: moves.
+        old.last_retrieved_on = Some("20231201".into());
+        assert!(destination(&rules, &old, today).is_some());
+        // Received last month, never retrieved: stays.
+        let young = candidate(KEY, "2024-05-01", "CT");
+        assert_eq!(destination(&rules, &young, today), None);
     }
 
     #[test]

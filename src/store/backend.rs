@@ -100,6 +100,40 @@ pub fn backend_from_url(
     }
 }
 
+/// An S3 store's own client (not behind `dyn ObjectStore`: offline tiers need
+/// its credentials and signer), its region and the prefix of `url`.
+pub(super) fn s3_client(
+    url: &str,
+    options: &[(String, String)],
+    retries: Retries,
+) -> Result<(object_store::aws::AmazonS3, String, ObjectPath), StoreError> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    let parsed = url::Url::parse(url)
+        .map_err(|_| StoreError::UnsupportedUrl(crate::redact::redact_url(url)))?;
+    if !matches!(parsed.scheme(), "s3" | "s3a") {
+        return Err(StoreError::UnsupportedUrl(crate::redact::redact_url(url)));
+    }
+    let mut settings = environment_settings();
+    settings.extend(options.iter().cloned());
+    let builder = settings.iter().fold(
+        AmazonS3Builder::new().with_url(parsed.as_str()),
+        |builder, (key, value)| match key.parse() {
+            Ok(key) => builder.with_config(key, value),
+            Err(_) => builder,
+        },
+    );
+    let region = builder
+        .get_config_value(&AmazonS3ConfigKey::Region)
+        .unwrap_or_else(|| "us-east-1".into());
+    let s3 = builder
+        .with_retry(retries.config())
+        .build()
+        .map_err(StoreError::Backend)?;
+    let prefix = ObjectPath::parse(parsed.path().trim_start_matches('/'))
+        .map_err(|_| StoreError::UnsupportedUrl(crate::redact::redact_url(url)))?;
+    Ok((s3, region, prefix))
+}
+
 /// The cloud backends' settings from the conventional environment variables
 /// (`AWS_*`, `AZURE_*`, `GOOGLE_*`), names lower-cased into object_store config keys
 /// (`AWS_ENDPOINT_URL` → `aws_endpoint_url`). `storage.blob_options` win over them.

@@ -34,6 +34,10 @@ pub enum StoreError {
     /// The backend has no space left for the write (ENOSPC, quota).
     #[error("blob store out of space: {0}")]
     Full(#[source] object_store::Error),
+    /// The object is in an offline tier (S3 Glacier Flexible Retrieval, Deep
+    /// Archive) and was not restored: it cannot be read until it is.
+    #[error("the object is in an offline archive tier and must be restored first")]
+    Archived,
     #[error("blob store I/O failure: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -53,6 +57,13 @@ impl From<object_store::Error> for StoreError {
     fn from(e: object_store::Error) -> Self {
         if let object_store::Error::NotFound { .. } = e {
             return StoreError::NotFound;
+        }
+        // S3 answers a read of an object in an archive class that was not
+        // restored with 403 InvalidObjectState.
+        if matches!(&e, object_store::Error::PermissionDenied { .. })
+            && e.to_string().contains("InvalidObjectState")
+        {
+            return StoreError::Archived;
         }
         let io_kinds = io_kinds(&e);
         if io_kinds.iter().copied().any(is_full) {

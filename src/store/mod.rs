@@ -8,6 +8,7 @@
 //!
 //! This module knows nothing of DICOM or SQL.
 
+mod archive;
 mod backend;
 mod error;
 mod header_cache;
@@ -26,7 +27,9 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 
 use crate::crypto::KeyRing;
+use crate::telemetry::metrics::StoreTimer;
 
+pub use archive::RestoreState;
 pub use backend::{backend_from_url, environment_settings, Retries};
 pub use error::StoreError;
 pub use key::{valid_store_name, BlobKey, BlobKind, PRIMARY_STORE};
@@ -83,6 +86,17 @@ pub struct BlobStore {
 struct NamedStore {
     backend: Arc<dyn ObjectStore>,
     storage_class: Option<String>,
+    /// An offline tier's restores (None: its objects are always readable).
+    archive: Option<Arc<archive::S3Archive>>,
+}
+
+/// How an offline tier's objects are restored: for how many days, at which
+/// retrieval tier, and what a retrieval waiting for one is told.
+#[derive(Debug, Clone)]
+pub struct OfflineTier {
+    pub restore_days: u32,
+    pub restore_tier: String,
+    pub retry_after: std::time::Duration,
 }
 
 /// Held by the owner of blobs the index does not reference yet (a STOW session),
@@ -157,18 +171,34 @@ impl BlobStore {
         url: &str,
         options: &[(String, String)],
         storage_class: Option<String>,
+        offline: Option<OfflineTier>,
         retries: Retries,
     ) -> Result<Self, StoreError> {
         if !valid_store_name(name) {
             return Err(StoreError::UnknownStore(name.to_string()));
         }
         let backend = backend_from_url(url, options, retries)?;
+        let archive = match offline {
+            Some(tier) => {
+                let (s3, region, prefix) = backend::s3_client(url, options, retries)?;
+                Some(Arc::new(archive::S3Archive::new(
+                    s3,
+                    region,
+                    prefix,
+                    tier.restore_days,
+                    &tier.restore_tier,
+                    tier.retry_after,
+                )?))
+            }
+            None => None,
+        };
         let mut named = (*self.named).clone();
         named.insert(
             name.to_string(),
             NamedStore {
                 backend,
                 storage_class: storage_class.filter(|c| !c.is_empty()),
+                archive,
             },
         );
         self.named = Arc::new(named);
@@ -184,6 +214,52 @@ impl BlobStore {
                 .get(store)
                 .map(|named| &named.backend)
                 .ok_or_else(|| StoreError::UnknownStore(store.to_string())),
+        }
+    }
+
+    /// The offline tier `key`'s object is in, if its store is one.
+    fn archive(&self, key: &BlobKey) -> Option<&Arc<archive::S3Archive>> {
+        self.named.get(key.store()?)?.archive.as_ref()
+    }
+
+    /// Whether `key`'s object is in an offline tier (restored before a read).
+    pub fn is_offline(&self, key: &BlobKey) -> bool {
+        self.archive(key).is_some()
+    }
+
+    /// Whether the named store `store` is an offline tier.
+    pub fn is_offline_store(&self, store: &str) -> bool {
+        self.named.get(store).is_some_and(|s| s.archive.is_some())
+    }
+
+    /// Whether any store is an offline tier.
+    pub fn has_offline_stores(&self) -> bool {
+        self.named.values().any(|s| s.archive.is_some())
+    }
+
+    /// What a retrieval waiting for the restore of `key` is told to wait.
+    pub fn restore_retry_after(&self, key: &BlobKey) -> Option<std::time::Duration> {
+        self.archive(key).map(|a| a.retry_after)
+    }
+
+    /// Where `key`'s object stands (Online when its store is not offline).
+    #[tracing::instrument(name = "store.restore_state", skip_all)]
+    pub async fn restore_state(&self, key: &BlobKey) -> Result<RestoreState, StoreError> {
+        let _timer = StoreTimer::start("restore_state", &self.description);
+        match self.archive(key) {
+            Some(archive) => archive.state(&key.path()).await,
+            None => Ok(RestoreState::Online),
+        }
+    }
+
+    /// Asks for the restore of `key`'s object (nothing when its store is not
+    /// offline); says where it stands afterwards.
+    #[tracing::instrument(name = "store.request_restore", skip_all)]
+    pub async fn request_restore(&self, key: &BlobKey) -> Result<RestoreState, StoreError> {
+        let _timer = StoreTimer::start("request_restore", &self.description);
+        match self.archive(key) {
+            Some(archive) => archive.request(&key.path()).await,
+            None => Ok(RestoreState::Online),
         }
     }
 

@@ -44,6 +44,13 @@ impl BlobStore {
         Ok(copied)
     }
 
+    /// The size of `key`'s object as stored (a HEAD: works in offline tiers).
+    #[tracing::instrument(name = "store.stored_size", skip_all)]
+    pub async fn stored_size(&self, key: &BlobKey) -> Result<u64, StoreError> {
+        let _timer = StoreTimer::start("stored_size", &self.description);
+        Ok(self.backend(key)?.head(&key.path()).await?.size)
+    }
+
     /// Reads the object whole, decrypting and authenticating every segment;
     /// returns its plaintext length. What a move checks before the index
     /// points at the copy.

@@ -67,9 +67,22 @@ pub const JOBS: &str = "kastell.jobs";
 /// `{object}`; labels `tenant`, `store` (where they went), `outcome` (`moved`,
 /// `failed`, `recovered`: a dead process's move undone or finished).
 pub const LIFECYCLE_MOVES: &str = "kastell.lifecycle.moves";
+/// Restores from offline tiers this process asked for (issue 15). Unit
+/// `{object}`; label `tenant`.
+pub const LIFECYCLE_RESTORES: &str = "kastell.lifecycle.restores";
+/// Objects whose restore from an offline tier is not finished, as the last
+/// poll saw them. Unit `{object}`; label `tenant`.
+pub const LIFECYCLE_RESTORES_WAITING: &str = "kastell.lifecycle.restores.waiting";
+/// Instance objects per store, as the last lifecycle poll counted them in the
+/// index. Unit `{object}`; labels `tenant`, `store` (`primary` or a
+/// `storage.stores` name), `class` (its storage class; empty: the default).
+pub const STORE_OBJECTS: &str = "kastell.store.objects";
+/// Bytes of those objects (as stored, before encryption). Unit `By`; labels
+/// as [`STORE_OBJECTS`].
+pub const STORE_BYTES: &str = "kastell.store.bytes";
 
 /// Every metric name, for the documentation test.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 18] = [
     HTTP_REQUESTS,
     HTTP_REQUEST_DURATION,
     HTTP_RECEIVED,
@@ -84,6 +97,10 @@ pub const ALL: [&str; 14] = [
     EVENTS_DELIVERIES,
     JOBS,
     LIFECYCLE_MOVES,
+    LIFECYCLE_RESTORES,
+    LIFECYCLE_RESTORES_WAITING,
+    STORE_OBJECTS,
+    STORE_BYTES,
 ];
 
 /// Name of the instrumentation scope every instrument belongs to.
@@ -112,6 +129,7 @@ pub(crate) struct Instruments {
     pub events_deliveries: Counter<u64>,
     pub jobs: Counter<u64>,
     pub lifecycle_moves: Counter<u64>,
+    pub lifecycle_restores: Counter<u64>,
 }
 
 pub(crate) fn meter() -> Meter {
@@ -159,6 +177,11 @@ pub(crate) static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
             "{object}",
             "Objects moved between stores by lifecycle passes",
         ),
+        lifecycle_restores: counter(
+            LIFECYCLE_RESTORES,
+            "{object}",
+            "Restores from offline tiers asked for",
+        ),
     }
 });
 
@@ -201,6 +224,86 @@ pub fn lifecycle_moved(tenant: &str, store: &str, outcome: &'static str, count: 
             ],
         );
     }
+}
+
+/// Counts restores from offline tiers asked for `tenant`.
+pub fn restores_requested(tenant: &str, count: u64) {
+    if count > 0 {
+        INSTRUMENTS
+            .lifecycle_restores
+            .add(count, &[KeyValue::new("tenant", tenant.to_string())]);
+    }
+}
+
+/// The last value of a gauge per set of labels, observed at every collection.
+struct GaugeTable {
+    name: &'static str,
+    unit: &'static str,
+    description: &'static str,
+    values: std::sync::Mutex<Vec<(Vec<KeyValue>, u64)>>,
+    registered: std::sync::Once,
+}
+
+impl GaugeTable {
+    const fn new(name: &'static str, unit: &'static str, description: &'static str) -> Self {
+        Self {
+            name,
+            unit,
+            description,
+            values: std::sync::Mutex::new(Vec::new()),
+            registered: std::sync::Once::new(),
+        }
+    }
+
+    fn set(&'static self, labels: Vec<KeyValue>, value: u64) {
+        self.registered.call_once(|| {
+            let _gauge = meter()
+                .u64_observable_gauge(self.name)
+                .with_unit(self.unit)
+                .with_description(self.description)
+                .with_callback(move |observer| {
+                    let values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+                    for (labels, value) in values.iter() {
+                        observer.observe(*value, labels);
+                    }
+                })
+                .build();
+        });
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        match values.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, old)) => *old = value,
+            None => values.push((labels, value)),
+        }
+    }
+}
+
+static RESTORES_WAITING: GaugeTable = GaugeTable::new(
+    LIFECYCLE_RESTORES_WAITING,
+    "{object}",
+    "Objects whose restore from an offline tier is not finished",
+);
+static STORE_OBJECT_COUNTS: GaugeTable =
+    GaugeTable::new(STORE_OBJECTS, "{object}", "Instance objects per store");
+static STORE_BYTE_COUNTS: GaugeTable =
+    GaugeTable::new(STORE_BYTES, "By", "Bytes of instance objects per store");
+
+/// Records how many objects of `tenant` wait for their restore.
+pub fn restores_waiting(tenant: &str, waiting: i64) {
+    RESTORES_WAITING.set(
+        vec![KeyValue::new("tenant", tenant.to_string())],
+        u64::try_from(waiting).unwrap_or(0),
+    );
+}
+
+/// Records what `tenant` keeps in `store` (of storage class `class`).
+pub fn store_usage(tenant: &str, store: &str, class: &str, objects: i64, bytes: i64) {
+    let labels = vec![
+        KeyValue::new("tenant", tenant.to_string()),
+        KeyValue::new("store", store.to_string()),
+        KeyValue::new("class", class.to_string()),
+    ];
+    STORE_OBJECT_COUNTS.set(labels.clone(), u64::try_from(objects).unwrap_or(0));
+    STORE_BYTE_COUNTS.set(labels, u64::try_from(bytes).unwrap_or(0));
 }
 
 /// Counts a job of `kind` this process ran, with its outcome.

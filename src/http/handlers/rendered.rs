@@ -17,7 +17,7 @@ use crate::http::protocol::target::Target;
 use crate::http::state::AppState;
 use crate::service::Scope;
 use crate::service::ServiceError;
-use crate::service::{render, wado};
+use crate::service::{render, restore, wado};
 
 fn single_image(
     state: &AppState,
@@ -82,7 +82,7 @@ pub async fn rendered(
     };
     let ranges = ranges(&request)?;
     let single_item = matches!(scope, Scope::Instance { .. });
-    let instances = wado::locate(&state.services, scope).await?;
+    let instances = wado::locate_for_reading(&state.services, scope).await?;
     if single_item && frame_numbers.is_none() && !render::has_pixel_data(&instances[0]) {
         // A report or an encapsulated document: rendered as text or as itself.
         let wanted: Vec<String> = ranges
@@ -223,7 +223,14 @@ pub async fn thumbnail(
     let (format, _) = negotiate_image(&ranges(&request)?).ok_or_else(not_acceptable)?;
     let instances = wado::locate(&state.services, scope.clone()).await?;
     let viewport = params.options.viewport.map(|v| (v.width, v.height));
-    let image =
-        render::thumbnail(&state.services, &scope, &instances, frame, format, viewport).await?;
+    // Thumbnails are kept in the hot store (built before instances go to an
+    // offline tier); one that must be made from an archived instance waits
+    // for the restore of its study.
+    let image = restore::when_archived(
+        &state.services,
+        &instances,
+        render::thumbnail(&state.services, &scope, &instances, frame, format, viewport).await,
+    )
+    .await?;
     Ok(single_image(&state, &request, format, false, image, None))
 }

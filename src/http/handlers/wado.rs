@@ -35,7 +35,7 @@ pub async fn retrieve(
             "instances are available as multipart/related; type=\"application/dicom\"".into(),
         )
     })?;
-    let instances = wado::locate(&state.services, scope).await?;
+    let instances = wado::locate_for_reading(&state.services, scope).await?;
     // Choose every part's representation before sending anything: a part that
     // cannot be produced makes the whole answer 406, not a broken stream.
     let mut plan: Vec<(StoredInstance, Representation)> = Vec::with_capacity(instances.len());
@@ -136,6 +136,7 @@ pub async fn metadata(
         )
     })?;
     let instances = wado::locate(&state.services, scope).await?;
+    crate::service::restore::note_retrieved(&state.services, &instances);
     let base_url = state.base_url(&request);
     // Viewers fetch series metadata on every study open: an unchanged series is
     // answered 304 without reading a single blob.
@@ -282,7 +283,7 @@ pub async fn bulkdata(
         series,
         instance,
     };
-    let stored = wado::locate_one(&state.services, scope).await?;
+    let stored = wado::locate_one_for_reading(&state.services, scope).await?;
     let location = format!(
         "{}/bulkdata/{}",
         wado::instance_url(&state.base_url(&request), &stored),
@@ -423,7 +424,7 @@ pub async fn frames(
         series,
         instance,
     };
-    let stored = wado::locate_one(&state.services, scope).await?;
+    let stored = wado::locate_one_for_reading(&state.services, scope).await?;
     let frames = wado::frames(&state.services, &stored, &numbers).await?;
     let frames = negotiate_frames(&state, &stored, frames, &choice).await?;
     let (part_type, _) = frame_part_type(&frames);
@@ -451,7 +452,7 @@ pub async fn pixeldata(
 ) -> Result<HttpResponse, ApiError> {
     let scope = target.scope;
     let choice = negotiate_bulk(&ranges(&request)?);
-    let instances: Vec<StoredInstance> = wado::locate(&state.services, scope)
+    let instances: Vec<StoredInstance> = wado::locate_for_reading(&state.services, scope)
         .await?
         .into_iter()
         .filter(crate::service::render::has_pixel_data)

@@ -242,7 +242,7 @@ pub async fn retrieve(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let parsed = parse(query_pairs(&request)?)?;
-    let instance = wado::locate_one(&state.services, parsed.scope).await?;
+    let instance = wado::locate_one_for_reading(&state.services, parsed.scope).await?;
     // PS3.18 §9 (contentType): image/jpeg is the default for images only; an
     // object without pixel data (SR, encapsulated document, presentation state,
     // key object selection…) defaults to application/dicom.

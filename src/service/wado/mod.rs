@@ -69,6 +69,33 @@ pub async fn locate(
     Ok(instances)
 }
 
+/// The instances of a scope whose objects a retrieval reads: as [`locate`],
+/// and each readable now (an instance in an offline tier must have been
+/// restored: else the answer is 503 and the restore of its study is asked
+/// for, see `restore`). The retrieval is noted for move rules on the time
+/// since the last one.
+pub async fn locate_for_reading(
+    services: &Services,
+    scope: Scope,
+) -> Result<Vec<StoredInstance>, ServiceError> {
+    let instances = locate(services, scope).await?;
+    super::restore::note_retrieved(services, &instances);
+    super::restore::ensure_readable(services, &instances).await?;
+    Ok(instances)
+}
+
+/// The one instance of an instance scope, readable now (see [`locate_for_reading`]).
+pub async fn locate_one_for_reading(
+    services: &Services,
+    scope: Scope,
+) -> Result<StoredInstance, ServiceError> {
+    let instance = locate_for_reading(services, scope)
+        .await?
+        .into_iter()
+        .next();
+    instance.ok_or(ServiceError::NotFound("instance"))
+}
+
 /// The one instance of an instance scope.
 pub async fn locate_one(services: &Services, scope: Scope) -> Result<StoredInstance, ServiceError> {
     let instance = locate(services, scope).await?.into_iter().next();
