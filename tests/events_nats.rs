@@ -424,3 +424,92 @@ fn without_a_broker_the_jobs_run_in_the_server() {
         built
     );
 }
+
+#[test]
+fn lifecycle_passes_go_through_the_work_queue_to_a_worker_once_per_period() {
+    let nats = Nats::start();
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let cold = dir.path().join("cold");
+    let config = dir.path().join("kastell.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage.stores.cold]\nurl = \"file://{}\"\n\
+             [[lifecycle.moves]]\nname = \"cool CT\"\nmin_age_days = 30\n\
+             modalities = [\"CT\"]\nto = \"cold\"\n",
+            cold.display()
+        ),
+    )
+    .unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(60 * 86_400);
+    let later = humantime::format_rfc3339_seconds(later).to_string();
+    let env = [
+        ("KASTELL_CONFIG", config.to_str().unwrap()),
+        ("KASTELL__EVENTS__NATS__URL", url.as_str()),
+        ("KASTELL__EVENTS__JOBS__WORKER_IN_SERVE", "false"),
+        ("KASTELL__LIFECYCLE__PASS__INTERVAL_SECS", "1"),
+        ("KASTELL__LIFECYCLE__NOW", later.as_str()),
+    ];
+    let server = Server::start_with(&env);
+    let moved = || {
+        std::fs::read_dir(cold.join("instances"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| !e.file_name().to_string_lossy().contains('#'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let mut parts = Vec::new();
+    for n in 1..=3 {
+        let mut spec = Spec::new("2.25.71", "2.25.71.1", &format!("2.25.71.1.{n}"));
+        spec.modality = "CT".into();
+        parts.push(dicom_file(&spec));
+    }
+    assert_eq!(store(&server, "/studies", &parts).0, 200);
+
+    // No worker: the passes wait in the queue, one per period, and nothing moves.
+    wait_until("passes are queued", || {
+        nats.messages(JOBS)
+            .iter()
+            .filter(|(subject, _, _)| subject.ends_with(".lifecycle-pass"))
+            .count()
+            >= 2
+    });
+    assert_eq!(moved(), 0, "a pass ran without a worker");
+    let queued = nats.messages(JOBS);
+    let ids: BTreeSet<&String> = queued.iter().map(|(_, id, _)| id).collect();
+    assert_eq!(ids.len(), queued.len(), "a job id twice in the queue");
+
+    // A worker takes them: the instances move, the pass is audited.
+    let mut worker = worker(&server.data_dir, &env);
+    wait_until("the worker has moved the instances", || moved() == 3);
+    for part in 1..=3 {
+        let status = client()
+            .get(server.url(&format!(
+                "/studies/2.25.71/series/2.25.71.1/instances/2.25.71.1.{part}"
+            )))
+            .header(
+                "Accept",
+                "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
+            )
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 200);
+    }
+    // Passes of several periods may run at once, each moving what it claimed.
+    let audited = || {
+        let text = serde_json::to_string(&audit_events(&server.data_dir, &env)).unwrap();
+        let moved: u64 = text
+            .split("scheduled lifecycle pass: ")
+            .skip(1)
+            .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+            .sum();
+        moved == 3
+    };
+    wait_until("the worker's passes are in the audit trail", audited);
+    signal(&worker, "TERM");
+    worker.wait().unwrap();
+}

@@ -663,3 +663,38 @@ fn an_offline_class_is_refused_where_it_cannot_be_restored() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("offline tier"), "{stderr}");
 }
+
+/// `days` days after today, as an RFC 3339 time.
+fn in_days(days: u64) -> String {
+    let then = std::time::SystemTime::now() + std::time::Duration::from_secs(days * 86_400);
+    humantime::format_rfc3339_seconds(then).to_string()
+}
+
+#[test]
+fn a_rule_on_the_last_retrieval_leaves_the_studies_read_lately() {
+    let setup = setup(
+        "XX",
+        "[[lifecycle.moves]]\nname = \"unread\"\nmin_days_since_retrieval = 90\nto = \"cold\"\n",
+    );
+    // The server's clock 60 days on: what it serves is noted as read then.
+    let read_on = in_days(60);
+    let server = Server::spawn(&setup.data, &setup.env(&read_on));
+    let read = store_series(&server, "36.1", "CT", 2);
+    let unread = store_series(&server, "36.2", "CT", 2);
+    // Only study 36.1 is retrieved (storing reads nothing back).
+    let before_read = contents(&server, &read);
+
+    // 100 days on: 36.1 was read on day 60, 40 days ago; 36.2 never was, and
+    // counts from its receipt (day 0): only 36.2 has gone 90 days unread.
+    let plan = setup.json(&in_days(100), &["plan", "--format", "json"]);
+    assert_eq!(plan["lines"][0]["rule"], "unread", "{plan}");
+    let report = setup.json(&in_days(100), &["run", "--format", "json"]);
+    assert_eq!(report["moved"], 2, "{report}");
+    assert_eq!(setup.cold.objects().len(), 2);
+    // 155 days on, 36.1 has too.
+    let report = setup.json(&in_days(155), &["run", "--format", "json"]);
+    assert_eq!(report["moved"], 2, "{report}");
+    assert_eq!(contents(&server, &read), before_read);
+    let stored: Vec<Vec<u8>> = unread.iter().map(dicom_file).collect();
+    assert_eq!(contents(&server, &unread), stored);
+}

@@ -53,8 +53,13 @@ pub fn webhook_sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
 }
 
 /// Starts the server's events: the dispatchers of every sink and, with a
-/// broker and `events.jobs.worker_in_serve`, a worker.
-pub fn start(config: &Config, tenants: Arc<Tenants>) -> anyhow::Result<EventStatus> {
+/// broker and `events.jobs.worker_in_serve`, a worker (whose lifecycle jobs
+/// are audited in `audit`).
+pub fn start(
+    config: &Config,
+    tenants: Arc<Tenants>,
+    audit: &crate::audit::AuditLog,
+) -> anyhow::Result<EventStatus> {
     let broker = broker(config);
     let sinks = build_sinks(config, broker.as_ref())?;
     let status = events::start(tenants.clone(), &config.events, sinks);
@@ -64,6 +69,7 @@ pub fn start(config: &Config, tenants: Arc<Tenants>) -> anyhow::Result<EventStat
                 broker,
                 tenants,
                 config.events.jobs.clone(),
+                Some(audit.clone()),
             ));
         }
     }
@@ -81,8 +87,13 @@ pub async fn run_worker(config: Config) -> anyhow::Result<()> {
         );
     };
     super::enforce_sovereignty(&config).context("kastell worker refuses to start")?;
+    let services = super::build_services(&config)?;
+    // Lifecycle jobs are audited, in the control index's chained trail.
+    let chain_key =
+        crate::audit::ChainKey::load_or_create(&services.index, services.store.keys().provider())?;
+    let audit = crate::audit::AuditLog::start(services.index.clone(), chain_key);
     let tenants = Arc::new(Tenants::new(
-        super::build_services(&config)?,
+        services,
         &config.keys.default_tenant,
         &config.effective_index_url(),
         super::index_options(config.index.pool_size, &config),
@@ -96,6 +107,7 @@ pub async fn run_worker(config: Config) -> anyhow::Result<()> {
         broker,
         tenants,
         config.events.jobs.clone(),
+        Some(audit.clone()),
     ));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("listening for SIGTERM")?;
@@ -106,6 +118,9 @@ pub async fn run_worker(config: Config) -> anyhow::Result<()> {
     // Jobs in flight are not acknowledged: the broker gives them to another
     // worker after ack_wait.
     worker.abort();
+    if let Err(error) = audit.flush().await {
+        tracing::error!(%error, "the audit trail could not be flushed at exit");
+    }
     tracing::info!("kastell worker stopped");
     Ok(())
 }

@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(error) => tracing::warn!(%error, "the orphan sweep failed"),
         }
     });
-    let events = super::events::start(&config, tenants.clone())?;
+    let events = super::events::start(&config, tenants.clone(), &audit)?;
     super::lifecycle::start(&config, tenants.clone(), audit.clone());
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let site = http::Site {

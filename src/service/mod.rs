@@ -6,6 +6,7 @@ mod error;
 pub mod delete;
 pub mod derived;
 pub mod events;
+pub mod lifecycle;
 pub mod qido;
 pub mod render;
 pub mod request;

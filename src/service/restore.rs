@@ -334,8 +334,9 @@ pub async fn poll(services: &Services) -> Result<PollReport, ServiceError> {
 
 /// Notes that the studies of `instances` were retrieved today, when a move
 /// rule looks at the time since (at most one write per study and day: the
-/// days already noted are remembered).
-pub fn note_retrieved(services: &Services, instances: &[StoredInstance]) {
+/// days already noted are remembered). Done before the answer, so that a pass
+/// started right after it sees it; a failure is logged, not the request's.
+pub async fn note_retrieved(services: &Services, instances: &[StoredInstance]) {
     if !services.settings.lifecycle_uses_retrieval {
         return;
     }
@@ -360,15 +361,12 @@ pub fn note_retrieved(services: &Services, instances: &[StoredInstance]) {
     if fresh.is_empty() {
         return;
     }
-    let services = services.clone();
-    tokio::spawn(async move {
-        if let Err(error) = services
-            .with_index(move |index| index.mark_retrieved(&fresh, &today))
-            .await
-        {
-            tracing::warn!(%error, "the day of a study's retrieval could not be noted");
-        }
-    });
+    if let Err(error) = services
+        .with_index(move |index| index.mark_retrieved(&fresh, &today))
+        .await
+    {
+        tracing::warn!(%error, "the day of a study's retrieval could not be noted");
+    }
 }
 
 /// The studies noted as retrieved on a day, per tenant, so that retrievals

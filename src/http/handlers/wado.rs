@@ -136,7 +136,7 @@ pub async fn metadata(
         )
     })?;
     let instances = wado::locate(&state.services, scope).await?;
-    crate::service::restore::note_retrieved(&state.services, &instances);
+    crate::service::restore::note_retrieved(&state.services, &instances).await;
     let base_url = state.base_url(&request);
     // Viewers fetch series metadata on every study open: an unchanged series is
     // answered 304 without reading a single blob.

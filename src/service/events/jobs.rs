@@ -1,8 +1,11 @@
-//! The jobs that follow changes, and the sink that hands them out (sink
-//! `jobs`): today one kind, `precompute`, asked for by each "study-stable"
-//! change, which builds the study's series metadata and its study and series
+//! The jobs, and the sink that hands out those that follow changes (sink
+//! `jobs`). Kinds: `precompute`, asked for by each "study-stable" change,
+//! which builds the study's series metadata and its study and series
 //! thumbnails into the derived-object cache, so that the first viewer to open
-//! the study finds them ready.
+//! the study finds them ready; and the scheduled lifecycle work of a tenant
+//! (issue 15, `service::lifecycle`), `lifecycle-pass` and `restore-poll`,
+//! which every server submits once per period under the same id, so that the
+//! queue's deduplication and `jobs_done` leave one run per period.
 //!
 //! With a broker, each job is published to the work-queue stream
 //! (`events.nats.jobs_stream`, subject `{jobs_subject_prefix}.{kind}`) and run
@@ -22,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::cloudevent::event_id;
 use super::nats::Broker;
 use super::{exponential_backoff, Sink, Stopped, TenantRef};
+use crate::audit::AuditLog;
 use crate::config::JobsConfig;
 use crate::dicom::render::ImageFormat;
 use crate::index::changes::{Change, ChangeAction};
@@ -30,6 +34,12 @@ use crate::telemetry::metrics;
 
 /// The kind of the job a stable study asks for.
 pub const PRECOMPUTE: &str = "precompute";
+/// A tenant's scheduled lifecycle pass (erasure of expired studies, moves).
+pub const LIFECYCLE_PASS: &str = "lifecycle-pass";
+/// A tenant's scheduled check of its restores from offline tiers. Not
+/// recorded in `jobs_done` (a poll run twice does no harm; one a minute would
+/// fill the table).
+pub const RESTORE_POLL: &str = "restore-poll";
 
 /// One job, as it travels through the work queue (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,13 +67,24 @@ impl Job {
         })
     }
 
+    /// The scheduled lifecycle job `kind` of `tenant` for period `period`
+    /// (the time divided by the schedule's interval): the same id whichever
+    /// server submits it.
+    pub fn scheduled(kind: &'static str, tenant: &str, period: u64) -> Job {
+        Job {
+            kind: kind.into(),
+            tenant: tenant.into(),
+            study: String::new(),
+            id: format!("{tenant}:{kind}:{period}"),
+        }
+    }
+
     /// The metrics label of the job's kind.
     pub fn kind_label(&self) -> &'static str {
-        if self.kind == PRECOMPUTE {
-            PRECOMPUTE
-        } else {
-            "unknown"
-        }
+        [PRECOMPUTE, LIFECYCLE_PASS, RESTORE_POLL]
+            .into_iter()
+            .find(|kind| *kind == self.kind)
+            .unwrap_or("unknown")
     }
 }
 
@@ -78,8 +99,22 @@ pub enum Outcome {
 
 /// Runs `job` on its tenant's `services` unless it was done before, and
 /// records it done with its `delivery` count (the how-manyth delivery this
-/// is). The caller acknowledges the job once this returns `Ok`.
-pub async fn run(services: &Services, job: &Job, delivery: i64) -> Result<Outcome, ServiceError> {
+/// is). The caller acknowledges the job once this returns `Ok`. Lifecycle
+/// jobs record what they did in `audit`.
+pub async fn run(
+    services: &Services,
+    job: &Job,
+    delivery: i64,
+    audit: Option<&AuditLog>,
+) -> Result<Outcome, ServiceError> {
+    if job.kind == RESTORE_POLL {
+        let result = crate::service::lifecycle::restore_poll(services, &job.tenant).await;
+        metrics::job_ran(
+            job.kind_label(),
+            if result.is_ok() { "done" } else { "failed" },
+        );
+        return result.map(|()| Outcome::Done);
+    }
     let id = job.id.clone();
     if services
         .with_index(move |index| index.job_done(&id))
@@ -90,6 +125,10 @@ pub async fn run(services: &Services, job: &Job, delivery: i64) -> Result<Outcom
     }
     let result = match job.kind.as_str() {
         PRECOMPUTE => precompute(services, &job.study).await,
+        LIFECYCLE_PASS => {
+            let owner = format!("job:{}:{}", std::process::id(), job.id);
+            crate::service::lifecycle::scheduled_pass(services, &job.tenant, audit, &owner).await
+        }
         other => Err(ServiceError::Task(format!("unknown job kind {other:?}"))),
     };
     if let Err(error) = result {
@@ -206,7 +245,7 @@ impl Sink for JobsSink {
             Some(broker) => publish(broker, &jobs).await,
             None => {
                 for (at, job) in &jobs {
-                    if let Err(error) = run(&tenant.services, job, 1).await {
+                    if let Err(error) = run(&tenant.services, job, 1, None).await {
                         return Err(Stopped {
                             delivered: *at,
                             error: format!("job {} failed: {error}", job.id),
@@ -217,6 +256,14 @@ impl Sink for JobsSink {
             }
         }
     }
+}
+
+/// Submits `jobs` to the broker's work queue.
+pub async fn submit(broker: &Broker, jobs: Vec<Job>) -> Result<(), String> {
+    let jobs: Vec<(usize, Job)> = jobs.into_iter().enumerate().collect();
+    publish(broker, &jobs)
+        .await
+        .map_err(|stopped| stopped.error)
 }
 
 /// Publishes `jobs` to the work queue; on a failure, the changes delivered are

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::jobs::{self, Job};
 use super::nats::Broker;
+use crate::audit::AuditLog;
 use crate::config::JobsConfig;
 use crate::service::tenants::Tenants;
 use crate::telemetry::metrics;
@@ -34,11 +35,17 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Runs jobs from the work queue for as long as the process runs, reconnecting
 /// (and creating the stream and consumer when missing) after a failure.
-pub async fn run(broker: Arc<Broker>, tenants: Arc<Tenants>, config: JobsConfig) {
+/// Lifecycle jobs record what they did in `audit`.
+pub async fn run(
+    broker: Arc<Broker>,
+    tenants: Arc<Tenants>,
+    config: JobsConfig,
+    audit: Option<AuditLog>,
+) {
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     loop {
         let error = match consumer(&broker, &config).await {
-            Ok(consumer) => take_jobs(&consumer, &tenants, &config, &slots).await,
+            Ok(consumer) => take_jobs(&consumer, &tenants, &config, &slots, &audit).await,
             Err(error) => error,
         };
         broker.forget_streams().await;
@@ -79,6 +86,7 @@ async fn take_jobs(
     tenants: &Arc<Tenants>,
     config: &JobsConfig,
     slots: &Arc<Semaphore>,
+    audit: &Option<AuditLog>,
 ) -> String {
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -104,8 +112,9 @@ async fn take_jobs(
                         continue;
                     };
                     let (tenants, config) = (tenants.clone(), config.clone());
+                    let audit = audit.clone();
                     tokio::spawn(async move {
-                        handle(message, &tenants, &config).await;
+                        handle(message, &tenants, &config, audit.as_ref()).await;
                         drop(slot);
                     });
                 }
@@ -116,7 +125,12 @@ async fn take_jobs(
 }
 
 /// Runs one job and answers the broker.
-async fn handle(message: async_nats::jetstream::Message, tenants: &Tenants, config: &JobsConfig) {
+async fn handle(
+    message: async_nats::jetstream::Message,
+    tenants: &Tenants,
+    config: &JobsConfig,
+    audit: Option<&AuditLog>,
+) {
     let delivery = message.info().map(|info| info.delivered).unwrap_or(1);
     let job: Job = match serde_json::from_slice(&message.payload) {
         Ok(job) => job,
@@ -140,7 +154,7 @@ async fn handle(message: async_nats::jetstream::Message, tenants: &Tenants, conf
     // Tell the broker, every half ack_wait, that the job is still running.
     let every = Duration::from_secs(config.ack_wait_secs).max(Duration::from_secs(1)) / 2;
     let outcome = {
-        let work = jobs::run(&services, &job, delivery);
+        let work = jobs::run(&services, &job, delivery, audit);
         tokio::pin!(work);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {

@@ -79,7 +79,7 @@ pub async fn locate_for_reading(
     scope: Scope,
 ) -> Result<Vec<StoredInstance>, ServiceError> {
     let instances = locate(services, scope).await?;
-    super::restore::note_retrieved(services, &instances);
+    super::restore::note_retrieved(services, &instances).await;
     super::restore::ensure_readable(services, &instances).await?;
     Ok(instances)
 }
