@@ -70,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let sweeper = tenants.clone();
     tokio::spawn(async move {
         match sweeper.sweep_orphans().await {
-            Ok(0) => {}
+            Ok(0) => tracing::info!("orphan sweep: nothing left behind"),
             Ok(removed) => {
                 tracing::info!(removed, "removed blobs left behind by interrupted uploads")
             }

@@ -42,9 +42,10 @@ pub struct StorageConfig {
     /// plan`'s estimate (any currency, the same for every store; 0: unknown).
     pub price_per_gb_month: f64,
     /// Named stores beside the primary one, where lifecycle rules
-    /// (`[[lifecycle.moves]]`) move instances as they age (issue 15). Each is a
-    /// place of its own (two stores never share a URL); a tier of a bucket is
-    /// a store over its own prefix with a `storage_class`.
+    /// (`[[lifecycle.moves]]`) move instances as they age (issue 15). Stores
+    /// share a URL only as tiers of one S3 bucket prefix, each with a storage
+    /// class of its own (a move between them changes the class of the object
+    /// in place); any other store has a place of its own.
     pub stores: std::collections::BTreeMap<String, NamedStoreConfig>,
 }
 
@@ -178,7 +179,6 @@ impl StorageConfig {
                     .into(),
             ));
         }
-        let mut urls = std::collections::HashSet::new();
         for (name, store) in &self.stores {
             if !valid_store_name(name) {
                 return Err(ConfigError::Rule(format!(
@@ -220,10 +220,42 @@ impl StorageConfig {
                     "storage.stores.{name}.url is empty"
                 )));
             }
-            if !urls.insert(store.url.trim_end_matches('/')) {
+        }
+        self.validate_shared_places()
+    }
+
+    /// Stores may share a place (a URL) only as tiers of one S3 bucket prefix:
+    /// every store there on S3, each with a storage class of its own (the
+    /// primary store's is the bucket's default). A move between them is S3's
+    /// own copy in place, changing the class of the same object.
+    fn validate_shared_places(&self) -> Result<(), ConfigError> {
+        let mut places: std::collections::BTreeMap<&str, Vec<(&str, &str)>> = Default::default();
+        if !self.blob_url.is_empty() {
+            places
+                .entry(self.blob_url.trim_end_matches('/'))
+                .or_default()
+                .push(("primary", ""));
+        }
+        for (name, store) in &self.stores {
+            places
+                .entry(store.url.trim_end_matches('/'))
+                .or_default()
+                .push((name.as_str(), store.storage_class.as_str()));
+        }
+        for (url, stores) in places.into_iter().filter(|(_, s)| s.len() > 1) {
+            let s3 = url.starts_with("s3://") || url.starts_with("s3a://");
+            let classes: std::collections::HashSet<&str> = stores
+                .iter()
+                .map(|(_, class)| if class.is_empty() { "STANDARD" } else { class })
+                .collect();
+            if !s3 || classes.len() != stores.len() {
+                let names: Vec<&str> = stores.iter().map(|(name, _)| *name).collect();
                 return Err(ConfigError::Rule(format!(
-                    "storage.stores.{name}: two stores have the URL {:?}; give each its own prefix",
-                    crate::redact::redact_url(&store.url)
+                    "storage.stores: {} share the URL {:?}; stores may share one only as tiers \
+                     of an S3 bucket prefix, each with a storage_class of its own; else give \
+                     each its own prefix",
+                    names.join(", "),
+                    crate::redact::redact_url(url)
                 )));
             }
         }

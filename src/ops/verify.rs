@@ -75,7 +75,8 @@ pub async fn verify(config: &Config) -> anyhow::Result<VerifyReport> {
         .keys_older_than(crate::store::BlobKind::Instance, Duration::ZERO)
         .await?
     {
-        if !indexed.contains(key.as_str()) {
+        let aliases = services.store.aliases(&key);
+        if !aliases.iter().any(|a| indexed.contains(a.as_str())) {
             report.orphans.push(key.as_str().to_string());
         }
     }

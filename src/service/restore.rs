@@ -240,10 +240,11 @@ async fn record(
             (Some(("ready", until.and_then(to_ms))), Outcome::Ready)
         }
         Ok(RestoreState::InProgress) => (Some(("pending", None)), Outcome::Waiting),
-        // Readable without a restore, or gone: nothing to wait for.
-        Ok(RestoreState::Online) | Err(crate::store::StoreError::NotFound) => {
-            (None, Outcome::Ready)
-        }
+        // Readable without a restore (not in an archive class: a move in
+        // place not finished yet): readable as long as the row stands.
+        Ok(RestoreState::Online) => (Some(("ready", None)), Outcome::Ready),
+        // Gone: nothing to wait for.
+        Err(crate::store::StoreError::NotFound) => (None, Outcome::Ready),
         // The restore was lost (or its copy expired): asked again by the poll.
         Ok(RestoreState::Archived) => (Some(("requested", None)), Outcome::Waiting),
         Err(error) => {

@@ -154,7 +154,13 @@ impl Tenants {
         if candidates.is_empty() {
             return Ok(stale);
         }
-        let names: Vec<String> = candidates.iter().map(|k| k.as_str().to_string()).collect();
+        // An object of stores sharing a place is referenced under any of its names.
+        let store = &self.default.store;
+        let names: Vec<String> = candidates
+            .iter()
+            .flat_map(|k| store.aliases(k))
+            .map(|k| k.as_str().to_string())
+            .collect();
         let mut referenced = std::collections::HashSet::new();
         for (_, services) in self.all().await? {
             let names = names.clone();
@@ -166,7 +172,8 @@ impl Tenants {
         }
         let mut removed = stale;
         for key in candidates {
-            if !referenced.contains(key.as_str()) {
+            let aliases = self.default.store.aliases(&key);
+            if !aliases.iter().any(|a| referenced.contains(a.as_str())) {
                 self.default.store.delete(&key).await?;
                 removed += 1;
             }

@@ -191,6 +191,8 @@ pub struct PassReport {
     pub held_back: u64,
     /// Moves out of an offline tier waiting for their restore (asked for).
     pub restoring: u64,
+    /// Of the moves, those made in place (a storage class change by S3).
+    pub in_place: u64,
 }
 
 /// One line for operators and the audit trail: what the pass did.
@@ -205,6 +207,9 @@ impl std::fmt::Display for PassReport {
             self.claimed_elsewhere,
             self.recovered
         )?;
+        if self.in_place > 0 {
+            write!(f, ", {} of the moves in place", self.in_place)?;
+        }
         if self.held_back > 0 {
             write!(f, ", {} held back by legal holds", self.held_back)?;
         }
@@ -304,6 +309,12 @@ pub async fn run_pass(
             }
             Ok(Moved::Elsewhere) => report.claimed_elsewhere += 1,
             Ok(Moved::Restoring) => report.restoring += 1,
+            Ok(Moved::InPlace(bytes)) => {
+                metrics::lifecycle_moved(&tenant, &to_store, "moved", 1);
+                report.moved += 1;
+                report.in_place += 1;
+                report.bytes += bytes;
+            }
             Err(error) => {
                 metrics::lifecycle_moved(&tenant, &to_store, "failed", 1);
                 tracing::warn!(blob = %from, %error, "lifecycle move failed");
@@ -339,6 +350,8 @@ enum Moved {
     Elsewhere,
     /// It is in an offline tier: its restore was asked for, a later pass moves it.
     Restoring,
+    /// Moved between tiers of one bucket prefix, in place (this many bytes).
+    InPlace(u64),
 }
 
 /// Moves one object.
@@ -358,6 +371,9 @@ async fn move_one(
         .await?;
     if !claimed {
         return Ok(Moved::Elsewhere);
+    }
+    if services.store.same_object(&from_key, &to_key) {
+        return move_in_place(services, &from_key, &to_key, owner).await;
     }
     let copied = async {
         if services.store.is_offline(&to_key) {
@@ -414,8 +430,52 @@ async fn move_one(
     Ok(Moved::Switched(to_key.to_string(), bytes))
 }
 
+/// A claimed move between tiers of one bucket prefix: the index switches to
+/// the new store first, then S3 changes the object's class in place (a kill
+/// between the two leaves the switch journaled: the next pass changes the
+/// class; meanwhile the object reads as before, or through a restore request
+/// that finds it readable). Nothing is copied and nothing deleted.
+async fn move_in_place(
+    services: &Services,
+    from: &BlobKey,
+    to: &BlobKey,
+    owner: &str,
+) -> Result<Moved, ServiceError> {
+    if services.store.is_offline(to) && !services.store.is_offline(from) {
+        // Its last chance to be read whole before it goes offline.
+        if let Err(error) = services.store.check_decrypts(from).await {
+            undo(services, from.as_str(), to).await;
+            return Err(error.into());
+        }
+    }
+    let (f, t, o) = (from.to_string(), to.to_string(), owner.to_string());
+    let switched = services
+        .with_index(move |index| index.switch_move(&f, &t, &o))
+        .await?;
+    if !switched {
+        undo(services, from.as_str(), to).await;
+        return Ok(Moved::Elsewhere);
+    }
+    // On failure the switched row stays for the next pass to finish.
+    let bytes = services.store.move_in_place(from, to).await?;
+    let f = from.to_string();
+    services
+        .with_index(move |index| index.finish_move(&f))
+        .await?;
+    Ok(Moved::InPlace(bytes))
+}
+
 /// Removes a copy the index does not point at, and the journal row.
 async fn undo(services: &Services, from: &str, copy: &BlobKey) {
+    // A move in place made no copy: the object is the instance's.
+    let in_place = BlobKey::parse(from).is_ok_and(|f| services.store.same_object(&f, copy));
+    if in_place {
+        let f = from.to_string();
+        let _ = services
+            .with_index(move |index| index.finish_move(&f))
+            .await;
+        return;
+    }
     if let Err(error) = services.store.delete(copy).await {
         tracing::warn!(blob = %copy, %error, "could not remove the copy of a move that did not complete; the next pass will");
         return;
@@ -440,6 +500,21 @@ async fn finish_switched(services: &Services, from: &str) -> Result<(), ServiceE
 
 /// Finishes or undoes a move a dead process left, by what the index says.
 async fn recover(services: &Services, left: &BlobMove) -> Result<(), ServiceError> {
+    let (from, to) = (
+        BlobKey::parse(&left.from_key)?,
+        BlobKey::parse(&left.to_key)?,
+    );
+    if services.store.same_object(&from, &to) {
+        // In place: switched, the class change may not have happened (it is
+        // done again); not switched, nothing happened to the object.
+        if left.state == "switched" {
+            services.store.move_in_place(&from, &to).await?;
+        }
+        let f = left.from_key.clone();
+        return services
+            .with_index(move |index| index.finish_move(&f))
+            .await;
+    }
     if left.state == "switched" {
         finish_switched(services, &left.from_key).await
     } else {

@@ -1,11 +1,13 @@
-//! Offline tiers (issue 15): S3 storage classes whose objects must be restored
-//! before they can be read (Glacier Flexible Retrieval, Deep Archive). Asking
-//! for a restore (RestoreObject) and reading how it goes (the `x-amz-restore`
-//! header of HEAD) are not in object_store's API, so this sends those two
-//! requests itself: the URL of an object from object_store's own signer (a
-//! presigned HEAD, which also serves the status check), the POST signed with
-//! object_store's public SigV4 authorizer and the credentials of the store's
-//! own client. No signing code of ours.
+//! The S3 requests object_store has no call for (issue 15): for offline
+//! tiers (storage classes whose objects must be restored before they can be
+//! read: Glacier Flexible Retrieval, Deep Archive) asking for a restore
+//! (RestoreObject) and reading how it goes (the `x-amz-restore` header of
+//! HEAD); and for tiers of one bucket prefix, changing an object's storage
+//! class in place (CopyObject onto itself). This sends them itself: the URL
+//! of an object from object_store's own signer (a presigned HEAD, which also
+//! serves the status check), the other requests signed with object_store's
+//! public SigV4 authorizer and the credentials of the store's own client. No
+//! signing code of ours.
 
 use std::time::{Duration, SystemTime};
 
@@ -29,11 +31,16 @@ pub enum RestoreState {
     Restored { until: Option<SystemTime> },
 }
 
-/// The restore requests of one S3 store with an offline storage class.
+/// Largest object CopyObject copies in one request (5 GiB); a larger one is
+/// rewritten through a streamed upload instead.
+pub(super) const MAX_COPY_IN_PLACE: u64 = 5 * 1024 * 1024 * 1024;
+
+/// The requests of one S3 store that object_store has no call for.
 #[derive(Debug)]
 pub(super) struct S3Archive {
     s3: AmazonS3,
     region: String,
+    bucket: String,
     /// The prefix of the store's URL: object paths are under it.
     prefix: ObjectPath,
     http: reqwest::Client,
@@ -47,9 +54,11 @@ pub(super) struct S3Archive {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl S3Archive {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         s3: AmazonS3,
         region: String,
+        bucket: String,
         prefix: ObjectPath,
         days: u32,
         tier: &str,
@@ -62,6 +71,7 @@ impl S3Archive {
         Ok(Self {
             s3,
             region,
+            bucket,
             prefix,
             http,
             days,
@@ -150,6 +160,47 @@ impl S3Archive {
             403 if text.contains("InvalidObjectState") => Ok(RestoreState::Online),
             404 => Err(StoreError::NotFound),
             status => Err(failed("RestoreObject", status, &text)),
+        }
+    }
+}
+
+impl S3Archive {
+    /// Sets the storage class of the object at `path` to `class`, in place:
+    /// S3 copies it onto itself (CopyObject, metadata kept), the bytes
+    /// unchanged. At most [`MAX_COPY_IN_PLACE`] bytes.
+    pub(super) async fn copy_in_place(
+        &self,
+        path: &ObjectPath,
+        class: &str,
+    ) -> Result<(), StoreError> {
+        let mut url = self.url(reqwest::Method::HEAD, path).await?;
+        url.set_query(None);
+        let source = format!("{}/{}", self.bucket, self.full_path(path));
+        let mut request = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(url.as_str())
+            .header("x-amz-copy-source", source)
+            .header("x-amz-storage-class", class)
+            .header("x-amz-metadata-directive", "COPY")
+            .body(HttpRequestBody::empty())
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let credential = self.s3.credentials().get_credential().await?;
+        AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
+        let response = self
+            .http
+            .put(url)
+            .headers(request.headers().clone())
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        match status {
+            // S3 may answer 200 and report an error in the body.
+            200 if !text.contains("<Error>") => Ok(()),
+            403 if text.contains("InvalidObjectState") => Err(StoreError::Archived),
+            404 => Err(StoreError::NotFound),
+            status => Err(failed("CopyObject", status, &text)),
         }
     }
 }

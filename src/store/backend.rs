@@ -100,13 +100,14 @@ pub fn backend_from_url(
     }
 }
 
-/// An S3 store's own client (not behind `dyn ObjectStore`: offline tiers need
-/// its credentials and signer), its region and the prefix of `url`.
+/// An S3 store's own client (not behind `dyn ObjectStore`: offline tiers and
+/// copies in place need its credentials and signer), its region, bucket and
+/// the prefix of `url`.
 pub(super) fn s3_client(
     url: &str,
     options: &[(String, String)],
     retries: Retries,
-) -> Result<(object_store::aws::AmazonS3, String, ObjectPath), StoreError> {
+) -> Result<(object_store::aws::AmazonS3, String, String, ObjectPath), StoreError> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     let parsed = url::Url::parse(url)
         .map_err(|_| StoreError::UnsupportedUrl(crate::redact::redact_url(url)))?;
@@ -125,13 +126,15 @@ pub(super) fn s3_client(
     let region = builder
         .get_config_value(&AmazonS3ConfigKey::Region)
         .unwrap_or_else(|| "us-east-1".into());
+    // The URL names the bucket (the builder parses it only when it builds).
+    let bucket = parsed.host_str().unwrap_or_default().to_string();
     let s3 = builder
         .with_retry(retries.config())
         .build()
         .map_err(StoreError::Backend)?;
     let prefix = ObjectPath::parse(parsed.path().trim_start_matches('/'))
         .map_err(|_| StoreError::UnsupportedUrl(crate::redact::redact_url(url)))?;
-    Ok((s3, region, prefix))
+    Ok((s3, region, bucket, prefix))
 }
 
 /// The cloud backends' settings from the conventional environment variables

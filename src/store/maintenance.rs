@@ -136,9 +136,14 @@ impl BlobStore {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let prefix = ObjectPath::from(kind.prefix());
         let mut keys = Vec::new();
-        // Stores never share a place (the configuration refuses it), so a listed
-        // object has exactly one key.
+        // Stores sharing a place (tiers of one bucket prefix) are listed once,
+        // under the first one's name: see `aliases` for the object's others.
+        let mut listed = std::collections::HashSet::new();
         for (store, backend) in self.backends() {
+            match self.place_of(store) {
+                Some(place) if !place.is_empty() && !listed.insert(place.to_string()) => continue,
+                _ => {}
+            }
             let mut listing = backend.list(Some(&prefix));
             while let Some(meta) = listing.next().await {
                 let meta = meta?;

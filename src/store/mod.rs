@@ -78,6 +78,9 @@ pub struct BlobStore {
     /// The named stores beside the primary one (`storage.stores`), by name:
     /// where lifecycle rules move instances as they age (issue 15).
     named: Arc<std::collections::BTreeMap<String, NamedStore>>,
+    /// The primary store's place (its URL): stores sharing a place are tiers
+    /// of one S3 bucket prefix, whose objects they share.
+    place: String,
 }
 
 /// A named store: its backend and the storage class its objects are written
@@ -86,8 +89,12 @@ pub struct BlobStore {
 struct NamedStore {
     backend: Arc<dyn ObjectStore>,
     storage_class: Option<String>,
-    /// An offline tier's restores (None: its objects are always readable).
-    archive: Option<Arc<archive::S3Archive>>,
+    /// The S3 requests object_store has no call for (an S3 store's).
+    s3: Option<Arc<archive::S3Archive>>,
+    /// Its objects must be restored before they are read.
+    offline: bool,
+    /// Its URL (see `BlobStore::place`).
+    place: String,
 }
 
 /// How an offline tier's objects are restored: for how many days, at which
@@ -139,6 +146,7 @@ impl BlobStore {
             tenant,
         );
         store.local_dir = url.strip_prefix("file://").map(std::path::PathBuf::from);
+        store.place = url.trim_end_matches('/').to_string();
         Ok(store)
     }
 
@@ -160,6 +168,7 @@ impl BlobStore {
             local_dir: None,
             headers: Arc::default(),
             named: Arc::default(),
+            place: String::new(),
         }
     }
 
@@ -178,27 +187,38 @@ impl BlobStore {
             return Err(StoreError::UnknownStore(name.to_string()));
         }
         let backend = backend_from_url(url, options, retries)?;
-        let archive = match offline {
-            Some(tier) => {
-                let (s3, region, prefix) = backend::s3_client(url, options, retries)?;
-                Some(Arc::new(archive::S3Archive::new(
-                    s3,
-                    region,
-                    prefix,
-                    tier.restore_days,
-                    &tier.restore_tier,
-                    tier.retry_after,
-                )?))
-            }
-            None => None,
+        let is_s3 = url.starts_with("s3://") || url.starts_with("s3a://");
+        let s3 = if is_s3 {
+            let (s3, region, bucket, prefix) = backend::s3_client(url, options, retries)?;
+            let tier = offline.clone().unwrap_or(OfflineTier {
+                restore_days: 1,
+                restore_tier: "Standard".into(),
+                retry_after: std::time::Duration::from_secs(3600),
+            });
+            Some(Arc::new(archive::S3Archive::new(
+                s3,
+                region,
+                bucket,
+                prefix,
+                tier.restore_days,
+                &tier.restore_tier,
+                tier.retry_after,
+            )?))
+        } else {
+            None
         };
+        if offline.is_some() && s3.is_none() {
+            return Err(StoreError::UnsupportedUrl(crate::redact::redact_url(url)));
+        }
         let mut named = (*self.named).clone();
         named.insert(
             name.to_string(),
             NamedStore {
                 backend,
                 storage_class: storage_class.filter(|c| !c.is_empty()),
-                archive,
+                s3,
+                offline: offline.is_some(),
+                place: url.trim_end_matches('/').to_string(),
             },
         );
         self.named = Arc::new(named);
@@ -219,7 +239,43 @@ impl BlobStore {
 
     /// The offline tier `key`'s object is in, if its store is one.
     fn archive(&self, key: &BlobKey) -> Option<&Arc<archive::S3Archive>> {
-        self.named.get(key.store()?)?.archive.as_ref()
+        let named = self.named.get(key.store()?)?;
+        named.s3.as_ref().filter(|_| named.offline)
+    }
+
+    /// The place (URL) of a store: None for the primary.
+    fn place_of(&self, store: Option<&str>) -> Option<&str> {
+        match store {
+            None => Some(self.place.as_str()),
+            Some(name) => self.named.get(name).map(|n| n.place.as_str()),
+        }
+    }
+
+    /// Whether `a` and `b` name one object in two stores sharing a place
+    /// (tiers of one bucket prefix): a move between them is a change of
+    /// storage class in place, and neither may be deleted for the other.
+    pub fn same_object(&self, a: &BlobKey, b: &BlobKey) -> bool {
+        a.store() != b.store()
+            && a.path() == b.path()
+            && self.place_of(a.store()).is_some_and(|p| !p.is_empty())
+            && self.place_of(a.store()) == self.place_of(b.store())
+    }
+
+    /// The names `key`'s object goes by in every store sharing its place
+    /// (itself included).
+    pub fn aliases(&self, key: &BlobKey) -> Vec<BlobKey> {
+        let place = self.place_of(key.store());
+        let mut aliases = vec![key.clone()];
+        if place.is_none_or(str::is_empty) {
+            return aliases;
+        }
+        let stores = std::iter::once(None).chain(self.named.keys().map(|n| Some(n.as_str())));
+        for store in stores {
+            if store != key.store() && self.place_of(store) == place {
+                aliases.push(key.in_store(store));
+            }
+        }
+        aliases
     }
 
     /// Whether `key`'s object is in an offline tier (restored before a read).
@@ -229,12 +285,12 @@ impl BlobStore {
 
     /// Whether the named store `store` is an offline tier.
     pub fn is_offline_store(&self, store: &str) -> bool {
-        self.named.get(store).is_some_and(|s| s.archive.is_some())
+        self.named.get(store).is_some_and(|s| s.offline)
     }
 
     /// Whether any store is an offline tier.
     pub fn has_offline_stores(&self) -> bool {
-        self.named.values().any(|s| s.archive.is_some())
+        self.named.values().any(|s| s.offline)
     }
 
     /// What a retrieval waiting for the restore of `key` is told to wait.

@@ -44,6 +44,41 @@ impl BlobStore {
         Ok(copied)
     }
 
+    /// Moves the object `from` to the store of `to` that shares its place (a
+    /// tier of the same bucket prefix): S3 changes the object's storage class
+    /// in place, the bytes unchanged (an object above 5 GiB is rewritten by a
+    /// streamed upload). Checks the object keeps its size; returns it.
+    #[tracing::instrument(name = "store.move_in_place", skip_all)]
+    pub async fn move_in_place(&self, from: &BlobKey, to: &BlobKey) -> Result<u64, StoreError> {
+        let _timer = StoreTimer::start("move_in_place", &self.description);
+        if !self.same_object(from, to) {
+            return Err(StoreError::InvalidKey(format!("{from} -> {to}")));
+        }
+        let size = self.stored_size(from).await?;
+        let s3 = [to.store(), from.store()]
+            .into_iter()
+            .flatten()
+            .find_map(|store| self.named.get(store).and_then(|n| n.s3.clone()))
+            .ok_or_else(|| StoreError::InvalidKey(format!("{from} -> {to}")))?;
+        let class = to
+            .store()
+            .and_then(|store| self.named.get(store))
+            .and_then(|named| named.storage_class.clone())
+            .unwrap_or_else(|| "STANDARD".into());
+        if size > super::archive::MAX_COPY_IN_PLACE {
+            self.copy_object(from, to).await?;
+        } else {
+            s3.copy_in_place(&to.path(), &class).await?;
+        }
+        if self.stored_size(to).await? != size {
+            self.incident(to, "the object changed size when its class changed");
+            return Err(StoreError::Integrity(
+                "the object changed size when its storage class changed",
+            ));
+        }
+        Ok(size)
+    }
+
     /// The size of `key`'s object as stored (a HEAD: works in offline tiers).
     #[tracing::instrument(name = "store.stored_size", skip_all)]
     pub async fn stored_size(&self, key: &BlobKey) -> Result<u64, StoreError> {

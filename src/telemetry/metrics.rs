@@ -59,7 +59,8 @@ pub const EVENTS_BACKLOG: &str = "kastell.events.backlog";
 /// Events handed to a sink. Unit `{event}`; labels `sink`, `outcome`
 /// (`delivered`, `failed`: an attempt that will be retried, `dead_lettered`).
 pub const EVENTS_DELIVERIES: &str = "kastell.events.deliveries";
-/// Jobs run by this process. Unit `{job}`; labels `kind` (`precompute`),
+/// Jobs run by this process. Unit `{job}`; labels `kind` (`precompute`,
+/// `lifecycle-pass`, `restore-poll`),
 /// `outcome` (`done`, `failed`, `skipped`: done before, redelivered;
 /// `invalid`: a queue message that is not a job, dropped).
 pub const JOBS: &str = "kastell.jobs";
