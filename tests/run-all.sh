@@ -85,6 +85,16 @@ step "on one PostgreSQL and one S3 bucket (moto): two server processes sharing t
         cargo test --locked --test concurrency --test crash --test tiers
 )
 
+step "lifecycle tiers on Azurite: the Cool and Archive access tiers, rehydration on demand, archived again"
+(
+    azurite_state="$(mktemp -d "${TMPDIR:-/tmp}/kastell-azurite.XXXXXX")"
+    tests/backends/start_azurite.sh "$azurite_state" >/dev/null
+    trap 'tests/backends/stop.sh "$azurite_state"' EXIT
+    # shellcheck disable=SC1091
+    source "$azurite_state/env"
+    cargo test --locked --test tiers azure
+)
+
 step "DICOMweb conformance suite against the running server (index on SQLite; server at trace level, its log checked for patient data)"
 python3 conformance/log_privacy.py --self-test
 RUST_LOG=trace KASTELL_LOG_PRIVACY=1 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" conformance/run_suite.sh

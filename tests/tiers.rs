@@ -810,3 +810,107 @@ fn tiers_of_one_bucket_prefix_move_in_place_and_are_never_taken_for_orphans() {
     assert_eq!(polled["poll"]["ready"], 3, "{polled}");
     assert_eq!(contents(&server, &specs), before);
 }
+
+/// Azurite's container and the tiers of the blobs under `prefix` (by
+/// blobctl.py, which signs with the emulator's well-known key).
+fn azure_tiers(container: &str, prefix: &str) -> BTreeMap<String, String> {
+    let output = std::process::Command::new("python3")
+        .args(["tests/backends/blobctl.py", "az", "tiers", container, prefix])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (tier, name) = line.split_once(' ')?;
+            Some((name.rsplit('/').next()?.to_string(), tier.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn azure_access_tiers_cool_and_archive_with_rehydration_and_archiving_again() {
+    let (Ok(_), Ok(container)) = (
+        std::env::var("AZURITE_BLOB_STORAGE_URL"),
+        std::env::var("KASTELL_AZURE_CONTAINER"),
+    ) else {
+        eprintln!("skipped: Azure access tiers need Azurite (AZURITE_BLOB_STORAGE_URL, KASTELL_AZURE_CONTAINER)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("tiers-{}", uuid::Uuid::new_v4().simple());
+    let data = dir.path().join("data");
+    let config = dir.path().join("kastell.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage.stores.cool]\nurl = \"az://{container}/{prefix}/cool\"\nstorage_class = \"Cool\"\n\
+             [storage.stores.archive]\nurl = \"az://{container}/{prefix}/archive\"\n\
+             storage_class = \"Archive\"\nretry_after_secs = 9\nrestore_days = 2\n\
+             [[lifecycle.moves]]\nname = \"archive\"\nmin_age_days = 90\nto = \"archive\"\n\
+             [[lifecycle.moves]]\nname = \"cool\"\nmin_age_days = 30\nto = \"cool\"\n\
+             [lifecycle.restore]\npoll_secs = 3600\n"
+        ),
+    )
+    .unwrap();
+    let config_env = ("KASTELL_CONFIG", config.to_str().unwrap());
+    let run = |now: &str, args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["lifecycle"];
+        all.extend_from_slice(args);
+        let mut command = cli_command(&all, &data);
+        command.env(config_env.0, config_env.1);
+        if !now.is_empty() {
+            command.env("KASTELL__LIFECYCLE__NOW", now);
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let server = Server::spawn(&data, &[config_env]);
+    let specs = store_series(&server, "43.1", "CT", 3);
+    let before = contents(&server, &specs);
+
+    // Cool after 30 days, Archive after 90: the blobs carry the tiers.
+    let report = run(&in_days(60), &["run", "--format", "json"]);
+    assert_eq!(report["moved"], 3, "{report}");
+    let cool = azure_tiers(&container, &format!("{prefix}/cool/"));
+    assert_eq!(cool.len(), 3, "{cool:?}");
+    assert!(cool.values().all(|t| t == "Cool"), "{cool:?}");
+    assert_eq!(contents(&server, &specs), before);
+    let report = run(&in_days(120), &["run", "--format", "json"]);
+    assert_eq!(report["moved"], 3, "{report}");
+    let archive = azure_tiers(&container, &format!("{prefix}/archive/"));
+    assert!(azure_tiers(&container, &format!("{prefix}/cool/")).is_empty());
+    assert_eq!(archive.len(), 3, "{archive:?}");
+    assert!(archive.values().all(|t| t == "Archive"), "{archive:?}");
+
+    // Archived: 503 and a rehydration; Azurite rehydrates at once (the
+    // request or the poll sees it), and the blobs read as stored, Hot.
+    let (status, retry_after, warning) = try_instance(&server, &specs[0]);
+    assert_eq!(status, 503);
+    assert_eq!(retry_after.as_deref(), Some("9"));
+    assert!(warning.unwrap_or_default().contains("a restore was started"));
+    let polled = run("", &["restores", "--poll", "--format", "json"]);
+    assert_eq!(polled["studies"][0]["waiting"], 0, "{polled}");
+    assert_eq!(polled["studies"][0]["ready"], 3, "{polled}");
+    assert_eq!(contents(&server, &specs), before);
+    let rehydrated = azure_tiers(&container, &format!("{prefix}/archive/"));
+    assert!(rehydrated.values().all(|t| t == "Hot"), "{rehydrated:?}");
+
+    // restore_days later the server's poll archives them again.
+    let polled = run(&in_days(3), &["restores", "--poll", "--format", "json"]);
+    assert_eq!(polled["poll"]["pruned"], 3, "{polled}");
+    let archived = azure_tiers(&container, &format!("{prefix}/archive/"));
+    assert!(archived.values().all(|t| t == "Archive"), "{archived:?}");
+    assert_eq!(try_instance(&server, &specs[1]).0, 503);
+}

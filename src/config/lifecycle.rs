@@ -219,6 +219,19 @@ impl LifecycleConfig {
             .collect()
     }
 
+    /// The configured "now" as a time, when one is set (a day: its midnight UTC).
+    pub fn fixed_now(&self) -> Option<std::time::SystemTime> {
+        let text = self.now.trim();
+        if text.is_empty() {
+            return None;
+        }
+        if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            let secs = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp();
+            return Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?));
+        }
+        humantime::parse_rfc3339_weak(text).ok()
+    }
+
     /// The configured "now", when one is set: (the day as `YYYYMMDD`).
     pub fn fixed_today(&self) -> Option<String> {
         parse_day(&self.now)
@@ -319,6 +332,9 @@ mod tests {
         assert_eq!(config.fixed_today().as_deref(), Some("20400229"));
         config.now = "2041-03-01T23:30:00Z".into();
         assert_eq!(config.fixed_today().as_deref(), Some("20410301"));
+        let now = config.fixed_now().unwrap();
+        let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(secs % 86_400, 23 * 3600 + 30 * 60);
         config.now = "tomorrow".into();
         assert!(config.validate().is_err());
     }

@@ -61,15 +61,17 @@ pub struct NamedStoreConfig {
     /// (`STANDARD_IA`, `GLACIER_IR`, …), an Azure access tier (`Cool`, `Cold`),
     /// a GCS class (`NEARLINE`, `COLDLINE`); empty: the bucket's default.
     /// `GLACIER` (Glacier Flexible Retrieval) and `DEEP_ARCHIVE` make an
-    /// offline S3 tier: its objects are restored before they can be read
-    /// (retrieval answers 503 with `Retry-After` meanwhile; see `restore_days`).
-    /// Azure's `Archive` tier is not supported (rehydration is not built).
+    /// offline S3 tier, Azure's `Archive` an offline Azure tier: their objects
+    /// are restored (rehydrated) before they can be read (retrieval answers
+    /// 503 with `Retry-After` meanwhile; see `restore_days`).
     pub storage_class: String,
     /// Offline tiers: days a restored copy stays readable (S3 RestoreObject
-    /// `Days`).
+    /// `Days`; on Azure, days a rehydrated blob stays Hot before the server
+    /// archives it again).
     pub restore_days: u32,
-    /// Offline tiers: the S3 retrieval tier of restores (`Expedited`,
-    /// `Standard` or `Bulk`: faster costs more).
+    /// Offline tiers: the speed of restores, S3's retrieval tier
+    /// (`Expedited`, `Standard` or `Bulk`) or Azure's rehydrate priority
+    /// (`Standard` or `High`): faster costs more.
     pub restore_tier: String,
     /// Offline tiers: the `Retry-After` of a retrieval that waits for a restore,
     /// in seconds; 0: what the class and tier usually take (Glacier Standard
@@ -114,7 +116,8 @@ impl NamedStoreConfig {
             return self.retry_after_secs;
         }
         let hours = match (self.storage_class.as_str(), self.restore_tier.as_str()) {
-            (_, "Expedited") => 1,
+            (_, "Expedited" | "High") => 1,
+            ("Archive", _) => 15,
             ("DEEP_ARCHIVE", "Bulk") => 48,
             ("DEEP_ARCHIVE", _) => 12,
             (_, "Bulk") => 12,
@@ -198,20 +201,27 @@ impl StorageConfig {
             }
             if store.is_offline() {
                 let s3 = store.url.starts_with("s3://") || store.url.starts_with("s3a://");
-                if !s3 {
+                let azure = ["az://", "azure://", "abfs://", "abfss://"]
+                    .iter()
+                    .any(|scheme| store.url.starts_with(scheme));
+                let tiers: &[&str] = if s3 {
+                    &["Expedited", "Standard", "Bulk"]
+                } else {
+                    &["Standard", "High"]
+                };
+                let class = store.storage_class.as_str();
+                if !(s3 && OFFLINE_S3_CLASSES.contains(&class) || azure && class == "Archive") {
                     return Err(ConfigError::Rule(format!(
-                        "storage.stores.{name}: storage_class {:?} is an offline tier, which \
-                         Kastell restores on S3 only (Azure Archive rehydration is not built); \
-                         use an instant-access tier such as Cold",
-                        store.storage_class
+                        "storage.stores.{name}: storage_class {class:?} is an offline tier, which \
+                         Kastell restores on S3 (GLACIER, DEEP_ARCHIVE) and Azure (Archive) only"
                     )));
                 }
-                if !["Expedited", "Standard", "Bulk"].contains(&store.restore_tier.as_str())
+                if !tiers.contains(&store.restore_tier.as_str())
                     || !(1..=3650).contains(&store.restore_days)
                 {
                     return Err(ConfigError::Rule(format!(
-                        "storage.stores.{name}: restore_tier is Expedited, Standard or Bulk \
-                         and restore_days 1 to 3650"
+                        "storage.stores.{name}: restore_tier is one of {} and restore_days 1 to 3650",
+                        tiers.join(", ")
                     )));
                 }
             }

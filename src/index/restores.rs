@@ -157,6 +157,18 @@ impl Index {
         )?))
     }
 
+    /// Restores whose restored copy expired at `now_ms`, at most `limit`.
+    pub fn expired_restores(&self, now_ms: i64, limit: i64) -> Result<Vec<BlobRestore>, IndexError> {
+        Ok(with_conn!(self, conn => conn.load::<BlobRestore>(
+            &format!(
+                "SELECT {COLUMNS} FROM blob_restores WHERE state = 'ready' \
+                 AND ready_until_ms IS NOT NULL AND ready_until_ms <= ? \
+                 ORDER BY ready_until_ms, blob_key LIMIT ?"
+            ),
+            &[Bind::Int(now_ms), Bind::Int(limit)],
+        )?))
+    }
+
     /// Objects whose restore is not ready yet.
     pub fn restores_waiting(&self) -> Result<i64, IndexError> {
         Ok(with_conn!(self, conn => conn.load_one::<Count>(
@@ -166,14 +178,13 @@ impl Index {
         .n)
     }
 
-    /// Removes the rows of restored copies expired at `now_ms` and of objects
-    /// no instance references any more; returns how many.
-    pub fn prune_restores(&self, now_ms: i64) -> Result<usize, IndexError> {
+    /// Removes the rows of objects no instance references any more (moved
+    /// out of the tier, or deleted); returns how many.
+    pub fn prune_restores(&self) -> Result<usize, IndexError> {
         Ok(with_conn!(self, conn => conn.run(
-            "DELETE FROM blob_restores WHERE (state = 'ready' AND ready_until_ms IS NOT NULL \
-             AND ready_until_ms <= ?) OR NOT EXISTS \
+            "DELETE FROM blob_restores WHERE NOT EXISTS \
              (SELECT 1 FROM instances WHERE instances.blob_key = blob_restores.blob_key)",
-            &[Bind::Int(now_ms)],
+            &[],
         )?))
     }
 
@@ -243,6 +254,7 @@ mod tests {
             assert_eq!(first.len(), 2);
             // Asked again while journaled: nothing new.
             assert!(index.journal_restores(&keys, 2000).unwrap().is_empty());
+            assert!(index.expired_restores(i64::MAX, 10).unwrap().is_empty());
             assert_eq!(index.restores_waiting().unwrap(), 2);
             index
                 .set_restore_state(&keys[0].0, "ready", Some(5000), 3000)
@@ -252,6 +264,8 @@ mod tests {
             let ready = rows.iter().find(|r| r.blob_key == keys[0].0).unwrap();
             assert!(ready.is_ready(4000));
             assert!(!ready.is_ready(6000));
+            assert!(index.expired_restores(4000, 10).unwrap().is_empty());
+            assert_eq!(index.expired_restores(6000, 10).unwrap().len(), 1);
             assert_eq!(index.restores_waiting().unwrap(), 1);
             // Checked at 3000: not before 3000.
             assert_eq!(index.restores_to_check(3000, 10).unwrap().len(), 1);
@@ -264,7 +278,7 @@ mod tests {
             index
                 .journal_restores(&[("derived/00".into(), "1.2.3".into())], 7000)
                 .unwrap();
-            assert_eq!(index.prune_restores(7000).unwrap(), 1);
+            assert_eq!(index.prune_restores().unwrap(), 1);
             assert_eq!(index.restores_waiting().unwrap(), 2);
         }
     }

@@ -39,10 +39,15 @@ pub enum Waiting {
     QueueFull,
 }
 
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// Now, in ms since the epoch: the lifecycle clock (`lifecycle.now`, which
+/// tests move) or the system's.
+pub(super) fn now_ms(services: &Services) -> i64 {
+    let now = services
+        .settings
+        .lifecycle
+        .fixed_now()
+        .unwrap_or_else(SystemTime::now);
+    to_ms(now).unwrap_or(0)
 }
 
 fn to_ms(time: SystemTime) -> Option<i64> {
@@ -88,7 +93,7 @@ pub async fn ensure_readable(
     let rows = services
         .with_index(move |index| index.restores_of(&keys))
         .await?;
-    let now = now_ms();
+    let now = now_ms(services);
     let rows: BTreeMap<&str, &BlobRestore> =
         rows.iter().map(|r| (r.blob_key.as_str(), r)).collect();
     let waiting: Vec<&(String, String)> = offline
@@ -193,7 +198,7 @@ pub async fn request_study(
         );
         return Ok(result);
     }
-    let now = now_ms();
+    let now = now_ms(services);
     let journaled = services
         .with_index(move |index| index.journal_restores(&offline, now))
         .await?;
@@ -233,7 +238,7 @@ async fn record(
     key: &str,
     answer: Result<RestoreState, crate::store::StoreError>,
 ) -> Outcome {
-    let now = now_ms();
+    let now = now_ms(services);
     let key_owned = key.to_string();
     let (update, outcome) = match answer {
         Ok(RestoreState::Restored { until }) => {
@@ -283,11 +288,35 @@ pub struct PollReport {
 }
 
 /// Checks the tenant's restores not ready yet (asks again for those the store
-/// lost), and prunes the journal.
+/// lost), archives again what was restored and whose time is up, and prunes
+/// the journal.
 pub async fn poll(services: &Services) -> Result<PollReport, ServiceError> {
-    let now = now_ms();
-    let pruned = services
-        .with_index(move |index| index.prune_restores(now))
+    let now = now_ms(services);
+    // Restored copies whose time is up go back to the archive (Azure; S3
+    // expires them itself), then their rows are pruned.
+    let expired = services
+        .with_index(move |index| index.expired_restores(now, CHECKS_PER_POLL))
+        .await?;
+    let mut pruned = 0;
+    for row in expired {
+        let Ok(key) = BlobKey::parse(&row.blob_key) else {
+            continue;
+        };
+        match services.store.rearchive(&key).await {
+            Ok(()) | Err(crate::store::StoreError::NotFound) => {
+                let key = row.blob_key.clone();
+                services
+                    .with_index(move |index| index.forget_restore(&key))
+                    .await?;
+                pruned += 1;
+            }
+            Err(error) => {
+                tracing::warn!(blob = %key, %error, "a restored object could not be archived again; the next poll tries again")
+            }
+        }
+    }
+    pruned += services
+        .with_index(|index| index.prune_restores())
         .await?;
     let rows = services
         .with_index(move |index| index.restores_to_check(now, CHECKS_PER_POLL))

@@ -406,7 +406,7 @@ async fn move_one(
                 .await?;
             if let Some(study) = study {
                 let objects = vec![(from.to_string(), study)];
-                let now = super::restore::now_ms();
+                let now = super::restore::now_ms(services);
                 services
                     .with_index(move |index| index.journal_restores(&objects, now))
                     .await?;

@@ -1,9 +1,10 @@
-//! The S3 requests object_store has no call for (issue 15): for offline
+//! The cloud requests object_store has no call for (issue 15). On S3: for offline
 //! tiers (storage classes whose objects must be restored before they can be
 //! read: Glacier Flexible Retrieval, Deep Archive) asking for a restore
 //! (RestoreObject) and reading how it goes (the `x-amz-restore` header of
 //! HEAD); and for tiers of one bucket prefix, changing an object's storage
-//! class in place (CopyObject onto itself). This sends them itself: the URL
+//! class in place (CopyObject onto itself). On Azure: rehydrating a blob of
+//! the Archive tier (Set Blob Tier) and reading how it goes. This sends them itself: the URL
 //! of an object from object_store's own signer (a presigned HEAD, which also
 //! serves the status check), the other requests signed with object_store's
 //! public SigV4 authorizer and the credentials of the store's own client. No
@@ -12,6 +13,7 @@
 use std::time::{Duration, SystemTime};
 
 use object_store::aws::{AmazonS3, AwsAuthorizer};
+use object_store::azure::{AzureAuthorizer, MicrosoftAzure};
 use object_store::client::HttpRequestBody;
 use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
@@ -205,6 +207,208 @@ impl S3Archive {
     }
 }
 
+/// An offline tier of either cloud: where its object stands, asking for its
+/// restore, and putting it back in the archive once its time is up.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Archive<'a> {
+    S3(&'a S3Archive),
+    Azure(&'a AzureArchive),
+}
+
+impl Archive<'_> {
+    pub(super) async fn state(&self, path: &ObjectPath) -> Result<RestoreState, StoreError> {
+        match self {
+            Archive::S3(s3) => s3.state(path).await,
+            Archive::Azure(azure) => azure.state(path).await,
+        }
+    }
+
+    pub(super) async fn request(&self, path: &ObjectPath) -> Result<RestoreState, StoreError> {
+        match self {
+            Archive::S3(s3) => s3.request(path).await,
+            Archive::Azure(azure) => azure.request(path).await,
+        }
+    }
+
+    /// Puts a restored object back in the archive: S3 does it itself when
+    /// the restored copy expires; an Azure blob rehydrated to Hot stays there
+    /// until its tier is set to Archive again.
+    pub(super) async fn rearchive(&self, path: &ObjectPath) -> Result<(), StoreError> {
+        match self {
+            Archive::S3(_) => Ok(()),
+            Archive::Azure(azure) => azure.set_tier(path, "Archive", None).await.map(|_| ()),
+        }
+    }
+
+    pub(super) fn retry_after(&self) -> Duration {
+        match self {
+            Archive::S3(s3) => s3.retry_after,
+            Archive::Azure(azure) => azure.retry_after,
+        }
+    }
+}
+
+/// An Azure store in the Archive tier: a blob is rehydrated to Hot by setting
+/// its tier (Set Blob Tier, with a rehydrate priority), its state read from
+/// the `x-ms-access-tier` and `x-ms-archive-status` headers of HEAD. Requests
+/// signed with object_store's public Shared Key authorizer and the store's
+/// own credentials; the URL of a blob from its signer.
+#[derive(Debug)]
+pub(super) struct AzureArchive {
+    azure: MicrosoftAzure,
+    /// The storage account (as Shared Key signs it).
+    account: String,
+    prefix: ObjectPath,
+    http: reqwest::Client,
+    /// Days a rehydrated blob stays Hot before it is archived again.
+    days: u32,
+    /// `Standard` or `High`.
+    priority: String,
+    pub(super) retry_after: Duration,
+}
+
+impl AzureArchive {
+    pub(super) fn new(
+        azure: MicrosoftAzure,
+        account: String,
+        prefix: ObjectPath,
+        tier: &super::OfflineTier,
+    ) -> Result<Self, StoreError> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        Ok(Self {
+            azure,
+            account,
+            prefix,
+            http,
+            days: tier.restore_days,
+            priority: tier.restore_tier.clone(),
+            retry_after: tier.retry_after,
+        })
+    }
+
+    /// The blob's URL, without a signature.
+    async fn url(&self, path: &ObjectPath) -> Result<url::Url, StoreError> {
+        let full = if self.prefix.as_ref().is_empty() {
+            path.clone()
+        } else {
+            self.prefix.parts().chain(path.parts()).collect()
+        };
+        let mut url = self
+            .azure
+            .signed_url(reqwest::Method::HEAD, &full, Duration::from_secs(300))
+            .await?;
+        url.set_query(None);
+        Ok(url)
+    }
+
+    /// Sends `method` to the blob (with `query`), signed; returns the status,
+    /// the headers and the body.
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &ObjectPath,
+        query: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, http::HeaderMap, String), StoreError> {
+        let mut url = self.url(path).await?;
+        url.set_query(query);
+        let mut builder = http::Request::builder().method(method.clone()).uri(url.as_str());
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let mut request = builder
+            .body(HttpRequestBody::empty())
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let credential = self.azure.credentials().get_credential().await?;
+        AzureAuthorizer::new(&credential, &self.account).authorize(&mut request);
+        // A SAS credential signs by query pairs: the request's own URI.
+        let response = self
+            .http
+            .request(method, request.uri().to_string())
+            .headers(request.headers().clone())
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        Ok((status, headers, text))
+    }
+
+    /// Where the blob stands (a HEAD).
+    async fn state(&self, path: &ObjectPath) -> Result<RestoreState, StoreError> {
+        let (status, headers, _) = self.send(http::Method::HEAD, path, None, &[]).await?;
+        match status {
+            200 => {}
+            404 => return Err(StoreError::NotFound),
+            status => return Err(failed("HEAD", status, "")),
+        }
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let tier = header("x-ms-access-tier").unwrap_or("Hot");
+        if tier.eq_ignore_ascii_case("archive") {
+            let pending = header("x-ms-archive-status")
+                .is_some_and(|s| s.starts_with("rehydrate-pending"));
+            return Ok(if pending {
+                RestoreState::InProgress
+            } else {
+                RestoreState::Archived
+            });
+        }
+        // Rehydrated: readable until it is archived again, `days` after the
+        // change of tier.
+        let until = header("x-ms-access-tier-change-time")
+            .and_then(http_date)
+            .map(|changed| changed + Duration::from_secs(u64::from(self.days) * 86_400));
+        Ok(RestoreState::Restored { until })
+    }
+
+    /// Asks for the blob's rehydration to Hot.
+    async fn request(&self, path: &ObjectPath) -> Result<RestoreState, StoreError> {
+        let priority = self.priority.clone();
+        let (status, text) = self.set_tier(path, "Hot", Some(&priority)).await?;
+        match status {
+            202 => Ok(RestoreState::InProgress),
+            // Done at once (or it was not archived): readable now.
+            200 => self.state(path).await,
+            409 if text.contains("BlobBeingRehydrated") => Ok(RestoreState::InProgress),
+            status => Err(failed("Set Blob Tier", status, &text)),
+        }
+    }
+
+    /// Sets the blob's access tier (Set Blob Tier); returns the status and body.
+    async fn set_tier(
+        &self,
+        path: &ObjectPath,
+        tier: &str,
+        priority: Option<&str>,
+    ) -> Result<(u16, String), StoreError> {
+        let mut headers = vec![("x-ms-access-tier", tier)];
+        if let Some(priority) = priority {
+            headers.push(("x-ms-rehydrate-priority", priority));
+        }
+        let (status, _, text) = self
+            .send(http::Method::PUT, path, Some("comp=tier"), &headers)
+            .await?;
+        match status {
+            200 | 202 | 409 => Ok((status, text)),
+            404 => Err(StoreError::NotFound),
+            status => Err(failed("Set Blob Tier", status, &text)),
+        }
+    }
+}
+
+/// An HTTP date (`Fri, 21 Dec 2012 00:00:00 GMT`) as a time; the weekday is
+/// not checked.
+fn http_date(date: &str) -> Option<SystemTime> {
+    let date = date.split_once(", ").map_or(date, |(_, rest)| rest);
+    let time = chrono::NaiveDateTime::parse_from_str(date.trim(), "%d %b %Y %H:%M:%S GMT").ok()?;
+    let secs = u64::try_from(time.and_utc().timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
 /// The state an `x-amz-restore` header says, for an object in an archive class.
 pub(super) fn parse_restore_header(header: Option<&str>) -> RestoreState {
     let Some(header) = header else {
@@ -217,13 +421,7 @@ pub(super) fn parse_restore_header(header: Option<&str>) -> RestoreState {
         .split("expiry-date=\"")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
-        // An HTTP date (`Fri, 21 Dec 2012 00:00:00 GMT`); the weekday is not checked.
-        .map(|date| date.split_once(", ").map_or(date, |(_, rest)| rest))
-        .and_then(|date| {
-            chrono::NaiveDateTime::parse_from_str(date.trim(), "%d %b %Y %H:%M:%S GMT").ok()
-        })
-        .and_then(|date| u64::try_from(date.and_utc().timestamp()).ok())
-        .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        .and_then(http_date);
     match until {
         Some(until) if until <= SystemTime::now() => RestoreState::Archived,
         until => RestoreState::Restored { until },
@@ -243,7 +441,7 @@ fn failed(what: &str, status: u16, body: &str) -> StoreError {
         .nth(1)
         .and_then(|rest| rest.split("</Code>").next())
         .unwrap_or("");
-    let error = std::io::Error::other(format!("S3 {what} answered {status} {code}"));
+    let error = std::io::Error::other(format!("{what} answered {status} {code}"));
     if status >= 500 {
         StoreError::Io(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,

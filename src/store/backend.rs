@@ -137,6 +137,47 @@ pub(super) fn s3_client(
     Ok((s3, region, bucket, prefix))
 }
 
+/// An Azure store's own client (its credentials and signer), its storage
+/// account and the prefix of `url`.
+pub(super) fn azure_client(
+    url: &str,
+    options: &[(String, String)],
+    retries: Retries,
+) -> Result<(object_store::azure::MicrosoftAzure, String, ObjectPath), StoreError> {
+    use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+    let parsed = url::Url::parse(url)
+        .map_err(|_| StoreError::UnsupportedUrl(crate::redact::redact_url(url)))?;
+    let mut settings = environment_settings();
+    settings.extend(options.iter().cloned());
+    let builder = settings.iter().fold(
+        MicrosoftAzureBuilder::new().with_url(parsed.as_str()),
+        |builder, (key, value)| match key.parse() {
+            Ok(key) => builder.with_config(key, value),
+            Err(_) => builder,
+        },
+    );
+    let emulator = builder
+        .get_config_value(&AzureConfigKey::UseEmulator)
+        .is_some_and(|v| v == "true");
+    // abfs://container@account.dfs.core.windows.net names the account too.
+    let in_url = parsed.host_str().and_then(|host| {
+        let account = host.split('.').next()?;
+        (host.contains('.') && !parsed.username().is_empty()).then(|| account.to_string())
+    });
+    let account = builder
+        .get_config_value(&AzureConfigKey::AccountName)
+        .or(in_url)
+        .or_else(|| emulator.then(|| "devstoreaccount1".to_string()))
+        .ok_or_else(|| StoreError::UnsupportedUrl(crate::redact::redact_url(url)))?;
+    let azure = builder
+        .with_retry(retries.config())
+        .build()
+        .map_err(StoreError::Backend)?;
+    let prefix = ObjectPath::parse(parsed.path().trim_start_matches('/'))
+        .map_err(|_| StoreError::UnsupportedUrl(crate::redact::redact_url(url)))?;
+    Ok((azure, account, prefix))
+}
+
 /// The cloud backends' settings from the conventional environment variables
 /// (`AWS_*`, `AZURE_*`, `GOOGLE_*`), names lower-cased into object_store config keys
 /// (`AWS_ENDPOINT_URL` → `aws_endpoint_url`). `storage.blob_options` win over them.

@@ -59,10 +59,16 @@ impl From<object_store::Error> for StoreError {
             return StoreError::NotFound;
         }
         // S3 answers a read of an object in an archive class that was not
-        // restored with 403 InvalidObjectState.
-        if matches!(&e, object_store::Error::PermissionDenied { .. })
-            && e.to_string().contains("InvalidObjectState")
-        {
+        // restored with 403 InvalidObjectState; Azure a read of a blob in the
+        // Archive tier with 409 BlobArchived.
+        let archived = match &e {
+            object_store::Error::PermissionDenied { .. } => {
+                e.to_string().contains("InvalidObjectState")
+            }
+            object_store::Error::AlreadyExists { .. } => e.to_string().contains("BlobArchived"),
+            _ => false,
+        };
+        if archived {
             return StoreError::Archived;
         }
         let io_kinds = io_kinds(&e);

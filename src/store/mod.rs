@@ -91,6 +91,8 @@ struct NamedStore {
     storage_class: Option<String>,
     /// The S3 requests object_store has no call for (an S3 store's).
     s3: Option<Arc<archive::S3Archive>>,
+    /// An Azure store's Archive tier.
+    azure: Option<Arc<archive::AzureArchive>>,
     /// Its objects must be restored before they are read.
     offline: bool,
     /// Its URL (see `BlobStore::place`).
@@ -207,9 +209,15 @@ impl BlobStore {
         } else {
             None
         };
-        if offline.is_some() && s3.is_none() {
-            return Err(StoreError::UnsupportedUrl(crate::redact::redact_url(url)));
-        }
+        let azure = match (&offline, is_s3) {
+            (Some(tier), false) => {
+                let (azure, account, prefix) = backend::azure_client(url, options, retries)?;
+                Some(Arc::new(archive::AzureArchive::new(
+                    azure, account, prefix, tier,
+                )?))
+            }
+            _ => None,
+        };
         let mut named = (*self.named).clone();
         named.insert(
             name.to_string(),
@@ -217,6 +225,7 @@ impl BlobStore {
                 backend,
                 storage_class: storage_class.filter(|c| !c.is_empty()),
                 s3,
+                azure,
                 offline: offline.is_some(),
                 place: url.trim_end_matches('/').to_string(),
             },
@@ -238,9 +247,16 @@ impl BlobStore {
     }
 
     /// The offline tier `key`'s object is in, if its store is one.
-    fn archive(&self, key: &BlobKey) -> Option<&Arc<archive::S3Archive>> {
+    fn archive(&self, key: &BlobKey) -> Option<archive::Archive<'_>> {
         let named = self.named.get(key.store()?)?;
-        named.s3.as_ref().filter(|_| named.offline)
+        if !named.offline {
+            return None;
+        }
+        match (&named.s3, &named.azure) {
+            (Some(s3), _) => Some(archive::Archive::S3(s3)),
+            (None, Some(azure)) => Some(archive::Archive::Azure(azure)),
+            (None, None) => None,
+        }
     }
 
     /// The place (URL) of a store: None for the primary.
@@ -295,7 +311,7 @@ impl BlobStore {
 
     /// What a retrieval waiting for the restore of `key` is told to wait.
     pub fn restore_retry_after(&self, key: &BlobKey) -> Option<std::time::Duration> {
-        self.archive(key).map(|a| a.retry_after)
+        self.archive(key).map(|a| a.retry_after())
     }
 
     /// Where `key`'s object stands (Online when its store is not offline).
@@ -316,6 +332,17 @@ impl BlobStore {
         match self.archive(key) {
             Some(archive) => archive.request(&key.path()).await,
             None => Ok(RestoreState::Online),
+        }
+    }
+
+    /// Puts `key`'s object back in its offline tier after a restore whose
+    /// time is up (Azure; S3 expires a restored copy itself).
+    #[tracing::instrument(name = "store.rearchive", skip_all)]
+    pub async fn rearchive(&self, key: &BlobKey) -> Result<(), StoreError> {
+        let _timer = StoreTimer::start("rearchive", &self.description);
+        match self.archive(key) {
+            Some(archive) => archive.rearchive(&key.path()).await,
+            None => Ok(()),
         }
     }
 

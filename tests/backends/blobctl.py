@@ -5,6 +5,7 @@
     blobctl.py s3 smoke BUCKET          put, list, get, range-get and delete a probe object
     blobctl.py s3 list BUCKET [PREFIX]  print "size name" per object
     blobctl.py az create|smoke|list CONTAINER [PREFIX]   the same on Azurite
+    blobctl.py az tiers CONTAINER [PREFIX]  print "tier name" per blob (access tiers)
 
 Configuration comes from the environment the start scripts print: for S3,
 AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; for Azure,
@@ -93,6 +94,10 @@ class Azure:
     def delete(self, name: str) -> None:
         self.container.delete_blob(name)
 
+    def tiers(self, prefix: str = "") -> list[tuple[str, str]]:
+        return [(b.name, b.blob_tier or "-")
+                for b in self.container.list_blobs(name_starts_with=prefix or None)]
+
 
 def smoke(store) -> None:
     prefix = f"smoke-{uuid.uuid4().hex}/"
@@ -108,7 +113,8 @@ def smoke(store) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[0] not in ("s3", "az") or argv[1] not in ("create", "smoke", "list"):
+    if len(argv) < 3 or argv[0] not in ("s3", "az") or argv[1] not in ("create", "smoke", "list", "tiers") \
+            or (argv[1] == "tiers" and argv[0] != "az"):
         print(__doc__, file=sys.stderr)
         return 2
     store = (S3 if argv[0] == "s3" else Azure)(argv[2])
@@ -117,6 +123,9 @@ def main(argv: list[str]) -> int:
         print(f"{argv[0]}: {argv[2]} ready")
     elif argv[1] == "smoke":
         smoke(store)
+    elif argv[1] == "tiers":
+        for name, tier in store.tiers(argv[3] if len(argv) > 3 else ""):
+            print(tier, name)
     else:
         for name, size in store.list(argv[3] if len(argv) > 3 else ""):
             print(size, name)
