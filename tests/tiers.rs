@@ -815,7 +815,13 @@ fn tiers_of_one_bucket_prefix_move_in_place_and_are_never_taken_for_orphans() {
 /// blobctl.py, which signs with the emulator's well-known key).
 fn azure_tiers(container: &str, prefix: &str) -> BTreeMap<String, String> {
     let output = std::process::Command::new("python3")
-        .args(["tests/backends/blobctl.py", "az", "tiers", container, prefix])
+        .args([
+            "tests/backends/blobctl.py",
+            "az",
+            "tiers",
+            container,
+            prefix,
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -899,7 +905,9 @@ fn azure_access_tiers_cool_and_archive_with_rehydration_and_archiving_again() {
     let (status, retry_after, warning) = try_instance(&server, &specs[0]);
     assert_eq!(status, 503);
     assert_eq!(retry_after.as_deref(), Some("9"));
-    assert!(warning.unwrap_or_default().contains("a restore was started"));
+    assert!(warning
+        .unwrap_or_default()
+        .contains("a restore was started"));
     let polled = run("", &["restores", "--poll", "--format", "json"]);
     assert_eq!(polled["studies"][0]["waiting"], 0, "{polled}");
     assert_eq!(polled["studies"][0]["ready"], 3, "{polled}");

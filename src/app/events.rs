@@ -69,7 +69,7 @@ pub fn start(
                 broker,
                 tenants,
                 config.events.jobs.clone(),
-                Some(audit.clone()),
+                Some(Arc::new(super::lifecycle::AuditedLifecycle(audit.clone()))),
             ));
         }
     }
@@ -107,7 +107,7 @@ pub async fn run_worker(config: Config) -> anyhow::Result<()> {
         broker,
         tenants,
         config.events.jobs.clone(),
-        Some(audit.clone()),
+        Some(Arc::new(super::lifecycle::AuditedLifecycle(audit.clone()))),
     ));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("listening for SIGTERM")?;

@@ -13,11 +13,45 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::audit::AuditLog;
+use async_trait::async_trait;
+
+use crate::audit::{Action, ActorKind, AuditEvent, AuditLog, Outcome};
 use crate::config::Config;
 use crate::service::events::jobs::{self, Job, LIFECYCLE_PASS, RESTORE_POLL};
 use crate::service::events::nats::Broker;
+use crate::service::lifecycle::{LifecycleAction, LifecycleEntry, LifecycleLog};
 use crate::service::tenants::Tenants;
+
+/// The scheduled lifecycle work's entries, in the audit trail: the server's
+/// own work (actor kind `system`).
+pub struct AuditedLifecycle(pub AuditLog);
+
+#[async_trait]
+impl LifecycleLog for AuditedLifecycle {
+    async fn record(&self, entry: LifecycleEntry) {
+        let action = match entry.action {
+            LifecycleAction::Erased => Action::Delete,
+            LifecycleAction::Moved => Action::LifecycleMove,
+        };
+        let outcome = if entry.success {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let mut event = AuditEvent::new(
+            "kastell lifecycle",
+            ActorKind::System,
+            entry.tenant.clone(),
+            action,
+            outcome,
+        )
+        .detail(entry.detail);
+        event.study_uid = entry.study;
+        if let Err(error) = self.0.record(event).await {
+            tracing::error!(%error, tenant = %entry.tenant, "the audit record of a lifecycle action could not be written");
+        }
+    }
+}
 
 /// Every `every`, a job of `kind` per tenant: to the broker's queue, or run here.
 fn schedule(
@@ -25,7 +59,7 @@ fn schedule(
     every: Duration,
     tenants: Arc<Tenants>,
     broker: Option<Arc<Broker>>,
-    audit: AuditLog,
+    audit: Arc<dyn LifecycleLog>,
 ) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
@@ -55,7 +89,7 @@ fn schedule(
                 None => {
                     for (tenant, services) in all {
                         let job = Job::scheduled(kind, &tenant, period);
-                        if let Err(error) = jobs::run(&services, &job, 1, Some(&audit)).await {
+                        if let Err(error) = jobs::run(&services, &job, 1, Some(&*audit)).await {
                             tracing::warn!(%error, %tenant, kind, "lifecycle: a scheduled job failed");
                         }
                     }
@@ -115,6 +149,7 @@ fn start_usage_counts(config: &Config, tenants: Arc<Tenants>) {
 pub fn start(config: &Config, tenants: Arc<Tenants>, audit: AuditLog) {
     start_usage_counts(config, tenants.clone());
     let broker = super::events::broker(config);
+    let audit: Arc<dyn LifecycleLog> = Arc::new(AuditedLifecycle(audit));
     if config.lifecycle.pass.interval_secs > 0 {
         schedule(
             LIFECYCLE_PASS,

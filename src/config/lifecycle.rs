@@ -227,7 +227,9 @@ impl LifecycleConfig {
         }
         if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
             let secs = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp();
-            return Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?));
+            return Some(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?),
+            );
         }
         humantime::parse_rfc3339_weak(text).ok()
     }

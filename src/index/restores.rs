@@ -158,7 +158,11 @@ impl Index {
     }
 
     /// Restores whose restored copy expired at `now_ms`, at most `limit`.
-    pub fn expired_restores(&self, now_ms: i64, limit: i64) -> Result<Vec<BlobRestore>, IndexError> {
+    pub fn expired_restores(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<BlobRestore>, IndexError> {
         Ok(with_conn!(self, conn => conn.load::<BlobRestore>(
             &format!(
                 "SELECT {COLUMNS} FROM blob_restores WHERE state = 'ready' \

@@ -5,13 +5,36 @@
 //! ended (where `erase_expired` is on) and moves what the tenant's rules ask
 //! for, each audited; a poll checks the restores from offline tiers.
 
-use crate::audit::{Action, ActorKind, AuditEvent, AuditLog, Outcome};
+use async_trait::async_trait;
 
 use super::retention::{erasure_note, expired_studies, RetentionPolicy};
 use super::{ServiceError, Services};
 
-/// The actor of the server's own lifecycle work in the audit trail.
-const ACTOR: &str = "kastell lifecycle";
+/// What the scheduled lifecycle work did, one entry per action, for the audit
+/// trail (which the composition root hands in as a [`LifecycleLog`]: the
+/// service layer does not write it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleEntry {
+    pub tenant: String,
+    pub action: LifecycleAction,
+    pub study: Option<String>,
+    pub success: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleAction {
+    /// A study erased after its retention ended.
+    Erased,
+    /// A pass of the move rules.
+    Moved,
+}
+
+/// Where the scheduled lifecycle work records what it did.
+#[async_trait]
+pub trait LifecycleLog: Send + Sync {
+    async fn record(&self, entry: LifecycleEntry);
+}
 
 /// One scheduled pass for `tenant`: erasure of expired studies (when the
 /// tenant's retention says so), then one pass of its move rules. `owner`
@@ -19,7 +42,7 @@ const ACTOR: &str = "kastell lifecycle";
 pub async fn scheduled_pass(
     services: &Services,
     tenant: &str,
-    audit: Option<&AuditLog>,
+    audit: Option<&dyn LifecycleLog>,
     owner: &str,
 ) -> Result<(), ServiceError> {
     let lifecycle = &services.settings.lifecycle;
@@ -32,32 +55,24 @@ pub async fn scheduled_pass(
     }
     let today = super::retention::today(lifecycle);
     let result = super::tiering::run_pass(services, rules, today, &lifecycle.pass, owner).await;
-    let (outcome, detail) = match &result {
-        Ok(report) if report.failed.is_empty() => (
-            Outcome::Success,
-            format!("scheduled lifecycle pass: {report}"),
-        ),
+    let (success, detail) = match &result {
         Ok(report) => (
-            Outcome::Failure,
+            report.failed.is_empty(),
             format!("scheduled lifecycle pass: {report}"),
         ),
-        Err(error) => (
-            Outcome::Failure,
-            format!("scheduled lifecycle pass failed: {error}"),
-        ),
+        Err(error) => (false, format!("scheduled lifecycle pass failed: {error}")),
     };
     let quiet = matches!(&result, Ok(r) if r.moved == 0 && r.failed.is_empty()
         && r.recovered == 0 && r.held_back == 0 && r.restoring == 0);
     if !quiet {
-        let event = AuditEvent::new(
-            ACTOR,
-            ActorKind::System,
-            tenant,
-            Action::LifecycleMove,
-            outcome,
-        )
-        .detail(detail);
-        record(audit, event, tenant).await;
+        let entry = LifecycleEntry {
+            tenant: tenant.to_string(),
+            action: LifecycleAction::Moved,
+            study: None,
+            success,
+            detail,
+        };
+        record(audit, entry).await;
     }
     result.map(|_| ())
 }
@@ -66,7 +81,7 @@ pub async fn scheduled_pass(
 async fn erase_expired(
     services: &Services,
     tenant: &str,
-    audit: Option<&AuditLog>,
+    audit: Option<&dyn LifecycleLog>,
 ) -> Result<(), ServiceError> {
     let policy = RetentionPolicy::of(&services.settings.lifecycle, tenant);
     for (study, kept) in expired_studies(services, &policy).await? {
@@ -77,26 +92,25 @@ async fn erase_expired(
             },
         )
         .await;
-        let outcome = if result.is_ok() {
-            Outcome::Success
-        } else {
-            Outcome::Failure
+        let entry = LifecycleEntry {
+            tenant: tenant.to_string(),
+            action: LifecycleAction::Erased,
+            success: result.is_ok(),
+            detail: erasure_note(&kept, &result),
+            study: Some(study),
         };
-        let mut event = AuditEvent::new(ACTOR, ActorKind::System, tenant, Action::Delete, outcome)
-            .detail(erasure_note(&kept, &result));
-        event.study_uid = Some(study);
-        record(audit, event, tenant).await;
+        record(audit, entry).await;
     }
     Ok(())
 }
 
-async fn record(audit: Option<&AuditLog>, event: AuditEvent, tenant: &str) {
-    let Some(audit) = audit else {
-        tracing::error!(%tenant, detail = ?event.detail, "a lifecycle action ran where no audit trail is open");
-        return;
-    };
-    if let Err(error) = audit.record(event).await {
-        tracing::error!(%error, %tenant, "the audit record of a lifecycle action could not be written");
+async fn record(audit: Option<&dyn LifecycleLog>, entry: LifecycleEntry) {
+    match audit {
+        Some(audit) => audit.record(entry).await,
+        None => tracing::error!(
+            tenant = %entry.tenant, detail = %entry.detail,
+            "a lifecycle action ran where no audit trail is open"
+        ),
     }
 }
 

@@ -33,6 +33,11 @@ pub enum RestoreState {
     Restored { until: Option<SystemTime> },
 }
 
+/// The S3 storage classes whose objects a read needs restored first, as HEAD
+/// names them (the configuration checks store classes against its own list:
+/// the store knows S3's answers, not the configuration).
+const ARCHIVE_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
+
 /// Largest object CopyObject copies in one request (5 GiB); a larger one is
 /// rewritten through a streamed upload instead.
 pub(super) const MAX_COPY_IN_PLACE: u64 = 5 * 1024 * 1024 * 1024;
@@ -119,7 +124,7 @@ impl S3Archive {
                 .map(str::to_string)
         };
         let class = header("x-amz-storage-class").unwrap_or_else(|| "STANDARD".into());
-        if !crate::config::OFFLINE_S3_CLASSES.contains(&class.as_str()) {
+        if !ARCHIVE_CLASSES.contains(&class.as_str()) {
             return Ok(RestoreState::Online);
         }
         Ok(parse_restore_header(header("x-amz-restore").as_deref()))
@@ -315,7 +320,9 @@ impl AzureArchive {
     ) -> Result<(u16, http::HeaderMap, String), StoreError> {
         let mut url = self.url(path).await?;
         url.set_query(query);
-        let mut builder = http::Request::builder().method(method.clone()).uri(url.as_str());
+        let mut builder = http::Request::builder()
+            .method(method.clone())
+            .uri(url.as_str());
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
@@ -349,8 +356,8 @@ impl AzureArchive {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let tier = header("x-ms-access-tier").unwrap_or("Hot");
         if tier.eq_ignore_ascii_case("archive") {
-            let pending = header("x-ms-archive-status")
-                .is_some_and(|s| s.starts_with("rehydrate-pending"));
+            let pending =
+                header("x-ms-archive-status").is_some_and(|s| s.starts_with("rehydrate-pending"));
             return Ok(if pending {
                 RestoreState::InProgress
             } else {

@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use super::cloudevent::event_id;
 use super::nats::Broker;
 use super::{exponential_backoff, Sink, Stopped, TenantRef};
-use crate::audit::AuditLog;
 use crate::config::JobsConfig;
 use crate::dicom::render::ImageFormat;
 use crate::index::changes::{Change, ChangeAction};
@@ -105,7 +104,7 @@ pub async fn run(
     services: &Services,
     job: &Job,
     delivery: i64,
-    audit: Option<&AuditLog>,
+    audit: Option<&dyn crate::service::lifecycle::LifecycleLog>,
 ) -> Result<Outcome, ServiceError> {
     if job.kind == RESTORE_POLL {
         let result = crate::service::lifecycle::restore_poll(services, &job.tenant).await;

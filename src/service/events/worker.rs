@@ -21,8 +21,8 @@ use tokio::sync::Semaphore;
 
 use super::jobs::{self, Job};
 use super::nats::Broker;
-use crate::audit::AuditLog;
 use crate::config::JobsConfig;
+use crate::service::lifecycle::LifecycleLog;
 use crate::service::tenants::Tenants;
 use crate::telemetry::metrics;
 
@@ -40,7 +40,7 @@ pub async fn run(
     broker: Arc<Broker>,
     tenants: Arc<Tenants>,
     config: JobsConfig,
-    audit: Option<AuditLog>,
+    audit: Option<Arc<dyn LifecycleLog>>,
 ) {
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     loop {
@@ -86,7 +86,7 @@ async fn take_jobs(
     tenants: &Arc<Tenants>,
     config: &JobsConfig,
     slots: &Arc<Semaphore>,
-    audit: &Option<AuditLog>,
+    audit: &Option<Arc<dyn LifecycleLog>>,
 ) -> String {
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -114,7 +114,7 @@ async fn take_jobs(
                     let (tenants, config) = (tenants.clone(), config.clone());
                     let audit = audit.clone();
                     tokio::spawn(async move {
-                        handle(message, &tenants, &config, audit.as_ref()).await;
+                        handle(message, &tenants, &config, audit.as_deref()).await;
                         drop(slot);
                     });
                 }
@@ -129,7 +129,7 @@ async fn handle(
     message: async_nats::jetstream::Message,
     tenants: &Tenants,
     config: &JobsConfig,
-    audit: Option<&AuditLog>,
+    audit: Option<&dyn LifecycleLog>,
 ) {
     let delivery = message.info().map(|info| info.delivered).unwrap_or(1);
     let job: Job = match serde_json::from_slice(&message.payload) {
