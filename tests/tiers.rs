@@ -804,10 +804,51 @@ fn tiers_of_one_bucket_prefix_move_in_place_and_are_never_taken_for_orphans() {
         "the sweep took tiers for orphans"
     );
 
-    // Offline now: a restore, then the same bytes.
-    assert_eq!(try_instance(&server, &specs[0]).0, 503);
-    let polled = run(0, &["restores", "--poll", "--format", "json"]);
-    assert_eq!(polled["poll"]["ready"], 3, "{polled}");
+    // Offline now: a rule back to `warm` asks for the restore first and moves
+    // nothing; a retrieval meanwhile waits for that restore.
+    let back = dir.path().join("back.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let stores = text.split("[[lifecycle.moves]]").next().unwrap();
+    std::fs::write(
+        &back,
+        format!("{stores}[[lifecycle.moves]]\nname = \"back\"\nto = \"warm\"\n"),
+    )
+    .unwrap();
+    let run_back = || -> serde_json::Value {
+        let output = cli_command(&["lifecycle", "run", "--format", "json"], &data)
+            .env("KASTELL_CONFIG", &back)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let report = run_back();
+    assert_eq!(
+        (report["moved"].as_u64(), report["restoring"].as_u64()),
+        (Some(0), Some(3)),
+        "{report}"
+    );
+    let (status, _, warning) = try_instance(&server, &specs[0]);
+    assert_eq!(status, 503);
+    assert!(warning.unwrap_or_default().contains("in progress"));
+    // The polls send the restores and see them done.
+    wait_until("the restores are done", || {
+        let polled = run(0, &["restores", "--poll", "--format", "json"]);
+        polled["studies"][0]["waiting"] == 0
+    });
+    assert_eq!(contents(&server, &specs), before);
+    let report = run_back();
+    assert_eq!(
+        (report["moved"].as_u64(), report["in_place"].as_u64()),
+        (Some(3), Some(3)),
+        "{report}"
+    );
+    let warm_again = s3_classes(&endpoint, &bucket, &prefix);
+    assert!(
+        warm_again
+            .values()
+            .all(|c| c.as_deref() == Some("STANDARD_IA")),
+        "{warm_again:?}"
+    );
     assert_eq!(contents(&server, &specs), before);
 }
 

@@ -15,7 +15,7 @@ use chrono::NaiveDate;
 use super::{ServiceError, Services};
 use crate::config::{MoveRule, PassConfig};
 use crate::index::moves::{BlobMove, MoveCandidate};
-use crate::store::{BlobKey, PRIMARY_STORE};
+use crate::store::{BlobKey, RestoreState, PRIMARY_STORE};
 use crate::telemetry::metrics;
 
 /// Instances read from the index at a time.
@@ -398,20 +398,8 @@ async fn move_one(
     let bytes = match copied {
         Ok(bytes) => bytes,
         Err(crate::store::StoreError::Archived) => {
-            // Leaving an offline tier starts with a restore.
             undo(services, from, &to_key).await;
-            let key = from.to_string();
-            let study = services
-                .with_index(move |index| index.study_of_blob(&key))
-                .await?;
-            if let Some(study) = study {
-                let objects = vec![(from.to_string(), study)];
-                let now = super::restore::now_ms(services);
-                services
-                    .with_index(move |index| index.journal_restores(&objects, now))
-                    .await?;
-            }
-            return Ok(Moved::Restoring);
+            return ask_restore(services, from).await;
         }
         Err(error) => {
             undo(services, from, &to_key).await;
@@ -430,6 +418,23 @@ async fn move_one(
     Ok(Moved::Switched(to_key.to_string(), bytes))
 }
 
+/// Leaving an offline tier starts with a restore: journals the one of `from`
+/// (the poll sends it); a later pass moves the object.
+async fn ask_restore(services: &Services, from: &str) -> Result<Moved, ServiceError> {
+    let key = from.to_string();
+    let study = services
+        .with_index(move |index| index.study_of_blob(&key))
+        .await?;
+    if let Some(study) = study {
+        let objects = vec![(from.to_string(), study)];
+        let now = super::restore::now_ms(services);
+        services
+            .with_index(move |index| index.journal_restores(&objects, now))
+            .await?;
+    }
+    Ok(Moved::Restoring)
+}
+
 /// A claimed move between tiers of one bucket prefix: the index switches to
 /// the new store first, then S3 changes the object's class in place (a kill
 /// between the two leaves the switch journaled: the next pass changes the
@@ -441,6 +446,19 @@ async fn move_in_place(
     to: &BlobKey,
     owner: &str,
 ) -> Result<Moved, ServiceError> {
+    if services.store.is_offline(from) {
+        // Out of an archive class in place: only a restored object can be
+        // copied (before the switch, so that nothing points at a class that
+        // cannot be read).
+        let restored = matches!(
+            services.store.restore_state(from).await?,
+            RestoreState::Restored { .. } | RestoreState::Online
+        );
+        if !restored {
+            undo(services, from.as_str(), to).await;
+            return ask_restore(services, from.as_str()).await;
+        }
+    }
     if services.store.is_offline(to) && !services.store.is_offline(from) {
         // Its last chance to be read whole before it goes offline.
         if let Err(error) = services.store.check_decrypts(from).await {

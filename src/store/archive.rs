@@ -205,7 +205,12 @@ impl S3Archive {
         match status {
             // S3 may answer 200 and report an error in the body.
             200 if !text.contains("<Error>") => Ok(()),
-            403 if text.contains("InvalidObjectState") => Err(StoreError::Archived),
+            // The source is in an archive class and not restored.
+            403 if text.contains("InvalidObjectState")
+                || text.contains("ObjectNotInActiveTierError") =>
+            {
+                Err(StoreError::Archived)
+            }
             404 => Err(StoreError::NotFound),
             status => Err(failed("CopyObject", status, &text)),
         }
