@@ -154,9 +154,7 @@ impl Setup {
     }
 
     fn json(&self, now: &str, args: &[&str]) -> serde_json::Value {
-        let (ok, stdout, stderr) = self.lifecycle(now, args);
-        assert!(ok, "{stdout}{stderr}");
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+        lifecycle_json(&self.data, &self.config, now, args)
     }
 
     fn verify(&self) -> (bool, String) {
@@ -173,6 +171,33 @@ impl Setup {
             ),
         )
     }
+}
+
+/// `kastell lifecycle ARGS` on `data` with the configuration file `config`
+/// and the lifecycle clock at `now` (empty: the system clock); its stdout,
+/// which it must have printed successfully.
+fn lifecycle_out(data: &Path, config: &Path, now: &str, args: &[&str]) -> String {
+    let mut all = vec!["lifecycle"];
+    all.extend_from_slice(args);
+    let mut command = cli_command(&all, data);
+    command.env("KASTELL_CONFIG", config);
+    if !now.is_empty() {
+        command.env("KASTELL__LIFECYCLE__NOW", now);
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The same, parsing its JSON report.
+fn lifecycle_json(data: &Path, config: &Path, now: &str, args: &[&str]) -> serde_json::Value {
+    let stdout = lifecycle_out(data, config, now, args);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 /// Sixty days after today: past the rules' 30 days.
@@ -494,22 +519,8 @@ fn an_offline_tier_answers_503_until_restored_and_a_legal_hold_keeps_a_study_out
         }
         env
     };
-    let lifecycle = |now: &str, args: &[&str]| {
-        let mut all = vec!["lifecycle"];
-        all.extend_from_slice(args);
-        let output = cli_command(&all, &data).envs(env(now)).output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-    };
-    let json = |now: &str, args: &[&str]| -> serde_json::Value {
-        let stdout = lifecycle(now, args);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-    };
+    let lifecycle = |now: &str, args: &[&str]| lifecycle_out(&data, &config, now, args);
+    let json = |now: &str, args: &[&str]| lifecycle_json(&data, &config, now, args);
     let server_env = env("");
     let server_env: Vec<(&str, &str)> = server_env
         .iter()
@@ -723,23 +734,7 @@ fn tiers_of_one_bucket_prefix_move_in_place_and_are_never_taken_for_orphans() {
     )
     .unwrap();
     let config_env = ("KASTELL_CONFIG", config.to_str().unwrap());
-    let run = |days: u64, args: &[&str]| -> serde_json::Value {
-        let now = in_days(days);
-        let mut all = vec!["lifecycle"];
-        all.extend_from_slice(args);
-        let output = cli_command(&all, &data)
-            .env(config_env.0, config_env.1)
-            .env("KASTELL__LIFECYCLE__NOW", &now)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-    };
+    let run = |days: u64, args: &[&str]| lifecycle_json(&data, &config, &in_days(days), args);
     let server = Server::spawn(&data, &[config_env]);
     let specs = store_series(&server, "42.1", "CT", 3);
     let before = contents(&server, &specs);
@@ -906,23 +901,7 @@ fn azure_access_tiers_cool_and_archive_with_rehydration_and_archiving_again() {
     )
     .unwrap();
     let config_env = ("KASTELL_CONFIG", config.to_str().unwrap());
-    let run = |now: &str, args: &[&str]| -> serde_json::Value {
-        let mut all = vec!["lifecycle"];
-        all.extend_from_slice(args);
-        let mut command = cli_command(&all, &data);
-        command.env(config_env.0, config_env.1);
-        if !now.is_empty() {
-            command.env("KASTELL__LIFECYCLE__NOW", now);
-        }
-        let output = command.output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-    };
+    let run = |now: &str, args: &[&str]| lifecycle_json(&data, &config, now, args);
     let server = Server::spawn(&data, &[config_env]);
     let specs = store_series(&server, "43.1", "CT", 3);
     let before = contents(&server, &specs);

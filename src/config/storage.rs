@@ -218,9 +218,11 @@ impl StorageConfig {
                 }
                 if !tiers.contains(&store.restore_tier.as_str())
                     || !(1..=3650).contains(&store.restore_days)
+                    || store.retry_after_secs > 7 * 86_400
                 {
                     return Err(ConfigError::Rule(format!(
-                        "storage.stores.{name}: restore_tier is one of {} and restore_days 1 to 3650",
+                        "storage.stores.{name}: restore_tier is one of {}, restore_days 1 to 3650 \
+                         and retry_after_secs at most a week (604800)",
                         tiers.join(", ")
                     )));
                 }

@@ -368,6 +368,10 @@ pub async fn restore_study(
     tenant: &str,
     study: &str,
 ) -> anyhow::Result<crate::service::restore::StudyRestore> {
+    // A UID is at most 64 characters (PS3.5 §9.1).
+    if study.is_empty() || study.len() > 64 {
+        anyhow::bail!("--study is a Study Instance UID of 1 to 64 characters");
+    }
     let (services, control) = tenant_services(config, tenant).await?;
     let result = crate::service::restore::request_study(&services, study, true)
         .await

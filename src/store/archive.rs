@@ -60,39 +60,62 @@ pub(super) struct S3Archive {
 /// How long a request to the store may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most of an answer's body read (an error document is a few hundred
+/// bytes; a store answering more is not believed further).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The client the requests of both clouds are sent with.
+fn http_client() -> Result<reqwest::Client, StoreError> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+}
+
+/// `path` under a store's URL prefix: the object's path in its bucket or container.
+fn under_prefix(prefix: &ObjectPath, path: &ObjectPath) -> ObjectPath {
+    if prefix.as_ref().is_empty() {
+        path.clone()
+    } else {
+        prefix.parts().chain(path.parts()).collect()
+    }
+}
+
+/// The start of an answer's body as text, at most [`MAX_ANSWER_BYTES`].
+async fn answer_text(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ANSWER_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_ANSWER_BYTES {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 impl S3Archive {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         s3: AmazonS3,
         region: String,
         bucket: String,
         prefix: ObjectPath,
-        days: u32,
-        tier: &str,
-        retry_after: Duration,
+        tier: &super::OfflineTier,
     ) -> Result<Self, StoreError> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
         Ok(Self {
             s3,
             region,
             bucket,
             prefix,
-            http,
-            days,
-            tier: tier.to_string(),
-            retry_after,
+            http: http_client()?,
+            days: tier.restore_days,
+            tier: tier.restore_tier.clone(),
+            retry_after: tier.retry_after,
         })
     }
 
     fn full_path(&self, path: &ObjectPath) -> ObjectPath {
-        if self.prefix.as_ref().is_empty() {
-            path.clone()
-        } else {
-            self.prefix.parts().chain(path.parts()).collect()
-        }
+        under_prefix(&self.prefix, path)
     }
 
     /// A presigned URL of the object for `method`.
@@ -156,7 +179,7 @@ impl S3Archive {
             .await
             .map_err(unavailable)?;
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
+        let text = answer_text(response).await;
         match status {
             // Started.
             202 => Ok(RestoreState::InProgress),
@@ -201,7 +224,7 @@ impl S3Archive {
             .await
             .map_err(unavailable)?;
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
+        let text = answer_text(response).await;
         match status {
             // S3 may answer 200 and report an error in the body.
             200 if !text.contains("<Error>") => Ok(()),
@@ -284,15 +307,11 @@ impl AzureArchive {
         prefix: ObjectPath,
         tier: &super::OfflineTier,
     ) -> Result<Self, StoreError> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
         Ok(Self {
             azure,
             account,
             prefix,
-            http,
+            http: http_client()?,
             days: tier.restore_days,
             priority: tier.restore_tier.clone(),
             retry_after: tier.retry_after,
@@ -301,14 +320,13 @@ impl AzureArchive {
 
     /// The blob's URL, without a signature.
     async fn url(&self, path: &ObjectPath) -> Result<url::Url, StoreError> {
-        let full = if self.prefix.as_ref().is_empty() {
-            path.clone()
-        } else {
-            self.prefix.parts().chain(path.parts()).collect()
-        };
         let mut url = self
             .azure
-            .signed_url(reqwest::Method::HEAD, &full, Duration::from_secs(300))
+            .signed_url(
+                reqwest::Method::HEAD,
+                &under_prefix(&self.prefix, path),
+                Duration::from_secs(300),
+            )
             .await?;
         url.set_query(None);
         Ok(url)
@@ -346,7 +364,7 @@ impl AzureArchive {
             .map_err(unavailable)?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
+        let text = answer_text(response).await;
         Ok((status, headers, text))
     }
 

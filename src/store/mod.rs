@@ -198,13 +198,7 @@ impl BlobStore {
                 retry_after: std::time::Duration::from_secs(3600),
             });
             Some(Arc::new(archive::S3Archive::new(
-                s3,
-                region,
-                bucket,
-                prefix,
-                tier.restore_days,
-                &tier.restore_tier,
-                tier.retry_after,
+                s3, region, bucket, prefix, &tier,
             )?))
         } else {
             None
