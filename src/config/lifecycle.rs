@@ -279,6 +279,17 @@ impl LifecycleConfig {
                 "lifecycle.pass: moves_per_second must be 0 or more, lease_secs above 0".into(),
             ));
         }
+        // A timer's period past the end of time would overflow the clock.
+        const YEAR: u64 = 366 * 86_400;
+        let periods = [
+            ("lifecycle.pass.interval_secs", self.pass.interval_secs),
+            ("lifecycle.pass.lease_secs", self.pass.lease_secs),
+            ("lifecycle.restore.poll_secs", self.restore.poll_secs),
+            ("lifecycle.usage_interval_secs", self.usage_interval_secs),
+        ];
+        if let Some((name, _)) = periods.iter().find(|(_, secs)| *secs > YEAR) {
+            return Err(ConfigError::Rule(format!("{name} is at most a year")));
+        }
         Ok(())
     }
 }
@@ -339,6 +350,9 @@ mod tests {
         assert_eq!(secs % 86_400, 23 * 3600 + 30 * 60);
         config.now = "tomorrow".into();
         assert!(config.validate().is_err());
+        config.now = String::new();
+        config.usage_interval_secs = u64::MAX;
+        assert!(config.validate().is_err(), "a period past the end of time");
     }
 
     #[test]
