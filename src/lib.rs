@@ -13,6 +13,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod custody;
 pub mod dicom;
 pub mod http;
 pub mod index;

@@ -19,6 +19,7 @@ const BELOW_HTTP: &[&str] = &[
     "audit",
     "auth",
     "crypto",
+    "custody",
     "sovereignty",
     "telemetry",
     "private_files",
@@ -45,6 +46,12 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>)> {
         // (subscriber, exporters) is started by the binary and served by HTTP.
         (
             "store",
+            vec!["crypto", "telemetry::metrics", "private_files", "redact"],
+        ),
+        // Key custody reaches the holders of master keys (files, HSMs, KMSs)
+        // for the key hierarchy of `crypto`.
+        (
+            "custody",
             vec!["crypto", "telemetry::metrics", "private_files", "redact"],
         ),
         (

@@ -90,7 +90,7 @@ pub async fn run_worker(config: Config) -> anyhow::Result<()> {
     let services = super::build_services(&config)?;
     // Lifecycle jobs are audited, in the control index's chained trail.
     let chain_key =
-        crate::audit::ChainKey::load_or_create(&services.index, services.store.keys().provider())?;
+        crate::audit::ChainKey::load_or_create(&services.index, services.store.keys().masters())?;
     let audit = crate::audit::AuditLog::start(services.index.clone(), chain_key);
     let tenants = Arc::new(Tenants::new(
         services,

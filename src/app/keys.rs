@@ -1,14 +1,21 @@
-//! The master key and the key ring: where the master key comes from (configured,
-//! a key file, or the generated development key) and the tenant keys the index keeps.
+//! The master keys and the key ring: where each master key is held (configured,
+//! a key file, the generated development key, an HSM, a KMS) and the tenant keys
+//! the index keeps.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::{Config, MasterKeySource};
+use crate::config::{Config, MasterConfig, MasterKeySource};
 use crate::crypto::{
-    CryptoError, KeyId, KeyProvider, KeyRing, LocalMasterKey, SecretKey, TenantKeyLoader,
-    TenantKeyRecord, TenantKeyState,
+    CacheLimits, CryptoError, KeyId, KeyProvider, KeyRing, LocalMasterKey, MasterKeys, SecretKey,
+    TenantKeyLoader, TenantKeyRecord, TenantKeyState, LOCAL_MASTER,
+};
+use crate::custody::{
+    decode_key, read_key_file, Custodian, Holder, Pkcs11Master, SecretSource, TransitMaster,
+    TransitSettings,
 };
 use crate::index::Index;
 
@@ -31,6 +38,7 @@ impl TenantKeyLoader for IndexKeyLoader {
                     state: TenantKeyState::parse(&row.state)
                         .ok_or(CryptoError::KeyStore("unknown key state".into()))?,
                     wrapped: row.wrapped_key,
+                    master: row.master_key,
                 })
             })
             .collect()
@@ -42,7 +50,12 @@ impl TenantKeyLoader for IndexKeyLoader {
             .as_deref()
             .ok_or(CryptoError::KeyMaterial("a new key is wrapped"))?;
         self.0
-            .add_active_tenant_key(&record.id.tenant, record.id.version as i64, wrapped)
+            .add_active_tenant_key(
+                &record.id.tenant,
+                record.id.version as i64,
+                wrapped,
+                &record.master,
+            )
             .map_err(|e| CryptoError::KeyStore(e.to_string()))
     }
 
@@ -64,61 +77,38 @@ impl TenantKeyLoader for IndexKeyLoader {
     }
 }
 
-/// Decodes key text: 32 raw bytes, or their base64 or hex form.
-fn decode_key(bytes: &[u8]) -> anyhow::Result<SecretKey> {
-    use base64::Engine;
-    if bytes.len() == 32 {
-        return Ok(SecretKey::from_bytes(bytes)?);
-    }
-    let text = std::str::from_utf8(bytes)
-        .context("the master key is neither 32 bytes nor text")?
-        .trim();
-    let decoded = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex::decode(text)?
-    } else {
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .context("the master key is not valid base64")?
-    };
-    SecretKey::from_bytes(&decoded).context("the master key must be 32 bytes (256 bits)")
-}
-
-/// The master key provider: configured key, key file, or (embedded default only) a
+/// The local master key: configured, a key file, or (embedded default only) a
 /// generated development key.
-pub fn master_key(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
+fn local_master(config: &Config) -> anyhow::Result<Option<Holder>> {
     let path = match config.master_key_source() {
         MasterKeySource::Configured => {
             let key = decode_key(config.keys.master_key.as_bytes())?;
-            return Ok(Arc::new(LocalMasterKey::new(
-                &key,
-                "configuration / environment",
-            )));
+            let origin = "configuration / environment".to_string();
+            return Ok(Some(Holder::Local {
+                key: LocalMasterKey::new(&key, origin.clone()),
+                origin,
+            }));
         }
         MasterKeySource::File(path) => {
-            let shared = crate::private_files::shared_mode_bits(&path)
-                .with_context(|| format!("reading the master key file {}", path.display()))?;
-            if shared != 0 {
-                anyhow::bail!(
-                    "the master key file {} is accessible to its group or to others (mode \
-                     bits {shared:03o} beyond the owner's): whoever can read it can read every \
-                     image. Make it readable by the service user only: \
-                     `chmod 600 {}` (or 400)",
-                    path.display(),
-                    path.display()
-                );
-            }
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("reading the master key file {}", path.display()))?;
-            let key = decode_key(&bytes)?;
-            return Ok(Arc::new(LocalMasterKey::new(
-                &key,
-                format!("file {}", path.display()),
-            )));
+            let key = read_key_file(&path)?;
+            let origin = format!("file {}", path.display());
+            return Ok(Some(Holder::Local {
+                key: LocalMasterKey::new(&key, origin.clone()),
+                origin,
+            }));
         }
-        MasterKeySource::Missing => anyhow::bail!(
-            "no master key is configured: set keys.master_key_file or KASTELL__KEYS__MASTER_KEY \
-             (a generated development key is only used with the embedded local blob store)"
-        ),
+        MasterKeySource::Missing => {
+            // Without a local key, every key must be wrapped by a named master.
+            if config.keys.active_master != LOCAL_MASTER {
+                return Ok(None);
+            }
+            anyhow::bail!(
+                "no master key is configured: set keys.master_key_file or \
+                 KASTELL__KEYS__MASTER_KEY, or name a master of keys.masters in \
+                 keys.active_master (a generated development key is only used with the \
+                 embedded local blob store)"
+            )
+        }
         MasterKeySource::Development(path) => path,
     };
     if !path.exists() {
@@ -132,14 +122,104 @@ pub fn master_key(config: &Config) -> anyhow::Result<Arc<dyn KeyProvider>> {
         "!!! USING A GENERATED DEVELOPMENT MASTER KEY, stored next to the data it protects. \
          Anyone with this directory can read every image. Configure keys.master_key_file for real use. !!!"
     );
-    Ok(Arc::new(LocalMasterKey::new(
-        &key,
-        format!("development key {}", path.display()),
-    )))
+    let origin = format!("development key {}", path.display());
+    Ok(Some(Holder::Local {
+        key: LocalMasterKey::new(&key, origin.clone()),
+        origin,
+    }))
+}
+
+/// Opens the holder of one named master key.
+pub fn open_master(name: &str, master: &MasterConfig) -> anyhow::Result<Holder> {
+    let secret = |file: &str, env: &str| {
+        if !file.is_empty() {
+            SecretSource::File(PathBuf::from(file))
+        } else if !env.is_empty() {
+            SecretSource::Env(env.to_string())
+        } else {
+            SecretSource::None
+        }
+    };
+    let holder = if let Some(path) = master.url.strip_prefix("file:") {
+        let path = PathBuf::from(path);
+        let key = read_key_file(&path)?;
+        let origin = format!("file {}", path.display());
+        Holder::Local {
+            key: LocalMasterKey::new(&key, origin.clone()),
+            origin,
+        }
+    } else if master.url.starts_with("pkcs11:") {
+        Holder::Pkcs11(Pkcs11Master::open(
+            name,
+            &master.url,
+            &secret(&master.pin_file, &master.pin_env),
+        )?)
+    } else {
+        let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+        Holder::Transit(TransitMaster::open(
+            name,
+            &master.url,
+            TransitSettings {
+                token: secret(&master.token_file, &master.token_env),
+                ca_file: path(&master.ca_file),
+                client_identity_file: path(&master.client_identity_file),
+                timeout: if master.timeout_secs == 0 {
+                    crate::custody::DEFAULT_TIMEOUT
+                } else {
+                    std::time::Duration::from_secs(master.timeout_secs)
+                },
+            },
+        )?)
+    };
+    Ok(holder)
+}
+
+/// Every configured master key, each opened and counted.
+pub fn custodians(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<Custodian>>> {
+    let mut custodians = BTreeMap::new();
+    if let Some(local) = local_master(config)? {
+        custodians.insert(
+            LOCAL_MASTER.to_string(),
+            Arc::new(Custodian::new(LOCAL_MASTER, local)),
+        );
+    }
+    for (name, master) in &config.keys.masters {
+        let holder = open_master(name, master)
+            .with_context(|| format!("opening master key {name} (keys.masters.{name})"))?;
+        custodians.insert(name.clone(), Arc::new(Custodian::new(name, holder)));
+    }
+    Ok(custodians)
+}
+
+/// The master keys: the local one (if configured), every `keys.masters` entry,
+/// the active one and the tenants' own.
+pub fn master_keys(config: &Config) -> anyhow::Result<Arc<MasterKeys>> {
+    let providers = custodians(config)?
+        .into_iter()
+        .map(|(name, custodian)| (name, custodian as Arc<dyn KeyProvider>))
+        .collect();
+    Ok(Arc::new(MasterKeys::new(
+        providers,
+        &config.keys.active_master,
+        config.keys.tenant_masters.clone(),
+    )?))
 }
 
 /// The key ring over the index's tenant keys, with the default tenant's key made.
 pub fn key_ring(config: &Config, index: &Index) -> anyhow::Result<Arc<KeyRing>> {
+    // A retired master was destroyed (or is to be): wrapping new keys under it
+    // would lose them.
+    let retired = index.retired_masters()?;
+    for name in
+        std::iter::once(&config.keys.active_master).chain(config.keys.tenant_masters.values())
+    {
+        if retired.contains(name) {
+            anyhow::bail!(
+                "master key {name} was retired (`kastell keys retire-master`): it cannot wrap \
+                 new keys; name another in keys.active_master / keys.tenant_masters"
+            );
+        }
+    }
     let ring = Arc::new(tenant_key_ring(config, index)?);
     match ring.ensure_tenant(&config.keys.default_tenant) {
         Ok(_) => {}
@@ -147,6 +227,13 @@ pub fn key_ring(config: &Config, index: &Index) -> anyhow::Result<Arc<KeyRing>> 
         Err(CryptoError::Shredded(_)) => tracing::warn!(
             tenant = %config.keys.default_tenant,
             "the keys of this tenant were shredded: its images answer 410 Gone and nothing new can be stored"
+        ),
+        // A key holder that is down or refuses does not stop the server: the
+        // tenant's requests answer 503 or 410 saying why, the others are served.
+        Err(error @ (CryptoError::Unavailable(_) | CryptoError::Revoked(_))) => tracing::error!(
+            tenant = %config.keys.default_tenant,
+            %error,
+            "the key of this tenant cannot be unwrapped: its requests answer 503 (unavailable) or 410 (revoked) until it can"
         ),
         Err(error) => {
             return Err(anyhow::Error::new(error)).with_context(|| {
@@ -161,7 +248,11 @@ pub fn key_ring(config: &Config, index: &Index) -> anyhow::Result<Arc<KeyRing>> 
 /// prepared (for commands that make a tenant's key themselves).
 pub fn tenant_key_ring(config: &Config, index: &Index) -> anyhow::Result<KeyRing> {
     Ok(KeyRing::new(
-        master_key(config)?,
+        master_keys(config)?,
         Arc::new(IndexKeyLoader(index.clone())),
+        CacheLimits {
+            max_keys: config.keys.cache.max_keys,
+            ttl: std::time::Duration::from_secs(config.keys.cache.ttl_secs),
+        },
     ))
 }

@@ -17,7 +17,7 @@ mod sovereignty;
 
 pub use backends::{blob_retries, build_services, build_tenants, index_options, open_index};
 pub use exposure::{check_exposure, exposure_risks};
-pub use keys::{key_ring, master_key, tenant_key_ring};
+pub use keys::{custodians, key_ring, master_keys, open_master, tenant_key_ring};
 pub use load::{check_anonymous, load_config};
 pub use server::run;
 pub use sovereignty::{enforce_sovereignty, sovereignty_report};

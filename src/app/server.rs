@@ -56,7 +56,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // With the master key the services already hold: loading it again would
     // read (or warn about) it twice.
     let chain_key =
-        crate::audit::ChainKey::load_or_create(&services.index, services.store.keys().provider())?;
+        crate::audit::ChainKey::load_or_create(&services.index, services.store.keys().masters())?;
     let audit = crate::audit::AuditLog::start(services.index.clone(), chain_key);
     let tenants = Arc::new(Tenants::new(
         services,
@@ -137,6 +137,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "kastell is serving"
     );
     let server = server.run();
+    // Tenants nobody asked for lately lose their unwrapped keys, requests or not.
+    let ring = store.keys().clone();
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            ring.evict_idle();
+        }
+    });
     let (forced_tx, forced_rx) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(stop_on_signal(
         server.handle(),
@@ -176,6 +185,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if removed > 0 {
         tracing::info!(removed, "removed the blobs of unfinished requests");
     }
+    // The unwrapped tenant keys are zeroed now, not whenever the allocator
+    // reuses their memory.
+    store.keys().clear();
     tracing::info!("kastell stopped");
     Ok(())
 }

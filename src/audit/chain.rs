@@ -46,7 +46,7 @@ use ring::digest::{Context, SHA256};
 use ring::hmac;
 
 use super::{AuditError, AuditEvent};
-use crate::crypto::{KeyProvider, SecretKey};
+use crate::crypto::{MasterKeys, SecretKey};
 use crate::index::audit::{AuditHead, AuditRow};
 use crate::index::Index;
 
@@ -94,7 +94,7 @@ pub fn canonical(row: &AuditRow) -> Vec<u8> {
 
 /// What the master key provider binds a wrapped chain key to: its purpose and
 /// the first seq it seals (so that neither can be changed in the index).
-fn chain_key_context(first_keyed_seq: i64) -> Vec<u8> {
+pub fn chain_key_context(first_keyed_seq: i64) -> Vec<u8> {
     format!("kastell/audit-chain-key/v1 first_keyed_seq={first_keyed_seq}").into_bytes()
 }
 
@@ -131,12 +131,13 @@ impl ChainKey {
     }
 
     /// The installation's chain key, if one was made.
-    pub fn load(index: &Index, provider: &dyn KeyProvider) -> Result<Option<Self>, AuditError> {
+    pub fn load(index: &Index, masters: &MasterKeys) -> Result<Option<Self>, AuditError> {
         let Some(stored) = index.audit_chain_key()? else {
             return Ok(None);
         };
-        let secret = provider
-            .unwrap_tenant_key(
+        let secret = masters
+            .unwrap(
+                &stored.master_key,
                 &stored.wrapped_key,
                 &chain_key_context(stored.first_keyed_seq),
             )
@@ -146,17 +147,18 @@ impl ChainKey {
 
     /// The installation's chain key, made (and stored wrapped) by the first
     /// writer that needs it, to seal from the row after the current head.
-    pub fn load_or_create(index: &Index, provider: &dyn KeyProvider) -> Result<Self, AuditError> {
+    pub fn load_or_create(index: &Index, masters: &MasterKeys) -> Result<Self, AuditError> {
         for _ in 0..CHAIN_KEY_ATTEMPTS {
-            if let Some(key) = Self::load(index, provider)? {
+            if let Some(key) = Self::load(index, masters)? {
                 return Ok(key);
             }
             let first_keyed_seq = index.audit_head()?.map_or(1, |head| head.seq + 1);
             let secret = SecretKey::generate().map_err(AuditError::ChainKey)?;
-            let wrapped = provider
-                .wrap_tenant_key(&secret, &chain_key_context(first_keyed_seq))
+            let master = masters.active_name();
+            let wrapped = masters
+                .wrap(master, &secret, &chain_key_context(first_keyed_seq))
                 .map_err(AuditError::ChainKey)?;
-            if index.create_audit_chain_key(wrapped, first_keyed_seq)? {
+            if index.create_audit_chain_key(wrapped, first_keyed_seq, master)? {
                 tracing::info!(first_keyed_seq, "made the audit chain key");
                 return Ok(ChainKey::new(&secret, first_keyed_seq));
             }

@@ -90,9 +90,14 @@ fn coding(stored: &StoredEvent) -> Coding {
             (STUDY_DELETED, None, "D")
         }
         Action::Delete => (INSTANCES_ACCESSED, None, "D"),
-        Action::KeyRotate | Action::KeyRetire | Action::KeyShred => {
-            (SECURITY_ALERT, Some(SECURITY_CONFIGURATION), "E")
-        }
+        Action::KeyRotate
+        | Action::KeyRetire
+        | Action::KeyShred
+        | Action::MasterCreate
+        | Action::MasterRotate
+        | Action::MasterRetire
+        | Action::KeyRequest
+        | Action::KeyApprove => (SECURITY_ALERT, Some(SECURITY_CONFIGURATION), "E"),
         Action::LoginFailure => (USER_AUTHENTICATION, Some(LOGIN), "E"),
         Action::AccessDenied => (SECURITY_ALERT, Some(USE_OF_RESTRICTED_FUNCTION), "E"),
         Action::AuditExport => (AUDIT_LOG_USED, None, "R"),

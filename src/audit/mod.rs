@@ -179,6 +179,16 @@ text_enum! {
         KeyRetire => "key-retire",
         /// `kastell keys shred`.
         KeyShred => "key-shred",
+        /// `kastell keys create-master`: a master key made in its HSM or file.
+        MasterCreate => "master-create",
+        /// `kastell keys rotate-master`: wrapped keys moved to their master.
+        MasterRotate => "master-rotate",
+        /// `kastell keys retire-master`: a master key nothing uses destroyed.
+        MasterRetire => "master-retire",
+        /// A destructive key operation filed under dual control.
+        KeyRequest => "key-request",
+        /// A second administrator's approval of one.
+        KeyApprove => "key-approve",
         /// Credentials presented and refused (401).
         LoginFailure => "login-failure",
         /// Authenticated but not allowed (403).

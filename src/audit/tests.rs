@@ -8,14 +8,20 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection, SqliteConnection};
 
 use super::*;
-use crate::crypto::{LocalMasterKey, SecretKey};
+use crate::crypto::{LocalMasterKey, MasterKeys, SecretKey};
 use crate::index::audit::AuditRow;
 use crate::index::test_db::PgTestDb;
 use crate::index::IndexOptions;
 
 /// The master key the tests' chain keys are wrapped with.
-fn provider() -> LocalMasterKey {
-    LocalMasterKey::new(&SecretKey::from_bytes(&[7; 32]).unwrap(), "test")
+fn provider() -> MasterKeys {
+    MasterKeys::single(
+        "local",
+        std::sync::Arc::new(LocalMasterKey::new(
+            &SecretKey::from_bytes(&[7; 32]).unwrap(),
+            "test",
+        )),
+    )
 }
 
 /// The database's chain key, made on first use like the server does.
@@ -326,7 +332,13 @@ fn the_chain_key_is_made_once_wrapped_and_bound_to_its_first_seq() {
         assert_eq!((report.events, report.unkeyed_events), (6, 3));
         // Stored wrapped: not under another master key, and not with its first
         // seq moved (to pass keyed rows off as unkeyed ones).
-        let stranger = LocalMasterKey::new(&SecretKey::from_bytes(&[9; 32]).unwrap(), "other");
+        let stranger = MasterKeys::single(
+            "local",
+            std::sync::Arc::new(LocalMasterKey::new(
+                &SecretKey::from_bytes(&[9; 32]).unwrap(),
+                "other",
+            )),
+        );
         assert!(matches!(
             ChainKey::load(&db.index, &stranger),
             Err(AuditError::ChainKey(_))

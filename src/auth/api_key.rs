@@ -130,6 +130,46 @@ pub fn list_api_keys(index: &Index) -> Result<Vec<ApiKeyRecord>, ApiKeyError> {
     Ok(index.api_keys()?)
 }
 
+/// Whether an API key record is an active administrator of `tenant` (`*`: of
+/// the whole installation, as retiring a master key asks).
+fn administers(record: &ApiKeyRecord, tenant: &str) -> bool {
+    record.revoked_at.is_none()
+        && (record.tenant == "*" || (tenant != "*" && record.tenant == tenant))
+        && record
+            .permissions
+            .split(',')
+            .any(|p| matches!(p.trim(), "admin" | "*"))
+}
+
+/// The ids of the active API keys that administer `tenant` (`*`: the
+/// installation): who may file and approve dual-control requests.
+pub fn administrators(index: &Index, tenant: &str) -> Result<Vec<i64>, ApiKeyError> {
+    Ok(index
+        .api_keys()?
+        .iter()
+        .filter(|record| administers(record, tenant))
+        .map(|record| record.id)
+        .collect())
+}
+
+/// Who presents `key`, as the audit trail names them (`apikey:<id>:<name>`), if
+/// it is an active administrator of `tenant`.
+pub fn administrator(index: &Index, key: &str, tenant: &str) -> Result<String, ApiKeyError> {
+    let refused = || {
+        ApiKeyError::Invalid(format!(
+            "this is not an active API key with the admin permission on {tenant}"
+        ))
+    };
+    if !is_api_key(key) {
+        return Err(refused());
+    }
+    let record = index.api_key_by_hash(&hash_key(key))?.ok_or_else(refused)?;
+    if !administers(&record, tenant) {
+        return Err(refused());
+    }
+    Ok(format!("apikey:{}:{}", record.id, record.name))
+}
+
 /// Revokes a key; false when there is no such key or it was revoked already.
 pub fn revoke_api_key(index: &Index, id: i64) -> Result<bool, ApiKeyError> {
     Ok(index.revoke_api_key(id)?)

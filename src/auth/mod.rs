@@ -24,7 +24,10 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use api_key::{create_api_key, list_api_keys, revoke_api_key, ApiKeyError, NewApiKey};
+pub use api_key::{
+    administrator, administrators, create_api_key, list_api_keys, revoke_api_key, ApiKeyError,
+    NewApiKey,
+};
 pub use grants::{parse_actions, Action, Grant, GrantError, Permission, TenantScope, GRANT_PREFIX};
 
 use crate::config::AuthConfig;

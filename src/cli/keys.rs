@@ -1,4 +1,5 @@
-//! `kastell keys`: rotate, retire and shred tenant keys.
+//! `kastell keys`: rotate, retire and shred tenant keys; make, list, rotate to
+//! and retire master keys; file and approve dual-control requests.
 
 use clap::Subcommand;
 
@@ -32,6 +33,57 @@ pub enum KeysAction {
         /// Confirm that the data is to be destroyed.
         #[arg(long)]
         yes: bool,
+        /// Under dual control: a file holding your administrator API key (or set
+        /// KASTELL_ADMIN_KEY); the shredding is then filed as a request for a
+        /// second administrator to approve.
+        #[arg(long)]
+        admin_key_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Make master key <MASTER> of keys.masters where it is configured: a
+    /// non-extractable key generated inside the HSM, or a new key file.
+    CreateMaster {
+        master: String,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Re-wrap every tenant key (and the audit chain key) under the master the
+    /// configuration assigns it (keys.active_master, keys.tenant_masters): a
+    /// master key rotation, or a file → HSM migration. Resumable: run it again
+    /// after an interruption. The server keeps running.
+    RotateMaster {
+        /// At most this many keys per second (HSMs limit their callers).
+        #[arg(long)]
+        rate: Option<u32>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List the master keys: provider, holder, extractability, keys wrapped.
+    Masters {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Retire master key <MASTER> once nothing references it (the HSM key object
+    /// is destroyed). Under dual control, filed as a request.
+    RetireMaster {
+        master: String,
+        #[arg(long)]
+        admin_key_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Approve (and so carry out) a dual-control request filed by another
+    /// administrator.
+    Approve {
+        request: i64,
+        #[arg(long)]
+        admin_key_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// List the dual-control requests waiting for approval.
+    Requests {
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -48,9 +100,175 @@ pub fn run(outer: &CommonArgs, action: KeysAction) -> anyhow::Result<()> {
         KeysAction::Shred {
             tenant,
             yes,
+            admin_key_file,
             common,
-        } => shred(&merge(outer, &common), &tenant, yes),
+        } => shred(&merge(outer, &common), &tenant, yes, admin_key_file),
+        KeysAction::CreateMaster { master, common } => {
+            let config = start(&merge(outer, &common), Start::writing("make a master key"))?.config;
+            let what = kastell::ops::custody::create_master(&config, &master)?;
+            println!("master key {master}: {what}");
+            Ok(())
+        }
+        KeysAction::RotateMaster { rate, common } => {
+            let config = start(
+                &merge(outer, &common),
+                Start::writing("rotate the master key"),
+            )?
+            .config;
+            let report = kastell::ops::custody::rotate_master(&config, rate, |line| {
+                println!("moved {line}")
+            })?;
+            println!(
+                "{} keys moved to their master, {} already there, {} changed meanwhile, {} failed",
+                report.moved,
+                report.already,
+                report.raced,
+                report.failed.len()
+            );
+            for (what, error) in &report.failed {
+                println!("  failed {what}: {error}");
+            }
+            if report.failed.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("some keys were not moved; run the rotation again")
+            }
+        }
+        KeysAction::Masters { common } => masters(&merge(outer, &common)),
+        KeysAction::RetireMaster {
+            master,
+            admin_key_file,
+            common,
+        } => retire_master(&merge(outer, &common), &master, admin_key_file),
+        KeysAction::Approve {
+            request,
+            admin_key_file,
+            common,
+        } => approve(&merge(outer, &common), request, admin_key_file),
+        KeysAction::Requests { common } => {
+            let config = start(&merge(outer, &common), Start::LOGGED)?.config;
+            for request in kastell::ops::dual_control::pending(&config)? {
+                println!(
+                    "request {}: {} {} filed by {}, expires at {} (Unix time)",
+                    request.request_id,
+                    request.action,
+                    request.target,
+                    request.requested_by,
+                    request.expires_at
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+/// The administrator's API key: from `--admin-key-file`, else `KASTELL_ADMIN_KEY`.
+fn admin_key(file: Option<std::path::PathBuf>) -> anyhow::Result<Option<String>> {
+    match file {
+        Some(path) => Ok(Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+        )),
+        None => Ok(std::env::var("KASTELL_ADMIN_KEY").ok()),
+    }
+}
+
+fn masters(common: &CommonArgs) -> anyhow::Result<()> {
+    let config = start(common, Start::LOGGED)?.config;
+    for master in kastell::ops::custody::masters(&config)? {
+        let yes_no = |v: Option<bool>| match v {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "not stated",
+        };
+        println!(
+            "master {}{}{}: {} ({})",
+            master.name,
+            if master.active { " (active)" } else { "" },
+            if master.retired { " (retired)" } else { "" },
+            master.description,
+            master.kind
+        );
+        match &master.facts {
+            Ok(facts) => println!(
+                "  holder: {}\n  extractable: {}\n  sensitive: {}\n  never extractable: {}",
+                facts.holder,
+                yes_no(facts.extractable),
+                yes_no(facts.sensitive),
+                yes_no(facts.never_extractable)
+            ),
+            Err(error) => println!("  holder cannot be asked: {error}"),
+        }
+        println!("  keys wrapped: {}", master.references);
+        if !master.tenants.is_empty() {
+            println!("  held for tenants: {}", master.tenants.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn retire_master(
+    common: &CommonArgs,
+    master: &str,
+    admin_key_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use kastell::ops::dual_control::{self, RETIRE_MASTER};
+    let config = start(common, Start::writing("retire a master key"))?.config;
+    let index = kastell::app::open_index(&config)?;
+    if let Some(refusal) = kastell::ops::custody::retire_refusal(&config, &index, master)? {
+        anyhow::bail!(refusal);
+    }
+    if dual_control::required(&config, &index, RETIRE_MASTER, master)? {
+        let request = dual_control::file(
+            &config,
+            RETIRE_MASTER,
+            master,
+            admin_key(admin_key_file)?.as_deref(),
+        )?;
+        println!(
+            "request {} filed: retiring master key {master} needs a second administrator: \
+             `kastell keys approve {}`",
+            request.request_id, request.request_id
+        );
+        return Ok(());
+    }
+    let detail = kastell::ops::custody::retire_master(&config, master, None)?;
+    println!("master key {master} retired: {detail}");
+    Ok(())
+}
+
+fn approve(
+    common: &CommonArgs,
+    request: i64,
+    admin_key_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use kastell::ops::dual_control::{self, RETIRE_MASTER, SHRED_TENANT};
+    let config = start(common, Start::writing("approve a key operation"))?.config;
+    let (approved, approver) =
+        dual_control::approve(&config, request, admin_key(admin_key_file)?.as_deref())?;
+    match approved.action.as_str() {
+        SHRED_TENANT => {
+            let erased = tokio_runtime()?
+                .block_on(kastell::ops::keys::shred_tenant(&config, &approved.target))?;
+            println!(
+                "request {request} approved by {approver}: tenant {} shredded; {} studies ({} \
+                 instances) erased from the index",
+                approved.target, erased.studies, erased.instances
+            );
+        }
+        RETIRE_MASTER => {
+            let detail =
+                kastell::ops::custody::retire_master(&config, &approved.target, Some(&approver))?;
+            println!(
+                "request {request} approved by {approver}: master key {} retired: {detail}",
+                approved.target
+            );
+        }
+        other => anyhow::bail!("request {request} is for an unknown action {other}"),
+    }
+    Ok(())
 }
 
 fn rotate(common: &CommonArgs, tenant: &str) -> anyhow::Result<()> {
@@ -84,12 +302,33 @@ fn retire(common: &CommonArgs, tenant: &str, version: u32) -> anyhow::Result<()>
     Ok(())
 }
 
-fn shred(common: &CommonArgs, tenant: &str, yes: bool) -> anyhow::Result<()> {
+fn shred(
+    common: &CommonArgs,
+    tenant: &str,
+    yes: bool,
+    admin_key_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use kastell::ops::dual_control::{self, SHRED_TENANT};
     let config = start(common, Start::LOGGED)?.config;
     if !yes {
         anyhow::bail!(
             "shredding destroys every image of tenant {tenant} for good; repeat with --yes"
         );
+    }
+    let index = kastell::app::open_index(&config)?;
+    if dual_control::required(&config, &index, SHRED_TENANT, tenant)? {
+        let request = dual_control::file(
+            &config,
+            SHRED_TENANT,
+            tenant,
+            admin_key(admin_key_file)?.as_deref(),
+        )?;
+        println!(
+            "request {} filed: shredding tenant {tenant} needs a second administrator's \
+             approval within {} s: `kastell keys approve {}`",
+            request.request_id, config.keys.dual_control.window_secs, request.request_id
+        );
+        return Ok(());
     }
     let erased = tokio_runtime()?.block_on(kastell::ops::keys::shred_tenant(&config, tenant))?;
     println!(

@@ -1,6 +1,10 @@
 //! `[keys]`: the master key (configured, a file, or the generated development
-//! key) and the default tenant.
+//! key), further master keys by name (`[keys.masters.<name>]`: a file, an HSM
+//! through PKCS#11, a remote KMS), the tenants that hold their own, the cache of
+//! unwrapped keys, dual control of destructive key operations, and the default
+//! tenant.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +28,18 @@ pub struct KeysConfig {
     /// the host, so it inherits `server.location` when this is absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
+    /// The master key new tenant keys (and the audit chain key) are wrapped by:
+    /// `local` (the key above) or the name of one of `masters`. Keys wrapped by
+    /// another master keep working as long as it is configured; `kastell keys
+    /// rotate-master` moves them.
+    pub active_master: String,
+    /// Further master keys by name.
+    pub masters: BTreeMap<String, MasterConfig>,
+    /// Tenants whose key-encryption keys are wrapped by a master key they hold
+    /// themselves (bring your own key): tenant → name in `masters`.
+    pub tenant_masters: BTreeMap<String, String>,
+    pub cache: KeyCacheConfig,
+    pub dual_control: DualControlConfig,
 }
 
 impl Default for KeysConfig {
@@ -34,7 +50,110 @@ impl Default for KeysConfig {
             allow_development_key: true,
             default_tenant: "default".into(),
             location: None,
+            active_master: LOCAL_MASTER_NAME.into(),
+            masters: BTreeMap::new(),
+            tenant_masters: BTreeMap::new(),
+            cache: KeyCacheConfig::default(),
+            dual_control: DualControlConfig::default(),
         }
+    }
+}
+
+/// The name of the master key `master_key` / `master_key_file` configure.
+pub const LOCAL_MASTER_NAME: &str = "local";
+
+/// A master key held outside this configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterConfig {
+    /// Where the key is:
+    /// * `file:/path`: 32 bytes (or their base64 or hex) in a file of mode 600;
+    /// * `pkcs11:token=<label>;object=<key label>?module-path=/usr/lib/…/libsofthsm2.so`
+    ///   (RFC 7512; `slot-id=<n>` instead of `token`, `pin-source=file:/path`):
+    ///   a non-extractable AES-256 key inside an HSM;
+    /// * `transit+https://host:8200/v1/transit/keys/<name>`: a key of a Vault or
+    ///   OpenBao Transit engine (`transit+http://` only on a loopback address).
+    pub url: String,
+    /// The HSM user PIN in a file (instead of `pin-source` in the URL).
+    pub pin_file: String,
+    /// The HSM user PIN in this environment variable.
+    pub pin_env: String,
+    /// The KMS token in a file (Transit: `X-Vault-Token`).
+    pub token_file: String,
+    /// The KMS token in this environment variable.
+    pub token_env: String,
+    /// PEM file of the CA that signs the KMS's certificate (default: the system's).
+    pub ca_file: String,
+    /// PEM file of a client certificate and its key, for mutual TLS with the KMS.
+    pub client_identity_file: String,
+    /// Seconds a KMS request may take (1–60).
+    pub timeout_secs: u64,
+    /// Who holds the key: `operator` (the default) or the tenant it is assigned
+    /// to, for the sovereignty report.
+    pub held_by: String,
+    /// Where the key is held and under which law.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+/// The unwrapped tenant keys a server holds in memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyCacheConfig {
+    /// Unwrapped keys held at most (over all tenants), 1–1,000,000.
+    pub max_keys: usize,
+    /// Seconds an unwrapped key is held after its provider last unwrapped it
+    /// (10–86,400). It is unwrapped again after half of this, so an HSM or KMS
+    /// outage shorter than half is not felt; a key revoked by its holder stops
+    /// working within it.
+    pub ttl_secs: u64,
+}
+
+impl Default for KeyCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_keys: 4096,
+            ttl_secs: 900,
+        }
+    }
+}
+
+/// Whether shredding a tenant or retiring a master key needs a second
+/// administrator's approval.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DualControlMode {
+    /// When more than one administrator (an active API key with `admin` on the
+    /// tenant, or on `*` for master keys) exists.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DualControlConfig {
+    pub mode: DualControlMode,
+    /// Per tenant, for shredding it.
+    pub tenants: BTreeMap<String, DualControlMode>,
+    /// Seconds a request waits for its approval (60–604,800).
+    pub window_secs: u64,
+}
+
+impl Default for DualControlConfig {
+    fn default() -> Self {
+        Self {
+            mode: DualControlMode::Auto,
+            tenants: BTreeMap::new(),
+            window_secs: 24 * 3600,
+        }
+    }
+}
+
+impl DualControlConfig {
+    pub fn mode_for_tenant(&self, tenant: &str) -> DualControlMode {
+        self.tenants.get(tenant).copied().unwrap_or(self.mode)
     }
 }
 
@@ -57,6 +176,74 @@ pub enum MasterKeySource {
 
 impl KeysConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let rule = |text: String| Err(ConfigError::Rule(text));
+        if !(1..=1_000_000).contains(&self.cache.max_keys) {
+            return rule(format!(
+                "keys.cache.max_keys must be 1–1000000, got {}",
+                self.cache.max_keys
+            ));
+        }
+        if !(10..=86_400).contains(&self.cache.ttl_secs) {
+            return rule(format!(
+                "keys.cache.ttl_secs must be 10–86400, got {}",
+                self.cache.ttl_secs
+            ));
+        }
+        if !(1..=604_800).contains(&self.dual_control.window_secs) {
+            return rule(format!(
+                "keys.dual_control.window_secs must be 1–604800, got {}",
+                self.dual_control.window_secs
+            ));
+        }
+        for (name, master) in &self.masters {
+            if name == LOCAL_MASTER_NAME || !is_plain_name(name) {
+                return rule(format!(
+                    "keys.masters.{name}: a master key's name is letters, digits, '-' or '_' \
+                     and not {LOCAL_MASTER_NAME:?}"
+                ));
+            }
+            if !(master.url.starts_with("file:")
+                || master.url.starts_with("pkcs11:")
+                || master.url.starts_with("transit+https://")
+                || master.url.starts_with("transit+http://"))
+            {
+                return rule(format!(
+                    "keys.masters.{name}.url must start with file:, pkcs11:, transit+https:// \
+                     or transit+http://"
+                ));
+            }
+            if master.timeout_secs > 60 {
+                return rule(format!(
+                    "keys.masters.{name}.timeout_secs must be at most 60"
+                ));
+            }
+            if !master.held_by.is_empty()
+                && master.held_by != "operator"
+                && !self
+                    .tenant_masters
+                    .iter()
+                    .any(|(t, m)| m == name && *t == master.held_by)
+            {
+                return rule(format!(
+                    "keys.masters.{name}.held_by is \"operator\" or the tenant it is assigned to in \
+                     keys.tenant_masters"
+                ));
+            }
+        }
+        let known = |name: &str| name == LOCAL_MASTER_NAME || self.masters.contains_key(name);
+        if !known(&self.active_master) {
+            return rule(format!(
+                "keys.active_master {:?} is neither \"local\" nor in keys.masters",
+                self.active_master
+            ));
+        }
+        for (tenant, master) in &self.tenant_masters {
+            if !is_plain_name(tenant) || !known(master) {
+                return rule(format!(
+                    "keys.tenant_masters.{tenant} = {master:?}: not a master key in keys.masters"
+                ));
+            }
+        }
         let tenant = &self.default_tenant;
         if tenant.is_empty()
             || !tenant
@@ -69,6 +256,14 @@ impl KeysConfig {
         }
         Ok(())
     }
+}
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Config {

@@ -36,7 +36,10 @@ pub use auth::{AuthConfig, JwtConfig};
 pub use dicomweb::DicomWebConfig;
 pub use events::{EventsConfig, JobsConfig, NatsConfig, WebhookConfig, EVENT_ACTIONS};
 pub use index::IndexConfig;
-pub use keys::{KeysConfig, MasterKeySource, DEVELOPMENT_KEY_FILE};
+pub use keys::{
+    DualControlConfig, DualControlMode, KeyCacheConfig, KeysConfig, MasterConfig, MasterKeySource,
+    DEVELOPMENT_KEY_FILE, LOCAL_MASTER_NAME,
+};
 pub use lifecycle::{
     LifecycleConfig, MoveRule, PassConfig, RetentionAnchor, RetentionConfig, RetentionRule,
     TenantLifecycleConfig,

@@ -19,6 +19,12 @@ impl Config {
         if !shown.keys.master_key.is_empty() {
             shown.keys.master_key = REDACTED.into();
         }
+        for master in shown.keys.masters.values_mut() {
+            // A PKCS#11 URL carries no secret (a `pin-value` is refused).
+            if master.url.starts_with("transit+") {
+                master.url = redact_url(&master.url);
+            }
+        }
         shown.events.nats.url = redact_url(&self.events.nats.url);
         for hook in &mut shown.events.webhooks {
             if !hook.secret.is_empty() {

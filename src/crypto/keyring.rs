@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::keys::{KeyProvider, SecretKey};
+use super::keys::SecretKey;
+use super::masters::MasterKeys;
 use super::CryptoError;
 
 /// `tenant/version`, as written in blob headers.
@@ -32,7 +33,7 @@ impl KeyId {
     }
 
     /// What a wrapped tenant key is bound to.
-    fn wrapping_context(&self) -> Vec<u8> {
+    pub fn wrapping_context(&self) -> Vec<u8> {
         format!("kastell/tenant-key/{self}").into_bytes()
     }
 }
@@ -83,6 +84,8 @@ pub struct TenantKeyRecord {
     pub state: TenantKeyState,
     /// `None` once shredded.
     pub wrapped: Option<Vec<u8>>,
+    /// The master key that wrapped it (see [`MasterKeys`]).
+    pub master: String,
 }
 
 /// Persistence of wrapped tenant keys (the index database).
@@ -96,10 +99,43 @@ pub trait TenantKeyLoader: Send + Sync {
     fn shred(&self, tenant: &str) -> Result<(), CryptoError>;
 }
 
+/// How many unwrapped tenant keys are held, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    /// Unwrapped keys held at most, over all tenants: beyond, the tenants loaded
+    /// longest ago are dropped (and their keys zeroed).
+    pub max_keys: usize,
+    /// How long an unwrapped key is held after its provider last unwrapped it. It
+    /// is unwrapped again after half of this, so a provider outage shorter than
+    /// half goes unnoticed; a key its holder revoked stops working within it.
+    pub ttl: Duration,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            max_keys: 4096,
+            ttl: Duration::from_secs(900),
+        }
+    }
+}
+
+/// An unwrapped key and where it came from.
+struct HeldKey {
+    key: Arc<SecretKey>,
+    /// SHA-256 of the master's name and the wrapped bytes: the same wrapped key
+    /// is not unwrapped again while it is held.
+    origin: [u8; 32],
+    unwrapped: Instant,
+}
+
 struct TenantKeys {
     loaded: Instant,
     active: Option<u32>,
-    keys: HashMap<u32, Arc<SecretKey>>,
+    keys: HashMap<u32, HeldKey>,
+    /// Versions whose provider could not or would not unwrap them at the last
+    /// load, with why.
+    failed: HashMap<u32, CryptoError>,
     shredded: Vec<u32>,
 }
 
@@ -108,77 +144,156 @@ struct TenantKeys {
 const REFRESH: Duration = Duration::from_secs(5);
 
 pub struct KeyRing {
-    provider: Arc<dyn KeyProvider>,
+    masters: Arc<MasterKeys>,
     loader: Arc<dyn TenantKeyLoader>,
+    limits: CacheLimits,
     tenants: RwLock<HashMap<String, Arc<TenantKeys>>>,
 }
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyRing")
-            .field("provider", &self.provider.describe())
+            .field("masters", &self.masters)
             .finish()
     }
 }
 
+fn origin_of(master: &str, wrapped: &[u8]) -> [u8; 32] {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(master.as_bytes());
+    digest.update(&[0]);
+    digest.update(wrapped);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.finish().as_ref());
+    out
+}
+
 impl KeyRing {
-    pub fn new(provider: Arc<dyn KeyProvider>, loader: Arc<dyn TenantKeyLoader>) -> Self {
+    pub fn new(
+        masters: Arc<MasterKeys>,
+        loader: Arc<dyn TenantKeyLoader>,
+        limits: CacheLimits,
+    ) -> Self {
         Self {
-            provider,
+            masters,
             loader,
+            limits,
             tenants: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The master key provider the tenant keys are wrapped by (the audit chain
-    /// key is wrapped by it too).
-    pub fn provider(&self) -> &dyn KeyProvider {
-        self.provider.as_ref()
+    /// The master keys tenant keys are wrapped by (the audit chain key is wrapped
+    /// by the active one too).
+    pub fn masters(&self) -> &Arc<MasterKeys> {
+        &self.masters
     }
 
     pub fn provider_description(&self) -> String {
-        self.provider.describe()
+        let active = self.masters.active_name();
+        match self.masters.get(active) {
+            Ok(provider) => format!("{active}: {}", provider.describe()),
+            Err(_) => active.to_string(),
+        }
     }
 
     fn tenant(&self, tenant: &str) -> Result<Arc<TenantKeys>, CryptoError> {
-        if let Some(keys) = self
-            .tenants
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tenant)
-        {
-            if keys.loaded.elapsed() < REFRESH {
-                return Ok(keys.clone());
+        let previous = {
+            let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+            match tenants.get(tenant) {
+                Some(keys) if keys.loaded.elapsed() < REFRESH => return Ok(keys.clone()),
+                other => other.cloned(),
             }
-        }
-        let keys = Arc::new(self.unwrap_all(self.loader.load(tenant)?)?);
-        self.tenants
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tenant.to_string(), keys.clone());
+        };
+        let keys = Arc::new(self.unwrap_all(self.loader.load(tenant)?, previous.as_deref())?);
+        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        tenants.insert(tenant.to_string(), keys.clone());
+        self.bound(&mut tenants, tenant);
         Ok(keys)
     }
 
-    fn unwrap_all(&self, records: Vec<TenantKeyRecord>) -> Result<TenantKeys, CryptoError> {
+    /// Drops tenants whose keys were not asked for within the TTL, then the ones
+    /// loaded longest ago while more keys than allowed are held (never `keep`).
+    fn bound(&self, tenants: &mut HashMap<String, Arc<TenantKeys>>, keep: &str) {
+        tenants.retain(|name, keys| name == keep || keys.loaded.elapsed() < self.limits.ttl);
+        let mut held: usize = tenants.values().map(|keys| keys.keys.len()).sum();
+        while held > self.limits.max_keys {
+            let Some(oldest) = tenants
+                .iter()
+                .filter(|(name, _)| name.as_str() != keep)
+                .min_by_key(|(_, keys)| keys.loaded)
+                .map(|(name, _)| name.clone())
+            else {
+                break;
+            };
+            if let Some(dropped) = tenants.remove(&oldest) {
+                held -= dropped.keys.len();
+            }
+        }
+    }
+
+    fn unwrap_all(
+        &self,
+        records: Vec<TenantKeyRecord>,
+        previous: Option<&TenantKeys>,
+    ) -> Result<TenantKeys, CryptoError> {
         let mut keys = TenantKeys {
             loaded: Instant::now(),
             active: None,
             keys: HashMap::new(),
+            failed: HashMap::new(),
             shredded: Vec::new(),
         };
         for record in records {
-            match (record.state, record.wrapped) {
+            let version = record.id.version;
+            let wrapped = match (record.state, record.wrapped) {
                 (TenantKeyState::Shredded | TenantKeyState::Retired, _) | (_, None) => {
-                    keys.shredded.push(record.id.version)
+                    keys.shredded.push(version);
+                    continue;
                 }
-                (state, Some(wrapped)) => {
-                    let key = self
-                        .provider
-                        .unwrap_tenant_key(&wrapped, &record.id.wrapping_context())?;
-                    keys.keys.insert(record.id.version, Arc::new(key));
-                    if state == TenantKeyState::Active {
-                        keys.active = Some(record.id.version);
+                (_, Some(wrapped)) => wrapped,
+            };
+            if record.state == TenantKeyState::Active {
+                keys.active = Some(version);
+            }
+            let origin = origin_of(&record.master, &wrapped);
+            let held = previous
+                .and_then(|p| p.keys.get(&version))
+                .filter(|held| held.origin == origin);
+            if let Some(held) = held.filter(|h| h.unwrapped.elapsed() < self.limits.ttl / 2) {
+                keys.keys.insert(version, clone_held(held));
+                continue;
+            }
+            match self
+                .masters
+                .unwrap(&record.master, &wrapped, &record.id.wrapping_context())
+            {
+                Ok(key) => {
+                    keys.keys.insert(
+                        version,
+                        HeldKey {
+                            key: Arc::new(key),
+                            origin,
+                            unwrapped: Instant::now(),
+                        },
+                    );
+                }
+                // A provider that cannot be reached leaves the keys held from it
+                // in use until their TTL; one that refuses ends them now.
+                Err(CryptoError::Unavailable(why))
+                    if held.is_some_and(|h| h.unwrapped.elapsed() < self.limits.ttl) =>
+                {
+                    tracing::warn!(
+                        key = %record.id,
+                        master = %record.master,
+                        %why,
+                        "the key provider is unavailable: using the key unwrapped earlier"
+                    );
+                    if let Some(held) = held {
+                        keys.keys.insert(version, clone_held(held));
                     }
+                }
+                Err(error) => {
+                    keys.failed.insert(version, error);
                 }
             }
         }
@@ -190,6 +305,32 @@ impl KeyRing {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(tenant);
+    }
+
+    /// Drops every unwrapped key (they are zeroed once the last request using one
+    /// is done): at shutdown.
+    pub fn clear(&self) {
+        self.tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Drops the keys of tenants not asked for within the TTL (for a timer: a
+    /// server without requests would otherwise hold them indefinitely).
+    pub fn evict_idle(&self) {
+        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        tenants.retain(|_, keys| keys.loaded.elapsed() < self.limits.ttl);
+    }
+
+    /// How many unwrapped keys are held now.
+    pub fn held_keys(&self) -> usize {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|keys| keys.keys.len())
+            .sum()
     }
 
     /// Whether `tenant`'s keys are loaded and fresh: then [`KeyRing::active`]
@@ -213,25 +354,20 @@ impl KeyRing {
                 CryptoError::Shredded(tenant.to_string())
             }
         })?;
-        let key = keys
-            .keys
-            .get(&version)
-            .ok_or_else(|| CryptoError::UnknownKey(format!("{tenant} version {version}")))?
-            .clone();
-        Ok((
-            KeyId {
-                tenant: tenant.to_string(),
-                version,
-            },
-            key,
-        ))
+        let id = KeyId {
+            tenant: tenant.to_string(),
+            version,
+        };
+        let key = Self::held(&keys, &id)?;
+        Ok((id, key))
     }
 
-    /// The key an existing object names.
-    pub fn key(&self, id: &KeyId) -> Result<Arc<SecretKey>, CryptoError> {
-        let keys = self.tenant(&id.tenant)?;
-        if let Some(key) = keys.keys.get(&id.version) {
-            return Ok(key.clone());
+    fn held(keys: &TenantKeys, id: &KeyId) -> Result<Arc<SecretKey>, CryptoError> {
+        if let Some(held) = keys.keys.get(&id.version) {
+            return Ok(held.key.clone());
+        }
+        if let Some(error) = keys.failed.get(&id.version) {
+            return Err(error.clone());
         }
         if keys.shredded.contains(&id.version)
             || (keys.keys.is_empty() && !keys.shredded.is_empty())
@@ -239,6 +375,12 @@ impl KeyRing {
             return Err(CryptoError::Shredded(id.to_string()));
         }
         Err(CryptoError::UnknownKey(id.to_string()))
+    }
+
+    /// The key an existing object names.
+    pub fn key(&self, id: &KeyId) -> Result<Arc<SecretKey>, CryptoError> {
+        let keys = self.tenant(&id.tenant)?;
+        Self::held(&keys, id)
     }
 
     /// Makes sure `tenant` has an active key, creating version 1 if it has none.
@@ -266,6 +408,7 @@ impl KeyRing {
         let next = keys
             .keys
             .keys()
+            .chain(keys.failed.keys())
             .chain(keys.shredded.iter())
             .max()
             .map_or(1, |v| v + 1);
@@ -278,13 +421,13 @@ impl KeyRing {
             version,
         };
         let key = SecretKey::generate()?;
-        let wrapped = self
-            .provider
-            .wrap_tenant_key(&key, &id.wrapping_context())?;
+        let master = self.masters.name_for_tenant(tenant).to_string();
+        let wrapped = self.masters.wrap(&master, &key, &id.wrapping_context())?;
         self.loader.add_active(&TenantKeyRecord {
             id: id.clone(),
             state: TenantKeyState::Active,
             wrapped: Some(wrapped),
+            master,
         })?;
         self.forget(tenant);
         Ok(id)
@@ -312,10 +455,18 @@ impl KeyRing {
     }
 }
 
+fn clone_held(held: &HeldKey) -> HeldKey {
+    HeldKey {
+        key: held.key.clone(),
+        origin: held.origin,
+        unwrapped: held.unwrapped,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::crypto::keys::LocalMasterKey;
+    use crate::crypto::keys::{KeyProvider, LocalMasterKey};
     use std::sync::Mutex;
 
     #[derive(Default)]
@@ -370,8 +521,12 @@ pub(crate) mod tests {
     pub(crate) fn ring() -> KeyRing {
         let master = SecretKey::generate().unwrap();
         KeyRing::new(
-            Arc::new(LocalMasterKey::new(&master, "test")),
+            Arc::new(MasterKeys::single(
+                "local",
+                Arc::new(LocalMasterKey::new(&master, "test")),
+            )),
             Arc::new(MemoryLoader::default()),
+            CacheLimits::default(),
         )
     }
 
@@ -401,5 +556,142 @@ pub(crate) mod tests {
                 version: 3
             }
         );
+    }
+
+    /// A master key whose provider can be taken away, counting its unwraps.
+    struct Flaky {
+        inner: LocalMasterKey,
+        unwraps: std::sync::atomic::AtomicUsize,
+        mode: Mutex<Option<CryptoError>>,
+    }
+
+    impl KeyProvider for Flaky {
+        fn wrap_tenant_key(&self, key: &SecretKey, context: &[u8]) -> Result<Vec<u8>, CryptoError> {
+            self.inner.wrap_tenant_key(key, context)
+        }
+        fn unwrap_tenant_key(
+            &self,
+            wrapped: &[u8],
+            context: &[u8],
+        ) -> Result<SecretKey, CryptoError> {
+            self.unwraps
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(error) = self.mode.lock().unwrap().clone() {
+                return Err(error);
+            }
+            self.inner.unwrap_tenant_key(wrapped, context)
+        }
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    fn flaky_ring(limits: CacheLimits) -> (KeyRing, Arc<Flaky>) {
+        let flaky = Arc::new(Flaky {
+            inner: LocalMasterKey::new(&SecretKey::generate().unwrap(), "test"),
+            unwraps: Default::default(),
+            mode: Mutex::new(None),
+        });
+        let ring = KeyRing::new(
+            Arc::new(MasterKeys::single("hsm", flaky.clone())),
+            Arc::new(MemoryLoader::default()),
+            limits,
+        );
+        (ring, flaky)
+    }
+
+    /// Makes every tenant's keys older by `by`, as if that time had passed.
+    fn age(ring: &KeyRing, by: Duration) {
+        let earlier = |at: Instant| {
+            at.checked_sub(by)
+                .expect("the clock started long enough ago")
+        };
+        let mut tenants = ring.tenants.write().unwrap();
+        for keys in tenants.values_mut() {
+            *keys = Arc::new(TenantKeys {
+                loaded: earlier(keys.loaded),
+                active: keys.active,
+                keys: keys
+                    .keys
+                    .iter()
+                    .map(|(version, held)| {
+                        let mut held = clone_held(held);
+                        held.unwrapped = earlier(held.unwrapped);
+                        (*version, held)
+                    })
+                    .collect(),
+                failed: keys.failed.clone(),
+                shredded: keys.shredded.clone(),
+            });
+        }
+    }
+
+    #[test]
+    fn held_keys_are_not_unwrapped_again_until_half_their_ttl() {
+        let ttl = Duration::from_secs(600);
+        let (ring, flaky) = flaky_ring(CacheLimits { max_keys: 100, ttl });
+        let id = ring.ensure_tenant("a").unwrap();
+        let first = ring.key(&id).unwrap();
+        assert_eq!(flaky.unwraps.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The database is read again after REFRESH; the key is not unwrapped again.
+        age(&ring, REFRESH);
+        assert_eq!(ring.key(&id).unwrap().expose(), first.expose());
+        assert_eq!(flaky.unwraps.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // After half the TTL it is.
+        age(&ring, ttl / 2);
+        ring.key(&id).unwrap();
+        assert_eq!(flaky.unwraps.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn an_outage_is_bridged_by_held_keys_and_a_revocation_is_not() {
+        let ttl = Duration::from_secs(600);
+        let (ring, flaky) = flaky_ring(CacheLimits { max_keys: 100, ttl });
+        let id = ring.ensure_tenant("a").unwrap();
+        ring.key(&id).unwrap();
+        *flaky.mode.lock().unwrap() = Some(CryptoError::Unavailable("down".into()));
+        age(&ring, ttl / 2);
+        assert!(
+            ring.key(&id).is_ok(),
+            "held within its TTL through an outage"
+        );
+        assert!(ring.active("a").is_ok());
+        // A tenant whose key was never unwrapped fails closed.
+        *flaky.mode.lock().unwrap() = None;
+        let other = ring.ensure_tenant("b").unwrap();
+        ring.forget("b");
+        *flaky.mode.lock().unwrap() = Some(CryptoError::Unavailable("down".into()));
+        assert!(matches!(ring.key(&other), Err(CryptoError::Unavailable(_))));
+        // Past its TTL, a held key is not used either.
+        age(&ring, ttl);
+        assert!(matches!(ring.key(&id), Err(CryptoError::Unavailable(_))));
+        // The provider is back, then the holder revokes: the key ends at once.
+        *flaky.mode.lock().unwrap() = None;
+        age(&ring, REFRESH);
+        assert!(ring.key(&id).is_ok());
+        *flaky.mode.lock().unwrap() = Some(CryptoError::Revoked("destroyed".into()));
+        age(&ring, ttl / 2);
+        assert!(matches!(ring.key(&id), Err(CryptoError::Revoked(_))));
+        assert!(matches!(ring.active("a"), Err(CryptoError::Revoked(_))));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_cleared() {
+        let (ring, _) = flaky_ring(CacheLimits {
+            max_keys: 3,
+            ttl: Duration::from_secs(600),
+        });
+        for tenant in ["a", "b", "c", "d", "e"] {
+            ring.ensure_tenant(tenant).unwrap();
+            ring.active(tenant).unwrap();
+            assert!(ring.held_keys() <= 3, "{}", ring.held_keys());
+        }
+        assert!(ring.is_fresh("e"), "the tenant just asked for is kept");
+        assert!(!ring.is_fresh("a"), "the oldest is dropped");
+        ring.clear();
+        assert_eq!(ring.held_keys(), 0);
     }
 }

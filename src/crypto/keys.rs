@@ -1,6 +1,6 @@
 //! Key material and key wrapping (AES-256-GCM), HKDF-SHA256 derivation, and the
-//! [`KeyProvider`] boundary behind which the master key lives (a local key today,
-//! a KMS or HSM later).
+//! [`KeyProvider`] boundary behind which a master key lives (a local key here;
+//! an HSM through PKCS#11 and a remote KMS in `crate::custody`).
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
@@ -130,6 +130,8 @@ pub trait KeyProvider: Send + Sync {
     fn unwrap_tenant_key(&self, wrapped: &[u8], context: &[u8]) -> Result<SecretKey, CryptoError>;
     /// Who holds the master key, for operators (never the key itself).
     fn describe(&self) -> String;
+    /// The kind of provider, for metrics and reports: `file`, `pkcs11`, `transit`.
+    fn kind(&self) -> &'static str;
 }
 
 /// A master key held by this process: 32 random bytes from a file or the
@@ -160,6 +162,10 @@ impl KeyProvider for LocalMasterKey {
 
     fn describe(&self) -> String {
         format!("local master key ({})", self.origin)
+    }
+
+    fn kind(&self) -> &'static str {
+        "file"
     }
 }
 

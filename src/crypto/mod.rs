@@ -6,10 +6,12 @@
 pub mod format;
 pub mod keyring;
 pub mod keys;
+pub mod masters;
 
 pub use format::{Layout, Opener, Sealer, SEGMENT_SIZE};
-pub use keyring::{KeyId, KeyRing, TenantKeyLoader, TenantKeyRecord, TenantKeyState};
+pub use keyring::{CacheLimits, KeyId, KeyRing, TenantKeyLoader, TenantKeyRecord, TenantKeyState};
 pub use keys::{KeyProvider, LocalMasterKey, SecretKey};
+pub use masters::{MasterKeys, LOCAL_MASTER};
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum CryptoError {
@@ -28,6 +30,14 @@ pub enum CryptoError {
     KeyMaterial(&'static str),
     #[error("key store error: {0}")]
     KeyStore(String),
+    /// The provider holding a key-encryption key (an HSM, a remote KMS) cannot be
+    /// reached or did not answer: the same operation may succeed later.
+    #[error("key provider unavailable: {0}")]
+    Unavailable(String),
+    /// The holder of a key-encryption key refuses to use it or destroyed it (a
+    /// tenant revoked its own key): its data cannot be opened while that lasts.
+    #[error("the key was revoked by its holder: {0}")]
+    Revoked(String),
     #[error("the system random generator failed")]
     Random,
 }

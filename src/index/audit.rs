@@ -77,13 +77,16 @@ pub struct StoredChainKey {
     pub wrapped_key: Vec<u8>,
     #[diesel(sql_type = BigInt)]
     pub first_keyed_seq: i64,
+    /// The master key that wrapped it.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub master_key: String,
 }
 
 impl Index {
     /// The audit chain's key, if one was made.
     pub fn audit_chain_key(&self) -> Result<Option<StoredChainKey>, IndexError> {
         Ok(with_conn!(self, conn => conn.load::<StoredChainKey>(
-            "SELECT wrapped_key, first_keyed_seq FROM audit_chain_key WHERE id = 1",
+            "SELECT wrapped_key, first_keyed_seq, master_key FROM audit_chain_key WHERE id = 1",
             &[],
         )?)
         .pop())
@@ -97,6 +100,7 @@ impl Index {
         &self,
         wrapped_key: Vec<u8>,
         first_keyed_seq: i64,
+        master: &str,
     ) -> Result<bool, IndexError> {
         with_conn!(self, conn => conn.write(|conn| {
             if conn.dialect() == Dialect::Postgres {
@@ -113,12 +117,13 @@ impl Index {
                 return Ok(false);
             }
             conn.run(
-                "INSERT INTO audit_chain_key (id, wrapped_key, first_keyed_seq, created_at) \
-                 VALUES (1, ?, ?, ?)",
+                "INSERT INTO audit_chain_key (id, wrapped_key, first_keyed_seq, created_at, master_key) \
+                 VALUES (1, ?, ?, ?, ?)",
                 &[
                     Bind::Bytes(wrapped_key.clone()),
                     Bind::Int(first_keyed_seq),
                     Bind::Text(now()),
+                    Bind::Text(master.to_string()),
                 ],
             )?;
             Ok(true)

@@ -19,6 +19,7 @@ pub mod conn;
 mod delete;
 mod error;
 pub mod generate;
+pub mod key_requests;
 pub mod keys;
 mod metadata;
 pub mod moves;

@@ -2,7 +2,7 @@
 //! (appended to the control index with the installation's chain key) and the
 //! check of the trail (`kastell audit verify`).
 
-use crate::app::master_key;
+use crate::app::master_keys;
 use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::index::Index;
@@ -10,8 +10,8 @@ use crate::index::Index;
 /// The key that seals the audit chain in the control index `index`, made on
 /// first use (wrapped by the master key provider).
 pub fn audit_chain_key(config: &Config, index: &Index) -> anyhow::Result<crate::audit::ChainKey> {
-    let provider = master_key(config)?;
-    Ok(crate::audit::ChainKey::load_or_create(index, &*provider)?)
+    let masters = master_keys(config)?;
+    Ok(crate::audit::ChainKey::load_or_create(index, &masters)?)
 }
 
 /// Appends `events` to the audit trail of the control index `index` (for the
@@ -29,8 +29,8 @@ pub fn verify_audit(
     index: &Index,
     anchor: Option<crate::audit::Anchor>,
 ) -> anyhow::Result<crate::audit::VerifyReport> {
-    let provider = master_key(config)?;
-    let key = crate::audit::ChainKey::load(index, &*provider)?;
+    let masters = master_keys(config)?;
+    let key = crate::audit::ChainKey::load(index, &masters)?;
     Ok(crate::audit::verify_anchored(index, key, anchor)?)
 }
 

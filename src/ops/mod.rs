@@ -8,6 +8,8 @@
 //! `app` (its builders are called here); the command line prints what these return.
 
 pub mod audit;
+pub mod custody;
+pub mod dual_control;
 pub mod events;
 pub mod import;
 pub mod keys;

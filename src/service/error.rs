@@ -88,6 +88,8 @@ impl ServiceError {
             ServiceError::Index(IndexError::Query(_)) => 400,
             ServiceError::Index(IndexError::Protected(_)) => 409,
             ServiceError::Store(StoreError::Shredded) => 410,
+            ServiceError::Store(StoreError::KeyUnavailable(_)) => 503,
+            ServiceError::Store(StoreError::KeyRevoked(_)) => 410,
             ServiceError::Dicom(DicomError::OutsideImage) => 400,
             ServiceError::Dicom(DicomError::CannotDecode(_)) => 406,
             _ => 500,
@@ -122,6 +124,17 @@ impl ServiceError {
             ServiceError::Index(IndexError::Protected(why)) => why.clone(),
             ServiceError::Store(StoreError::Shredded) => {
                 "this data was erased: its encryption key was destroyed".to_string()
+            }
+            // Neither says more than that: the provider's own words go to the log.
+            ServiceError::Store(StoreError::KeyUnavailable(_)) => {
+                "the key provider holding this tenant's key-encryption key (HSM or KMS) is \
+                 unavailable; retry later"
+                    .to_string()
+            }
+            ServiceError::Store(StoreError::KeyRevoked(_)) => {
+                "this tenant's key-encryption key was revoked or destroyed by its holder: its \
+                 data cannot be read or written while it is"
+                    .to_string()
             }
             ServiceError::Store(StoreError::Integrity(_)) => {
                 "the stored object failed its integrity check; the incident is logged".to_string()

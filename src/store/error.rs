@@ -15,6 +15,12 @@ pub enum StoreError {
     /// The key that protected the object was destroyed.
     #[error("the key of this blob was shredded")]
     Shredded,
+    /// The holder of the tenant's key-encryption key (HSM, KMS) cannot be reached.
+    #[error("the key provider is unavailable: {0}")]
+    KeyUnavailable(String),
+    /// The holder of the tenant's key-encryption key refuses it or destroyed it.
+    #[error("the key was revoked by its holder: {0}")]
+    KeyRevoked(String),
     #[error("key error: {0}")]
     Key(CryptoError),
     #[error("range {start}..{end} outside the blob's {len} bytes")]
@@ -48,6 +54,8 @@ impl From<CryptoError> for StoreError {
             CryptoError::Integrity(what) => StoreError::Integrity(what),
             CryptoError::Format(what) => StoreError::Integrity(what),
             CryptoError::Shredded(_) => StoreError::Shredded,
+            CryptoError::Unavailable(why) => StoreError::KeyUnavailable(why),
+            CryptoError::Revoked(why) => StoreError::KeyRevoked(why),
             other => StoreError::Key(other),
         }
     }

@@ -81,9 +81,16 @@ pub const STORE_OBJECTS: &str = "kastell.store.objects";
 /// Bytes of those objects (as stored, before encryption). Unit `By`; labels
 /// as [`STORE_OBJECTS`].
 pub const STORE_BYTES: &str = "kastell.store.bytes";
+/// Calls to a master key provider (issue 16). Unit `{call}`; labels `master`
+/// (its name in `keys.masters`, or `local`), `provider` (`file`, `pkcs11`,
+/// `transit`), `operation` (`wrap`, `unwrap`), `outcome` (`ok`, `unavailable`,
+/// `revoked`, `failed`).
+pub const KEY_PROVIDER_CALLS: &str = "kastell.keys.provider.calls";
+/// Duration of those calls. Unit `s`; labels `master`, `provider`, `operation`.
+pub const KEY_PROVIDER_DURATION: &str = "kastell.keys.provider.duration";
 
 /// Every metric name, for the documentation test.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 20] = [
     HTTP_REQUESTS,
     HTTP_REQUEST_DURATION,
     HTTP_RECEIVED,
@@ -102,6 +109,8 @@ pub const ALL: [&str; 18] = [
     LIFECYCLE_RESTORES_WAITING,
     STORE_OBJECTS,
     STORE_BYTES,
+    KEY_PROVIDER_CALLS,
+    KEY_PROVIDER_DURATION,
 ];
 
 /// Name of the instrumentation scope every instrument belongs to.
@@ -131,6 +140,8 @@ pub(crate) struct Instruments {
     pub jobs: Counter<u64>,
     pub lifecycle_moves: Counter<u64>,
     pub lifecycle_restores: Counter<u64>,
+    pub key_provider_calls: Counter<u64>,
+    pub key_provider_duration: Histogram<f64>,
 }
 
 pub(crate) fn meter() -> Meter {
@@ -183,8 +194,38 @@ pub(crate) static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
             "{object}",
             "Restores from offline tiers asked for",
         ),
+        key_provider_calls: counter(
+            KEY_PROVIDER_CALLS,
+            "{call}",
+            "Wrap and unwrap calls to master key providers",
+        ),
+        key_provider_duration: seconds(
+            KEY_PROVIDER_DURATION,
+            "Duration of calls to master key providers",
+        ),
     }
 });
+
+/// Counts one call to master key provider `master` and how long it took.
+pub fn key_provider_call(
+    master: &str,
+    provider: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+    elapsed: Duration,
+) {
+    let labels = [
+        KeyValue::new("master", master.to_string()),
+        KeyValue::new("provider", provider),
+        KeyValue::new("operation", operation),
+    ];
+    INSTRUMENTS
+        .key_provider_duration
+        .record(elapsed.as_secs_f64(), &labels);
+    let mut with_outcome = labels.to_vec();
+    with_outcome.push(KeyValue::new("outcome", outcome));
+    INSTRUMENTS.key_provider_calls.add(1, &with_outcome);
+}
 
 /// Counts instances a STOW request stored for `tenant`.
 pub fn instances_stored(tenant: &str, outcome: &'static str, count: u64) {
