@@ -350,12 +350,15 @@ fn verify_reports_orphans_and_passes_on_a_healthy_store() {
 
 #[test]
 fn the_master_key_guards_everything() {
+    // This is about the local master key, also where the suite runs with the
+    // master key in an HSM (tests/run-all.sh).
+    const LOCAL: (&str, &str) = ("KASTELL__KEYS__ACTIVE_MASTER", "local");
     let key_a = "MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE="; // 32 × '1'
     let key_b = "MjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjI="; // 32 × '2'
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     {
-        let server = Server::spawn(&data, &[("KASTELL__KEYS__MASTER_KEY", key_a)]);
+        let server = Server::spawn(&data, &[LOCAL, ("KASTELL__KEYS__MASTER_KEY", key_a)]);
         assert_eq!(
             store(
                 &server,
@@ -371,7 +374,11 @@ fn the_master_key_guards_everything() {
         );
     }
     // The wrong master key cannot open the tenant key: the server refuses to start.
-    let (ok, out) = kastell(&["verify"], &data, &[("KASTELL__KEYS__MASTER_KEY", key_b)]);
+    let (ok, out) = kastell(
+        &["verify"],
+        &data,
+        &[LOCAL, ("KASTELL__KEYS__MASTER_KEY", key_b)],
+    );
     assert!(!ok, "{out}");
     assert!(out.contains("tenant"), "{out}");
     // A key file (readable by its owner only) works like the variable.
@@ -382,14 +389,17 @@ fn the_master_key_guards_everything() {
     let (ok, out) = kastell(
         &["verify"],
         &data,
-        &[("KASTELL__KEYS__MASTER_KEY_FILE", key_file.to_str().unwrap())],
+        &[
+            LOCAL,
+            ("KASTELL__KEYS__MASTER_KEY_FILE", key_file.to_str().unwrap()),
+        ],
     );
     assert!(ok, "{out}");
     // A non-embedded blob store never gets a generated key.
     let (ok, out) = kastell(
         &["verify", "--blob-url", "memory://"],
         &dir.path().join("other"),
-        &[],
+        &[LOCAL],
     );
     assert!(!ok && out.contains("no master key"), "{out}");
 }

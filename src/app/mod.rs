@@ -20,4 +20,4 @@ pub use exposure::{check_exposure, exposure_risks};
 pub use keys::{custodians, key_ring, master_keys, open_master, tenant_key_ring};
 pub use load::{check_anonymous, load_config};
 pub use server::run;
-pub use sovereignty::{enforce_sovereignty, sovereignty_report};
+pub use sovereignty::{add_tenant_keys, enforce_sovereignty, sovereignty_report};

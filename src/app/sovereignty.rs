@@ -44,3 +44,96 @@ pub fn enforce_sovereignty(config: &Config) -> Result<sovereignty::Report, sover
     }
     report.into_result().map_err(sovereignty::Refusal)
 }
+
+/// Adds to `report`, for each tenant (registered, the default one, or with
+/// keys), who holds the master key wrapping its keys: the holder as it
+/// describes itself (the HSM and KMS are asked), under the jurisdiction the
+/// report found for that master, and how many of its keys each master wraps
+/// now. Opens the control index and every key holder, but makes nothing: with
+/// no SQLite index yet, or a development key not generated yet, there is no
+/// tenant key to tell of and nothing is added.
+pub fn add_tenant_keys(config: &Config, report: &mut sovereignty::Report) -> anyhow::Result<()> {
+    use std::collections::BTreeSet;
+
+    use crate::crypto::KeyProvider;
+
+    if let Some(path) = config.effective_index_url().strip_prefix("sqlite://") {
+        if !std::path::Path::new(path).exists() {
+            return Ok(());
+        }
+    }
+    if let crate::config::MasterKeySource::Development(path) = config.master_key_source() {
+        if !path.exists() {
+            return Ok(());
+        }
+    }
+    let index = super::open_index(config)?;
+    let custodians = super::custodians(config)?;
+    let counts = index.tenant_key_masters()?;
+    let mut tenants: BTreeSet<String> = index.tenants()?.into_iter().map(|t| t.name).collect();
+    tenants.insert(config.keys.default_tenant.clone());
+    tenants.extend(counts.iter().map(|c| c.tenant.clone()));
+    for tenant in tenants {
+        let master = config
+            .keys
+            .tenant_masters
+            .get(&tenant)
+            .unwrap_or(&config.keys.active_master)
+            .clone();
+        let section = if master == crate::crypto::LOCAL_MASTER {
+            "[keys]".to_string()
+        } else {
+            format!("[keys.masters.{master}]")
+        };
+        let jurisdiction = report
+            .backends
+            .iter()
+            .find(|b| b.kind == sovereignty::BackendKind::Keys && b.section == section)
+            .map(|b| b.jurisdiction.clone())
+            .unwrap_or_else(|| {
+                report
+                    .backend(sovereignty::BackendKind::Keys)
+                    .jurisdiction
+                    .clone()
+            });
+        let (provider, holder, extractable) = match custodians.get(&master) {
+            Some(custodian) => match custodian.facts() {
+                Ok(facts) => (
+                    custodian.kind().to_string(),
+                    facts.holder,
+                    match facts.extractable {
+                        Some(true) => "yes",
+                        Some(false) => "no",
+                        None => "not stated",
+                    }
+                    .to_string(),
+                ),
+                Err(error) => (
+                    custodian.kind().to_string(),
+                    format!("{} (cannot be asked now: {error})", custodian.describe()),
+                    "not stated".to_string(),
+                ),
+            },
+            None => ("?".into(), "not configured".into(), "not stated".into()),
+        };
+        report.tenant_keys.push(sovereignty::TenantKeyCustody {
+            held_by: if config.keys.tenant_masters.contains_key(&tenant) {
+                "tenant (its own key: bring your own key)".into()
+            } else {
+                "operator".into()
+            },
+            wrapped_keys: counts
+                .iter()
+                .filter(|c| c.tenant == tenant)
+                .map(|c| (c.master_key.clone(), c.keys))
+                .collect(),
+            tenant,
+            master,
+            provider,
+            holder,
+            jurisdiction,
+            extractable,
+        });
+    }
+    Ok(())
+}

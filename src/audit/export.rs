@@ -140,6 +140,9 @@ fn outcome_description(stored: &StoredEvent) -> Option<String> {
     let event = &stored.event;
     let status = event.status.map(|s| match event.actor_kind {
         ActorKind::Cli | ActorKind::System => format!("exit code {s}"),
+        // An administrator identified by an API key on the command line (dual
+        // control) did not come over HTTP.
+        _ if event.client_address.is_none() => format!("exit code {s}"),
         _ => format!("HTTP {s}"),
     });
     match (status, &event.detail) {

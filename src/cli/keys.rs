@@ -245,13 +245,30 @@ fn approve(
     admin_key_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     use kastell::ops::dual_control::{self, RETIRE_MASTER, SHRED_TENANT};
-    let config = start(common, Start::writing("approve a key operation"))?.config;
+    // What an approval carries out destroys keys (an erasure path, like `keys
+    // shred`): the jurisdiction policy does not hold it back.
+    let config = start(common, Start::LOGGED)?.config;
+    // A shredding that retention or a legal hold would refuse does not spend
+    // the approval: the request stays pending until it can be carried out.
+    let index = kastell::app::open_index(&config)?;
+    if let Some(filed) = index.key_request(request)? {
+        if filed.action == SHRED_TENANT {
+            let blocked = tokio_runtime()?
+                .block_on(kastell::ops::keys::shred_blocked(&config, &filed.target))?;
+            if let Some(refusal) = blocked {
+                anyhow::bail!("request {request} cannot be carried out now: {refusal}");
+            }
+        }
+    }
     let (approved, approver) =
         dual_control::approve(&config, request, admin_key(admin_key_file)?.as_deref())?;
     match approved.action.as_str() {
         SHRED_TENANT => {
-            let erased = tokio_runtime()?
-                .block_on(kastell::ops::keys::shred_tenant(&config, &approved.target))?;
+            let erased = tokio_runtime()?.block_on(kastell::ops::keys::shred_tenant(
+                &config,
+                &approved.target,
+                Some(&approver),
+            ))?;
             println!(
                 "request {request} approved by {approver}: tenant {} shredded; {} studies ({} \
                  instances) erased from the index",
@@ -330,7 +347,8 @@ fn shred(
         );
         return Ok(());
     }
-    let erased = tokio_runtime()?.block_on(kastell::ops::keys::shred_tenant(&config, tenant))?;
+    let erased =
+        tokio_runtime()?.block_on(kastell::ops::keys::shred_tenant(&config, tenant, None))?;
     println!(
         "tenant {tenant}: every key destroyed; its images can no longer be read; \
          {} studies ({} instances) erased from the index, their UIDs kept for 410 Gone",

@@ -25,8 +25,13 @@ pub fn run(outer: &CommonArgs, action: SovereigntyAction) -> anyhow::Result<()> 
         ..Start::LOGGED
     };
     let config = start(&merge(outer, &common), how)?.config;
-    // Pure: reads the configuration and environment, opens no backend.
-    let report = kastell::app::sovereignty_report(&config);
+    // The policy check is pure: it reads the configuration and environment.
+    let mut report = kastell::app::sovereignty_report(&config);
+    // Who holds each tenant's key asks the index and the key holders: without
+    // them the rest of the report still stands.
+    if let Err(error) = kastell::app::add_tenant_keys(&config, &mut report) {
+        eprintln!("(tenant keys not listed: {error:#})");
+    }
     match format {
         ReportFormat::Text => print!("{report}"),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),

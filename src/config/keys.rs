@@ -137,7 +137,7 @@ pub struct DualControlConfig {
     pub mode: DualControlMode,
     /// Per tenant, for shredding it.
     pub tenants: BTreeMap<String, DualControlMode>,
-    /// Seconds a request waits for its approval (60–604,800).
+    /// Seconds a request waits for its approval (1–604,800).
     pub window_secs: u64,
 }
 

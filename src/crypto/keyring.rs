@@ -292,8 +292,19 @@ impl KeyRing {
                         keys.keys.insert(version, clone_held(held));
                     }
                 }
-                Err(error) => {
+                // A holder that cannot be reached or refuses fails this key
+                // alone (its tenant answers 503 or 410, the others are served);
+                // a wrapped key that does not open under its master (the
+                // wrong master key configured, a tampered row) fails the load,
+                // loudly, as before masters had holders of their own.
+                Err(error @ (CryptoError::Unavailable(_) | CryptoError::Revoked(_))) => {
                     keys.failed.insert(version, error);
+                }
+                Err(error) => {
+                    return Err(CryptoError::KeyStore(format!(
+                        "tenant key {} (master key {}): {error}",
+                        record.id, record.master
+                    )))
                 }
             }
         }

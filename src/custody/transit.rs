@@ -230,7 +230,9 @@ fn send(
         request = request.header("X-Vault-Token", token);
     }
     if let Some(body) = &call.body {
-        request = request.json(body);
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
     }
     let response = request
         .send()

@@ -71,6 +71,17 @@ pub fn rotate_master(
     let index = open_index(config)?;
     let result = (|| {
         let masters = master_keys(config)?;
+        let retired = index.retired_masters()?;
+        for name in std::iter::once(masters.active_name())
+            .chain(masters.tenant_masters().values().map(String::as_str))
+        {
+            if retired.iter().any(|r| r == name) {
+                anyhow::bail!(
+                    "master key {name} was retired: keys cannot be moved to it; name another \
+                     in keys.active_master / keys.tenant_masters"
+                );
+            }
+        }
         let mut report = MasterRotation::default();
         let pause = rate.map(|per_second| Duration::from_secs(1) / per_second.max(1));
         for row in index.wrapped_keys()? {

@@ -85,7 +85,10 @@ pub fn file(
     admin_key: Option<&str>,
 ) -> anyhow::Result<KeyRequest> {
     let index = open_index(config)?;
-    let identity = identify(&index, admin_key, action, target)?;
+    let identity = match identify(&index, admin_key, action, target) {
+        Ok(identity) => identity,
+        Err(error) => return refused(config, &index, action, target, Action::KeyRequest, error),
+    };
     let at = now();
     let expires = at + config.keys.dual_control.window_secs as i64;
     let result = (|| {
@@ -118,7 +121,19 @@ pub fn approve(
     let request = index
         .key_request(id)?
         .ok_or_else(|| anyhow::anyhow!("there is no request {id}"))?;
-    let identity = identify(&index, admin_key, &request.action, &request.target)?;
+    let identity = match identify(&index, admin_key, &request.action, &request.target) {
+        Ok(identity) => identity,
+        Err(error) => {
+            return refused(
+                config,
+                &index,
+                &request.action,
+                &request.target,
+                Action::KeyApprove,
+                error,
+            )
+        }
+    };
     let at = now();
     let result = (|| {
         if request.state != "pending" {
@@ -162,6 +177,22 @@ pub fn approve(
     });
     let approved = audit_cli(config, &index, event, result)?;
     Ok((approved, identity))
+}
+
+/// Records a filing or approval refused because who asked is not an
+/// administrator (or did not say who they are), then hands the refusal back.
+fn refused<T>(
+    config: &Config,
+    index: &Index,
+    action: &str,
+    target: &str,
+    audited: Action,
+    error: anyhow::Error,
+) -> anyhow::Result<T> {
+    let event = AuditEvent::cli(scope_of(action, target), audited, Outcome::Failure)
+        .status(1)
+        .detail(format!("{action} {target}: {error:#}"));
+    audit_cli(config, index, event, Err(error))
 }
 
 /// Pending requests, not expired.

@@ -240,7 +240,29 @@ pub struct ShredReport {
 /// 410 Gone, and removes the unreadable blobs. Running it again finishes an
 /// erasure that was interrupted. Refused while any study of the tenant is
 /// under retention or a legal hold. Audited.
-pub async fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<ShredReport> {
+/// Why tenant `tenant` cannot be shredded now (no such tenant, studies under
+/// retention or a legal hold), if it cannot: asked before a dual-control
+/// approval is spent on a shredding that would be refused.
+pub async fn shred_blocked(config: &Config, tenant: &str) -> anyhow::Result<Option<String>> {
+    let tenants = build_tenants(config)?;
+    let Some(services) = tenants
+        .all()
+        .await?
+        .into_iter()
+        .find_map(|(name, services)| (name == tenant).then_some(services))
+    else {
+        return Ok(Some(format!("there is no tenant {tenant}")));
+    };
+    super::lifecycle::shred_refusal(&services, config, tenant).await
+}
+
+/// `approved_by` names the second administrator when dual control applied; the
+/// event is theirs then.
+pub async fn shred_tenant(
+    config: &Config,
+    tenant: &str,
+    approved_by: Option<&str>,
+) -> anyhow::Result<ShredReport> {
     let tenants = build_tenants(config)?;
     let result = async {
         let services = tenants
@@ -269,14 +291,22 @@ pub async fn shred_tenant(config: &Config, tenant: &str) -> anyhow::Result<Shred
         anyhow::Ok(report)
     }
     .await;
+    let event = |outcome| match approved_by {
+        Some(actor) => AuditEvent::new(
+            actor.to_string(),
+            crate::audit::ActorKind::ApiKey,
+            tenant,
+            Action::KeyShred,
+            outcome,
+        ),
+        None => AuditEvent::cli(tenant, Action::KeyShred, outcome),
+    };
     let event = match &result {
-        Ok(report) => AuditEvent::cli(tenant, Action::KeyShred, Outcome::Success)
-            .status(0)
-            .detail(format!(
-                "every key version destroyed; {} studies ({} instances) erased from the index",
-                report.studies, report.instances
-            )),
-        Err(error) => AuditEvent::cli(tenant, Action::KeyShred, Outcome::Failure)
+        Ok(report) => event(Outcome::Success).status(0).detail(format!(
+            "every key version destroyed; {} studies ({} instances) erased from the index",
+            report.studies, report.instances
+        )),
+        Err(error) => event(Outcome::Failure)
             .status(1)
             .detail(format!("{error:#}")),
     };

@@ -71,6 +71,19 @@ pub fn assess(config: &Config, env: &Environment) -> Report {
             config.keys.location.as_ref(),
         ),
     ];
+    // Named master keys (issue 16): each holder under the rules for keys.
+    for (name, master) in &config.keys.masters {
+        let place = place::master_key(&master.url);
+        let mut b = backend(
+            BackendKind::Keys,
+            format!("master key {name} ({})", provider_kind(&master.url)),
+            place.description.clone(),
+            place.local,
+            master.location.as_ref(),
+        );
+        b.section = format!("[keys.masters.{name}]");
+        backends.push(b);
+    }
     // Named stores (issue 15) hold ciphertext as the primary store does, under
     // the same rules, each at its own declared place.
     for (name, store) in &config.storage.stores {
@@ -134,6 +147,18 @@ pub fn assess(config: &Config, env: &Environment) -> Report {
         chain,
         warnings,
         violations,
+        tenant_keys: Vec::new(),
+    }
+}
+
+/// The kind of provider a `keys.masters` URL names.
+pub(super) fn provider_kind(url: &str) -> &'static str {
+    if url.starts_with("pkcs11:") {
+        "pkcs11"
+    } else if url.starts_with("transit+") {
+        "transit"
+    } else {
+        "file"
     }
 }
 

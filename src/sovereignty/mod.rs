@@ -34,4 +34,4 @@ pub use model::{
     Backend, BackendKind, Custody, DataKind, Environment, Holding, Jurisdiction, Notice, Source,
 };
 pub use policy::{check, Refusal, Rule, Violation};
-pub use report::Report;
+pub use report::{Report, TenantKeyCustody};

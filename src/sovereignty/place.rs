@@ -204,6 +204,28 @@ pub(super) fn event_destination(what: &str, urls: &str) -> Place {
     place
 }
 
+/// A master key's holder, from its `keys.masters` URL: a key file or an HSM
+/// reached through a PKCS#11 module are on the host (a network HSM declares its
+/// own location); a Transit KMS is where its URL points.
+pub(super) fn master_key(url: &str) -> Place {
+    if let Some(path) = url.strip_prefix("file:") {
+        return Place::local(format!(
+            "a key file on the host ({path}), read into the process"
+        ));
+    }
+    if url.starts_with("pkcs11:") {
+        let module = url
+            .split_once("module-path=")
+            .map(|(_, rest)| decode(rest.split('&').next().unwrap_or(rest)))
+            .unwrap_or_default();
+        return Place::local(format!(
+            "an HSM reached through the PKCS#11 module {module}; the key never leaves it"
+        ));
+    }
+    let endpoint = url.strip_prefix("transit+").unwrap_or(url);
+    event_destination("a Transit KMS", endpoint)
+}
+
 fn endpoint_place(what: &str, endpoint: &str, bucket: &str) -> Place {
     let host = url::Url::parse(endpoint)
         .ok()

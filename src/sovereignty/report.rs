@@ -17,6 +17,33 @@ pub struct Report {
     pub chain: Vec<Custody>,
     pub warnings: Vec<Notice>,
     pub violations: Vec<Violation>,
+    /// For each tenant, who holds the key-encryption key of its keys: filled by
+    /// the command line from the index and the key holders themselves (the rest
+    /// of the report reads the configuration alone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tenant_keys: Vec<TenantKeyCustody>,
+}
+
+/// Who holds the master key wrapping one tenant's keys, where, under which
+/// law, and whether it can leave its holder.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantKeyCustody {
+    pub tenant: String,
+    /// The master key's name (`local` or a `keys.masters` name).
+    pub master: String,
+    /// `file`, `pkcs11` or `transit`.
+    pub provider: String,
+    /// What holds it, as the holder describes itself (token, model and serial;
+    /// KMS key) or why it could not be asked.
+    pub holder: String,
+    /// `operator` or `tenant` (bring your own key).
+    pub held_by: String,
+    pub jurisdiction: super::Jurisdiction,
+    /// `yes`, `no` or `not stated`, as the holder reports it.
+    pub extractable: String,
+    /// Keys of the tenant wrapped by each master now (more than one while a
+    /// rotation of the master key is under way).
+    pub wrapped_keys: Vec<(String, i64)>,
 }
 
 impl Report {
@@ -121,6 +148,27 @@ impl fmt::Display for Report {
             }
             writeln!(f, "    encryption: {}", link.encryption)?;
             writeln!(f, "    keys:       {}", link.keys)?;
+        }
+
+        if !self.tenant_keys.is_empty() {
+            writeln!(
+                f,
+                "\nTenant keys: who holds each tenant's key-encryption key"
+            )?;
+            for t in &self.tenant_keys {
+                writeln!(f, "  tenant {}", t.tenant)?;
+                writeln!(f, "    master key:   {} ({})", t.master, t.provider)?;
+                writeln!(f, "    holder:       {}", t.holder)?;
+                writeln!(f, "    held by:      {}", t.held_by)?;
+                writeln!(f, "    jurisdiction: {}", t.jurisdiction)?;
+                writeln!(f, "    extractable:  {}", t.extractable)?;
+                let wrapped: Vec<String> = t
+                    .wrapped_keys
+                    .iter()
+                    .map(|(master, n)| format!("{n} by {master}"))
+                    .collect();
+                writeln!(f, "    keys wrapped: {}", wrapped.join(", "))?;
+            }
         }
 
         if !self.warnings.is_empty() {

@@ -5,6 +5,7 @@
 
 pub mod nats;
 pub mod proxy;
+pub mod transit;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
