@@ -281,3 +281,88 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_master(url: &str) -> KeysConfig {
+        let mut keys = KeysConfig::default();
+        keys.masters.insert(
+            "hsm".into(),
+            MasterConfig {
+                url: url.into(),
+                ..Default::default()
+            },
+        );
+        keys
+    }
+
+    #[test]
+    fn masters_are_checked_by_name_url_assignment_and_bounds() {
+        assert!(with_master("pkcs11:token=t;object=k?module-path=/m.so")
+            .validate()
+            .is_ok());
+        assert!(with_master("transit+https://kms.example/v1/transit/keys/k")
+            .validate()
+            .is_ok());
+        assert!(with_master("file:/etc/kastell/m.key").validate().is_ok());
+        assert!(with_master("https://kms.example/v1/transit/keys/k")
+            .validate()
+            .is_err());
+        let mut keys = with_master("file:/k");
+        keys.active_master = "hsm".into();
+        assert!(keys.validate().is_ok());
+        keys.active_master = "nowhere".into();
+        assert!(
+            keys.validate().is_err(),
+            "an active master must be configured"
+        );
+        let mut keys = with_master("file:/k");
+        keys.masters.insert(
+            "local".into(),
+            MasterConfig {
+                url: "file:/x".into(),
+                ..Default::default()
+            },
+        );
+        assert!(keys.validate().is_err(), "`local` is the key file's name");
+        let mut keys = with_master("file:/k");
+        keys.tenant_masters
+            .insert("clinic".into(), "elsewhere".into());
+        assert!(
+            keys.validate().is_err(),
+            "a tenant's master must be configured"
+        );
+        keys.tenant_masters.insert("clinic".into(), "hsm".into());
+        keys.masters.get_mut("hsm").unwrap().held_by = "clinic".into();
+        assert!(keys.validate().is_ok());
+        keys.masters.get_mut("hsm").unwrap().held_by = "radiology".into();
+        assert!(
+            keys.validate().is_err(),
+            "held by a tenant it is not assigned to"
+        );
+        let mut keys = KeysConfig::default();
+        keys.cache.ttl_secs = 5;
+        assert!(keys.validate().is_err());
+        keys.cache.ttl_secs = 900;
+        keys.cache.max_keys = 0;
+        assert!(keys.validate().is_err());
+        keys.cache.max_keys = 10;
+        keys.dual_control.window_secs = 0;
+        assert!(keys.validate().is_err());
+        let mut keys = with_master("transit+https://kms.example/v1/transit/keys/k");
+        keys.masters.get_mut("hsm").unwrap().timeout_secs = 61;
+        assert!(keys.validate().is_err());
+    }
+
+    #[test]
+    fn dual_control_per_tenant_overrides_the_default() {
+        let mut dual = DualControlConfig::default();
+        assert_eq!(dual.mode_for_tenant("a"), DualControlMode::Auto);
+        dual.tenants.insert("a".into(), DualControlMode::Always);
+        dual.mode = DualControlMode::Never;
+        assert_eq!(dual.mode_for_tenant("a"), DualControlMode::Always);
+        assert_eq!(dual.mode_for_tenant("b"), DualControlMode::Never);
+    }
+}
