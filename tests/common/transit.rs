@@ -140,6 +140,8 @@ impl TransitServer {
     pub fn stop(&self) {
         if let Some(listening) = self.listening.lock().unwrap().take() {
             listening.stop.store(true, Ordering::SeqCst);
+            // Wakes the blocking accept, which then sees the flag.
+            let _ = TcpStream::connect(("127.0.0.1", self.port));
             let _ = listening.thread.join();
         }
     }
@@ -175,20 +177,20 @@ fn bind_retrying(port: u16) -> TcpListener {
 }
 
 /// Accepts on `listener` in a thread until told to stop, then drops it. The
-/// socket is non-blocking so that the thread sees the flag without a
-/// connection to wake it.
+/// accept blocks (no polling delay on each request, which the bench of
+/// `benches/key_custody.rs` would measure); `stop` wakes it with a connection
+/// of its own after raising the flag.
 fn listen(listener: TcpListener, shared: Arc<Shared>) -> Listening {
-    listener.set_nonblocking(true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
     let thread = std::thread::spawn(move || {
-        while !stopping.load(Ordering::SeqCst) {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    std::thread::spawn(move || serve(stream, &shared));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        for stream in listener.incoming() {
+            if stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            if let Ok(stream) = stream {
+                let shared = shared.clone();
+                std::thread::spawn(move || serve(stream, &shared));
             }
         }
     });
