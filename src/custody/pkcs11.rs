@@ -35,6 +35,22 @@ const TAG_LEN: usize = 16;
 const WRAPPED_LEN: usize = MAGIC.len() + IV_LEN + KEY_LEN + TAG_LEN;
 /// Idle sessions kept open for later calls.
 const IDLE_SESSIONS: usize = 8;
+/// Looks for the token this many times, 100 ms apart, at start.
+const FIND_TOKEN_ATTEMPTS: usize = 20;
+
+/// The slot holding the token `token`, if the module lists it.
+fn find_slot(context: &Pkcs11, token: &TokenRef) -> Result<Option<Slot>, CryptoError> {
+    let slots = context
+        .get_slots_with_initialized_token()
+        .map_err(|e| unavailable("listing the HSM's slots", e))?;
+    Ok(slots.into_iter().find(|slot| match token {
+        TokenRef::SlotId(id) => slot.id() == *id,
+        TokenRef::Label(label) => context
+            .get_token_info(*slot)
+            .map(|info| info.label().trim_end() == label)
+            .unwrap_or(false),
+    }))
+}
 
 /// Which token: by label or by slot number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,24 +202,26 @@ impl Pkcs11Master {
             None => read_secret(pin)?,
         };
         let context = module(&url.module)?;
-        let slots = context
-            .get_slots_with_initialized_token()
-            .map_err(|e| unavailable("listing the HSM's slots", e))?;
-        let mut found = None;
-        for slot in slots {
-            let matches = match &url.token {
-                TokenRef::SlotId(id) => slot.id() == *id,
-                TokenRef::Label(label) => context
-                    .get_token_info(slot)
-                    .map(|info| info.label().trim_end() == label)
-                    .unwrap_or(false),
-            };
-            if matches {
-                found = Some(slot);
+        // A file-backed software token (SoftHSM) read while another process
+        // rewrites it is skipped at C_Initialize ("token integrity check
+        // failed"), and the slot list is only read then: when the token is
+        // missing and no other master uses the module, it is initialised
+        // again, a few times, before the token is declared absent.
+        let mut slot = None;
+        for attempt in 0..FIND_TOKEN_ATTEMPTS {
+            slot = find_slot(&context, &url.token)?;
+            if slot.is_some() || attempt + 1 == FIND_TOKEN_ATTEMPTS {
                 break;
             }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if Arc::strong_count(&context) == 2 {
+                let _ = (*context).clone().finalize();
+                context
+                    .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                    .map_err(|e| unavailable("initialising the PKCS#11 module again", e))?;
+            }
         }
-        let slot = found.ok_or_else(|| {
+        let slot = slot.ok_or_else(|| {
             CryptoError::Unavailable(format!(
                 "no initialised token {:?} in the PKCS#11 module {}",
                 url.token,
@@ -243,10 +261,29 @@ impl Pkcs11Master {
     }
 
     /// Runs `work` on an idle session (or a new one); a session an error may have
-    /// broken is closed rather than kept.
+    /// broken is closed rather than kept, and the work tried again on a new one
+    /// (twice more, 50 and 100 ms later): a token can fail for a moment (a
+    /// SoftHSM token file another process is rewriting at its login; a network
+    /// HSM's dropped connection).
     fn with_session<T>(
         &self,
-        work: impl FnOnce(&Session) -> Result<T, CryptoError>,
+        mut work: impl FnMut(&Session) -> Result<T, CryptoError>,
+    ) -> Result<T, CryptoError> {
+        let mut attempt = 0;
+        loop {
+            match self.once_with_session(&mut work) {
+                Err(CryptoError::Unavailable(_)) if attempt < 2 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn once_with_session<T>(
+        &self,
+        work: &mut impl FnMut(&Session) -> Result<T, CryptoError>,
     ) -> Result<T, CryptoError> {
         let idle = self
             .sessions
