@@ -41,15 +41,26 @@ const FIND_TOKEN_ATTEMPTS: usize = 20;
 /// The slot holding the token `token`, if the module lists it.
 fn find_slot(context: &Pkcs11, token: &TokenRef) -> Result<Option<Slot>, CryptoError> {
     let slots = context
-        .get_slots_with_initialized_token()
+        .get_slots_with_token()
         .map_err(|e| unavailable("listing the HSM's slots", e))?;
-    Ok(slots.into_iter().find(|slot| match token {
-        TokenRef::SlotId(id) => slot.id() == *id,
-        TokenRef::Label(label) => context
-            .get_token_info(*slot)
-            .map(|info| info.label().trim_end() == label)
-            .unwrap_or(false),
-    }))
+    let mut failure = None;
+    for slot in slots {
+        let info = match context.get_token_info(slot) {
+            Ok(info) => info,
+            Err(error) => {
+                failure = Some(unavailable("reading a token of the HSM", error));
+                continue;
+            }
+        };
+        let matches = match token {
+            TokenRef::SlotId(id) => slot.id() == *id,
+            TokenRef::Label(label) => info.label().trim_end() == label,
+        };
+        if matches && info.token_initialized() {
+            return Ok(Some(slot));
+        }
+    }
+    failure.map_or(Ok(None), Err)
 }
 
 /// Which token: by label or by slot number.
@@ -208,8 +219,12 @@ impl Pkcs11Master {
         // missing and no other master uses the module, it is initialised
         // again, a few times, before the token is declared absent.
         let mut slot = None;
+        let mut failure = None;
         for attempt in 0..FIND_TOKEN_ATTEMPTS {
-            slot = find_slot(&context, &url.token)?;
+            match find_slot(&context, &url.token) {
+                Ok(found) => slot = found,
+                Err(error) => failure = Some(error),
+            }
             if slot.is_some() || attempt + 1 == FIND_TOKEN_ATTEMPTS {
                 break;
             }
@@ -221,13 +236,17 @@ impl Pkcs11Master {
                     .map_err(|e| unavailable("initialising the PKCS#11 module again", e))?;
             }
         }
-        let slot = slot.ok_or_else(|| {
-            CryptoError::Unavailable(format!(
-                "no initialised token {:?} in the PKCS#11 module {}",
-                url.token,
-                url.module.display()
-            ))
-        })?;
+        let slot = match (slot, failure) {
+            (Some(slot), _) => slot,
+            (None, Some(error)) => return Err(error),
+            (None, None) => {
+                return Err(CryptoError::Unavailable(format!(
+                    "no initialised token {:?} in the PKCS#11 module {}",
+                    url.token,
+                    url.module.display()
+                )))
+            }
+        };
         let master = Self {
             name: name.to_string(),
             url,
