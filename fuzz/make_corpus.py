@@ -143,6 +143,10 @@ def dicom_seeds():
         head = raw[: MAX_DICOM - 8]
         write("dicom_header", ONE_CHUNK + head)
         write("dicom_header", SMALL_CHUNKS + head)
+        # De-identification takes whole files; those over the target's length
+        # limit are left to the header scanner's seeds.
+        if len(raw) <= MAX_DICOM:
+            write("deidentify", raw)
 
         value = encapsulated_value(raw)
         syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))

@@ -129,6 +129,14 @@ KASTELL_INDEX_URL="$KASTELL_TEST_POSTGRES/$suite_db" KASTELL_BIN="$CARGO_TARGET_
 # into ~/.cache/kastell-npm when missing). Prints its own ==> steps.
 KASTELL_BIN="$CARGO_TARGET_DIR/debug/kastell" tests/backends/run_suites.sh s3 azure
 
+# Issue 17: `kastell deidentify` over every pydicom test file, checked for any
+# identifying value left (nested sequences and private attributes included),
+# Pixel Data unchanged, one UID mapping across files and runs, and against
+# dicom-anonymizer (PyPI), an independent implementation of the same table.
+step "de-identification over the pydicom test files, against dicom-anonymizer"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore dicom-anonymizer==1.0.12
+python3 tests/deid/check.py --bin "$CARGO_TARGET_DIR/debug/kastell"
+
 # Issue 11: hostile input against the real server, each server under a 4 GiB
 # address-space cap; every case checks its status, that the process lives and
 # answers /healthz, and its peak RSS (about 30 s; the Python packages are

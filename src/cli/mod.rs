@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod apikeys;
 mod audit;
+mod deid;
 mod events;
 mod import;
 mod index;
@@ -65,6 +66,9 @@ enum Command {
     },
     /// Decrypt every indexed blob end to end and report failures and orphaned blobs.
     Verify(CommonArgs),
+    /// De-identify DICOM files (PS3.15 Annex E, Basic Profile and options) into
+    /// new files: UIDs mapped consistently under the project's secret.
+    Deidentify(deid::DeidArgs),
     /// Check or export the audit trail.
     Audit {
         #[command(subcommand)]
@@ -185,6 +189,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apikeys { action } => apikeys::run(outer, action),
         Command::Lifecycle { action } => lifecycle::run(outer, action),
         Command::Verify(args) => index::verify(&merge(outer, &args)),
+        Command::Deidentify(args) => deid::run(args),
         Command::Audit { action } => audit::run(outer, action),
         Command::Events { action } => events::run(outer, action),
         Command::Sovereignty { action } => sovereignty::run(outer, action),

@@ -5,6 +5,7 @@
 pub mod attributes;
 pub mod charset;
 pub mod compose;
+pub mod deid;
 pub mod document;
 pub mod element;
 pub mod files;

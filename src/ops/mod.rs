@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod custody;
+pub mod deid;
 pub mod dual_control;
 pub mod events;
 pub mod import;
