@@ -209,19 +209,13 @@ pub fn check_dataset(
 
 /// Whether an element opens a container the parser descends into, and the
 /// encoding inside it: a sequence (SQ, a dictionary SQ in implicit VR, any
-/// undefined-length element in implicit VR, UN of undefined length — read as
-/// implicit VR LE by PS3.5 §6.2.2), or encapsulated pixel data (OB/OW of
-/// undefined length).
+/// undefined-length element in implicit VR), or encapsulated pixel data (OB/OW
+/// of undefined length). UN of undefined length is refused (see below).
 fn opens_container(
     header: &ElementHeader,
     encoding: Encoding,
     undefined: bool,
 ) -> Result<Option<(Container, Encoding)>, DicomError> {
-    let implicit_le = Encoding {
-        explicit_vr: false,
-        big_endian: false,
-        deflated: false,
-    };
     let Some(vr) = header.vr else {
         // Implicit VR: the dictionary says what a defined-length element is.
         let is_sequence = undefined || dictionary_vr(Tag(header.group, header.element)) == VR::SQ;
@@ -229,7 +223,15 @@ fn opens_container(
     };
     match &vr {
         b"SQ" => Ok(Some((Container::Sequence, encoding))),
-        b"UN" if undefined => Ok(Some((Container::Sequence, implicit_le))),
+        // PS3.5 §6.2.2 allows it (a sequence in implicit VR LE), but dicom-rs
+        // reads it as a value of 0xFFFFFFFF bytes: 4 GiB asked for by a few
+        // hundred bytes (found by the `deidentify` fuzz target on pydicom's
+        // UN_sequence.dcm). Refused until the parser reads it as a sequence.
+        b"UN" if undefined => Err(DicomError::Malformed(format!(
+            "({:04X},{:04X}) is UN of undefined length: a sequence whose VR its sender did \
+             not know; this server does not read it (send it with VR SQ)",
+            header.group, header.element
+        ))),
         b"OB" | b"OW" if undefined => Ok(Some((Container::Fragments, encoding))),
         _ if undefined => Err(DicomError::Malformed(format!(
             "undefined length on ({:04X},{:04X}) with VR {}",
@@ -332,6 +334,21 @@ mod tests {
             let error = check_dataset(&build(33), 0, EXPLICIT, &limits).unwrap_err();
             assert!(error.to_string().contains("deeper than 32"), "{error}");
         }
+    }
+
+    #[test]
+    fn un_of_undefined_length_is_refused() {
+        let mut stream = vec![
+            0x53, 0x44, 0x0C, 0x10, b'U', b'N', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        stream.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        stream.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        stream.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let error = check_dataset(&stream, 0, EXPLICIT, &ParseLimits::default()).unwrap_err();
+        assert!(
+            error.to_string().contains("UN of undefined length"),
+            "{error}"
+        );
     }
 
     #[test]
