@@ -135,7 +135,12 @@ pub(super) fn shift_date(
         .split('\\')
         .map(|value| {
             let value = value.trim();
-            let (date, rest) = value.split_at(value.len().min(8));
+            // Not `split_at`: a hostile value may put a multi-byte character
+            // across byte 8 (found by the `deidentify` fuzz target).
+            let (date, rest) = match value.get(..8) {
+                Some(date) => (date, &value[8..]),
+                None => (value, ""),
+            };
             chrono::NaiveDate::parse_from_str(date, "%Y%m%d")
                 .ok()
                 .and_then(|d| d.checked_sub_signed(chrono::Duration::days(days)))
