@@ -99,18 +99,7 @@ fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 }
 
 fn kastell(args: &[&str], data: &Path, env: &[(String, String)]) -> (bool, String) {
-    let output = cli_command(args, data)
-        .envs(env.iter().cloned())
-        .output()
-        .expect("run kastell");
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
+    cli_with(args, data, env)
 }
 
 /// Every regular file under `dir`.

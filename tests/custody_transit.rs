@@ -62,16 +62,8 @@ fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 
 /// Runs the CLI on `data` with the custody environment; fails the test if it fails.
 fn kastell(args: &[&str], data: &std::path::Path, env: &[(String, String)]) -> String {
-    let output = cli_command(args, data)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("run kastell");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "kastell {args:?}: {text}");
+    let (ok, text) = cli_with(args, data, env);
+    assert!(ok, "kastell {args:?}: {text}");
     text
 }
 

@@ -335,6 +335,7 @@ impl KeyRing {
     }
 
     /// How many unwrapped keys are held now.
+    #[cfg(test)]
     pub fn held_keys(&self) -> usize {
         self.tenants
             .read()

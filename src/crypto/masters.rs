@@ -76,12 +76,6 @@ impl MasterKeys {
             .map_or(self.active.as_str(), String::as_str)
     }
 
-    /// Whether `tenant` holds its own key-encryption key (it is assigned a master
-    /// of its own rather than the installation's).
-    pub fn is_tenant_held(&self, tenant: &str) -> bool {
-        self.tenant_masters.contains_key(tenant)
-    }
-
     pub fn tenant_masters(&self) -> &BTreeMap<String, String> {
         &self.tenant_masters
     }
@@ -93,10 +87,6 @@ impl MasterKeys {
                  cannot be opened"
             ))
         })
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.providers.keys().map(String::as_str)
     }
 
     /// Wraps `key` under master `name`.

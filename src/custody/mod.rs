@@ -34,20 +34,10 @@ pub enum SecretSource {
 pub fn read_secret(source: &SecretSource) -> Result<Zeroizing<String>, CryptoError> {
     let text = match source {
         SecretSource::File(path) => {
-            let shared = crate::private_files::shared_mode_bits(path)
-                .map_err(|e| CryptoError::KeyStore(format!("reading {}: {e}", path.display())))?;
-            if shared != 0 {
-                return Err(CryptoError::KeyStore(format!(
-                    "{} is accessible to its group or to others (mode bits {shared:03o}): \
-                     `chmod 600` it",
-                    path.display()
-                )));
-            }
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|e| {
-                    CryptoError::KeyStore(format!("reading {}: {e}", path.display()))
-                })?,
-            )
+            let bytes = read_private_file(path, "")?;
+            Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                CryptoError::KeyStore(format!("{} is not UTF-8 text", path.display()))
+            })?)
         }
         SecretSource::Env(name) => Zeroizing::new(std::env::var(name).map_err(|_| {
             CryptoError::KeyStore(format!("the environment variable {name} is not set"))
@@ -59,6 +49,31 @@ pub fn read_secret(source: &SecretSource) -> Result<Zeroizing<String>, CryptoErr
         }
     };
     Ok(Zeroizing::new(text.trim().to_string()))
+}
+
+/// Reads a secret file as bytes (a de-identification secret), refusing one its
+/// group or others may read.
+pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    read_private_file(path, "the secret file ")
+}
+
+/// Reads a file holding a secret, refusing one its group or others may read:
+/// whoever can read it holds what it protects. `what` names it in errors
+/// ("the master key file ", or nothing).
+fn read_private_file(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let unreadable =
+        |e: std::io::Error| CryptoError::KeyStore(format!("reading {what}{}: {e}", path.display()));
+    let shared = crate::private_files::shared_mode_bits(path).map_err(unreadable)?;
+    if shared != 0 {
+        return Err(CryptoError::KeyStore(format!(
+            "{what}{} is accessible to its group or to others (mode bits {shared:03o} beyond \
+             the owner's): whoever can read it holds what it protects. Make it readable by the \
+             service user only: `chmod 600 {}` (or 400)",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(Zeroizing::new(std::fs::read(path).map_err(unreadable)?))
 }
 
 /// Decodes key text: 32 raw bytes, or their base64 or hex form.
@@ -87,32 +102,8 @@ pub fn decode_key(bytes: &[u8]) -> Result<SecretKey, CryptoError> {
 
 /// Reads a master key file, refusing one that its group or others may read.
 pub fn read_key_file(path: &Path) -> Result<SecretKey, CryptoError> {
-    let bytes = read_secret_bytes(path)?;
+    let bytes = read_private_file(path, "the master key file ")?;
     decode_key(&bytes)
-}
-
-fn read_secret_bytes(path: &Path) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let shared = crate::private_files::shared_mode_bits(path).map_err(|e| {
-        CryptoError::KeyStore(format!(
-            "reading the master key file {}: {e}",
-            path.display()
-        ))
-    })?;
-    if shared != 0 {
-        return Err(CryptoError::KeyStore(format!(
-            "the master key file {} is accessible to its group or to others (mode bits \
-             {shared:03o} beyond the owner's): whoever can read it can read every image. Make \
-             it readable by the service user only: `chmod 600 {}` (or 400)",
-            path.display(),
-            path.display()
-        )));
-    }
-    Ok(Zeroizing::new(std::fs::read(path).map_err(|e| {
-        CryptoError::KeyStore(format!(
-            "reading the master key file {}: {e}",
-            path.display()
-        ))
-    })?))
 }
 
 /// What can be said of a master key without seeing it.
@@ -149,10 +140,6 @@ impl Custodian {
             name: name.to_string(),
             holder,
         }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     pub fn holder(&self) -> &Holder {

@@ -281,17 +281,22 @@ impl Pkcs11Master {
 
     /// Runs `work` on an idle session (or a new one); a session an error may have
     /// broken is closed rather than kept, and the work tried again on a new one
-    /// (twice more, 50 and 100 ms later): a token can fail for a moment (a
-    /// SoftHSM token file another process is rewriting at its login; a network
-    /// HSM's dropped connection).
+    /// (twice more, 50 and 100 ms later) when the failure came at once: a token
+    /// can fail for a moment (a SoftHSM token file another process is rewriting
+    /// at its login). A failure that took a while (a network HSM timing out) is
+    /// not retried: waiting for a dead device three times helps no one.
     fn with_session<T>(
         &self,
         mut work: impl FnMut(&Session) -> Result<T, CryptoError>,
     ) -> Result<T, CryptoError> {
+        const QUICK_FAILURE: std::time::Duration = std::time::Duration::from_millis(500);
         let mut attempt = 0;
         loop {
+            let started = std::time::Instant::now();
             match self.once_with_session(&mut work) {
-                Err(CryptoError::Unavailable(_)) if attempt < 2 => {
+                Err(CryptoError::Unavailable(_))
+                    if attempt < 2 && started.elapsed() < QUICK_FAILURE =>
+                {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
                 }

@@ -231,14 +231,20 @@ pub fn cli_command(args: &[&str], data_dir: &Path) -> Command {
 
 /// Runs [`cli_command`]; returns success and stdout + stderr.
 pub fn cli(args: &[&str], data_dir: &Path) -> (bool, String) {
-    let output = cli_command(args, data_dir).output().expect("run kastell");
+    cli_with(args, data_dir, &[])
+}
+
+/// Runs [`cli_command`] with extra environment; returns success and stdout +
+/// stderr.
+pub fn cli_with(args: &[&str], data_dir: &Path, env: &[(String, String)]) -> (bool, String) {
+    let output = cli_command(args, data_dir)
+        .envs(env.iter().cloned())
+        .output()
+        .expect("run kastell");
     (
         output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
     )
 }
 
