@@ -1,7 +1,8 @@
 """WADO-URI rendered retrieval (rules 99-104 and the contract): contentType image/jpeg
 (the default with Accept */*) and image/png, frameNumber, rows/columns, region,
-windowCenter/windowWidth, imageQuality, annotation/imageAnnotation, anonymize; and the
-application/dicom default for objects without pixel data."""
+windowCenter/windowWidth, imageQuality, annotation/imageAnnotation, anonymize (the object
+de-identified, as application/dicom); and the application/dicom default for objects
+without pixel data."""
 from __future__ import annotations
 
 import io
@@ -218,10 +219,37 @@ def test_annotation(manifest, wado, param):
 
 @pytest.mark.parametrize("value", ["yes", "no", "true"])
 def test_anonymize_400(manifest, wado, value):
-    """anonymize=yes is not supported (documented) -> 400; other values are invalid -> 400."""
+    """anonymize applies to application/dicom (a rendered image could show
+    burned-in text) -> 400 with a rendered type; values other than yes -> 400."""
     e = manifest.by_name("CT_small.dcm")
     resp = wado(e, contentType="image/jpeg", anonymize=value)
     assert resp.status_code == 400, describe(resp)
+
+
+def test_anonymize_yes_returns_the_object_de_identified(manifest, wado):
+    """anonymize=yes (PS3.18 §9.4.2.3): the Basic Profile applied, new UIDs (the
+    same on every request), Patient Identity Removed YES, pixels untouched."""
+    e = manifest.by_name("CT_small.dcm")
+    original = manifest.dataset(e)
+    resp = wado(e, contentType="application/dicom", anonymize="yes")
+    assert resp.status_code == 200, describe(resp)
+    assert resp.headers["Content-Type"].startswith("application/dicom")
+    ds = pydicom.dcmread(io.BytesIO(resp.content))
+    assert ds.PatientIdentityRemoved == "YES"
+    assert "113100" in [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        assert getattr(ds, keyword) != getattr(original, keyword), keyword
+        assert getattr(ds, keyword).startswith("2.25."), keyword
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert str(ds.PatientName) != str(original.PatientName)
+    assert ds.PatientID != original.PatientID
+    for keyword in ("InstitutionName", "StudyDate", "AccessionNumber"):
+        if original.get(keyword):
+            assert ds.get(keyword) != original.get(keyword), f"{keyword} kept"
+    assert str(original.PatientName).encode() not in resp.content
+    assert ds.PixelData == original.PixelData
+    again = pydicom.dcmread(io.BytesIO(wado(e, contentType="application/dicom", anonymize="yes").content))
+    assert again.SOPInstanceUID == ds.SOPInstanceUID, "the mapping is consistent"
 
 
 def test_rendered_of_sr_not_200(manifest, wado):

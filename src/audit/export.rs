@@ -97,7 +97,11 @@ fn coding(stored: &StoredEvent) -> Coding {
         | Action::MasterRotate
         | Action::MasterRetire
         | Action::KeyRequest
-        | Action::KeyApprove => (SECURITY_ALERT, Some(SECURITY_CONFIGURATION), "E"),
+        | Action::KeyApprove
+        | Action::DeidProject => (SECURITY_ALERT, Some(SECURITY_CONFIGURATION), "E"),
+        // Re-identification undoes what de-identification protects: an alert,
+        // as a use of a restricted function.
+        Action::Reidentify => (SECURITY_ALERT, Some(USE_OF_RESTRICTED_FUNCTION), "E"),
         Action::LoginFailure => (USER_AUTHENTICATION, Some(LOGIN), "E"),
         Action::AccessDenied => (SECURITY_ALERT, Some(USE_OF_RESTRICTED_FUNCTION), "E"),
         Action::AuditExport => (AUDIT_LOG_USED, None, "R"),

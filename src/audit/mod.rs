@@ -207,6 +207,12 @@ text_enum! {
         /// The restore of a study from an offline tier asked for (`kastell
         /// lifecycle restore`, or a retrieval that needed it).
         LifecycleRestore => "lifecycle-restore",
+        /// A de-identification project made, or chosen as the research project
+        /// (`kastell projects`).
+        DeidProject => "deid-project",
+        /// What a project's de-identified identifier stands for, looked up
+        /// (`kastell projects reidentify`).
+        Reidentify => "reidentify",
     }
 }
 

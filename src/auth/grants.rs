@@ -4,7 +4,9 @@
 //! A grant is written `kastell:<tenant>:<action>`:
 //! * `<tenant>` is a tenant name (letters, digits, `-`, `_`) or `*` for every tenant;
 //! * `<action>` is `read` (QIDO, WADO), `write` (STOW), `delete`, `admin`
-//!   (administration; it implies nothing else) or `*` (all four).
+//!   (administration; it implies nothing else), `research` (search and
+//!   retrieve, de-identified only, through the tenant's research project) or
+//!   `*` (all five).
 //!
 //! Examples: `kastell:default:read`, `kastell:*:write`, `kastell:radiology:*`.
 
@@ -26,10 +28,21 @@ pub enum Action {
     /// Administration (tenants, keys, reports). Deliberately implies neither
     /// read nor write: an operator need not see images.
     Admin,
+    /// Search and retrieve de-identified data only: every answer goes through
+    /// the tenant's research project (`service::deid`); identified data, and
+    /// what cannot be de-identified, is refused. `read` does not imply it nor
+    /// it `read`: a caller with both is served identified data.
+    Research,
 }
 
 impl Action {
-    pub const ALL: [Action; 4] = [Action::Read, Action::Write, Action::Delete, Action::Admin];
+    pub const ALL: [Action; 5] = [
+        Action::Read,
+        Action::Write,
+        Action::Delete,
+        Action::Admin,
+        Action::Research,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -37,6 +50,7 @@ impl Action {
             Action::Write => "write",
             Action::Delete => "delete",
             Action::Admin => "admin",
+            Action::Research => "research",
         }
     }
 }

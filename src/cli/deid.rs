@@ -1,10 +1,15 @@
-//! `kastell deidentify`: DICOM files in, de-identified files out.
+//! `kastell deidentify`: DICOM files in, de-identified files out, keyed by a
+//! secret file or by a tenant's project (the same UIDs and pseudonyms as its
+//! de-identified retrievals).
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use clap::Args;
-use kastell::dicom::deid::{Profile, ProfileOption};
+use kastell::dicom::deid::Profile;
+
+use super::projects::parse_profile_flags;
+use super::startup::{start, tokio_runtime, Start};
+use super::{merge, CommonArgs};
 
 #[derive(Args, Debug)]
 pub struct DeidArgs {
@@ -12,47 +17,75 @@ pub struct DeidArgs {
     pub input: PathBuf,
     /// Where the de-identified file (or tree) goes.
     pub output: PathBuf,
-    /// The project's secret (at least 32 bytes, mode 600): it keys the UID
-    /// mapping, the pseudonyms and the date offsets.
+    /// The secret (at least 32 bytes, readable by its owner only): it keys the
+    /// UID mapping, the pseudonyms and the date offsets.
+    #[arg(long, conflicts_with = "project")]
+    pub secret_file: Option<PathBuf>,
+    /// De-identify as project <PROJECT> of --tenant does (its profile and
+    /// secret; see `kastell projects`).
+    #[arg(long, requires = "tenant")]
+    pub project: Option<String>,
     #[arg(long)]
-    pub secret_file: PathBuf,
+    pub tenant: Option<String>,
     /// An option of the profile (repeatable): retain-safe-private, retain-uids,
     /// retain-device-identity, retain-institution-identity,
     /// retain-patient-characteristics, retain-longitudinal-full-dates,
     /// retain-longitudinal-modified-dates, clean-descriptors,
-    /// clean-structured-content, clean-graphics.
+    /// clean-structured-content, clean-graphics. With --secret-file only.
     #[arg(long = "option")]
     pub options: Vec<String>,
     /// A private attribute kept under retain-safe-private, as
     /// `<private creator>:<element low byte in hex>` (repeatable).
     #[arg(long = "safe-private")]
     pub safe_private: Vec<String>,
+    /// A region blanked in every frame of images that may carry burned-in text
+    /// (BurnedInAnnotation YES, ultrasound, secondary capture), as
+    /// `x,y,width,height` in pixels (repeatable). Without one, such images are
+    /// excluded; compressed ones always are.
+    #[arg(long = "blank-region")]
+    pub blank_regions: Vec<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
-pub fn run(args: DeidArgs) -> anyhow::Result<()> {
-    let secret = std::fs::read(&args.secret_file)?;
-    if secret.len() < 32 {
-        anyhow::bail!("the secret must be at least 32 bytes");
+pub fn run(outer: &CommonArgs, args: DeidArgs) -> anyhow::Result<()> {
+    let report = match (&args.secret_file, &args.project, &args.tenant) {
+        (Some(secret_file), None, _) => {
+            let secret = kastell::custody::read_secret_file(secret_file)?;
+            if secret.len() < 32 {
+                anyhow::bail!("the secret must be at least 32 bytes");
+            }
+            let flags =
+                parse_profile_flags(&args.options, &args.safe_private, &args.blank_regions)?;
+            let mut profile = Profile::new(&secret, flags.options);
+            profile.safe_private = flags.safe_private;
+            profile.blank_regions = flags.blank_regions;
+            kastell::ops::deid::deidentify_tree(&args.input, &args.output, &profile)?
+        }
+        (None, Some(project), Some(tenant)) => {
+            if !(args.options.is_empty()
+                && args.safe_private.is_empty()
+                && args.blank_regions.is_empty())
+            {
+                anyhow::bail!("a project's profile is its own: no --option, --safe-private or --blank-region with --project");
+            }
+            let config = start(&merge(outer, &args.common), Start::LOGGED)?.config;
+            let project = tokio_runtime()?
+                .block_on(kastell::ops::projects::open(&config, tenant, project))?;
+            kastell::ops::deid::deidentify_tree(&args.input, &args.output, &project.profile)?
+        }
+        _ => anyhow::bail!("give --secret-file, or --project with --tenant"),
+    };
+    println!(
+        "{} files de-identified, {} excluded, {} failed",
+        report.done,
+        report.excluded.len(),
+        report.failed.len()
+    );
+    for (file, reason) in &report.excluded {
+        println!("  excluded {}: {reason}", file.display());
     }
-    let mut options = BTreeSet::new();
-    for option in &args.options {
-        options.insert(
-            ProfileOption::parse(option)
-                .ok_or_else(|| anyhow::anyhow!("unknown option {option:?}"))?,
-        );
-    }
-    let mut profile = Profile::new(&secret, options);
-    for safe in &args.safe_private {
-        let (creator, element) = safe
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow::anyhow!("--safe-private is <creator>:<hex byte>"))?;
-        let element = u8::from_str_radix(element, 16)
-            .map_err(|_| anyhow::anyhow!("--safe-private {safe:?}: the element is a hex byte"))?;
-        profile.safe_private.push((creator.to_string(), element));
-    }
-    let (done, failed) = kastell::ops::deid::deidentify_tree(&args.input, &args.output, &profile)?;
-    println!("{done} files de-identified, {} failed", failed.len());
-    for (file, error) in &failed {
+    for (file, error) in &report.failed {
         println!("  failed {}: {error}", file.display());
     }
     Ok(())

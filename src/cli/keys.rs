@@ -163,7 +163,7 @@ pub fn run(outer: &CommonArgs, action: KeysAction) -> anyhow::Result<()> {
 }
 
 /// The administrator's API key: from `--admin-key-file`, else `KASTELL_ADMIN_KEY`.
-fn admin_key(file: Option<std::path::PathBuf>) -> anyhow::Result<Option<String>> {
+pub(super) fn admin_key(file: Option<std::path::PathBuf>) -> anyhow::Result<Option<String>> {
     match file {
         Some(path) => Ok(Some(
             std::fs::read_to_string(&path)
@@ -293,11 +293,12 @@ fn rotate(common: &CommonArgs, tenant: &str) -> anyhow::Result<()> {
     let report =
         tokio_runtime()?.block_on(kastell::ops::keys::rotate_tenant_key(&config, tenant))?;
     println!(
-        "tenant {tenant}: new key {}; {} data keys re-wrapped, {} already current, {} metadata records re-wrapped, {} failed",
+        "tenant {tenant}: new key {}; {} data keys re-wrapped, {} already current, {} metadata records re-wrapped, {} de-identification project secrets re-wrapped, {} failed",
         report.new_key,
         report.rewrapped,
         report.already_current,
         report.records_rewrapped,
+        report.projects_rewrapped,
         report.failed.len()
     );
     for (blob, error) in &report.failed {

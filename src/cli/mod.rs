@@ -19,6 +19,7 @@ mod import;
 mod index;
 mod keys;
 mod lifecycle;
+mod projects;
 mod serve;
 mod sovereignty;
 mod startup;
@@ -69,6 +70,12 @@ enum Command {
     /// De-identify DICOM files (PS3.15 Annex E, Basic Profile and options) into
     /// new files: UIDs mapped consistently under the project's secret.
     Deidentify(deid::DeidArgs),
+    /// De-identification projects: make, list, choose the research project,
+    /// re-identify (an administrator's, audited).
+    Projects {
+        #[command(subcommand)]
+        action: projects::ProjectsAction,
+    },
     /// Check or export the audit trail.
     Audit {
         #[command(subcommand)]
@@ -189,7 +196,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apikeys { action } => apikeys::run(outer, action),
         Command::Lifecycle { action } => lifecycle::run(outer, action),
         Command::Verify(args) => index::verify(&merge(outer, &args)),
-        Command::Deidentify(args) => deid::run(args),
+        Command::Deidentify(args) => deid::run(outer, args),
+        Command::Projects { action } => projects::run(outer, action),
         Command::Audit { action } => audit::run(outer, action),
         Command::Events { action } => events::run(outer, action),
         Command::Sovereignty { action } => sovereignty::run(outer, action),

@@ -318,6 +318,33 @@ impl Endpoint {
         }
     }
 
+    /// Whether a caller with only the research permission is served here, every
+    /// answer de-identified: searches, instances, metadata, WADO-URI and the
+    /// descriptions. Rendered images, thumbnails, frames and bulk data are
+    /// not (pixels with burned-in text, bulk values a profile cannot judge), nor
+    /// the change feed (original UIDs).
+    pub fn serves_research(self) -> bool {
+        use Endpoint as E;
+        matches!(
+            self,
+            E::SearchForStudies
+                | E::SearchForSeries
+                | E::SearchForInstances
+                | E::SearchForStudySeries
+                | E::SearchForStudyInstances
+                | E::SearchForSeriesInstances
+                | E::RetrieveStudy
+                | E::RetrieveSeries
+                | E::RetrieveInstance
+                | E::RetrieveStudyMetadata
+                | E::RetrieveSeriesMetadata
+                | E::RetrieveInstanceMetadata
+                | E::RetrieveWadoUri
+                | E::RetrieveCapabilities
+                | E::OpenApiDescription
+        )
+    }
+
     /// Whether this is a DICOMweb transaction of the route table (what the
     /// capabilities document describes), rather than a resource of the site.
     pub fn is_transaction(self) -> bool {

@@ -50,6 +50,16 @@ impl Site {
 /// the STOW handler for the audit record.
 pub struct StoredStudies(pub Vec<(String, Vec<String>)>);
 
+/// What a de-identified answer went through, for the audit record: the
+/// project and its profile, and the original UIDs the request's de-identified
+/// ones stand for (a research caller names the project's UIDs; the trail
+/// records whose data it was).
+pub struct DeidentifiedBy {
+    pub project: String,
+    pub profile: String,
+    pub originals: Option<crate::service::Scope>,
+}
+
 /// What every handler gets: the services of the request's tenant (attached by
 /// the tenancy middleware) and how the client reached us.
 #[derive(Clone)]
@@ -70,6 +80,9 @@ pub struct AppState {
     pub sovereignty_report: std::sync::Arc<serde_json::Value>,
     /// Who is asking (`None` on the health checks, which need no credentials).
     pub principal: Option<crate::auth::Principal>,
+    /// The project every answer goes through when the caller may only receive
+    /// de-identified data (the research permission without read).
+    pub research: Option<std::sync::Arc<crate::service::deid::Project>>,
     /// Whether the TCP peer is one of `server.trusted_proxies`: only then do
     /// `Forwarded` / `X-Forwarded-*` name the host and scheme of the URLs we write.
     pub from_trusted_proxy: bool,

@@ -16,6 +16,7 @@ mod blobs;
 pub mod catalog;
 pub mod changes;
 pub mod conn;
+pub mod deid;
 mod delete;
 mod error;
 pub mod generate;

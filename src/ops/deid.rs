@@ -7,28 +7,41 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::dicom::deid::{Outcome, Profile};
+use crate::dicom::deid::{Deidentified, Profile};
+
+/// What `kastell deidentify` did with a tree of files.
+#[derive(Debug, Default)]
+pub struct TreeReport {
+    pub done: usize,
+    /// Files left out because their pixels may carry identifying text.
+    pub excluded: Vec<(PathBuf, String)>,
+    pub failed: Vec<(PathBuf, String)>,
+}
 
 /// De-identifies `input` into `output` (the hostile-input guard first, as for
 /// every stored object); the file meta group follows the new SOP Instance UID.
-pub fn deidentify_file(input: &Path, output: &Path, profile: &Profile) -> anyhow::Result<Outcome> {
+/// An excluded file is not written.
+pub fn deidentify_file(
+    input: &Path,
+    output: &Path,
+    profile: &Profile,
+) -> anyhow::Result<Deidentified> {
     let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
-    let (deidentified, outcome) = crate::dicom::deid::deidentify_file_bytes(&bytes, profile)?;
-    std::fs::write(output, deidentified)
-        .with_context(|| format!("writing {}", output.display()))?;
-    Ok(outcome)
+    let result = crate::dicom::deid::deidentify_file_bytes(&bytes, profile)?;
+    if let Deidentified::File { bytes, .. } = &result {
+        std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
+    }
+    Ok(result)
 }
 
 /// Every file under `input` (a file or a directory), de-identified into the
-/// same relative place under `output`. Returns the files done and those that
-/// failed, with why.
+/// same relative place under `output`.
 pub fn deidentify_tree(
     input: &Path,
     output: &Path,
     profile: &Profile,
-) -> anyhow::Result<(usize, Vec<(PathBuf, String)>)> {
-    let mut done = 0;
-    let mut failed = Vec::new();
+) -> anyhow::Result<TreeReport> {
+    let mut report = TreeReport::default();
     let files: Vec<PathBuf> = if input.is_file() {
         vec![input.to_path_buf()]
     } else {
@@ -50,9 +63,10 @@ pub fn deidentify_tree(
             std::fs::create_dir_all(parent)?;
         }
         match deidentify_file(&file, &target, profile) {
-            Ok(_) => done += 1,
-            Err(error) => failed.push((file, format!("{error:#}"))),
+            Ok(Deidentified::File { .. }) => report.done += 1,
+            Ok(Deidentified::Excluded { reason }) => report.excluded.push((file, reason)),
+            Err(error) => report.failed.push((file, format!("{error:#}"))),
         }
     }
-    Ok((done, failed))
+    Ok(report)
 }

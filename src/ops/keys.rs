@@ -19,6 +19,8 @@ pub struct RotationReport {
     pub already_current: usize,
     /// Metadata records in the index re-wrapped (see `store::record`).
     pub records_rewrapped: usize,
+    /// De-identification project secrets re-wrapped.
+    pub projects_rewrapped: usize,
     pub failed: Vec<(String, String)>,
 }
 
@@ -43,11 +45,12 @@ pub async fn rotate_tenant_key(config: &Config, tenant: &str) -> anyhow::Result<
             AuditEvent::cli(tenant, Action::KeyRotate, outcome)
                 .status(status)
                 .detail(format!(
-                    "new key {}; {} data keys re-wrapped, {} already current, {} metadata records re-wrapped, {} failed",
+                    "new key {}; {} data keys re-wrapped, {} already current, {} metadata records re-wrapped, {} de-identification project secrets re-wrapped, {} failed",
                     report.new_key,
                     report.rewrapped,
                     report.already_current,
                     report.records_rewrapped,
+                    report.projects_rewrapped,
                     report.failed.len()
                 ))
         }
@@ -71,6 +74,7 @@ async fn rotate_with(
         rewrapped: 0,
         already_current: 0,
         records_rewrapped: 0,
+        projects_rewrapped: 0,
         failed: Vec::new(),
     };
     for (name, _) in blobs {
@@ -85,6 +89,9 @@ async fn rotate_with(
         }
     }
     rewrap_metadata_records(services, &store, &mut report).await?;
+    // De-identification project secrets are wrapped by the tenant key too.
+    report.projects_rewrapped =
+        crate::service::deid::rewrap_projects(services, &report.new_key).await?;
     // And in the tenant's change feed, for the systems that follow it.
     services.index.record_tenant_change(
         ChangeAction::KeyRotated,
@@ -218,6 +225,15 @@ async fn retire_with(services: &Services, tenant: &str, version: u32) -> anyhow:
             checked += 1;
         }
     }
+    for project in services.with_index(|index| index.deid_projects()).await? {
+        if project.key_version == i64::from(version) {
+            anyhow::bail!(
+                "the secret of de-identification project {} is still wrapped under {id}; run `kastell keys rotate` first",
+                project.name
+            );
+        }
+        checked += 1;
+    }
     services.store.keys().retire(&id)?;
     services.index.record_tenant_change(
         ChangeAction::KeyRetired,
@@ -277,6 +293,7 @@ pub async fn shred_tenant(
             anyhow::bail!(refusal);
         }
         services.store.keys().shred(tenant)?;
+        services.with_index(|index| index.erase_deid()).await?;
         services
             .with_index(|index| index.record_tenant_change(ChangeAction::KeyShredded, None))
             .await?;

@@ -16,6 +16,7 @@ pub mod import;
 pub mod keys;
 pub mod lifecycle;
 pub mod progress;
+pub mod projects;
 pub mod stats;
 pub mod tenants;
 pub mod verify;

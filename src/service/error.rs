@@ -40,6 +40,13 @@ pub enum ServiceError {
     /// The tenant exists but is disabled.
     #[error("this tenant is disabled")]
     TenantDisabled,
+    /// The caller may not have this, whatever it asks (403): identified data
+    /// for a caller who may only receive de-identified data.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request names something invalid (400).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A failure of a backend rather than of the request, which the HTTP layer
@@ -85,6 +92,8 @@ impl ServiceError {
             ServiceError::Gone(_) => 410,
             ServiceError::NotAcceptable(_) => 406,
             ServiceError::TenantDisabled => 403,
+            ServiceError::Forbidden(_) => 403,
+            ServiceError::Invalid(_) => 400,
             ServiceError::Index(IndexError::Query(_)) => 400,
             ServiceError::Index(IndexError::Protected(_)) => 409,
             ServiceError::Store(StoreError::Shredded) => 410,
@@ -113,7 +122,10 @@ impl ServiceError {
             ServiceError::Gone(what) => format!("this {what} was deleted"),
             ServiceError::NotAcceptable(why) => why.clone(),
             ServiceError::TenantDisabled => "this tenant is disabled".into(),
-            ServiceError::TooLarge(_) | ServiceError::Busy { .. } => self.to_string(),
+            ServiceError::TooLarge(_)
+            | ServiceError::Busy { .. }
+            | ServiceError::Forbidden(_)
+            | ServiceError::Invalid(_) => self.to_string(),
             ServiceError::Archived { .. } | ServiceError::Store(StoreError::Archived) => self
                 .warning()
                 .unwrap_or_else(|| "the requested data is in an offline archive tier".into()),

@@ -3,6 +3,7 @@
 
 mod error;
 
+pub mod deid;
 pub mod delete;
 pub mod derived;
 pub mod events;

@@ -339,6 +339,7 @@ pub struct Spec {
     pub size: u16,
     /// Number of Frames (written when more than one).
     pub frames: u32,
+    pub sop_class: String,
 }
 
 impl Spec {
@@ -359,6 +360,7 @@ impl Spec {
             charset: None,
             size: 4,
             frames: 1,
+            sop_class: SECONDARY_CAPTURE.into(),
         }
     }
 }
@@ -380,7 +382,7 @@ pub fn dicom_file(spec: &Spec) -> Vec<u8> {
     put(
         tags::SOP_CLASS_UID,
         VR::UI,
-        PrimitiveValue::from(SECONDARY_CAPTURE),
+        PrimitiveValue::from(spec.sop_class.as_str()),
     );
     put(
         tags::SOP_INSTANCE_UID,
@@ -475,7 +477,7 @@ pub fn dicom_file(spec: &Spec) -> Vec<u8> {
         .with_meta(
             FileMetaTableBuilder::new()
                 .transfer_syntax(spec.transfer_syntax.as_str())
-                .media_storage_sop_class_uid(SECONDARY_CAPTURE)
+                .media_storage_sop_class_uid(spec.sop_class.as_str())
                 .media_storage_sop_instance_uid(spec.instance.as_str()),
         )
         .expect("file meta");

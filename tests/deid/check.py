@@ -14,7 +14,12 @@ independent implementation of the same table) runs once. Checks:
 4. every attribute with a D, Z, X or U action (or private) that dicom-anonymizer
    changes, Kastell changes too; the other differences are listed (Kastell's
    choice follows the table: e.g. it keeps the items of an X/Z/U* sequence
-   and maps their UIDs where dicom-anonymizer clears them).
+   and maps their UIDs where dicom-anonymizer clears them);
+5. burned-in annotation (Clean Pixel Data): the files excluded are exactly ones
+   flagged (BurnedInAnnotation YES, ultrasound or secondary capture) and none is
+   written; with `--blank-region` the native ones come out with the region zero
+   in every frame, every other pixel unchanged, BurnedInAnnotation NO and the
+   Clean Pixel Data code (113101) in the method sequence.
 
 Exit status 0 when every check holds. Usage: check.py --bin target/debug/kastell
 """
@@ -83,6 +88,53 @@ def text(element):
     return value if len(value) >= 4 else None
 
 
+BURNED_IN_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3",
+    "1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1",
+    "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4",
+}
+# x, y, width, height of the region blanked in the third run.
+BLANK = (0, 0, 8, 4)
+
+
+def flagged(ds) -> bool:
+    """Whether an image may carry burned-in text, as PS3.15's Clean Pixel Data
+    option is applied by Kastell."""
+    if ds is None or "PixelData" not in ds:
+        return False
+    return (str(ds.get("BurnedInAnnotation", "")).upper() == "YES"
+            or str(ds.get("SOPClassUID", "")) in BURNED_IN_CLASSES)
+
+
+def check_blanked(name, original, mine) -> list[str]:
+    """The region is zero in every frame and sample; every other pixel is as it was."""
+    import numpy as np
+    if mine is None:
+        return [f"{name}: blanked output unreadable"]
+    out = []
+    if str(mine.get("BurnedInAnnotation", "")) != "NO":
+        out.append(f"{name}: blanked but BurnedInAnnotation is {mine.get('BurnedInAnnotation')!r}")
+    codes = [str(item.get("CodeValue", "")) for item in mine.get("DeidentificationMethodCodeSequence", [])]
+    if "113101" not in codes:
+        out.append(f"{name}: blanked without the Clean Pixel Data code 113101 ({codes})")
+    try:
+        before, after = original.pixel_array, mine.pixel_array
+    except Exception as exc:  # a layout pydicom cannot decode: compare nothing
+        return out + [f"{name}: pixels unreadable after blanking: {exc}"]
+    frames = int(original.get("NumberOfFrames", 1) or 1)
+    samples = int(original.get("SamplesPerPixel", 1) or 1)
+    shape = (frames, int(original.Rows), int(original.Columns), samples)
+    before, after = before.reshape(shape), after.reshape(shape)
+    x, y, w, h = BLANK
+    mask = np.zeros(shape, dtype=bool)
+    mask[:, y:y + h, x:x + w, :] = True
+    if np.any(after[mask] != 0):
+        out.append(f"{name}: the blanked region is not zero")
+    if not np.array_equal(after[~mask], before[~mask]):
+        out.append(f"{name}: pixels outside the blanked region changed")
+    return out
+
+
 def expected_uid(secret, uid):
     mac = hmac.new(secret, b"uid\0" + uid.rstrip("\0 ").encode(), hashlib.sha256).digest()
     return "2.25." + str(int.from_bytes(mac[:16], "big"))
@@ -110,23 +162,54 @@ def main():
         name = f"{i:03d}-{Path(path).name}"
         shutil.copy(path, src / name)
         readable.append(name)
+    problems_early = []
     secret = work / "secret"
     secret_bytes = os.urandom(32)
     secret.write_bytes(secret_bytes)
     os.chmod(secret, 0o600)
+    excluded = {}
     for out in (out1, out2):
         run = subprocess.run([args.bin, "deidentify", str(src), str(out), "--secret-file", str(secret)],
                              capture_output=True, text=True)
         print(run.stdout.splitlines()[0] if run.stdout else run.stderr)
+        for line in run.stdout.splitlines():
+            if line.startswith("  excluded "):
+                path, _, reason = line[len("  excluded "):].partition(": ")
+                excluded[Path(path).name] = reason
+    # Burned-in annotation: what was excluded must be flagged (BurnedInAnnotation
+    # YES, or an ultrasound / secondary capture class) and not written; blanking
+    # a region instead (third run) zeroes it in every frame, leaves the rest of
+    # the pixels as they were, and says so (BurnedInAnnotation NO, code 113101).
+    blanked_dir = work / "blanked"
+    run = subprocess.run([args.bin, "deidentify", str(src), str(blanked_dir), "--secret-file", str(secret),
+                          "--blank-region", f"{BLANK[0]},{BLANK[1]},{BLANK[2]},{BLANK[3]}"],
+                         capture_output=True, text=True)
+    print("with a blanked region:", run.stdout.splitlines()[0] if run.stdout else run.stderr)
+    blanked = 0
+    for name, reason in excluded.items():
+        original = read(src / name)
+        if (out1 / name).exists():
+            problems_early.append(f"{name}: excluded ({reason}) but written")
+        if not flagged(original):
+            problems_early.append(f"{name}: excluded ({reason}) though not flagged")
+        if (blanked_dir / name).exists():
+            blanked += 1
+            problems_early.extend(check_blanked(name, original, read(blanked_dir / name)))
+    print(f"{len(excluded)} files excluded as they may carry burned-in text; "
+          f"{blanked} of them blanked instead with --blank-region")
     try:
         from dicomanonymizer import anonymize
     except ImportError:
         anonymize = None
-    problems, differences, checked, refused, compared, over = [], [], 0, [], 0, []
+    problems, differences, checked, refused, compared, over = problems_early, [], 0, [], 0, []
     mapping = {}
     for name in readable:
         original = read(src / name)
         mine = read(out1 / name)
+        if flagged(original) and (out1 / name).exists():
+            problems.append(f"{name}: may carry burned-in text, yet written without blanking")
+        if name in excluded:
+            continue
         if mine is None:
             # Refused by the hostile-input guard (truncated or malformed):
             # nothing identified left, which is right; listed, and bounded below.
@@ -209,11 +292,13 @@ def main():
         print("cleared by dicom-anonymizer though the table does not list them (inside a "
               "sequence it clears), kept by Kastell:",
               ", ".join(f"{t} ×{n}" for t, n in sorted(counted.items())))
+    if blanked == 0:
+        problems.append("no flagged file was blanked: the blanking went untested")
+    if anonymize is None or compared < 50:
+        problems.append("too few files compared with dicom-anonymizer")
     for problem in problems[:50]:
         print("PROBLEM", problem)
     shutil.rmtree(work, ignore_errors=True)
-    if anonymize is None or compared < 50:
-        problems.append("too few files compared with dicom-anonymizer")
     return 1 if problems or checked < 50 or len(refused) * 20 > len(readable) else 0
 
 

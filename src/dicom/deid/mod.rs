@@ -22,6 +22,8 @@
 //! inspected.
 
 mod file;
+mod json;
+mod pixels;
 mod table;
 mod values;
 
@@ -35,7 +37,9 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use ring::hmac;
 
-pub use file::deidentify_file_bytes;
+pub use file::{deidentify_file_bytes, Deidentified};
+pub use json::MappedValue;
+pub use pixels::{burned_in_reason, PixelRegion, PixelVerdict};
 pub use table::{EDITION, RULES};
 
 /// The basic profile's action for an attribute (PS3.15 Table E.1-1a).
@@ -135,20 +139,24 @@ impl ProfileOption {
         }
     }
 
+    /// Its name in configuration and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProfileOption::RetainSafePrivate => "retain-safe-private",
+            ProfileOption::RetainUids => "retain-uids",
+            ProfileOption::RetainDeviceIdentity => "retain-device-identity",
+            ProfileOption::RetainInstitutionIdentity => "retain-institution-identity",
+            ProfileOption::RetainPatientCharacteristics => "retain-patient-characteristics",
+            ProfileOption::RetainLongitudinalFullDates => "retain-longitudinal-full-dates",
+            ProfileOption::RetainLongitudinalModifiedDates => "retain-longitudinal-modified-dates",
+            ProfileOption::CleanDescriptors => "clean-descriptors",
+            ProfileOption::CleanStructuredContent => "clean-structured-content",
+            ProfileOption::CleanGraphics => "clean-graphics",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "retain-safe-private" => ProfileOption::RetainSafePrivate,
-            "retain-uids" => ProfileOption::RetainUids,
-            "retain-device-identity" => ProfileOption::RetainDeviceIdentity,
-            "retain-institution-identity" => ProfileOption::RetainInstitutionIdentity,
-            "retain-patient-characteristics" => ProfileOption::RetainPatientCharacteristics,
-            "retain-longitudinal-full-dates" => ProfileOption::RetainLongitudinalFullDates,
-            "retain-longitudinal-modified-dates" => ProfileOption::RetainLongitudinalModifiedDates,
-            "clean-descriptors" => ProfileOption::CleanDescriptors,
-            "clean-structured-content" => ProfileOption::CleanStructuredContent,
-            "clean-graphics" => ProfileOption::CleanGraphics,
-            _ => return None,
-        })
+        ProfileOption::ALL.into_iter().find(|o| o.name() == text)
     }
 }
 
@@ -160,6 +168,19 @@ pub struct Profile {
     /// Private attributes kept under Retain Safe Private: (private creator,
     /// element's low byte).
     pub safe_private: Vec<(String, u8)>,
+    /// Regions blanked in images that may carry burned-in text (else they are
+    /// excluded).
+    pub blank_regions: Vec<PixelRegion>,
+}
+
+/// A safe private attribute, `<private creator>:<element's low byte in hex>`.
+pub fn parse_safe_private(text: &str) -> Option<(String, u8)> {
+    let (creator, element) = text.rsplit_once(':')?;
+    let creator = creator.trim();
+    if creator.is_empty() || creator.len() > 64 {
+        return None;
+    }
+    Some((creator.to_string(), u8::from_str_radix(element, 16).ok()?))
 }
 
 impl std::fmt::Debug for Profile {
@@ -179,6 +200,8 @@ pub struct Outcome {
     pub uids_mapped: usize,
     pub private_removed: usize,
     pub kept_by_option: usize,
+    /// What was done about burned-in annotation (whole files only).
+    pub pixels: PixelVerdict,
 }
 
 /// What to do with one attribute, once the table and the options are read.
@@ -204,16 +227,37 @@ fn resolve(action: BasicAction) -> Act {
     }
 }
 
+/// The rules listed for single attributes, sorted by tag for a binary search
+/// (the table keeps the standard's order, by name, to be diffed against it),
+/// and the few that cover a range of tags ((50xx,xxxx), (60xx,4000)…).
+struct RuleIndex {
+    exact: Vec<(u32, &'static Rule)>,
+    ranges: Vec<&'static Rule>,
+}
+
+static RULE_INDEX: std::sync::LazyLock<RuleIndex> = std::sync::LazyLock::new(|| {
+    let (exact, ranges): (Vec<&'static Rule>, Vec<&'static Rule>) =
+        RULES.iter().partition(|rule| rule.mask == u32::MAX);
+    let mut exact: Vec<(u32, &'static Rule)> = exact.into_iter().map(|r| (r.tag, r)).collect();
+    // The standard lists three AE Title attributes twice, cleaned (C) and kept
+    // (K) under Retain Device Identity; the first listed, the cleaning one,
+    // wins (a stable sort keeps the table's order among equal tags).
+    exact.sort_by_key(|(tag, _)| *tag);
+    exact.dedup_by_key(|(tag, _)| *tag);
+    RuleIndex { exact, ranges }
+});
+
 fn rule_for(tag: Tag) -> Option<&'static Rule> {
     let key = (u32::from(tag.group()) << 16) | u32::from(tag.element());
-    RULES
-        .iter()
-        .find(|rule| rule.mask == u32::MAX && rule.tag == key)
-        .or_else(|| {
-            RULES
-                .iter()
-                .find(|rule| rule.mask != u32::MAX && key & rule.mask == rule.tag)
-        })
+    let index = &*RULE_INDEX;
+    match index.exact.binary_search_by_key(&key, |(tag, _)| *tag) {
+        Ok(at) => Some(index.exact[at].1),
+        Err(_) => index
+            .ranges
+            .iter()
+            .copied()
+            .find(|rule| key & rule.mask == rule.tag),
+    }
 }
 
 const DATE_VRS: [VR; 3] = [VR::DA, VR::DT, VR::TM];
@@ -224,7 +268,21 @@ impl Profile {
             options,
             secret: hmac::Key::new(hmac::HMAC_SHA256, secret),
             safe_private: Vec::new(),
+            blank_regions: Vec::new(),
         }
+    }
+
+    /// The profile and its options, as the audit trail and reports name them.
+    pub fn description(&self) -> String {
+        let mut text = format!("PS3.15 {EDITION} Basic Profile");
+        for option in &self.options {
+            text.push_str(" +");
+            text.push_str(option.name());
+        }
+        if !self.blank_regions.is_empty() {
+            text.push_str(" +clean-pixel-data");
+        }
+        text
     }
 
     fn mac(&self, purpose: &str, value: &str) -> [u8; 32] {
@@ -257,6 +315,12 @@ impl Profile {
     pub fn date_offset_days(&self, patient_id: &str) -> i64 {
         let mac = self.mac("dates", patient_id.trim());
         1 + i64::from(u16::from_be_bytes([mac[0], mac[1]]) % 365)
+    }
+
+    /// Whether the profile keeps `tag` as it is: not listed in the table, or
+    /// kept by an option (private attributes are not judged here: never).
+    pub fn keeps(&self, tag: Tag) -> bool {
+        tag.group() % 2 == 0 && self.act(tag, VR::LO).0 == Act::Keep
     }
 
     /// What to do with the attribute `tag` of VR `vr`.
@@ -363,14 +427,6 @@ impl Profile {
             VR::CS,
             PrimitiveValue::from(temporal),
         ));
-        outcome
-    }
-
-    /// De-identifies `object` in place by the table alone, dates shifted by
-    /// `date_offset` days under the modified-dates option (no marks).
-    pub fn apply(&self, object: &mut InMemDicomObject, date_offset: i64) -> Outcome {
-        let mut outcome = Outcome::default();
-        self.apply_to(object, date_offset, &mut outcome);
         outcome
     }
 

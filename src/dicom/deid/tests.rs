@@ -71,6 +71,41 @@ fn the_table_is_the_standards() {
 }
 
 #[test]
+fn every_listed_attribute_is_found_by_the_lookup_as_the_table_lists_it() {
+    // The lookup is a sorted index over the table: each single-attribute rule
+    // comes back as the first the table lists for its tag (the standard lists
+    // three AE Titles twice, cleaned and kept under Retain Device Identity).
+    let mut twice = 0;
+    for rule in RULES.iter().filter(|rule| rule.mask == u32::MAX) {
+        let tag = Tag((rule.tag >> 16) as u16, (rule.tag & 0xFFFF) as u16);
+        let first = RULES
+            .iter()
+            .find(|r| r.mask == u32::MAX && r.tag == rule.tag)
+            .unwrap();
+        let found = super::rule_for(tag).unwrap();
+        assert!(
+            std::ptr::eq(found, first),
+            "{} found as {}",
+            rule.name,
+            found.name
+        );
+        twice += usize::from(!std::ptr::eq(first, rule));
+    }
+    assert_eq!(twice, 3, "attributes the table lists twice");
+    let ae = super::rule_for(Tag(0x0040, 0x0241)).unwrap();
+    assert_eq!(ae.options[2], OptionAction::C, "the cleaning rule wins");
+    // Overlay rows of every repeating group, and curve data (50xx,xxxx).
+    for group in [0x6000u16, 0x601E, 0x5000, 0x50FE] {
+        let tag = if group >= 0x6000 {
+            Tag(group, 0x3000)
+        } else {
+            Tag(group, 0x0010)
+        };
+        assert!(super::rule_for(tag).is_some(), "{tag}");
+    }
+}
+
+#[test]
 fn the_basic_profile_removes_empties_replaces_and_maps_everywhere() {
     let profile = Profile::new(b"project secret", BTreeSet::new());
     let mut object = identified();

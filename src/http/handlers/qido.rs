@@ -8,6 +8,7 @@ use crate::http::endpoint::Endpoint;
 use crate::http::error::ApiError;
 use crate::http::protocol::accept::{acceptable, negotiate_model, DataModel};
 use crate::http::protocol::query::query_pairs;
+use crate::http::protocol::research;
 use crate::http::state::AppState;
 use crate::service::qido;
 use crate::service::{IncludeField, MatchKey, Resource, SearchRequest};
@@ -158,7 +159,19 @@ async fn run_search(
             )
         })?;
     let base_url = state.base_url(&request);
-    let page = qido::search(&state.services, parsed.request, &base_url).await?;
+    let mut search = parsed.request;
+    if let Some(project) = &state.research {
+        research::mark(&request, project, None);
+        if !research::prepare_search(&state.services, project, &mut search).await? {
+            return Ok(HttpResponse::NoContent()
+                .insert_header((header::VARY, "Accept"))
+                .finish());
+        }
+    }
+    let mut page = qido::search(&state.services, search, &base_url).await?;
+    if let Some(project) = &state.research {
+        research::search_results(&state.services, project, &mut page.results).await?;
+    }
 
     let mut ignored = parsed.ignored;
     ignored.extend(page.ignored);

@@ -13,6 +13,7 @@ use crate::http::protocol::accept::{
 };
 use crate::http::protocol::multipart::{multipart_body, new_boundary, OutgoingPart};
 use crate::http::protocol::range::requested_range;
+use crate::http::protocol::research;
 use crate::http::protocol::target::Target;
 use crate::http::state::AppState;
 use crate::service::wado::{self, log_stream_failure, BulkBody, Frames, Representation};
@@ -35,6 +36,9 @@ pub async fn retrieve(
             "instances are available as multipart/related; type=\"application/dicom\"".into(),
         )
     })?;
+    if let Some(project) = state.research.clone() {
+        return research::retrieve(&state, &request, project, scope, choice).await;
+    }
     let instances = wado::locate_for_reading(&state.services, scope).await?;
     // Choose every part's representation before sending anything: a part that
     // cannot be produced makes the whole answer 406, not a broken stream.
@@ -135,6 +139,14 @@ pub async fn metadata(
                 .into(),
         )
     })?;
+    if let Some(project) = state.research.clone() {
+        if model != DataModel::Json {
+            return Err(ApiError::NotAcceptable(
+                "de-identified metadata is available as application/dicom+json".into(),
+            ));
+        }
+        return research::metadata(&state, &request, project, scope).await;
+    }
     let instances = wado::locate(&state.services, scope).await?;
     crate::service::restore::note_retrieved(&state.services, &instances).await;
     let base_url = state.base_url(&request);

@@ -6,14 +6,16 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::dicom::deid::Deidentified;
 use crate::dicom::render::{ImageFormat, Region, RenderOptions, VoiFunction, Window};
 use crate::dicom::transfer_syntax;
 use crate::http::error::ApiError;
 use crate::http::protocol::query::query_pairs;
 use crate::http::protocol::rendering::{parse_annotation, parse_quality};
+use crate::http::protocol::research;
 use crate::http::state::AppState;
 use crate::service::Scope;
-use crate::service::{render, wado};
+use crate::service::{deid, render, wado};
 
 /// The parameters of one WADO-URI request.
 #[derive(Debug, PartialEq)]
@@ -28,6 +30,8 @@ struct WadoUriRequest {
     frame_number: Option<u64>,
     options: RenderOptions,
     warning: Option<String>,
+    /// `anonymize=yes`: the object de-identified (PS3.18 §9.4.2.3).
+    anonymize: bool,
 }
 
 fn parse(pairs: Vec<(String, String)>) -> Result<WadoUriRequest, ApiError> {
@@ -64,13 +68,15 @@ fn parse(pairs: Vec<(String, String)>) -> Result<WadoUriRequest, ApiError> {
         series: uid("seriesUID")?,
         instance: uid("objectUID")?,
     };
-    if let Some(anonymize) = single("anonymize")? {
-        return Err(ApiError::BadRequest(if anonymize == "yes" {
-            "anonymize=yes is not supported by this server".into()
-        } else {
-            format!("anonymize must be yes, got {anonymize:?}")
-        }));
-    }
+    let anonymize = match single("anonymize")?.as_deref() {
+        None => false,
+        Some("yes") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "anonymize must be yes, got {other:?}"
+            )))
+        }
+    };
     let content_types = single("contentType")?.unwrap_or_default();
     // The first supported type listed wins; none listed means image/jpeg.
     let mut chosen: Option<Option<ImageFormat>> = None;
@@ -234,6 +240,7 @@ fn parse(pairs: Vec<(String, String)>) -> Result<WadoUriRequest, ApiError> {
         frame_number,
         options,
         warning,
+        anonymize,
     })
 }
 
@@ -242,6 +249,14 @@ pub async fn retrieve(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let parsed = parse(query_pairs(&request)?)?;
+    let project = match (&state.research, parsed.anonymize) {
+        (Some(project), _) => Some(project.clone()),
+        (None, true) => Some(deid::wado_uri_project(&state.services).await?),
+        (None, false) => None,
+    };
+    if let Some(project) = project {
+        return anonymized(&state, &request, project, parsed).await;
+    }
     let instance = wado::locate_one_for_reading(&state.services, parsed.scope).await?;
     // PS3.18 §9 (contentType): image/jpeg is the default for images only; an
     // object without pixel data (SR, encapsulated document, presentation state,
@@ -283,6 +298,48 @@ pub async fn retrieve(
     Ok(HttpResponse::Ok()
         .content_type("application/dicom")
         .streaming(body))
+}
+
+/// The object de-identified through `project` (`anonymize=yes`, or a caller
+/// who may only receive de-identified data, whose UIDs are the project's).
+/// Only as application/dicom: a rendered image could show burned-in text.
+async fn anonymized(
+    state: &AppState,
+    request: &HttpRequest,
+    project: std::sync::Arc<deid::Project>,
+    parsed: WadoUriRequest,
+) -> Result<HttpResponse, ApiError> {
+    if parsed.rendered.is_some() && !parsed.default_type {
+        return Err(if state.research.is_some() {
+            ApiError::Forbidden(
+                "a de-identified object is available as contentType=application/dicom only".into(),
+            )
+        } else {
+            ApiError::BadRequest("anonymize=yes applies to contentType=application/dicom".into())
+        });
+    }
+    let scope = if state.research.is_some() {
+        deid::original_scope(&state.services, &project, parsed.scope).await?
+    } else {
+        parsed.scope
+    };
+    research::mark(request, &project, Some(scope.clone()));
+    let instance = wado::locate_one_for_reading(&state.services, scope).await?;
+    let representation =
+        wado::representation_for(&instance, &parsed.transfer_syntax).ok_or_else(|| {
+            ApiError::NotAcceptable(format!(
+                "the instance is stored in {} and cannot be sent in {}",
+                instance.transfer_syntax_uid, parsed.transfer_syntax
+            ))
+        })?;
+    match deid::deidentified_instance(&state.services, &project, &instance, representation).await? {
+        Deidentified::File { bytes, .. } => Ok(HttpResponse::Ok()
+            .content_type("application/dicom")
+            .body(bytes)),
+        Deidentified::Excluded { reason } => Err(ApiError::Forbidden(format!(
+            "this object cannot be served de-identified: {reason}"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -344,8 +401,8 @@ mod tests {
                 "contentType",
                 "application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
             )],
-            vec![("anonymize", "yes")],
             vec![("anonymize", "no")],
+            vec![("anonymize", "yes"), ("anonymize", "yes")],
             vec![
                 ("contentType", "application/dicom"),
                 ("windowCenter", "40"),

@@ -17,7 +17,8 @@ use crate::audit::{Action as AuditAction, ActorKind, AuditEvent, Outcome};
 use crate::auth::{Principal, PrincipalKind};
 use crate::http::endpoint::{self, is_tenant_name, split_tenant, Permission};
 use crate::http::error::ApiError;
-use crate::http::state::{AppState, Site, StoredStudies};
+use crate::http::state::{AppState, DeidentifiedBy, Site, StoredStudies};
+use crate::service::Scope;
 
 /// How long a store or delete waits for its audit record to be committed
 /// before it answers 503 instead of acknowledging (the record is written when
@@ -159,6 +160,7 @@ pub async fn resolve(
         Permission::Admin => Some(("*", crate::auth::Action::Admin)),
         Permission::Tenant(action) => Some((tenant.as_str(), action)),
     };
+    let mut research = false;
     let principal = if let Some((scope, action)) = needed {
         let principal = match authenticate(&site.authenticator, request.headers()).await {
             Ok(principal) => principal,
@@ -178,7 +180,15 @@ pub async fn resolve(
                 return Err(error.into());
             }
         };
-        if !principal.may(scope, action) {
+        // A caller with only the research permission may search and retrieve
+        // where every answer can be de-identified (see `serves_research`).
+        let research_only = action == crate::auth::Action::Read
+            && !principal.may(scope, action)
+            && principal.may(scope, crate::auth::Action::Research)
+            && endpoint.serves_research();
+        if research_only {
+            research = true;
+        } else if !principal.may(scope, action) {
             let (actor, kind) = actor_of(&principal);
             let event = AuditEvent::new(
                 actor,
@@ -198,6 +208,23 @@ pub async fn resolve(
         None
     };
     let services = site.tenants.get(&tenant).await.map_err(ApiError::from)?;
+    let research = if research {
+        match crate::service::deid::research_project(&services).await {
+            Ok(Some(project)) => Some(project),
+            Ok(None) => {
+                return Err(ApiError::Forbidden(
+                    "this tenant has no research project: a caller with only the research \
+                     permission is served nothing"
+                        .into(),
+                )
+                .into())
+            }
+            Err(error) => return Err(ApiError::from(error).into()),
+        }
+    } else {
+        None
+    };
+    let research_request = research.is_some();
     // Counted only once the tenant exists: one counter per tenant served.
     let _slot = match request.app_data::<web::Data<super::shield::Shield>>() {
         Some(shield) if !open_path => Some(shield.tenant_slot(&tenant)?),
@@ -215,6 +242,7 @@ pub async fn resolve(
         warning_agent: site.warning_agent.clone(),
         sovereignty_report: site.sovereignty_report.clone(),
         principal: principal.clone(),
+        research,
         from_trusted_proxy: request
             .peer_addr()
             .is_some_and(|peer| site.trusted_proxies.contains(peer.ip().to_canonical())),
@@ -266,14 +294,52 @@ pub async fn resolve(
                             [None, None, None]
                         };
                     let mut event = base;
-                    if let Some(study) = info.get("study").map(str::to_string).or(wado_study) {
+                    let deidentified =
+                        response
+                            .request()
+                            .extensions()
+                            .get::<DeidentifiedBy>()
+                            .map(|by| {
+                                (
+                                    format!(
+                                        "de-identified: project {}, {}",
+                                        by.project, by.profile
+                                    ),
+                                    by.originals.clone(),
+                                )
+                            });
+                    let (wado_study, wado_series, wado_object) = match deidentified {
+                        Some((detail, originals)) => {
+                            event = event.detail(detail);
+                            match originals {
+                                Some(Scope::Study { study }) => (Some(study), None, None),
+                                Some(Scope::Series { study, series }) => {
+                                    (Some(study), Some(series), None)
+                                }
+                                Some(Scope::Instance {
+                                    study,
+                                    series,
+                                    instance,
+                                }) => (Some(study), Some(series), Some(instance)),
+                                None => (wado_study, wado_series, wado_object),
+                            }
+                        }
+                        None => (wado_study, wado_series, wado_object),
+                    };
+                    let path_uid = |name: &str| {
+                        if research_request {
+                            None
+                        } else {
+                            info.get(name).map(str::to_string)
+                        }
+                    };
+                    if let Some(study) = path_uid("study").or(wado_study) {
                         event = event.study(study);
                     }
-                    if let Some(series) = info.get("series").map(str::to_string).or(wado_series) {
+                    if let Some(series) = path_uid("series").or(wado_series) {
                         event = event.series(series);
                     }
-                    if let Some(instance) = info.get("instance").map(str::to_string).or(wado_object)
-                    {
+                    if let Some(instance) = path_uid("instance").or(wado_object) {
                         event = event.instances([instance]);
                     }
                     vec![event]

@@ -9,4 +9,5 @@ pub mod multipart;
 pub mod query;
 pub mod range;
 pub mod rendering;
+pub mod research;
 pub mod target;

@@ -1,0 +1,2 @@
+DROP TABLE deid_map;
+DROP TABLE deid_projects;
