@@ -130,3 +130,113 @@ fn a_key_rotation_rewraps_project_secrets_and_changes_no_uid() {
     let refused = deidentify(&data, &input, "trial", "radiology").unwrap_err();
     assert!(refused.contains("not found"), "{refused}");
 }
+
+/// Makes an API key; returns it (printed alone on stdout).
+fn api_key(data: &Path, tenant: &str, permissions: &str) -> String {
+    let output = cli_command(
+        &["apikeys", "add", "--tenant", tenant, "--name", permissions],
+        data,
+    )
+    .args(["--permissions", permissions])
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn a_research_caller_finds_retrieves_and_an_administrator_reidentifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut spec = Spec::new("7.2", "7.2.1", "7.2.1.1");
+    spec.sop_class = "1.2.840.10008.5.1.4.1.1.2".into();
+    spec.patient_name = "Verborgen^Anna".into();
+    let file = dicom_file(&spec);
+    let server = Server::spawn(&data, &[]);
+    assert_eq!(store(&server, "/studies", &[file]).0, 200);
+    drop(server);
+    done(
+        &[
+            "projects",
+            "create",
+            "t",
+            "--tenant",
+            "default",
+            "--reidentification",
+            "audited",
+            "--research",
+        ],
+        &data,
+    );
+    let research = api_key(&data, "default", "research");
+    let admin = api_key(&data, "*", "admin");
+    let server = Server::spawn(&data, &[("KASTELL__AUTH__ANONYMOUS", "[]")]);
+    let get = |path: &str, accept: &str| {
+        client()
+            .get(server.url(path))
+            .header("Authorization", format!("ApiKey {research}"))
+            .header("Accept", accept)
+            .send()
+            .unwrap()
+    };
+    let found: serde_json::Value = get("/studies", "application/dicom+json").json().unwrap();
+    let study = found[0]["0020000D"]["Value"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(study.starts_with("2.25."), "{found}");
+    assert!(!found.to_string().contains("Verborgen"), "{found}");
+    let series: serde_json::Value = get(
+        &format!("/studies/{study}/series"),
+        "application/dicom+json",
+    )
+    .json()
+    .unwrap();
+    let series = series[0]["0020000E"]["Value"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let response = get(
+        &format!("/studies/{study}/series/{series}/metadata"),
+        "application/dicom+json",
+    );
+    assert_eq!(response.status().as_u16(), 200);
+    let metadata = response.text().unwrap();
+    assert!(
+        metadata.contains("KST-") && !metadata.contains("Verborgen"),
+        "{metadata}"
+    );
+    assert_eq!(
+        get("/studies/7.2/metadata", "application/dicom+json")
+            .status()
+            .as_u16(),
+        404
+    );
+
+    let reidentify = |key: Option<&str>| {
+        let mut command = cli_command(
+            &["projects", "reidentify", "t", &study, "--tenant", "default"],
+            &data,
+        );
+        command.env_remove("KASTELL_ADMIN_KEY");
+        if let Some(key) = key {
+            command.env("KASTELL_ADMIN_KEY", key);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = reidentify(Some(&admin));
+    assert!(
+        ok && out.contains("study") && out.contains("stands for 7.2"),
+        "{out}"
+    );
+    let (ok, out) = reidentify(Some(&research));
+    assert!(!ok && !out.contains("7.2\n"), "{out}");
+}
