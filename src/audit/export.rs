@@ -53,6 +53,7 @@ const INSTANCES_ACCESSED: Code = ("110103", "DICOM Instances Accessed");
 const INSTANCES_TRANSFERRED: Code = ("110104", "DICOM Instances Transferred");
 const STUDY_DELETED: Code = ("110105", "DICOM Study Deleted");
 const AUDIT_LOG_USED: Code = ("110101", "Audit Log Used");
+const EXPORT: Code = ("110106", "Export");
 const QUERY: Code = ("110112", "Query");
 const SECURITY_ALERT: Code = ("110113", "Security Alert");
 const USER_AUTHENTICATION: Code = ("110114", "User Authentication");
@@ -102,6 +103,8 @@ fn coding(stored: &StoredEvent) -> Coding {
         // Re-identification undoes what de-identification protects: an alert,
         // as a use of a restricted function.
         Action::Reidentify => (SECURITY_ALERT, Some(USE_OF_RESTRICTED_FUNCTION), "E"),
+        // Data leaving the archive (PS3.15 A.5.3.6, action R).
+        Action::Export => (EXPORT, None, "R"),
         Action::LoginFailure => (USER_AUTHENTICATION, Some(LOGIN), "E"),
         Action::AccessDenied => (SECURITY_ALERT, Some(USE_OF_RESTRICTED_FUNCTION), "E"),
         Action::AuditExport => (AUDIT_LOG_USED, None, "R"),

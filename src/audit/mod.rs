@@ -213,6 +213,9 @@ text_enum! {
         /// What a project's de-identified identifier stands for, looked up
         /// (`kastell projects reidentify`).
         Reidentify => "reidentify",
+        /// A de-identified export (`kastell export`): made, and each study that
+        /// went, with the project, its profile and the target.
+        Export => "export",
     }
 }
 

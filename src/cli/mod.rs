@@ -15,6 +15,7 @@ mod apikeys;
 mod audit;
 mod deid;
 mod events;
+mod export;
 mod import;
 mod index;
 mod keys;
@@ -70,6 +71,12 @@ enum Command {
     /// De-identify DICOM files (PS3.15 Annex E, Basic Profile and options) into
     /// new files: UIDs mapped consistently under the project's secret.
     Deidentify(deid::DeidArgs),
+    /// De-identified exports to another tenant or an export store, as
+    /// resumable jobs.
+    Export {
+        #[command(subcommand)]
+        action: export::ExportAction,
+    },
     /// De-identification projects: make, list, choose the research project,
     /// re-identify (an administrator's, audited).
     Projects {
@@ -198,6 +205,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => index::verify(&merge(outer, &args)),
         Command::Deidentify(args) => deid::run(outer, args),
         Command::Projects { action } => projects::run(outer, action),
+        Command::Export { action } => export::run(outer, action),
         Command::Audit { action } => audit::run(outer, action),
         Command::Events { action } => events::run(outer, action),
         Command::Sovereignty { action } => sovereignty::run(outer, action),

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 mod auth;
 mod dicomweb;
 mod events;
+mod exports;
 mod index;
 mod keys;
 mod lifecycle;
@@ -35,6 +36,7 @@ pub use crate::redact::{is_secret_name, redact_url, REDACTED};
 pub use auth::{AuthConfig, JwtConfig};
 pub use dicomweb::DicomWebConfig;
 pub use events::{EventsConfig, JobsConfig, NatsConfig, WebhookConfig, EVENT_ACTIONS};
+pub use exports::{valid_export_name, ExportStoreConfig};
 pub use index::IndexConfig;
 pub use keys::{
     DualControlConfig, DualControlMode, KeyCacheConfig, KeysConfig, MasterConfig, MasterKeySource,
@@ -46,7 +48,9 @@ pub use lifecycle::{
 };
 pub use limits::LimitsConfig;
 pub use server::ServerConfig;
-pub use sovereignty::{BlobStorePolicy, EventDestinationPolicy, Location, SovereigntyConfig};
+pub use sovereignty::{
+    BlobStorePolicy, EventDestinationPolicy, ExportDestinationPolicy, Location, SovereigntyConfig,
+};
 pub use storage::{NamedStoreConfig, StorageConfig, OFFLINE_S3_CLASSES};
 pub use telemetry::{LogConfig, LogFormat, TelemetryConfig};
 
@@ -68,6 +72,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub events: EventsConfig,
     pub lifecycle: LifecycleConfig,
+    /// Stores de-identified exports may go to (`[exports.<name>]`).
+    pub exports: std::collections::BTreeMap<String, ExportStoreConfig>,
 }
 
 /// Values given on the command line; they win over every other layer.
@@ -144,6 +150,13 @@ impl Config {
                         rule.name, rule.to
                     )));
                 }
+            }
+        }
+        for name in self.exports.keys() {
+            if !valid_export_name(name) {
+                return Err(ConfigError::Rule(format!(
+                    "exports.{name}: a name is 1–64 letters, digits, '-' or '_'"
+                )));
             }
         }
         if self.index.pool_size == 0 || self.dicomweb.qido_max_results == 0 {

@@ -32,6 +32,9 @@ impl Config {
             }
             hook.url = redact_url(&hook.url);
         }
+        for export in shown.exports.values_mut() {
+            export.url = redact_url(&export.url);
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}"))
     }
 }

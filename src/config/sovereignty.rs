@@ -39,6 +39,8 @@ pub struct SovereigntyConfig {
     pub blob_stores: BlobStorePolicy,
     /// Where events may go (the NATS broker, webhook receivers).
     pub event_destinations: EventDestinationPolicy,
+    /// Where de-identified exports may go (`[exports.<name>]`).
+    pub export_destinations: ExportDestinationPolicy,
     /// Refuse to start while any backend (or the host) has no location declared.
     pub require_declarations: bool,
 }
@@ -68,6 +70,19 @@ pub enum EventDestinationPolicy {
     AnywhereWithoutPatientData,
 }
 
+/// Where exports may go. An export is always de-identified (PS3.15 Annex E
+/// through a project); pseudonymous data is still personal data under the GDPR
+/// while its key exists, so the default keeps it where personal data may be.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExportDestinationPolicy {
+    /// Under the same rules as personal metadata.
+    #[default]
+    SameAsPersonalData,
+    /// De-identified data may go to any export store that declares its location.
+    DeidentifiedAnywhere,
+}
+
 impl Default for SovereigntyConfig {
     fn default() -> Self {
         Self {
@@ -78,6 +93,7 @@ impl Default for SovereigntyConfig {
             allow_foreign_access_law: false,
             blob_stores: BlobStorePolicy::CiphertextAnywhere,
             event_destinations: EventDestinationPolicy::SameAsPersonalData,
+            export_destinations: ExportDestinationPolicy::SameAsPersonalData,
             // The embedded default must start with no configuration at all; it warns
             // loudly instead that the host's location is undeclared.
             require_declarations: false,

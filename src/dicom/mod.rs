@@ -6,6 +6,7 @@ pub mod attributes;
 pub mod charset;
 pub mod compose;
 pub mod deid;
+pub mod dicomdir;
 pub mod document;
 pub mod element;
 pub mod files;

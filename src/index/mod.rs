@@ -19,6 +19,7 @@ pub mod conn;
 pub mod deid;
 mod delete;
 mod error;
+pub mod exports;
 pub mod generate;
 pub mod key_requests;
 pub mod keys;

@@ -12,6 +12,7 @@ pub mod custody;
 pub mod deid;
 pub mod dual_control;
 pub mod events;
+pub mod export;
 pub mod import;
 pub mod keys;
 pub mod lifecycle;

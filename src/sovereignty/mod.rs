@@ -16,6 +16,7 @@
 mod assess;
 mod chain;
 pub mod country;
+mod export;
 mod model;
 mod place;
 mod policy;
@@ -30,6 +31,7 @@ use policy::judge;
 
 pub use crate::redact::display_url;
 pub use assess::assess;
+pub use export::export_allowed;
 pub use model::{
     Backend, BackendKind, Custody, DataKind, Environment, Holding, Jurisdiction, Notice, Source,
 };

@@ -20,6 +20,8 @@ pub enum Rule {
     RequireDeclarations,
     /// Countries are ISO 3166-1 alpha-2 codes.
     CountryCode,
+    /// `sovereignty.export_destinations`
+    ExportDestinations,
 }
 
 impl fmt::Display for Rule {
@@ -29,6 +31,7 @@ impl fmt::Display for Rule {
             Rule::ForeignAccessLaw => "sovereignty.allow_foreign_access_law = false",
             Rule::RequireDeclarations => "sovereignty.require_declarations = true",
             Rule::CountryCode => "ISO 3166-1 alpha-2 country codes",
+            Rule::ExportDestinations => "sovereignty.export_destinations",
         })
     }
 }

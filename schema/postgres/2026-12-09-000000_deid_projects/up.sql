@@ -35,3 +35,32 @@ CREATE TABLE deid_map (
     level TEXT NOT NULL CHECK (level IN ('patient', 'study', 'series', 'instance', 'other')),
     PRIMARY KEY (project, mapped)
 );
+
+-- De-identified exports (kastell export): a job, the selection it resolved to
+-- (one row per instance, in order) and how far it got, so that an interrupted
+-- export resumes where it stopped and its manifest says what went and what was
+-- excluded, and why.
+CREATE TABLE export_jobs (
+    job_id BIGSERIAL PRIMARY KEY,
+    project TEXT NOT NULL,
+    target TEXT NOT NULL,
+    selection TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'done')),
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE TABLE export_items (
+    job_id BIGINT NOT NULL,
+    position BIGINT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    -- Where it goes in the file-set: DICOM/STnnnnnn/SEnnnnnn/IMnnnnnn.
+    file_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'excluded', 'failed')),
+    -- Why excluded or failed; for one done, the de-identified keys of its
+    -- directory record (JSON).
+    detail TEXT,
+    PRIMARY KEY (job_id, position)
+);
