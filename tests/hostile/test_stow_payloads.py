@@ -115,6 +115,21 @@ def test_an_element_declaring_4_gib_in_a_few_hundred_bytes_fails_the_part(defaul
         assert_part_refused(resp, NOT_DICOM)
 
 
+def test_an_encapsulated_element_other_than_pixel_data_fails_the_part(default):
+    """RSS bound 128 MiB. OB of undefined length at (5FE0,0010), fragments inside:
+    dicom-rs would read it as a value of 0xFFFFFFFF bytes (a 2 KB file took 2 GB
+    in the `deidentify` fuzz target); the guard allows encapsulation on Pixel
+    Data only."""
+    fragments = (b"\xe0\x5f\x10\x00OB\x00\x00\xff\xff\xff\xff"
+                 + b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
+                 + b"\xfe\xff\x00\xe0\x04\x00\x00\x00abcd"
+                 + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    _, base = hostile.instance()
+    with default.watch(rss_mib=128):
+        resp = kh.stow(default.api, [hostile.splice_before_pixel_data(base, fragments)])
+        assert_part_refused(resp, NOT_DICOM)
+
+
 def test_a_deflate_bomb_fails_the_part(default):
     """3 GiB of data set in ~3 MB of Deflated Explicit VR LE; contract:
     max_inflated_bytes 256 MiB. RSS bound 512 MiB (the cap, buffered, plus the server)."""

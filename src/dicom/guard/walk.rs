@@ -232,7 +232,19 @@ fn opens_container(
              not know; this server does not read it (send it with VR SQ)",
             header.group, header.element
         ))),
-        b"OB" | b"OW" if undefined => Ok(Some((Container::Fragments, encoding))),
+        // Encapsulated: Pixel Data only. dicom-rs reads any other OB/OW of
+        // undefined length as a value of 0xFFFFFFFF bytes (a 2 KB file made
+        // a process take 2 GB: found by the `deidentify` fuzz target).
+        b"OB" | b"OW" if undefined && (header.group, header.element) == (0x7FE0, 0x0010) => {
+            Ok(Some((Container::Fragments, encoding)))
+        }
+        b"OB" | b"OW" if undefined => Err(DicomError::Malformed(format!(
+            "({:04X},{:04X}) is {} of undefined length: only Pixel Data (7FE0,0010) may be \
+             encapsulated",
+            header.group,
+            header.element,
+            String::from_utf8_lossy(&vr)
+        ))),
         _ if undefined => Err(DicomError::Malformed(format!(
             "undefined length on ({:04X},{:04X}) with VR {}",
             header.group,
@@ -349,6 +361,22 @@ mod tests {
             error.to_string().contains("UN of undefined length"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn only_pixel_data_may_be_encapsulated() {
+        let encapsulated = |group: u16| {
+            let mut stream = group.to_le_bytes().to_vec();
+            stream.extend_from_slice(&[0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+            stream.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+            stream.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 2, 0, 0, 0, 1, 2]);
+            stream.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+            stream
+        };
+        let limits = ParseLimits::default();
+        assert!(check_dataset(&encapsulated(0x7FE0), 0, EXPLICIT, &limits).is_ok());
+        let error = check_dataset(&encapsulated(0x5FE0), 0, EXPLICIT, &limits).unwrap_err();
+        assert!(error.to_string().contains("only Pixel Data"), "{error}");
     }
 
     #[test]
