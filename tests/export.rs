@@ -218,10 +218,18 @@ fn the_jurisdiction_policy_judges_the_export_store_first() {
     store_all(&server, ct_study("6.1", 1, 1, "Grenze^Gustav"));
     drop(server);
     let abroad = export_env(&out, "US");
+    // A configuration with an export store the policy forbids does not start
+    // (like every other backend); the export itself checks again.
+    let (ok, refused) = cli_with(
+        &["projects", "create", "q", "--tenant", "default"],
+        &data,
+        &abroad,
+    );
+    assert!(!ok && refused.contains("export store out"), "{refused}");
     done(
         &["projects", "create", "p", "--tenant", "default"],
         &data,
-        &abroad,
+        &[],
     );
     let args = [
         "export",
@@ -258,6 +266,12 @@ fn the_jurisdiction_policy_judges_the_export_store_first() {
     ));
     let report = done(&args, &data, &allowed);
     assert!(report.contains("1 of 1 done"), "{report}");
+    // The sovereignty report lists it with its place.
+    let report = done(&["sovereignty", "report"], &data, &allowed);
+    assert!(
+        report.contains("export store out") && report.contains("US"),
+        "{report}"
+    );
 }
 
 #[test]

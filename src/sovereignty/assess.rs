@@ -103,6 +103,25 @@ pub fn assess(config: &Config, env: &Environment) -> Report {
         b.section = format!("[storage.stores.{name}]");
         backends.push(b);
     }
+    // Export stores (issue 17) receive de-identified (pseudonymised) data in
+    // the clear. They never inherit the host's place: an export is meant to
+    // leave, so each must say where it goes (`kastell export` refuses one that
+    // does not).
+    for (name, export) in &config.exports {
+        let place = place::blob_store(&export.url, &Default::default(), env);
+        let mut b = backend(
+            BackendKind::ExportStore,
+            format!("export store {name} ({})", display_url(&export.url)),
+            place.description.clone(),
+            false,
+            export.location.as_ref(),
+        );
+        b.personal_data_rules = policy.export_destinations
+            == crate::config::ExportDestinationPolicy::SameAsPersonalData;
+        b.section = format!("[exports.{name}]");
+        b.receives = Some("de-identified exports (kastell export)".into());
+        backends.push(b);
+    }
     let mut unencrypted_events = Vec::new();
     for destination in event_destinations(config) {
         let mut b = backend(

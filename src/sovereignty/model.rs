@@ -38,6 +38,8 @@ pub enum BackendKind {
     EventBroker,
     /// A webhook receiver events are POSTed to (`[[events.webhooks]]`).
     Webhook,
+    /// A store de-identified exports are written to (`[exports.<name>]`).
+    ExportStore,
 }
 
 impl BackendKind {
@@ -50,6 +52,7 @@ impl BackendKind {
             BackendKind::Keys => "[keys]",
             BackendKind::EventBroker => "[events.nats]",
             BackendKind::Webhook => "[[events.webhooks]]",
+            BackendKind::ExportStore => "[exports]",
         }
     }
 
@@ -68,6 +71,10 @@ impl BackendKind {
             BackendKind::EventBroker | BackendKind::Webhook => {
                 "events, which carry study, series and instance UIDs (pseudonymous personal data)"
             }
+            BackendKind::ExportStore => {
+                "de-identified exports (pseudonymous personal data while the project's secret \
+                 exists)"
+            }
         }
     }
 
@@ -80,6 +87,7 @@ impl BackendKind {
             BackendKind::Keys => "hold the master key",
             BackendKind::EventBroker => "run the broker",
             BackendKind::Webhook => "point the webhook at a receiver",
+            BackendKind::ExportStore => "export to a store",
         }
     }
 }

@@ -225,6 +225,11 @@ fn alternative(policy: &SovereigntyConfig, b: &Backend) -> String {
                 encrypted before upload and its keys stay under the personal-data rules)"
             .into();
     }
+    if b.kind == BackendKind::ExportStore {
+        return ", or set sovereignty.export_destinations = \"deidentified-anywhere\" (exports \
+                are de-identified, yet pseudonymous while the project's secret exists)"
+            .into();
+    }
     if !b.kind.is_event_destination() {
         return String::new();
     }
