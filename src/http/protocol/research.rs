@@ -157,16 +157,39 @@ pub async fn metadata(
     let instances = wado::locate(&services, originals).await?;
     let base_url = state.base_url(request);
     let mut items = wado::metadata_stream(services.clone(), instances, base_url).await?;
-    let mut datasets = Vec::new();
-    while let Some(item) = items.next().await {
-        datasets.push(item?);
-    }
-    deid::deidentify_json(&services, &project, &mut datasets).await?;
-    let body = serde_json::to_vec(&datasets).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // One instance at a time, written as it is de-identified (a study's
+    // metadata is never held whole); the first before answering, so that an
+    // unreadable object gets a status rather than a cut-off body.
+    let deidentified = move |item: Result<Json, ServiceError>| {
+        let (services, project) = (services.clone(), project.clone());
+        async move {
+            let mut dataset = [item?];
+            deid::deidentify_json(&services, &project, &mut dataset).await?;
+            let [dataset] = dataset;
+            serde_json::to_vec(&dataset).map_err(|e| ServiceError::Task(e.to_string()))
+        }
+    };
+    let first = items
+        .next()
+        .await
+        .ok_or(ServiceError::NotFound("instance"))?;
+    let first = deidentified(first).await?;
+    let rest = items
+        .then(deidentified)
+        .map(|item| item.map(|bytes| [b",".as_slice(), &bytes].concat()));
+    let body = stream::once(async move { Ok([b"[".as_slice(), &first].concat()) })
+        .chain(rest)
+        .chain(stream::once(async { Ok(b"]".to_vec()) }))
+        .map(|chunk: Result<Vec<u8>, ServiceError>| {
+            chunk.map(Bytes::from).map_err(wado::log_stream_failure)
+        });
     Ok(HttpResponse::Ok()
         .content_type("application/dicom+json")
-        .body(body))
+        .streaming(body))
 }
+
+/// UIDs one key of a research search may list (each is looked up).
+const MAX_UIDS_PER_KEY: usize = 64;
 
 /// The UID attributes a research search may match on, by the project's UIDs.
 const UID_KEYS: [(Tag, &str); 3] = [
@@ -219,8 +242,14 @@ pub async fn prepare_search(
                 .iter()
                 .find(|(tag, _)| key.path.first() == Some(tag)),
         ) {
+            let uids: Vec<&str> = key.value.split('\\').filter(|v| !v.is_empty()).collect();
+            if uids.len() > MAX_UIDS_PER_KEY {
+                return Err(ApiError::BadRequest(format!(
+                    "a de-identified search matches at most {MAX_UIDS_PER_KEY} UIDs per key"
+                )));
+            }
             let mut originals = Vec::new();
-            for uid in key.value.split('\\').filter(|v| !v.is_empty()) {
+            for uid in uids {
                 if let Some(found) = original(uid.to_string(), level).await? {
                     originals.push(found);
                 }
