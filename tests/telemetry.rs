@@ -312,12 +312,24 @@ fn spans_and_metrics_reach_an_otlp_receiver_without_patient_data() {
         Some("default")
     );
     let stow_children = children(&spans, &stow);
-    for child in ["index.store_instances", "store.write"] {
+    // The stages of the write path, and the index transaction inside its stage.
+    for child in [
+        "stow.finish",
+        "stow.parse",
+        "stow.metadata",
+        "stow.index",
+        "store.write",
+    ] {
         assert!(
             stow_children.iter().any(|c| c == child),
             "{child} is not a child of StoreInstances: {stow_children:?}"
         );
     }
+    let index_stage = request_span(&spans, "stow.index").unwrap();
+    assert!(
+        children(&spans, &index_stage).contains(&"index.store_instances".to_string()),
+        "index.store_instances is not inside the stow.index stage"
+    );
     let search = request_span(&spans, "SearchForStudies").unwrap();
     assert!(children(&spans, &search).contains(&"index.search".to_string()));
     let index_search = spans.iter().find(|s| s.name == "index.search").unwrap();
@@ -371,6 +383,11 @@ fn spans_and_metrics_reach_an_otlp_receiver_without_patient_data() {
             &[("operation", "store_instances")],
         ),
         ("kastell.store.duration", &[("operation", "write")]),
+        ("kastell.stow.stage.duration", &[("stage", "receive")]),
+        ("kastell.stow.stage.duration", &[("stage", "encrypt_write")]),
+        ("kastell.stow.stage.duration", &[("stage", "parse")]),
+        ("kastell.stow.stage.duration", &[("stage", "index")]),
+        ("kastell.stow.stage.duration", &[("stage", "audit")]),
         ("kastell.crypto.sealed", &[]),
         ("kastell.crypto.opened", &[]),
         ("kastell.index.pool.connections", &[("pool", "main")]),
@@ -522,6 +539,7 @@ fn metrics_are_served_for_prometheus_without_credentials() {
         ("kastell_http_sent_bytes_total", "counter"),
         ("kastell_instances_stored_total", "counter"),
         ("kastell_store_duration_seconds", "histogram"),
+        ("kastell_stow_stage_duration_seconds", "histogram"),
         ("kastell_index_duration_seconds", "histogram"),
         ("kastell_index_pool_connections", "gauge"),
         ("kastell_crypto_sealed_bytes_total", "counter"),

@@ -14,7 +14,9 @@ use crate::dicom::{json as dicom_json, DicomError};
 use crate::index::catalog::{self, Level};
 use crate::index::{NewInstance, StoreOutcome};
 use crate::store::{BlobKey, BlobKind};
-use crate::telemetry::metrics::instances_stored;
+use crate::telemetry::metrics::{self, instances_stored};
+use std::time::Instant;
+use tracing::Instrument;
 
 mod json;
 mod part;
@@ -258,7 +260,16 @@ impl StowSession {
             ));
         };
         let key = writer.key().clone();
-        let size = writer.finish().await?;
+        metrics::stow_stage("receive", part.started.elapsed());
+        metrics::stow_stage("encrypt_write", part.writing);
+        let finishing = Instant::now();
+        let size = writer
+            .finish()
+            .instrument(tracing::info_span!("stow.finish"))
+            .await?;
+        metrics::stow_stage("finish", finishing.elapsed());
+        let parsing = Instant::now();
+        let parse_span = tracing::info_span!("stow.parse").entered();
         let parsed = part.parse(size).and_then(|parsed| {
             let (header, _, pixel) = &parsed;
             let native_length = pixel.and_then(|(_, length)| length);
@@ -282,6 +293,8 @@ impl StowSession {
             )?;
             Ok(parsed)
         });
+        drop(parse_span);
+        metrics::stow_stage("parse", parsing.elapsed());
         match parsed {
             Ok((header, header_length, pixel)) => {
                 if let Some(target) = &self.target_study {
@@ -312,13 +325,16 @@ impl StowSession {
                     pixel,
                 );
                 record.frame_offsets = frame_offsets;
+                let sealing = Instant::now();
                 record.metadata = super::wado::seal_metadata_record(
                     &self.services,
                     &key,
                     &header.dataset,
                     &record,
                 )
+                .instrument(tracing::info_span!("stow.metadata"))
                 .await;
+                metrics::stow_stage("metadata", sealing.elapsed());
                 self.pending.push(Pending {
                     part: part.part,
                     record,
@@ -367,11 +383,14 @@ impl StowSession {
         let outcomes = if records.is_empty() {
             Vec::new()
         } else {
-            match self
+            let indexing = Instant::now();
+            let stored = self
                 .services
                 .with_index(move |index| index.store_instances(&records, overwrite))
-                .await
-            {
+                .instrument(tracing::info_span!("stow.index"))
+                .await;
+            metrics::stow_stage("index", indexing.elapsed());
+            match stored {
                 Ok(outcomes) => outcomes,
                 Err(error) => {
                     let written = pending.iter().map(|p| p.key.clone()).collect();

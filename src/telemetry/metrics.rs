@@ -89,8 +89,17 @@ pub const KEY_PROVIDER_CALLS: &str = "kastell.keys.provider.calls";
 /// Duration of those calls. Unit `s`; labels `master`, `provider`, `operation`.
 pub const KEY_PROVIDER_DURATION: &str = "kastell.keys.provider.duration";
 
+/// Time a STOW request spends in each stage of the write path, per part or per
+/// request. Unit `s`; label `stage`: `receive` (a part's bytes, from its first
+/// to its last, the client's pace included), `encrypt_write` (sealing and
+/// writing them to the blob store, within `receive`), `finish` (the blob made
+/// durable), `parse` (its header read and checked), `metadata` (its metadata
+/// record sealed), `index` (the request's one index transaction), `audit` (its
+/// audit record committed before the answer).
+pub const STOW_STAGE_DURATION: &str = "kastell.stow.stage.duration";
+
 /// Every metric name, for the documentation test.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 21] = [
     HTTP_REQUESTS,
     HTTP_REQUEST_DURATION,
     HTTP_RECEIVED,
@@ -111,6 +120,7 @@ pub const ALL: [&str; 20] = [
     STORE_BYTES,
     KEY_PROVIDER_CALLS,
     KEY_PROVIDER_DURATION,
+    STOW_STAGE_DURATION,
 ];
 
 /// Name of the instrumentation scope every instrument belongs to.
@@ -142,6 +152,7 @@ pub(crate) struct Instruments {
     pub lifecycle_restores: Counter<u64>,
     pub key_provider_calls: Counter<u64>,
     pub key_provider_duration: Histogram<f64>,
+    pub stow_stage_duration: Histogram<f64>,
 }
 
 pub(crate) fn meter() -> Meter {
@@ -202,6 +213,10 @@ pub(crate) static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
         key_provider_duration: seconds(
             KEY_PROVIDER_DURATION,
             "Duration of calls to master key providers",
+        ),
+        stow_stage_duration: seconds(
+            STOW_STAGE_DURATION,
+            "Time STOW requests spend in each stage of the write path",
         ),
     }
 });
@@ -405,6 +420,14 @@ pub fn opened(backend: &str, bytes: u64) {
     INSTRUMENTS
         .crypto_opened
         .add(bytes, &[KeyValue::new("backend", backend.to_string())]);
+}
+
+/// Records the time one STOW part or request spent in `stage` (see
+/// [`STOW_STAGE_DURATION`]).
+pub fn stow_stage(stage: &'static str, elapsed: Duration) {
+    INSTRUMENTS
+        .stow_stage_duration
+        .record(elapsed.as_secs_f64(), &[KeyValue::new("stage", stage)]);
 }
 
 /// Records the duration of a blob store call.

@@ -352,9 +352,13 @@ pub async fn resolve(
             let changed = matches!(action, AuditAction::Store | AuditAction::Delete)
                 && response.status().is_success();
             if changed {
+                let auditing = std::time::Instant::now();
                 let committed =
                     tokio::time::timeout(AUDIT_COMMIT_TIMEOUT, site.audit.record_committed(events))
                         .await;
+                if action == AuditAction::Store {
+                    crate::telemetry::metrics::stow_stage("audit", auditing.elapsed());
+                }
                 if !matches!(committed, Ok(Ok(()))) {
                     let error = match committed {
                         Ok(Err(error)) => error.to_string(),

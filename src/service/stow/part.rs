@@ -31,6 +31,10 @@ pub struct PartWriter {
     pub(super) max_header: usize,
     pub(super) error: Option<PartError>,
     pub(super) scan_position: usize,
+    /// When the part began, and the time spent sealing and writing its bytes
+    /// (the `receive` and `encrypt_write` stages of `kastell.stow.stage.duration`).
+    pub(super) started: std::time::Instant,
+    pub(super) writing: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +86,8 @@ impl PartWriter {
             max_header: 0,
             error: None,
             scan_position: 0,
+            started: std::time::Instant::now(),
+            writing: std::time::Duration::ZERO,
         }
     }
 
@@ -98,7 +104,9 @@ impl PartWriter {
             fragments.feed(&chunk);
         }
         if let Some(writer) = self.writer.as_mut() {
+            let started = std::time::Instant::now();
             writer.write(chunk).await?;
+            self.writing += started.elapsed();
         }
         Ok(())
     }
