@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import signal
@@ -364,6 +365,8 @@ def run_server(args, name: str, server, root: str, studies, files, queries, temp
                                                  if c["ok_instances"] else None)
             res["client_cpu_ms_per_instance"] = (r2(1000 * res["client_cpu_s"] / c["ok_instances"], 3)
                                                  if c["ok_instances"] else None)
+            if name == "kastell":
+                res["stages_ms"] = stow_stages(server.base)
             if c["bad_responses"] or c["ok_instances"] != c["ok_responses"] * args.per_request:
                 problems.append(f"stow: {c['bad_responses']} bad responses, {c['ok_instances']} "
                                 f"instances in {c['ok_responses']} good ones; {res['notes']}")
@@ -384,6 +387,21 @@ def run_server(args, name: str, server, root: str, studies, files, queries, temp
         problems += check_stow_sample(base, out["phases"]["stow"], args)
     out["problems"] = problems
     return out
+
+
+def stow_stages(base: str) -> dict:
+    """Kastell's mean time per STOW stage over the run (issue 18), in ms, from
+    kastell_stow_stage_duration_seconds on /metrics: per part for receive,
+    encrypt_write, finish, parse and metadata; per request for index and audit."""
+    text = requests.get(base + "/metrics", timeout=10).text
+    sums, counts = {}, {}
+    for line in text.splitlines():
+        m = re.match(r'kastell_stow_stage_duration_seconds_(sum|count)\{[^}]*stage="(\w+)"[^}]*\} ([0-9.e+-]+)',
+                     line)
+        if m:
+            (sums if m.group(1) == "sum" else counts)[m.group(2)] = float(m.group(3))
+    return {stage: {"mean_ms": r2(1000 * sums[stage] / counts[stage], 3), "count": int(counts[stage])}
+            for stage in sums if counts.get(stage)}
 
 
 def check_stow_sample(base: str, stow: dict, args) -> list[str]:
