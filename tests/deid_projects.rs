@@ -239,4 +239,49 @@ fn a_research_caller_finds_retrieves_and_an_administrator_reidentifies() {
     );
     let (ok, out) = reidentify(Some(&research));
     assert!(!ok && !out.contains("7.2\n"), "{out}");
+
+    // The study deleted: what the project handed out for it goes too, the
+    // patient's pseudonym with it (no study of the patient is left).
+    let pseudonym = found[0]["00100020"]["Value"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let patient = |key: &str| {
+        let mut command = cli_command(
+            &[
+                "projects",
+                "reidentify",
+                "t",
+                &pseudonym,
+                "--tenant",
+                "default",
+            ],
+            &data,
+        );
+        command.env("KASTELL_ADMIN_KEY", key);
+        let output = command.output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = patient(&admin);
+    assert!(
+        ok && out.contains("patient") && out.contains("PID-1"),
+        "{out}"
+    );
+    let everything = api_key(&data, "default", "*");
+    let deleted = client()
+        .delete(server.url("/studies/7.2"))
+        .header("Authorization", format!("ApiKey {everything}"))
+        .send()
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let (ok, out) = reidentify(Some(&admin));
+    assert!(!ok && !out.contains("stands for"), "{out}");
+    let (ok, out) = patient(&admin);
+    assert!(
+        !ok && !out.contains("PID-1"),
+        "the pseudonym of an erased patient: {out}"
+    );
 }

@@ -116,6 +116,21 @@ impl Index {
                     .push(") RETURNING blob_key");
                 derived.extend(conn.load::<BlobKeyRow>(sql.sql(), sql.binds())?.into_iter().map(|r| r.blob_key));
             }
+            // What de-identification projects handed out for what went (`deid_map`):
+            // the UIDs, and the pseudonym of a patient left without a study (an
+            // original PatientID is personal data the erasure must not leave behind).
+            for chunk in gone_uids.chunks(500) {
+                let mut sql = SqlBuilder::new();
+                sql.push("DELETE FROM deid_map WHERE original IN (")
+                    .bind_list(chunk.iter().map(|uid| Bind::Text(uid.clone())))
+                    .push(")");
+                conn.run(sql.sql(), sql.binds())?;
+            }
+            conn.run(
+                "DELETE FROM deid_map WHERE level = 'patient' AND NOT EXISTS \
+                 (SELECT 1 FROM studies WHERE studies.patient_id = deid_map.original)",
+                &[],
+            )?;
             // Last in the transaction (see `changes::append_changes`).
             let deleted: Vec<NewChange> = doomed
                 .iter()
