@@ -210,6 +210,61 @@ fn a_selection_goes_to_an_export_store_with_a_dicomdir_and_a_manifest() {
 }
 
 #[test]
+fn a_project_that_blanks_regions_exports_the_flagged_image_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("exports");
+    let env = export_env(&out, "DE");
+    let server = Server::spawn(&data, &[]);
+    let mut files = ct_study("9.1", 1, 1, "Bild^Berta");
+    files.push(dicom_file(&Spec::new("9.1", "9.1.9", "9.1.9.1")));
+    store_all(&server, files);
+    drop(server);
+    let args = [
+        "projects",
+        "create",
+        "b",
+        "--tenant",
+        "default",
+        "--blank-region",
+        "0,0,2,2",
+    ];
+    done(&args, &data, &env);
+    let args = [
+        "export",
+        "create",
+        "--tenant",
+        "default",
+        "--project",
+        "b",
+        "--to",
+        "export:out",
+        "--study",
+        "9.1",
+    ];
+    let report = done(&args, &data, &env);
+    assert!(report.contains("2 of 2 done, 0 excluded"), "{report}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("export-1/manifest.json")).unwrap())
+            .unwrap();
+    let blanked: Vec<_> = manifest["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| {
+            i["pixels"]
+                .as_str()
+                .is_some_and(|p| p.contains("1 region(s) blanked"))
+        })
+        .collect();
+    assert_eq!(
+        blanked.len(),
+        1,
+        "the secondary capture, and only it: {manifest}"
+    );
+}
+
+#[test]
 fn the_jurisdiction_policy_judges_the_export_store_first() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::app::build_tenants;
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::config::Config;
-use crate::dicom::deid::Deidentified;
+use crate::dicom::deid::{Deidentified, PixelVerdict};
 use crate::dicom::dicomdir::{write_dicomdir, DirectoryEntry};
 use crate::index::exports::{ExportItem, ExportJob, NewExportItem, StateCount};
 use crate::service::deid::{self, Project};
@@ -403,8 +403,12 @@ async fn export_one(
     let result =
         deid::deidentified_instance(services, project, &instance, Representation::AsStored).await;
     match result {
-        Ok(Deidentified::File { bytes, .. }) => {
-            let keys = directory_keys(&bytes);
+        Ok(Deidentified::File { bytes, outcome }) => {
+            let mut keys = directory_keys(&bytes);
+            // The report says which images had regions blanked.
+            if let PixelVerdict::Blanked { regions } = outcome.pixels {
+                keys["blanked_regions"] = json!(regions);
+            }
             match deliver(target, to_tenant, store, prefix, item, bytes).await? {
                 Ok(()) => Ok(("done", keys.to_string())),
                 Err(why) => Ok(("failed", why)),
@@ -446,6 +450,11 @@ async fn write_file_set(
                 let keys: serde_json::Value = serde_json::from_str(&detail).unwrap_or_default();
                 let key = |name: &str| keys[name].as_str().unwrap_or_default().to_string();
                 entry["file"] = json!(item.file_id);
+                if let Some(regions) = keys.get("blanked_regions") {
+                    entry["pixels"] = json!(format!(
+                        "may carry burned-in text: {regions} region(s) blanked in every frame"
+                    ));
+                }
                 entries.push(DirectoryEntry {
                     file_id: item.file_id.split('/').map(str::to_string).collect(),
                     patient_id: key("patient_id"),
