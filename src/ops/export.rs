@@ -22,6 +22,7 @@ use crate::dicom::dicomdir::{write_dicomdir, DirectoryEntry};
 use crate::index::exports::{ExportItem, ExportJob, NewExportItem, StateCount};
 use crate::service::deid::{self, Project};
 use crate::service::stow::{PartOutcome, StowSession};
+use crate::service::tenants::Tenants;
 use crate::service::wado::Representation;
 use crate::service::{MatchKey, Resource, Scope, SearchRequest, Services};
 
@@ -82,8 +83,20 @@ impl ExportStatus {
     }
 }
 
-async fn tenant_services(config: &Config, tenant: &str) -> anyhow::Result<Services> {
-    Ok(build_tenants(config)?.get(tenant).await?)
+/// The next page of a job's items after position `after` (every state), empty
+/// at the end.
+async fn items_after(services: &Services, job: i64, after: i64) -> anyhow::Result<Vec<ExportItem>> {
+    Ok(services
+        .with_index(move |index| index.export_items(job, None, after, PAGE))
+        .await?)
+}
+
+async fn status_of(services: &Services, job: i64) -> anyhow::Result<ExportStatus> {
+    let (job_row, counts) = services
+        .with_index(move |index| Ok((index.export_job(job)?, index.export_counts(job)?)))
+        .await?;
+    let job = job_row.ok_or_else(|| anyhow::anyhow!("there is no export job {job}"))?;
+    Ok(ExportStatus { job, counts })
 }
 
 /// The export store of `[exports.<name>]`, if the jurisdiction policy lets
@@ -102,13 +115,19 @@ fn export_store(config: &Config, name: &str) -> anyhow::Result<Arc<dyn ObjectSto
 }
 
 /// Checks that the target may receive the export now.
-async fn check_target(config: &Config, tenant: &str, target: &Target) -> anyhow::Result<()> {
+async fn check_target(
+    config: &Config,
+    tenants: &Tenants,
+    tenant: &str,
+    target: &Target,
+) -> anyhow::Result<()> {
     match target {
         Target::Tenant(name) if name == tenant => {
             anyhow::bail!("an export goes to another tenant than its source")
         }
         Target::Tenant(name) => {
-            tenant_services(config, name)
+            tenants
+                .get(name)
                 .await
                 .with_context(|| format!("tenant {name}"))?;
         }
@@ -161,9 +180,10 @@ pub async fn create(
     selection: &Selection,
     target: &Target,
 ) -> anyhow::Result<i64> {
-    let services = tenant_services(config, tenant).await?;
+    let tenants = build_tenants(config)?;
+    let services = tenants.get(tenant).await?;
     let opened = deid::open_project(&services, project).await?;
-    check_target(config, tenant, target).await?;
+    check_target(config, &tenants, tenant, target).await?;
     let mut items = Vec::new();
     for (s, study) in studies_of(&services, selection).await?.iter().enumerate() {
         let scope = Scope::Study {
@@ -228,27 +248,21 @@ pub async fn create(
         Err(error) => AuditEvent::cli(tenant, Action::Export, Outcome::Failure)
             .detail(format!("export to {}: {error:#}", target.as_text())),
     };
-    let control = build_tenants(config)?.default_services().clone();
-    audit_cli(config, &control.index, event, result)
+    audit_cli(config, &tenants.default_services().index, event, result)
 }
 
 /// Where a job stands.
 pub async fn status(config: &Config, tenant: &str, job: i64) -> anyhow::Result<ExportStatus> {
-    let services = tenant_services(config, tenant).await?;
-    let (job_row, counts) = services
-        .with_index(move |index| Ok((index.export_job(job)?, index.export_counts(job)?)))
-        .await?;
-    let job = job_row.ok_or_else(|| anyhow::anyhow!("there is no export job {job}"))?;
-    Ok(ExportStatus { job, counts })
+    status_of(&build_tenants(config)?.get(tenant).await?, job).await
 }
 
 /// The tenant's export jobs.
 pub async fn list(config: &Config, tenant: &str) -> anyhow::Result<Vec<ExportStatus>> {
-    let services = tenant_services(config, tenant).await?;
+    let services = build_tenants(config)?.get(tenant).await?;
     let jobs = services.with_index(|index| index.export_jobs()).await?;
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
-        out.push(status(config, tenant, job.job_id).await?);
+        out.push(status_of(&services, job.job_id).await?);
     }
     Ok(out)
 }
@@ -323,16 +337,17 @@ pub async fn run(
     job: i64,
     progress: &dyn Fn(i64, i64),
 ) -> anyhow::Result<ExportStatus> {
-    let services = tenant_services(config, tenant).await?;
-    let started = status(config, tenant, job).await?;
+    let tenants = build_tenants(config)?;
+    let services = tenants.get(tenant).await?;
+    let started = status_of(&services, job).await?;
     if started.job.state == "done" {
         return Ok(started);
     }
     let target = Target::parse(&started.job.target)?;
-    check_target(config, tenant, &target).await?;
+    check_target(config, &tenants, tenant, &target).await?;
     let project = deid::open_project(&services, &started.job.project).await?;
     let to_tenant = match &target {
-        Target::Tenant(name) => Some(tenant_services(config, name).await?),
+        Target::Tenant(name) => Some(tenants.get(name).await?),
         Target::Store(_) => None,
     };
     let store = match &target {
@@ -374,8 +389,15 @@ pub async fn run(
     services
         .with_index(move |index| index.finish_export_job(job))
         .await?;
-    let finished = status(config, tenant, job).await?;
-    audit_studies(config, &services, &project, &finished).await?;
+    let finished = status_of(&services, job).await?;
+    audit_studies(
+        config,
+        tenants.default_services(),
+        &services,
+        &project,
+        &finished,
+    )
+    .await?;
     Ok(finished)
 }
 
@@ -433,9 +455,7 @@ async fn write_file_set(
     let mut manifest_items = Vec::new();
     let mut after = -1;
     loop {
-        let page = services
-            .with_index(move |index| index.export_items(job, None, after, PAGE))
-            .await?;
+        let page = items_after(services, job, after).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
         for item in page {
@@ -506,6 +526,7 @@ async fn write_file_set(
 /// One audit record per study that went (or was left out), with the project.
 async fn audit_studies(
     config: &Config,
+    control: &Services,
     services: &Services,
     project: &Project,
     finished: &ExportStatus,
@@ -514,13 +535,15 @@ async fn audit_studies(
     let mut studies: Vec<(String, i64, i64)> = Vec::new();
     let mut after = -1;
     loop {
-        let page = services
-            .with_index(move |index| index.export_items(job, None, after, PAGE))
-            .await?;
+        let page = items_after(services, job, after).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
         for item in page {
-            match studies.iter_mut().find(|s| s.0 == item.study_instance_uid) {
+            // Items are in the order of their studies: one entry per run.
+            match studies
+                .last_mut()
+                .filter(|s| s.0 == item.study_instance_uid)
+            {
                 Some(study) => {
                     study.1 += i64::from(item.state == "done");
                     study.2 += i64::from(item.state != "done");
@@ -547,7 +570,6 @@ async fn audit_studies(
                 ))
         })
         .collect();
-    let control = build_tenants(config)?.default_services().clone();
     super::audit::append_audit(config, &control.index, &events)?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! group made to follow the new SOP Instance UID, and written again in its own
 //! transfer syntax (Pixel Data otherwise untouched).
 
-use dicom_core::value::{DataSetSequence, PrimitiveValue};
+use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
@@ -63,21 +63,13 @@ pub fn deidentify_file_bytes(file: &[u8], profile: &Profile) -> Result<Deidentif
 }
 
 /// Appends one code to the De-identification Method Code Sequence.
-fn add_method_code(object: &mut InMemDicomObject, (value, meaning): (&str, &str)) {
+fn add_method_code(object: &mut InMemDicomObject, code: (&str, &str)) {
     let mut items: Vec<InMemDicomObject> = object
         .get(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE)
         .and_then(|e| e.items())
         .map(<[InMemDicomObject]>::to_vec)
         .unwrap_or_default();
-    items.push(InMemDicomObject::from_element_iter([
-        DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(value)),
-        DataElement::new(
-            tags::CODING_SCHEME_DESIGNATOR,
-            VR::SH,
-            PrimitiveValue::from("DCM"),
-        ),
-        DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(meaning)),
-    ]));
+    items.push(super::method_code(code));
     object.put(DataElement::new(
         tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
         VR::SQ,

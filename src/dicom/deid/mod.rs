@@ -173,6 +173,19 @@ pub struct Profile {
     pub blank_regions: Vec<PixelRegion>,
 }
 
+/// One item of the De-identification Method Code Sequence (CID 7050, scheme DCM).
+pub(crate) fn method_code((value, meaning): (&str, &str)) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter([
+        DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(value)),
+        DataElement::new(
+            tags::CODING_SCHEME_DESIGNATOR,
+            VR::SH,
+            PrimitiveValue::from("DCM"),
+        ),
+        DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(meaning)),
+    ])
+}
+
 /// A safe private attribute, `<private creator>:<element's low byte in hex>`.
 pub fn parse_safe_private(text: &str) -> Option<(String, u8)> {
     let (creator, element) = text.rsplit_once(':')?;
@@ -392,17 +405,7 @@ impl Profile {
         ));
         let codes = std::iter::once(("113100", "Basic Application Confidentiality Profile"))
             .chain(self.options.iter().map(|option| option.code()))
-            .map(|(value, meaning)| {
-                InMemDicomObject::from_element_iter([
-                    DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(value)),
-                    DataElement::new(
-                        tags::CODING_SCHEME_DESIGNATOR,
-                        VR::SH,
-                        PrimitiveValue::from("DCM"),
-                    ),
-                    DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(meaning)),
-                ])
-            })
+            .map(method_code)
             .collect::<Vec<_>>();
         object.put(DataElement::new(
             tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,

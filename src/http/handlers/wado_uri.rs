@@ -244,6 +244,19 @@ fn parse(pairs: Vec<(String, String)>) -> Result<WadoUriRequest, ApiError> {
     })
 }
 
+/// How the instance goes out in `transfer_syntax`, or 406.
+fn representation(
+    instance: &crate::service::StoredInstance,
+    transfer_syntax: &str,
+) -> Result<wado::Representation, ApiError> {
+    wado::representation_for(instance, transfer_syntax).ok_or_else(|| {
+        ApiError::NotAcceptable(format!(
+            "the instance is stored in {} and cannot be sent in {transfer_syntax}",
+            instance.transfer_syntax_uid
+        ))
+    })
+}
+
 pub async fn retrieve(
     state: web::ReqData<AppState>,
     request: HttpRequest,
@@ -287,13 +300,7 @@ pub async fn retrieve(
         }
         return Ok(response.content_type(format.media_type()).body(image));
     }
-    let representation =
-        wado::representation_for(&instance, &parsed.transfer_syntax).ok_or_else(|| {
-            ApiError::NotAcceptable(format!(
-                "the instance is stored in {} and cannot be sent in {}",
-                instance.transfer_syntax_uid, parsed.transfer_syntax
-            ))
-        })?;
+    let representation = representation(&instance, &parsed.transfer_syntax)?;
     let body = wado::instance_body(&state.services, &instance, representation).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/dicom")
@@ -325,13 +332,7 @@ async fn anonymized(
     };
     research::mark(request, &project, Some(scope.clone()));
     let instance = wado::locate_one_for_reading(&state.services, scope).await?;
-    let representation =
-        wado::representation_for(&instance, &parsed.transfer_syntax).ok_or_else(|| {
-            ApiError::NotAcceptable(format!(
-                "the instance is stored in {} and cannot be sent in {}",
-                instance.transfer_syntax_uid, parsed.transfer_syntax
-            ))
-        })?;
+    let representation = representation(&instance, &parsed.transfer_syntax)?;
     match deid::deidentified_instance(&state.services, &project, &instance, representation).await? {
         Deidentified::File { bytes, .. } => Ok(HttpResponse::Ok()
             .content_type("application/dicom")
