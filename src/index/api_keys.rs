@@ -8,7 +8,6 @@ use diesel::QueryableByName;
 use super::conn::IndexConn;
 use super::sql::Bind;
 use super::{now, with_conn, Index, IndexError, IndexPool};
-use diesel::{PgConnection, SqliteConnection};
 
 /// One API key as stored: everything but the key.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]

@@ -10,7 +10,6 @@ use diesel::QueryableByName;
 use super::conn::{Dialect, IndexConn};
 use super::sql::{Bind, SqlBuilder};
 use super::{now, with_conn, Index, IndexError, IndexPool};
-use diesel::{PgConnection, SqliteConnection};
 
 /// Transaction-scoped advisory lock that serialises audit writers sharing one
 /// PostgreSQL database ("KAUDIT" in ASCII). On SQLite the write transaction

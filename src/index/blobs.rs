@@ -4,9 +4,8 @@
 
 use std::collections::HashSet;
 
-use diesel::pg::PgConnection;
 use diesel::sql_types::{BigInt, Text};
-use diesel::{QueryableByName, SqliteConnection};
+use diesel::QueryableByName;
 
 use super::conn::IndexConn;
 use super::records::BlobKeyRow;

@@ -12,9 +12,8 @@
 
 use std::collections::BTreeSet;
 
-use diesel::pg::PgConnection;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
-use diesel::{QueryableByName, SqliteConnection};
+use diesel::QueryableByName;
 
 use super::conn::IndexConn;
 use super::sql::{Bind, SqlBuilder};

@@ -13,6 +13,7 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::{Connection, QueryableByName, RunQueryDsl};
 
 use super::sql::Bind;
+pub use super::sqlite::SqliteSession;
 use super::IndexError;
 
 thread_local! {
@@ -136,12 +137,13 @@ impl IndexConn for SqliteConnection {
         sqlite_query(sql, binds).execute(self)
     }
 
+    /// A bare connection (tools and tests): writers of this process do not
+    /// queue (see `index::sqlite`); IMMEDIATE takes the write lock up front, so
+    /// they wait in SQLite's busy handler instead of failing on a lock upgrade.
     fn write<T, F>(&mut self, mut work: F) -> Result<T, IndexError>
     where
         F: FnMut(&mut Self) -> Result<T, IndexError>,
     {
-        // IMMEDIATE takes the write lock up front: writers queue on the busy timeout
-        // instead of failing on a lock upgrade.
         self.immediate_transaction(|conn| work(conn))
     }
 }

@@ -4,9 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use diesel::pg::PgConnection;
 use diesel::sql_types::{BigInt, Text};
-use diesel::{QueryableByName, SqliteConnection};
+use diesel::QueryableByName;
 
 use super::changes::{self, ChangeAction, NewChange};
 use super::conn::IndexConn;

@@ -22,6 +22,14 @@ pub enum IndexError {
     /// A deletion refused by its guard: retention or a legal hold (409).
     #[error("{0}")]
     Protected(String),
+    /// This process's other writers of the same SQLite file held it longer than
+    /// the busy timeout (see `index::sqlite`).
+    #[error("the index is busy: no turn to write within {0:?}")]
+    WriterBusy(std::time::Duration),
+    /// The transaction a batch shared with others' failed as a whole (see
+    /// `index::sqlite::GroupCommit`); `unavailable` as the error it had.
+    #[error("index transaction failed: {message}")]
+    GroupFailed { message: String, unavailable: bool },
 }
 
 impl IndexError {
@@ -30,7 +38,8 @@ impl IndexError {
     pub fn is_unavailable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error as DieselError};
         match self {
-            IndexError::Pool(_) => true,
+            IndexError::Pool(_) | IndexError::WriterBusy(_) => true,
+            IndexError::GroupFailed { unavailable, .. } => *unavailable,
             IndexError::Database(DieselError::BrokenTransactionManager) => true,
             IndexError::Database(DieselError::DatabaseError(kind, info)) => {
                 let message = info.message();

@@ -7,7 +7,6 @@ use diesel::QueryableByName;
 use super::conn::IndexConn;
 use super::sql::Bind;
 use super::{now, with_conn, Index, IndexError, IndexPool};
-use diesel::{PgConnection, SqliteConnection};
 
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
 pub struct ExportJob {

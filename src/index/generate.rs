@@ -10,7 +10,6 @@ use super::conn::IndexConn;
 use super::sql::{Bind, SqlBuilder};
 use super::{now, with_conn, Index, IndexError, IndexPool};
 use crate::dicom::text::{normalize_time, person_name_words, Bound};
-use diesel::{PgConnection, SqliteConnection};
 
 /// A small deterministic generator (xorshift), so runs are reproducible.
 struct Rng(u64);
@@ -186,12 +185,13 @@ pub fn generate(
     }
     // Fresh statistics (and on PostgreSQL a visibility map for index-only scans), as
     // the database's own maintenance would have by the time anyone searches.
+    use diesel::connection::SimpleConnection;
     match index.dialect() {
         super::conn::Dialect::Sqlite => {
-            with_conn!(index, conn => diesel::connection::SimpleConnection::batch_execute(conn, "ANALYZE")?)
+            with_conn!(index, conn => conn.batch_execute("ANALYZE")?)
         }
         super::conn::Dialect::Postgres => {
-            with_conn!(index, conn => diesel::connection::SimpleConnection::batch_execute(conn, "VACUUM ANALYZE")?)
+            with_conn!(index, conn => conn.batch_execute("VACUUM ANALYZE")?)
         }
     }
     Ok(done)

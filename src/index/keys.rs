@@ -8,7 +8,6 @@ use diesel::QueryableByName;
 use super::conn::IndexConn;
 use super::sql::Bind;
 use super::{now, with_conn, Index, IndexError, IndexPool};
-use diesel::{PgConnection, SqliteConnection};
 
 /// A stored tenant key: wrapped bytes (`None` once shredded) and its state.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]

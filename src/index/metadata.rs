@@ -5,9 +5,8 @@
 
 use std::collections::HashMap;
 
-use diesel::pg::PgConnection;
 use diesel::sql_types::{BigInt, Binary, Text};
-use diesel::{QueryableByName, SqliteConnection};
+use diesel::QueryableByName;
 
 use super::conn::IndexConn;
 use super::sql::{Bind, SqlBuilder};

@@ -33,6 +33,7 @@ mod read;
 mod records;
 pub mod restores;
 pub mod sql;
+mod sqlite;
 pub mod stats;
 pub mod tenants;
 #[doc(hidden)]
@@ -43,7 +44,6 @@ use std::time::SystemTime;
 
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool};
-use diesel::SqliteConnection;
 
 pub use error::IndexError;
 pub use metadata::MetadataRecord;
@@ -54,7 +54,7 @@ pub use records::{
 };
 
 enum IndexPool {
-    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Sqlite(sqlite::SqlitePool),
     Postgres(Pool<ConnectionManager<PgConnection>>),
 }
 
@@ -84,14 +84,14 @@ macro_rules! with_conn {
         match &*$index.pool {
             IndexPool::Sqlite(pool) => {
                 let _call = $crate::telemetry::metrics::IndexCall::start(caller, "sqlite");
-                let mut pooled = pool.get().map_err(|e| IndexError::Pool(e.to_string()))?;
-                let $conn: &mut SqliteConnection = &mut pooled;
+                let mut session = pool.session()?;
+                let $conn: &mut $crate::index::conn::SqliteSession = &mut session;
                 $body
             }
             IndexPool::Postgres(pool) => {
                 let _call = $crate::telemetry::metrics::IndexCall::start(caller, "postgresql");
                 let mut pooled = pool.get().map_err(|e| IndexError::Pool(e.to_string()))?;
-                let $conn: &mut PgConnection = &mut pooled;
+                let $conn: &mut ::diesel::pg::PgConnection = &mut pooled;
                 $body
             }
         }

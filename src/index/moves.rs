@@ -3,7 +3,7 @@
 //! What to move is policy (`service::tiering`); the bytes are the store's.
 
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::{PgConnection, QueryableByName, SqliteConnection};
+use diesel::QueryableByName;
 
 use super::conn::IndexConn;
 use super::sql::{Bind, SqlBuilder};

@@ -12,6 +12,7 @@ use diesel::{Connection, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::conn::{Dialect, PgSession};
+use super::sqlite::{SqlitePool, WriterQueue};
 use super::{pools, with_conn, Index, IndexError, IndexPool};
 
 /// The SQLite migrations in `schema/sqlite/`, compiled into the binary.
@@ -116,7 +117,8 @@ impl Index {
                 }))
                 .build(ConnectionManager::<SqliteConnection>::new(path))
                 .map_err(|e| IndexError::Pool(e.to_string()))?;
-            IndexPool::Sqlite(pool)
+            let writers = WriterQueue::for_file(Path::new(path), options.busy_timeout);
+            IndexPool::Sqlite(SqlitePool::new(pool, writers))
         };
         let index = Self {
             pool: std::sync::Arc::new(pool),

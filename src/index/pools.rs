@@ -42,7 +42,7 @@ fn sample() -> Vec<(String, u64, u64)> {
         .iter()
         .filter_map(|(label, pool)| {
             let state = match &*pool.upgrade()? {
-                IndexPool::Sqlite(pool) => pool.state(),
+                IndexPool::Sqlite(pool) => pool.pool.state(),
                 IndexPool::Postgres(pool) => pool.state(),
             };
             let idle = u64::from(state.idle_connections);

@@ -4,7 +4,7 @@
 //! the index hands over the facts and keeps what people decided.
 
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::{PgConnection, QueryableByName, SqliteConnection};
+use diesel::QueryableByName;
 
 use super::conn::IndexConn;
 use super::sql::{Bind, SqlBuilder};

@@ -2,9 +2,8 @@
 //! lookups of maintenance and import (study UIDs, the fingerprint of a stored
 //! instance).
 
-use diesel::pg::PgConnection;
 use diesel::sql_types::{BigInt, Text};
-use diesel::{QueryableByName, SqliteConnection};
+use diesel::QueryableByName;
 
 use super::catalog::{InstanceRow, Level, SeriesRow, StudyRow};
 use super::conn::{Dialect, IndexConn};

@@ -3,7 +3,7 @@
 //! asked for are the store's; when to ask is `service::restore`'s.
 
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::{PgConnection, QueryableByName, SqliteConnection};
+use diesel::QueryableByName;
 
 use super::conn::IndexConn;
 use super::sql::{Bind, SqlBuilder};

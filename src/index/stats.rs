@@ -3,7 +3,7 @@
 //! of the database itself, which each reports its own way.
 
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::{PgConnection, QueryableByName, SqliteConnection};
+use diesel::QueryableByName;
 use serde::Serialize;
 
 use super::conn::{Dialect, IndexConn};

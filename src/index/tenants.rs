@@ -4,7 +4,7 @@
 //! tenant cannot name another tenant's rows, whatever UIDs it is given.
 
 use diesel::sql_types::Text;
-use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
+use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 
 use super::conn::IndexConn;
 use super::sql::Bind;

@@ -4,9 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use diesel::pg::PgConnection;
 use diesel::sql_types::{BigInt, Text};
-use diesel::{QueryableByName, SqliteConnection};
+use diesel::QueryableByName;
 
 use super::catalog::{Attr, Kind, Level};
 use super::changes::{self, ChangeAction, NewChange};
@@ -94,31 +93,61 @@ impl Index {
 
     /// Adds a batch of instances in one transaction and refreshes the counts and
     /// ModalitiesInStudy / SOPClassesInStudy of every study and series touched.
+    ///
+    /// On SQLite, batches stored at the same time by other threads go in the same
+    /// transaction, each in its own savepoint (group commit, see
+    /// `index::sqlite::GroupCommit`): one commit and one fsync for all of them,
+    /// and a batch that fails leaves the others stored.
     pub fn store_instances(
         &self,
         batch: &[NewInstance],
         overwrite: bool,
     ) -> Result<Vec<StoreOutcome>, IndexError> {
-        // Studies are written in UID order so that concurrent writers lock them in
-        // the same order (no deadlocks); outcomes go back in request order.
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by(|a, b| {
-            batch[*a]
-                .study_instance_uid
-                .cmp(&batch[*b].study_instance_uid)
-        });
-        with_conn!(self, conn => conn.write(|conn| {
-            let mut outcomes = vec![StoreOutcome::Stored; batch.len()];
-            let mut studies = BTreeSet::new();
-            let mut series_touched = BTreeSet::new();
-            for &i in &order {
-                outcomes[i] = store_one(conn, &batch[i], overwrite, &mut studies, &mut series_touched)?;
-            }
-            refresh_aggregates(conn, &studies, &series_touched)?;
-            record_changes(conn, batch, &outcomes)?;
-            Ok(outcomes)
-        }))
+        if let IndexPool::Sqlite(pool) = &*self.pool {
+            fn here() {}
+            let _call = crate::telemetry::metrics::IndexCall::start(
+                std::any::type_name_of_val(&here),
+                "sqlite",
+            );
+            return pool.stores.submit(
+                pool,
+                (batch.to_vec(), overwrite),
+                |conn, (batch, overwrite)| store_batch(conn, batch, *overwrite),
+            );
+        }
+        with_conn!(self, conn => conn.write(|conn| store_batch(conn, batch, overwrite)))
     }
+}
+
+/// Stores a batch (see [`Index::store_instances`]) within the caller's transaction.
+fn store_batch<C: IndexConn>(
+    conn: &mut C,
+    batch: &[NewInstance],
+    overwrite: bool,
+) -> Result<Vec<StoreOutcome>, IndexError> {
+    // Studies are written in UID order so that concurrent writers lock them in
+    // the same order (no deadlocks); outcomes go back in request order.
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by(|a, b| {
+        batch[*a]
+            .study_instance_uid
+            .cmp(&batch[*b].study_instance_uid)
+    });
+    let mut outcomes = vec![StoreOutcome::Stored; batch.len()];
+    let mut studies = BTreeSet::new();
+    let mut series_touched = BTreeSet::new();
+    for &i in &order {
+        outcomes[i] = store_one(
+            conn,
+            &batch[i],
+            overwrite,
+            &mut studies,
+            &mut series_touched,
+        )?;
+    }
+    refresh_aggregates(conn, &studies, &series_touched)?;
+    record_changes(conn, batch, &outcomes)?;
+    Ok(outcomes)
 }
 
 /// The change feed's entries for what a batch stored (in request order), and
@@ -574,7 +603,7 @@ mod tests {
     #[test]
     fn opening_an_older_index_fills_in_the_instants() {
         use crate::index::open::SQLITE_MIGRATIONS;
-        use diesel::Connection;
+        use diesel::{Connection, SqliteConnection};
         use diesel_migrations::MigrationHarness;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("i.sqlite");
