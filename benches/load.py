@@ -334,10 +334,12 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.startup_timeout = startup_timeout
         self._log_file = None
+        # More `kastell serve` arguments (--index-url, --blob-url: benches/sustained.py).
+        self.extra_args: list[str] = []
 
     def start(self) -> None:
         cmd = [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}",
-               "--data-dir", self.data_dir]
+               "--data-dir", self.data_dir] + self.extra_args
         log(f"starting server: {' '.join(cmd)}")
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,

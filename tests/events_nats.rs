@@ -36,6 +36,7 @@ fn open_index(data_dir: &Path) -> kastell::index::Index {
             busy_timeout: Duration::from_secs(10),
             acquire_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(10),
+            group_commit: true,
         },
     )
     .expect("open the index")

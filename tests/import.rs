@@ -341,3 +341,63 @@ fn a_tenant_import_lands_in_that_tenant_only_and_stats_count_it() {
         "{text}"
     );
 }
+
+#[test]
+fn a_paced_import_beside_a_live_server_keeps_its_rate_and_the_server_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let source = dir.path().join("source");
+    for i in 1..=10 {
+        write(&source.join(format!("IM{i}")), &dicom_file(&spec(5, i)));
+    }
+    let server = Server::spawn(&data, &[]);
+    let started = std::time::Instant::now();
+    let importing = std::thread::scope(|s| {
+        let import = s.spawn(|| {
+            cli(
+                &[
+                    "import",
+                    source.to_str().unwrap(),
+                    "--rate",
+                    "5",
+                    "--jobs",
+                    "4",
+                ],
+                &data,
+            )
+        });
+        // The server stores and answers while the import writes the same index.
+        let mut live = spec(6, 1);
+        live.study = format!("{STUDY}.77");
+        live.series = format!("{STUDY}.77.1");
+        live.instance = format!("{STUDY}.77.1.1");
+        let (content_type, body) = multipart(&[dicom_file(&live)]);
+        let stored = client()
+            .post(server.url("/studies"))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(stored.status().as_u16(), 200);
+        let searched = client()
+            .get(server.url("/studies"))
+            .header("Accept", "application/dicom+json")
+            .send()
+            .unwrap();
+        assert!(searched.status().is_success());
+        import.join().unwrap()
+    });
+    let elapsed = started.elapsed();
+    let (ok, out) = importing;
+    assert!(ok, "{out}");
+    assert_eq!(count(&out, "stored"), 10, "{out}");
+    // Ten files at five a second: the last starts 1.8 s after the first, however
+    // many jobs there are (a floor, never a ceiling).
+    assert!(
+        elapsed >= std::time::Duration::from_millis(1800),
+        "--rate 5 let 10 files through in {elapsed:?}"
+    );
+    assert_eq!(qido_instances(&server, "/dicomweb"), 11);
+    let (ok, out) = cli(&["import", source.to_str().unwrap(), "--rate", "0"], &data);
+    assert!(!ok && out.contains("--rate"), "{out}");
+}

@@ -2,7 +2,9 @@
 -- benches/side_by_side.py in which every UID (and the PatientID) holds the
 -- 18-digit marker below; each request replaces it, everywhere, by a number of the
 -- same length that no other request uses, so element lengths stay valid.
---   wrk ... -s stow.lua URL -- BODY_FILE PATH CONTENT_TYPE THREADS
+--   wrk ... -s stow.lua URL -- BODY_FILE PATH CONTENT_TYPE THREADS [FIRST]
+-- FIRST (default 0) is added to every number: runs in slices (benches/sustained.py)
+-- go on where the last one ended instead of storing its studies again.
 -- response() checks each answer: 200 and no FailureReason (0008,1197), which every
 -- item of a FailedSOPSequence carries (an empty sequence is allowed: Orthanc sends
 -- one); it counts the stored instances as the ReferencedSOPInstanceUIDs (0008,1155).
@@ -17,7 +19,7 @@ local MARKER = "918273645000000000"  -- "9182736450" followed by an 8-digit numb
 collect = { "sent", "ok_responses", "ok_instances", "bad_responses", "first_bad" }
 sent, ok_responses, ok_instances, bad_responses, first_bad = 0, 0, 0, 0, ""
 
-local pieces, nthreads
+local pieces, nthreads, first
 
 function init(args)
    local body = common.read_file(args[1])
@@ -26,6 +28,7 @@ function init(args)
       Accept = "application/dicom+json",
    }, body)
    nthreads = tonumber(args[4])
+   first = tonumber(args[5] or "0")
    pieces = {}
    local pos = 1
    while true do
@@ -40,7 +43,7 @@ end
 
 function request()
    -- numbers 1, 2, … over all threads: thread k sends k+1, k+1+T, k+1+2T, …
-   local n = thread_id + 1 + sent * nthreads
+   local n = first + thread_id + 1 + sent * nthreads
    sent = sent + 1
    return table.concat(pieces, string.format("9182736450%08d", n))
 end

@@ -21,6 +21,7 @@ pub fn index_options(pool_size: u32, config: &Config) -> IndexOptions {
         busy_timeout: Duration::from_millis(config.index.busy_timeout_ms),
         acquire_timeout: Duration::from_millis(config.index.acquire_timeout_ms),
         statement_timeout: Duration::from_millis(config.index.statement_timeout_ms),
+        group_commit: config.index.group_commit,
     }
 }
 

@@ -97,6 +97,7 @@ fn options() -> IndexOptions {
         busy_timeout: Duration::from_secs(10),
         acquire_timeout: Duration::from_secs(10),
         statement_timeout: Duration::from_secs(30),
+        group_commit: true,
     }
 }
 

@@ -92,6 +92,7 @@ fn options() -> IndexOptions {
         busy_timeout: Duration::from_secs(5),
         acquire_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(30),
+        group_commit: true,
     }
 }
 

@@ -11,6 +11,7 @@ pub fn import(
     dir: &std::path::Path,
     tenant: Option<&str>,
     jobs: Option<usize>,
+    rate: Option<u32>,
     format: ReportFormat,
 ) -> anyhow::Result<()> {
     let how = Start {
@@ -30,7 +31,10 @@ pub fn import(
         &config,
         dir,
         tenant,
-        jobs,
+        kastell::ops::import::ImportOptions {
+            files_per_second: rate,
+            ..kastell::ops::import::ImportOptions::with_jobs(jobs)
+        },
         progress.clone(),
     ));
     progress.finish();

@@ -127,6 +127,11 @@ enum Command {
         /// Files imported in parallel (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
+        /// At most this many files a second, over all jobs: an import beside a
+        /// live server leaves its readers room. (Lower its CPU and disk priority
+        /// too with `nice -n 19 ionice -c 3 kastell import …`.)
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        rate: Option<u32>,
         /// The summary as text, or as JSON for scripts.
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
@@ -226,6 +231,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             tenant,
             jobs,
+            rate,
             format,
             common,
         } => import::import(
@@ -233,6 +239,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             &dir,
             tenant.as_deref(),
             jobs,
+            rate,
             format,
         ),
         Command::Stats {

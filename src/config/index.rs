@@ -18,6 +18,9 @@ pub struct IndexConfig {
     pub acquire_timeout_ms: u64,
     /// Longest a single statement may run on PostgreSQL, in milliseconds.
     pub statement_timeout_ms: u64,
+    /// SQLite: STOW requests committing at the same time share one transaction
+    /// (one fsync), each in its own savepoint.
+    pub group_commit: bool,
     /// Where the index database is; a local one (SQLite, PostgreSQL on a loopback
     /// address or Unix socket) inherits `server.location` when this is absent.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,6 +35,7 @@ impl Default for IndexConfig {
             busy_timeout_ms: 10_000,
             acquire_timeout_ms: 30_000,
             statement_timeout_ms: 30_000,
+            group_commit: true,
             location: None,
         }
     }

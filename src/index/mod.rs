@@ -120,6 +120,7 @@ pub(crate) mod tests {
             busy_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
+            group_commit: true,
         };
         let mut indexes = vec![(
             Index::open(&format!("sqlite://{}/i.sqlite", dir.display()), options).unwrap(),

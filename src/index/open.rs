@@ -35,6 +35,8 @@ pub struct IndexOptions {
     pub acquire_timeout: Duration,
     /// PostgreSQL `statement_timeout`.
     pub statement_timeout: Duration,
+    /// SQLite: concurrent STOW batches share one transaction (see `index::sqlite`).
+    pub group_commit: bool,
 }
 
 #[derive(Debug)]
@@ -118,7 +120,7 @@ impl Index {
                 .build(ConnectionManager::<SqliteConnection>::new(path))
                 .map_err(|e| IndexError::Pool(e.to_string()))?;
             let writers = WriterQueue::for_file(Path::new(path), options.busy_timeout);
-            IndexPool::Sqlite(SqlitePool::new(pool, writers))
+            IndexPool::Sqlite(SqlitePool::new(pool, writers, options.group_commit))
         };
         let index = Self {
             pool: std::sync::Arc::new(pool),
@@ -199,6 +201,7 @@ mod tests {
             busy_timeout: Duration::from_secs(1),
             acquire_timeout: Duration::from_secs(1),
             statement_timeout: Duration::from_secs(1),
+            group_commit: true,
         };
         let error = Index::open("mysql://kastell:hunter2@db/k", options).unwrap_err();
         let shown = error.to_string();

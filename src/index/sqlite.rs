@@ -94,19 +94,25 @@ impl Drop for Turn<'_> {
 pub struct SqlitePool {
     pub(super) pool: Pool<ConnectionManager<SqliteConnection>>,
     writers: Arc<WriterQueue>,
-    /// `Index::store_instances` batches: (instances, overwrite).
-    pub(super) stores: GroupCommit<(Vec<NewInstance>, bool), Vec<StoreOutcome>>,
+    /// `Index::store_instances` batches: (instances, overwrite); `None` when
+    /// group commit is off (`index.group_commit`).
+    pub(super) stores: Option<StoreGroup>,
 }
+
+/// The group commit of `Index::store_instances`: (instances, overwrite) in,
+/// each instance's outcome out.
+pub(super) type StoreGroup = GroupCommit<(Vec<NewInstance>, bool), Vec<StoreOutcome>>;
 
 impl SqlitePool {
     pub(super) fn new(
         pool: Pool<ConnectionManager<SqliteConnection>>,
         writers: Arc<WriterQueue>,
+        group_commit: bool,
     ) -> Self {
         SqlitePool {
             pool,
             writers,
-            stores: GroupCommit::default(),
+            stores: group_commit.then(GroupCommit::default),
         }
     }
 
@@ -345,7 +351,7 @@ mod tests {
             ))
             .unwrap();
         let writers = WriterQueue::for_file(&path, Duration::from_secs(30));
-        let pool = SqlitePool::new(pool, writers);
+        let pool = SqlitePool::new(pool, writers, true);
         diesel::connection::SimpleConnection::batch_execute(
             &mut *pool.session().unwrap(),
             "PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER NOT NULL UNIQUE, by TEXT NOT NULL)",

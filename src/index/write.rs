@@ -11,6 +11,7 @@ use super::catalog::{Attr, Kind, Level};
 use super::changes::{self, ChangeAction, NewChange};
 use super::conn::IndexConn;
 use super::sql::{Bind, SqlBuilder};
+use super::sqlite::SqlitePool;
 use super::{now, qido, with_conn, Index, IndexError, IndexPool, NewInstance, StoreOutcome};
 
 #[derive(QueryableByName)]
@@ -103,13 +104,19 @@ impl Index {
         batch: &[NewInstance],
         overwrite: bool,
     ) -> Result<Vec<StoreOutcome>, IndexError> {
-        if let IndexPool::Sqlite(pool) = &*self.pool {
+        if let IndexPool::Sqlite(
+            pool @ SqlitePool {
+                stores: Some(stores),
+                ..
+            },
+        ) = &*self.pool
+        {
             fn here() {}
             let _call = crate::telemetry::metrics::IndexCall::start(
                 std::any::type_name_of_val(&here),
                 "sqlite",
             );
-            return pool.stores.submit(
+            return stores.submit(
                 pool,
                 (batch.to_vec(), overwrite),
                 |conn, (batch, overwrite)| store_batch(conn, batch, *overwrite),
@@ -613,6 +620,7 @@ mod tests {
             busy_timeout: std::time::Duration::from_secs(5),
             acquire_timeout: std::time::Duration::from_secs(5),
             statement_timeout: std::time::Duration::from_secs(30),
+            group_commit: true,
         };
         let index = Index::open(&url, options).unwrap();
         index

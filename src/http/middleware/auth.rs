@@ -87,6 +87,7 @@ mod tests {
                 busy_timeout: Duration::from_secs(5),
                 acquire_timeout: Duration::from_secs(5),
                 statement_timeout: Duration::from_secs(5),
+                group_commit: true,
             },
         )
         .unwrap();

@@ -60,6 +60,8 @@ pub struct ImportOptions {
     /// ... or fewer, once their bytes reach this: an interrupted import loses at
     /// most this much work per worker (a re-run stores it).
     pub batch_bytes: u64,
+    /// At most this many files a second over all workers (`--rate`).
+    pub files_per_second: Option<u32>,
 }
 
 impl ImportOptions {
@@ -68,6 +70,7 @@ impl ImportOptions {
             jobs: jobs.max(1),
             batch_files: 32,
             batch_bytes: 256 * 1024 * 1024,
+            files_per_second: None,
         }
     }
 }
@@ -122,14 +125,15 @@ impl Recorder {
 }
 
 /// Imports every DICOM file under `dir` into a tenant (the default one when
-/// `None`), `jobs` files at a time (`kastell import`).
+/// `None`), `options.jobs` files at a time (`kastell import`).
 pub async fn import_dir(
     config: &crate::config::Config,
     dir: &std::path::Path,
     tenant: Option<&str>,
-    jobs: usize,
+    options: ImportOptions,
     observer: Arc<dyn Observer>,
 ) -> anyhow::Result<ImportReport> {
+    let jobs = options.jobs;
     let mut config = config.clone();
     // Each worker may hold a connection at once (a look-up, a commit).
     config.index.pool_size = config.index.pool_size.max(jobs as u32 + 1);
@@ -150,7 +154,7 @@ pub async fn import_dir(
         ),
         Err(error) => return Err(error.into()),
     };
-    Ok(run(services, dir, &ImportOptions::with_jobs(jobs), observer).await?)
+    Ok(run(services, dir, &options, observer).await?)
 }
 
 /// Imports every file under `dir` into the tenant of `services`.
@@ -184,6 +188,7 @@ pub async fn run(
         services: services.clone(),
         files: candidates,
         next: AtomicUsize::new(0),
+        pacer: options.files_per_second.map(Pacer::new),
         options: options.clone(),
         recorder: recorder.clone(),
     });
@@ -261,6 +266,8 @@ struct Work {
     files: Vec<Candidate>,
     /// The next file to take.
     next: AtomicUsize,
+    /// `--rate`: the slot each file waits for.
+    pacer: Option<Pacer>,
     options: ImportOptions,
     recorder: Arc<Recorder>,
 }
@@ -289,6 +296,9 @@ impl Work {
             let Some(file) = self.files.get(i) else {
                 break;
             };
+            if let Some(pacer) = &self.pacer {
+                pacer.wait().await;
+            }
             match self.import_file(&mut batch, i).await {
                 Ok(Step::Done(outcome)) => self.recorder.record(&file.path, file.size, outcome),
                 Ok(Step::Queued) => {}
@@ -489,5 +499,31 @@ fn identify(scanner: &mut HeaderScanner, stream: &[u8], eof: bool) -> Identity {
             .filter(|uid| !uid.is_empty())
             .map_or(Identity::Unknown, Identity::Known),
         Err(_) => Identity::Unknown,
+    }
+}
+
+/// Spaces files out evenly to at most a rate, over all workers: each takes the
+/// next free slot (no bursts after an idle spell).
+struct Pacer {
+    interval: std::time::Duration,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(per_second: u32) -> Self {
+        Pacer {
+            interval: std::time::Duration::from_secs(1) / per_second.max(1),
+            next: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
     }
 }
