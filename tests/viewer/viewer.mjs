@@ -201,6 +201,22 @@ async function waitForImage(page, deadline, accept = () => true) {
   }
 }
 
+// The first image, once the viewport has its final size: OHIF may draw it in a
+// 256x256 canvas before the layout settles (seen on a loaded machine), and a
+// mouse wheel aimed at that canvas's centre then misses the stack. Waits until
+// two looks a moment apart show a canvas of the same size.
+async function settledImage(page, deadline) {
+  let stats = await waitForImage(page, deadline);
+  while (isImage(stats) && Date.now() < deadline) {
+    await page.waitForTimeout(500);
+    const again = await waitForImage(page, deadline);
+    if (!isImage(again)) return again;
+    if (again.width === stats.width && again.height === stats.height) return again;
+    stats = again;
+  }
+  return stats;
+}
+
 // OHIF's first-visit tour ("Scrolling Through Images", "Skip all") covers part
 // of the screen; it is not part of the image, dismiss it when it is there.
 async function dismissTour(page) {
@@ -250,7 +266,7 @@ async function checkStudy(context, study, report, failures) {
   const t0 = Date.now();
   const url = `${args.base}/viewer?StudyInstanceUIDs=${encodeURIComponent(study.study_uid)}`;
   await page.goto(url, { waitUntil: 'domcontentloaded' });
-  const stats = await waitForImage(page, Date.now() + args.timeoutMs);
+  const stats = await settledImage(page, Date.now() + args.timeoutMs);
   const ms = Date.now() - t0;
   const got = isImage(stats);
   if (stats?.png) savePng(stats.png, path.join(args.out, `${args.mode}-${study.key}-canvas.png`));
