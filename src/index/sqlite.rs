@@ -378,13 +378,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool_with_table(dir.path());
         let group: GroupCommit<Vec<i64>, String> = GroupCommit::default();
-        // Job k stores 10k..10k+3; job 3 also stores 1 (job 0's): it fails after
-        // writing some rows of its own, which must be rolled back alone.
+        // Job k stores 10k..10k+3; job 3 also stores 999, stored before: it fails
+        // after writing rows of its own, which must be rolled back alone (in
+        // whatever order the jobs queued).
+        insert(&mut pool.session().unwrap(), &vec![999]).unwrap();
         let jobs: Vec<Vec<i64>> = (0..6)
             .map(|k| {
                 let mut values: Vec<i64> = (10 * k..10 * k + 3).collect();
                 if k == 3 {
-                    values.push(1);
+                    values.push(999);
                 }
                 values
             })
@@ -424,10 +426,11 @@ mod tests {
             .into_iter()
             .map(|r| r.x)
             .collect();
-        let expected: Vec<i64> = [0, 1, 2, 4, 5]
+        let mut expected: Vec<i64> = [0, 1, 2, 4, 5]
             .iter()
             .flat_map(|k| 10 * k..10 * k + 3)
             .collect();
+        expected.push(999);
         assert_eq!(
             stored, expected,
             "job 3's own rows are rolled back, the others stored"
