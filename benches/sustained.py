@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--series-per-study", type=int, default=2)
     p.add_argument("--instances-per-series", type=int, default=5)
     p.add_argument("--index-url", help="index URL (default: SQLite in the data directory); "
-                   "a PostgreSQL database is dropped and created afresh")
+                   "a PostgreSQL database is dropped and created afresh, so its name must "
+                   "hold 'bench' or 'sustained'")
     p.add_argument("--blob-url", help="blob store URL (default: files in the data directory)")
     p.add_argument("--data-root", default=None, help="where the work directory goes")
     p.add_argument("--startup-timeout", type=float, default=120.0)
@@ -73,9 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fresh_postgres_database(url: str) -> None:
     """Drops and creates the database an index URL names (psql on the server's
-    `postgres` database)."""
+    `postgres` database). Only a database whose name says it is a bench's
+    (holds "bench" or "sustained"): a mistyped URL must not drop an archive."""
     base, _, name = url.rpartition("/")
     name = name.split("?")[0]
+    if not re.fullmatch(r"[a-z0-9_]*(bench|sustained)[a-z0-9_]*", name):
+        raise SystemExit(f"refusing to drop database {name!r}: name a bench database "
+                         "(its name holding 'bench' or 'sustained'), e.g. .../sustained")
     for sql in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
         subprocess.run(["psql", f"{base}/postgres", "-qc", sql], check=True)
 

@@ -371,14 +371,8 @@ fn a_paced_import_beside_a_live_server_keeps_its_rate_and_the_server_serving() {
         live.study = format!("{STUDY}.77");
         live.series = format!("{STUDY}.77.1");
         live.instance = format!("{STUDY}.77.1.1");
-        let (content_type, body) = multipart(&[dicom_file(&live)]);
-        let stored = client()
-            .post(server.url("/studies"))
-            .header("Content-Type", content_type)
-            .body(body)
-            .send()
-            .unwrap();
-        assert_eq!(stored.status().as_u16(), 200);
+        let (status, body) = store(&server, "/studies", &[dicom_file(&live)]);
+        assert_eq!(status, 200, "{body}");
         let searched = client()
             .get(server.url("/studies"))
             .header("Accept", "application/dicom+json")

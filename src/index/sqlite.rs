@@ -18,7 +18,10 @@
 //! One writer at a time also means one commit — one fsync of the WAL — at a
 //! time. [`GroupCommit`] lets writers of one kind (STOW batches) that queue
 //! together share a transaction: whichever of them gets the turn first runs
-//! every job waiting, each in its own savepoint, and commits once.
+//! the jobs waiting, each in its own savepoint, and commits once. A group holds
+//! at most [`GROUP_MAX_SIZE`] instances (a larger request runs alone), so that
+//! one transaction — and the write lock every other writer waits for — stays
+//! short however many requests pile up.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -188,26 +191,43 @@ impl IndexConn for SqliteSession {
     }
 }
 
+/// Most instances one group commit holds (see the module's documentation).
+pub const GROUP_MAX_SIZE: usize = 1_000;
+
 /// Where a submitted job's result is left for its thread.
 type Slot<R> = Arc<Mutex<Option<Result<R, IndexError>>>>;
+
+/// A submitted job: its data, its size (instances), where its result goes.
+struct Waiting<J, R> {
+    job: J,
+    size: usize,
+    slot: Slot<R>,
+}
 
 /// Jobs of one kind submitted by concurrent threads and committed together
 /// (see the module's documentation). A job is owned data (`J`) and one
 /// function runs every job, so that any thread can run any other's.
 pub struct GroupCommit<J, R> {
-    waiting: Mutex<Vec<(J, Slot<R>)>>,
+    waiting: Mutex<Vec<Waiting<J, R>>>,
+    /// Most instances one group holds.
+    max_size: usize,
 }
 
 impl<J, R> Default for GroupCommit<J, R> {
     fn default() -> Self {
-        GroupCommit {
-            waiting: Mutex::new(Vec::new()),
-        }
+        Self::with_max_size(GROUP_MAX_SIZE)
     }
 }
 
 impl<J, R> GroupCommit<J, R> {
-    /// Runs `job` with `run` in a write transaction of `pool`'s database, perhaps
+    pub fn with_max_size(max_size: usize) -> Self {
+        GroupCommit {
+            waiting: Mutex::new(Vec::new()),
+            max_size,
+        }
+    }
+
+    /// Runs `job` (of `size` instances) with `run` in a write transaction of `pool`'s database, perhaps
     /// together with jobs other threads submitted meanwhile, and returns its
     /// result. Each job runs in a savepoint: one that fails is rolled back alone
     /// and only its caller sees the error. Only when the transaction as a whole
@@ -216,10 +236,15 @@ impl<J, R> GroupCommit<J, R> {
         &self,
         pool: &SqlitePool,
         job: J,
+        size: usize,
         run: impl Fn(&mut SqliteConnection, &J) -> Result<R, IndexError>,
     ) -> Result<R, IndexError> {
         let slot: Slot<R> = Arc::new(Mutex::new(None));
-        self.lock_waiting().push((job, slot.clone()));
+        self.lock_waiting().push(Waiting {
+            job,
+            size,
+            slot: slot.clone(),
+        });
         let _turn = match pool.writers.wait_turn() {
             Ok(turn) => turn,
             Err(busy) => {
@@ -236,7 +261,7 @@ impl<J, R> GroupCommit<J, R> {
         }
         // No writer runs while this thread has the turn, so the job is still
         // waiting (unless a writer that took it panicked): this thread runs it
-        // and every other one waiting. Only this thread needs a connection —
+        // and the oldest others waiting. Only this thread needs a connection —
         // the jobs that wait hold none, so a burst of STOW requests does not
         // empty the pool readers share. (Other writers take their connection
         // before the turn; should all of the pool's wait for the turn, this
@@ -249,10 +274,10 @@ impl<J, R> GroupCommit<J, R> {
                 return Err(error);
             }
         };
-        let jobs = std::mem::take(&mut *self.lock_waiting());
+        let jobs = self.take_group(&slot);
         let results = run_together(&mut session.conn, &jobs, &run);
-        for ((_, done), result) in jobs.iter().zip(results) {
-            *done.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        for (waiting, result) in jobs.iter().zip(results) {
+            *waiting.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
         }
         take(&slot).unwrap_or_else(|| {
             Err(IndexError::GroupFailed {
@@ -262,15 +287,38 @@ impl<J, R> GroupCommit<J, R> {
         })
     }
 
-    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<(J, Slot<R>)>> {
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Waiting<J, R>>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The jobs one turn runs, in the order they came: the caller's own, and
+    /// the oldest others while the group stays within `max_size` instances.
+    /// The rest wait for their own threads' turns.
+    fn take_group(&self, own: &Slot<R>) -> Vec<Waiting<J, R>> {
+        let mut waiting = self.lock_waiting();
+        let mut size = waiting
+            .iter()
+            .find(|w| Arc::ptr_eq(&w.slot, own))
+            .map_or(0, |w| w.size);
+        let (taken, left) = std::mem::take(&mut *waiting).into_iter().partition(|w| {
+            if Arc::ptr_eq(&w.slot, own) {
+                return true;
+            }
+            let fits = size + w.size <= self.max_size;
+            if fits {
+                size += w.size;
+            }
+            fits
+        });
+        *waiting = left;
+        taken
     }
 
     /// Takes the job of `slot` back if no writer has taken it yet.
     fn withdraw(&self, slot: &Slot<R>) -> bool {
         let mut waiting = self.lock_waiting();
         let before = waiting.len();
-        waiting.retain(|(_, s)| !Arc::ptr_eq(s, slot));
+        waiting.retain(|w| !Arc::ptr_eq(&w.slot, slot));
         waiting.len() < before
     }
 }
@@ -282,7 +330,7 @@ fn take<R>(slot: &Slot<R>) -> Option<Result<R, IndexError>> {
 /// Runs `jobs` in one transaction, each in a savepoint; their results in order.
 fn run_together<J, R>(
     conn: &mut SqliteConnection,
-    jobs: &[(J, Slot<R>)],
+    jobs: &[Waiting<J, R>],
     run: &impl Fn(&mut SqliteConnection, &J) -> Result<R, IndexError>,
 ) -> Vec<Result<R, IndexError>> {
     let all_failed = |error: &IndexError| {
@@ -303,7 +351,7 @@ fn run_together<J, R>(
     // `transaction` within a transaction is a savepoint.
     let results: Vec<_> = jobs
         .iter()
-        .map(|(job, _)| conn.transaction(|conn| run(conn, job)))
+        .map(|waiting| conn.transaction(|conn| run(conn, &waiting.job)))
         .collect();
     match AnsiTransactionManager::commit_transaction(conn) {
         Ok(()) => results,
@@ -398,7 +446,7 @@ mod tests {
                 .iter()
                 .map(|job| {
                     let (pool, group) = (&pool, &group);
-                    s.spawn(move || group.submit(pool, job.clone(), insert))
+                    s.spawn(move || group.submit(pool, job.clone(), job.len(), insert))
                 })
                 .collect();
             while group.lock_waiting().len() < jobs.len() {
@@ -448,7 +496,7 @@ mod tests {
         let group: GroupCommit<Vec<i64>, String> = GroupCommit::default();
         let turn = pool.writers.wait_turn().unwrap();
         let waited = std::thread::scope(|s| {
-            s.spawn(|| group.submit(&pool, vec![7], insert))
+            s.spawn(|| group.submit(&pool, vec![7], 1, insert))
                 .join()
                 .unwrap()
         });
@@ -458,12 +506,44 @@ mod tests {
         );
         assert!(group.lock_waiting().is_empty(), "the job was withdrawn");
         drop(turn);
-        assert!(group.submit(&pool, vec![8], insert).is_ok());
+        assert!(group.submit(&pool, vec![8], 1, insert).is_ok());
         let count = pool
             .session()
             .unwrap()
             .run("DELETE FROM t WHERE x = 7", &[])
             .unwrap();
         assert_eq!(count, 0, "the withdrawn job never ran");
+    }
+
+    #[test]
+    fn a_group_holds_at_most_its_size_and_the_rest_run_in_later_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool_with_table(dir.path());
+        let group: GroupCommit<Vec<i64>, String> = GroupCommit::with_max_size(2);
+        let turn = pool.writers.wait_turn().unwrap();
+        let results: Vec<Result<String, IndexError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|k| {
+                    let (pool, group) = (&pool, &group);
+                    s.spawn(move || group.submit(pool, vec![k], 1, insert))
+                })
+                .collect();
+            while group.lock_waiting().len() < 6 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(turn);
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut per_runner = std::collections::BTreeMap::<String, usize>::new();
+        for result in results {
+            *per_runner
+                .entry(result.expect("every job stored"))
+                .or_default() += 1;
+        }
+        assert!(
+            per_runner.values().all(|&jobs| jobs <= 2),
+            "no turn ran more than two one-instance jobs: {per_runner:?}"
+        );
+        assert_eq!(per_runner.values().sum::<usize>(), 6);
     }
 }

@@ -101,7 +101,7 @@ impl Index {
     /// and a batch that fails leaves the others stored.
     pub fn store_instances(
         &self,
-        batch: &[NewInstance],
+        batch: Vec<NewInstance>,
         overwrite: bool,
     ) -> Result<Vec<StoreOutcome>, IndexError> {
         if let IndexPool::Sqlite(
@@ -116,13 +116,15 @@ impl Index {
                 std::any::type_name_of_val(&here),
                 "sqlite",
             );
+            let size = batch.len();
             return stores.submit(
                 pool,
-                (batch.to_vec(), overwrite),
+                (batch, overwrite),
+                size,
                 |conn, (batch, overwrite)| store_batch(conn, batch, *overwrite),
             );
         }
-        with_conn!(self, conn => conn.write(|conn| store_batch(conn, batch, overwrite)))
+        with_conn!(self, conn => conn.write(|conn| store_batch(conn, &batch, overwrite)))
     }
 }
 
@@ -573,7 +575,7 @@ mod tests {
         for (index, _db) in test_indexes() {
             index
                 .store_instances(
-                    &[
+                    vec![
                         instance("1.2.3", "20230601", "003000", Some("+0100")),
                         instance("1.2.4", "20230601", "0030", None),
                         instance("1.2.5", "20230601", "", Some("-0530")),
@@ -625,7 +627,7 @@ mod tests {
         let index = Index::open(&url, options).unwrap();
         index
             .store_instances(
-                &[instance("1.2.3", "20230601", "003000", Some("+0100"))],
+                vec![instance("1.2.3", "20230601", "003000", Some("+0100"))],
                 false,
             )
             .unwrap();

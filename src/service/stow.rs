@@ -386,7 +386,7 @@ impl StowSession {
             let indexing = Instant::now();
             let stored = self
                 .services
-                .with_index(move |index| index.store_instances(&records, overwrite))
+                .with_index(move |index| index.store_instances(records, overwrite))
                 .instrument(tracing::info_span!("stow.index"))
                 .await;
             metrics::stow_stage("index", indexing.elapsed());

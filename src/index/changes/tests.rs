@@ -42,7 +42,7 @@ fn stores_replacements_and_deletions_are_numbered_without_gaps() {
         assert_eq!(index.latest_change().unwrap(), 0);
         index
             .store_instances(
-                &[
+                vec![
                     instance("1.9", "1.9.1", "1.9.1.2", "a"),
                     instance("1.8", "1.8.1", "1.8.1.1", "a"),
                 ],
@@ -51,14 +51,14 @@ fn stores_replacements_and_deletions_are_numbered_without_gaps() {
             .unwrap();
         // The same bytes again change nothing; a conflict neither.
         index
-            .store_instances(&[instance("1.9", "1.9.1", "1.9.1.2", "a")], false)
+            .store_instances(vec![instance("1.9", "1.9.1", "1.9.1.2", "a")], false)
             .unwrap();
         index
-            .store_instances(&[instance("1.9", "1.9.1", "1.9.1.2", "b")], false)
+            .store_instances(vec![instance("1.9", "1.9.1", "1.9.1.2", "b")], false)
             .unwrap();
         // Overwrite allowed: a replacement.
         index
-            .store_instances(&[instance("1.9", "1.9.1", "1.9.1.2", "c")], true)
+            .store_instances(vec![instance("1.9", "1.9.1", "1.9.1.2", "c")], true)
             .unwrap();
         index
             .delete(
@@ -116,7 +116,7 @@ fn a_study_is_announced_stable_once_and_again_after_new_instances() {
     for (index, _db) in test_indexes() {
         index
             .store_instances(
-                &[
+                vec![
                     instance("2.1", "2.1.1", "2.1.1.1", "a"),
                     instance("2.1", "2.1.2", "2.1.2.1", "a"),
                     instance("2.2", "2.2.1", "2.2.1.1", "a"),
@@ -147,10 +147,10 @@ fn a_study_is_announced_stable_once_and_again_after_new_instances() {
         assert_eq!(detail["numberOfStudyRelatedSeries"], 2);
         // More instances re-open the study; a deleted one is never announced.
         index
-            .store_instances(&[instance("2.1", "2.1.2", "2.1.2.2", "a")], false)
+            .store_instances(vec![instance("2.1", "2.1.2", "2.1.2.2", "a")], false)
             .unwrap();
         index
-            .store_instances(&[instance("2.3", "2.3.1", "2.3.1.1", "a")], false)
+            .store_instances(vec![instance("2.3", "2.3.1", "2.3.1.1", "a")], false)
             .unwrap();
         index
             .delete(
@@ -170,7 +170,7 @@ fn a_study_is_announced_stable_once_and_again_after_new_instances() {
         assert_eq!(index.settling_studies().unwrap(), 0);
         // Announcements off: the marks are dropped without a word.
         index
-            .store_instances(&[instance("2.4", "2.4.1", "2.4.1.1", "a")], false)
+            .store_instances(vec![instance("2.4", "2.4.1", "2.4.1.1", "a")], false)
             .unwrap();
         let latest = index.latest_change().unwrap();
         assert_eq!(index.forget_settling_before(epoch_ms() + 1).unwrap(), 1);
@@ -189,7 +189,7 @@ fn a_sink_lease_is_one_process_at_a_time_and_its_cursor_moves_only_forward() {
     for (index, _db) in test_indexes() {
         index
             .store_instances(
-                &[
+                vec![
                     instance("3.1", "3.1.1", "3.1.1.1", "a"),
                     instance("3.1", "3.1.1", "3.1.1.2", "a"),
                     instance("3.1", "3.1.1", "3.1.1.3", "a"),
@@ -268,7 +268,7 @@ fn concurrent_writers_leave_no_gap() {
                     for i in 0..10 {
                         index
                             .store_instances(
-                                &[
+                                vec![
                                     instance(
                                         &format!("4.{t}"),
                                         &format!("4.{t}.1"),
