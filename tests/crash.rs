@@ -130,7 +130,7 @@ fn number(item: &serde_json::Value, tag: &str) -> u64 {
 /// agree with what it lists, and `kastell verify` finds every blob indexed and
 /// none left over (once the start-up orphan sweep ran). Returns how many
 /// instances are stored.
-fn check_consistent(server: &Server, data: &Path, ledger: &Ledger) -> usize {
+fn check_consistent(server: &Server, data: &Path, log: &Path, ledger: &Ledger) -> usize {
     // SOP Instance UID → (study, series) as QIDO lists them.
     let mut listed: BTreeMap<String, (String, String)> = BTreeMap::new();
     let studies = search(server, "/studies?limit=1000");
@@ -229,10 +229,18 @@ fn check_consistent(server: &Server, data: &Path, ledger: &Ledger) -> usize {
         "{} indexed blobs checked, 0 failed, 0 orphaned",
         listed.len()
     );
-    wait_until("verify finds every blob indexed and nothing else", || {
+    let mut last = String::new();
+    let clean = common::poll(Duration::from_secs(60), || {
         let (ok, out) = verify(data);
-        ok && out.contains(&expected)
+        let clean = ok && out.contains(&expected);
+        last = out;
+        clean.then_some(())
     });
+    assert!(
+        clean.is_some(),
+        "verify never found every blob indexed and nothing else (expected \"{expected}\"); it last said:\n{last}\nthe server's log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
     listed.len()
 }
 
@@ -246,10 +254,11 @@ fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged_and_shows_nothing_
     let ledger = Mutex::new(Ledger::default());
     for round in 0..ROUNDS {
         let started = Instant::now();
-        let server = Server::spawn(&data, &SWEEP_AT_START);
+        let log = dir.path().join(format!("round-{round}.log"));
+        let server = Server::spawn_logging(&data, &SWEEP_AT_START, &log);
         // The previous round's kill left a consistent archive, swept clean
         // before this round stores anything.
-        let stored = check_consistent(&server, &data, &ledger.lock().unwrap());
+        let stored = check_consistent(&server, &data, &log, &ledger.lock().unwrap());
         let before = ledger.lock().unwrap().acked.len();
         let target = before + rand::random_range(40..160);
         let stop = AtomicBool::new(false);
@@ -273,9 +282,10 @@ fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged_and_shows_nothing_
             started.elapsed()
         );
     }
-    let server = Server::spawn(&data, &SWEEP_AT_START);
+    let log = dir.path().join("after.log");
+    let server = Server::spawn_logging(&data, &SWEEP_AT_START, &log);
     let ledger = ledger.lock().unwrap();
-    let stored = check_consistent(&server, &data, &ledger);
+    let stored = check_consistent(&server, &data, &log, &ledger);
     eprintln!(
         "after {ROUNDS} kills: {stored} stored, {} acknowledged, {} sent",
         ledger.acked.len(),

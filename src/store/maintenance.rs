@@ -187,7 +187,13 @@ impl BlobStore {
                 if BlobKey::parse(&format!("{}/{key}", kind.prefix())).is_err() {
                     continue;
                 }
-                if entry.metadata().await?.modified()? > cutoff {
+                // An upload that completes (is renamed) meanwhile is gone.
+                let modified = match entry.metadata().await.and_then(|m| m.modified()) {
+                    Ok(modified) => modified,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                if modified > cutoff {
                     continue;
                 }
                 match tokio::fs::remove_file(entry.path()).await {
