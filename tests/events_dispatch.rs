@@ -143,9 +143,17 @@ async fn every_change_is_delivered_in_order_and_a_failed_one_retried_from_where_
         script.attempts[&5], 1,
         "what went through is not sent again"
     );
-    let sinks = tenants.default_services().index.sinks().unwrap();
+    drop(script);
+    // The cursor is written behind the deliveries (at most every 250 ms while
+    // they succeed, at the next quiet look): wait for it rather than assume
+    // the 300 ms above were enough (CI on PostgreSQL once found it still at 5).
+    let index = tenants.default_services().index.clone();
+    wait_for("the cursor is saved at 10", || {
+        index.sinks().unwrap()[0].delivered_seq == 10
+    })
+    .await;
+    let sinks = index.sinks().unwrap();
     assert_eq!(sinks.len(), 1);
-    assert_eq!(sinks[0].delivered_seq, 10);
     assert_eq!(
         sinks[0].last_error, None,
         "cleared by the delivery that succeeded"
