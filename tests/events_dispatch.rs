@@ -136,14 +136,15 @@ async fn every_change_is_delivered_in_order_and_a_failed_one_retried_from_where_
     .await;
     // Nothing more comes: give the dispatcher time to repeat itself if it would.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let script = script.lock().unwrap();
-    assert_eq!(script.delivered, (1..=10).collect::<Vec<i64>>());
-    assert_eq!(script.attempts[&6], 3, "two failures, then delivered");
-    assert_eq!(
-        script.attempts[&5], 1,
-        "what went through is not sent again"
-    );
-    drop(script);
+    {
+        let script = script.lock().unwrap();
+        assert_eq!(script.delivered, (1..=10).collect::<Vec<i64>>());
+        assert_eq!(script.attempts[&6], 3, "two failures, then delivered");
+        assert_eq!(
+            script.attempts[&5], 1,
+            "what went through is not sent again"
+        );
+    }
     // The cursor is written behind the deliveries (at most every 250 ms while
     // they succeed, at the next quiet look): wait for it rather than assume
     // the 300 ms above were enough (CI on PostgreSQL once found it still at 5).

@@ -181,6 +181,107 @@ fn bad_requests_get_4xx_and_the_server_keeps_serving() {
     assert_eq!(store(&server, "/studies", &[part]).0, 200);
 }
 
+/// More parts than a request completes at once (16), rejected ones among them:
+/// each stored one retrieves byte for byte, a rejected one leaves no blob (its
+/// deletion waits for its completion, which could otherwise rename it back),
+/// and `verify` finds every blob indexed and nothing else.
+#[test]
+fn many_parts_complete_beside_the_request_and_rejected_ones_leave_nothing() {
+    let server = Server::start();
+    let study = "1.2.11.1";
+    let mut parts = Vec::new();
+    let mut stored = Vec::new();
+    for n in 0..40 {
+        let series = format!("{study}.1");
+        let uid = format!("{series}.{n}");
+        if n % 7 == 3 {
+            // Another study than the URL's: parsed, then rejected (A901).
+            let other = format!("1.2.11.2.{n}");
+            parts.push(dicom_file(&Spec::new(&other, &format!("{other}.1"), &uid)));
+        } else if n % 11 == 5 {
+            let file = dicom_file(&Spec::new(study, &series, &uid));
+            parts.push(file[..file.len() - 10].to_vec());
+        } else {
+            let mut spec = Spec::new(study, &series, &uid);
+            if n % 5 == 0 {
+                spec.size = 128;
+                spec.frames = 4;
+            }
+            let file = dicom_file(&spec);
+            stored.push((series, uid, file.clone()));
+            parts.push(file);
+        }
+    }
+    let (status, body) = store(&server, &format!("/studies/{study}"), &parts);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(values(&body, "00081199").len(), stored.len());
+    assert_eq!(values(&body, "00081198").len(), parts.len() - stored.len());
+    for (series, uid, file) in &stored {
+        let response = client()
+            .get(server.url(&format!("/studies/{study}/series/{series}/instances/{uid}")))
+            .header("Accept", "application/dicom")
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{uid}");
+        assert!(response.bytes().unwrap().to_vec() == *file, "{uid}");
+    }
+    wait_until("only the stored instances' blobs are left", || {
+        server.blob_files().len() == stored.len()
+    });
+    let (ok, report) = verify(&server.data_dir);
+    assert!(
+        ok && report.contains(&format!(
+            "{} indexed blobs checked, 0 failed, 0 orphaned",
+            stored.len()
+        )),
+        "{report}"
+    );
+}
+
+/// A request cut off after many complete parts, while their uploads may still
+/// be completing: every blob goes once they ended, none is left renamed into
+/// place after its deletion.
+#[test]
+fn a_request_cut_off_after_many_parts_leaves_no_blob() {
+    let server = Server::start();
+    let mut parts: Vec<Vec<u8>> = (0..24)
+        .map(|n| {
+            dicom_file(&Spec::new(
+                "1.2.12.1",
+                "1.2.12.1.1",
+                &format!("1.2.12.1.1.{n}"),
+            ))
+        })
+        .collect();
+    // Cut in a small last part, right after the others ended: their
+    // completions are still running when the server sees the end.
+    parts.push(vec![0u8; 4096]);
+    let (content_type, body) = multipart(&parts);
+    {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        write!(
+            stream,
+            "POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(&body[..body.len() - 2048]).unwrap();
+        stream.flush().unwrap();
+        stream.shutdown(std::net::Shutdown::Both).unwrap();
+    } // connection dropped
+    wait_until("the cut-off request's blobs are removed", || {
+        server.blob_files().is_empty()
+    });
+    // And they stay removed: no completion renames one back later.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.blob_files().is_empty());
+    let (ok, report) = verify(&server.data_dir);
+    assert!(
+        ok && report.contains("0 indexed blobs checked, 0 failed, 0 orphaned"),
+        "{report}"
+    );
+}
+
 #[test]
 fn an_aborted_upload_leaves_no_blob_and_no_row() {
     let server = Server::start();

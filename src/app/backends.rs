@@ -107,6 +107,7 @@ pub fn build_services(config: &Config) -> anyhow::Result<Services> {
         store,
         settings: Arc::new(ServiceSettings {
             max_header_bytes: config.storage.max_header_bytes,
+            upload_completions: config.storage.upload_completions_per_request.max(1),
             overwrite_existing: config.dicomweb.overwrite_existing,
             qido_max_results: config.dicomweb.qido_max_results as u64,
             orphan_grace: Duration::from_secs(config.storage.orphan_grace_secs),

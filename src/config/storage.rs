@@ -22,6 +22,10 @@ pub struct StorageConfig {
     pub upload_part_bytes: usize,
     /// Upload parts in flight per blob.
     pub upload_concurrency: usize,
+    /// Blobs of one STOW request being made durable (flush, fsync, rename;
+    /// a multipart completion) at once, beside the parts that follow; 1
+    /// completes each part before the next is read.
+    pub upload_completions_per_request: usize,
     /// Largest DICOM header (everything before Pixel Data) kept in memory for parsing.
     pub max_header_bytes: usize,
     /// Blobs not referenced by the index and older than this many seconds are
@@ -163,6 +167,7 @@ impl Default for StorageConfig {
             blob_options: Default::default(),
             upload_part_bytes: 8 * 1024 * 1024,
             upload_concurrency: 2,
+            upload_completions_per_request: 16,
             max_header_bytes: 64 * 1024 * 1024,
             orphan_grace_secs: 24 * 3600,
             blob_max_retries: 3,

@@ -36,6 +36,8 @@ pub use request::{IncludeField, MatchKey, Resource, Scope, SearchRequest};
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
     pub max_header_bytes: usize,
+    /// Blobs of one STOW request completed at once (`storage.upload_completions_per_request`).
+    pub upload_completions: usize,
     pub overwrite_existing: bool,
     pub qido_max_results: u64,
     pub orphan_grace: Duration,

@@ -3,8 +3,6 @@
 //! ends every accepted instance is indexed in one transaction. A session dropped
 //! before `commit` (the client went away, the request failed) deletes its blobs.
 
-use serde_json::{json, Map, Value as Json};
-
 use super::{ServiceError, Services};
 use dicom_object::InMemDicomObject;
 
@@ -15,12 +13,17 @@ use crate::index::catalog::{self, Level};
 use crate::index::{NewInstance, StoreOutcome};
 use crate::store::{BlobKey, BlobKind};
 use crate::telemetry::metrics::{self, instances_stored};
+use serde_json::Value as Json;
 use std::time::Instant;
 use tracing::Instrument;
 
+mod durable;
 mod json;
+mod outcome;
 mod part;
 pub use json::BulkWriter;
+use outcome::{Failure, Referenced};
+pub use outcome::{PartOutcome, StowOutcome};
 pub use part::PartWriter;
 
 /// Failure reasons of the Store Instances Response (PS3.18 Table I.2-2 and ours, as
@@ -46,141 +49,6 @@ pub mod reason {
     pub const UNSUPPORTED_MEDIA: u16 = 0xC122;
 }
 
-#[derive(Debug, Clone)]
-struct Failure {
-    /// The part it belongs to, in the order the parts were begun.
-    part: usize,
-    sop_class_uid: String,
-    sop_instance_uid: String,
-    reason: u16,
-    /// Why, in words: for operators (the bulk import's summary), never sent to
-    /// DICOMweb clients, which get the reason code.
-    detail: String,
-}
-
-/// What became of one part of a session. The HTTP response says the same in DICOM
-/// JSON; callers that feed parts from their own sources (the bulk import) need it
-/// per part, in the order they began them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PartOutcome {
-    Stored,
-    /// The same bytes were stored before: nothing changed.
-    AlreadyStored,
-    /// Overwrite is enabled and an older, different object was replaced.
-    Replaced,
-    /// Not stored: the Store Instances Response reason code and why in words.
-    Failed {
-        reason: u16,
-        detail: String,
-    },
-}
-
-#[derive(Debug, Clone)]
-struct Referenced {
-    study_uid: String,
-    series_uid: String,
-    sop_class_uid: String,
-    sop_instance_uid: String,
-}
-
-/// The outcome of a whole STOW request.
-#[derive(Debug)]
-pub struct StowOutcome {
-    referenced: Vec<Referenced>,
-    failed: Vec<Failure>,
-    parts: Vec<PartOutcome>,
-}
-
-impl StowOutcome {
-    /// The outcome of each part, indexed by the order in which they were begun.
-    pub fn parts(&self) -> &[PartOutcome] {
-        &self.parts
-    }
-
-    pub fn stored_count(&self) -> usize {
-        self.referenced.len()
-    }
-
-    pub fn failed_count(&self) -> usize {
-        self.failed.len()
-    }
-
-    /// The stored instances grouped by study (for the audit trail).
-    pub fn stored_by_study(&self) -> Vec<(String, Vec<String>)> {
-        let mut studies: Vec<(String, Vec<String>)> = Vec::new();
-        for item in &self.referenced {
-            match studies
-                .iter_mut()
-                .find(|(study, _)| *study == item.study_uid)
-            {
-                Some((_, instances)) => instances.push(item.sop_instance_uid.clone()),
-                None => studies.push((item.study_uid.clone(), vec![item.sop_instance_uid.clone()])),
-            }
-        }
-        studies
-    }
-
-    /// The study URL when everything stored belongs to one study.
-    pub fn single_study(&self) -> Option<&str> {
-        let first = self.referenced.first()?;
-        self.referenced
-            .iter()
-            .all(|r| r.study_uid == first.study_uid)
-            .then_some(first.study_uid.as_str())
-    }
-
-    /// The Store Instances Response Module (PS3.18 Annex I) as DICOM JSON.
-    pub fn response(&self, base_url: &str) -> Json {
-        let mut body = Map::new();
-        let retrieve_url = self
-            .single_study()
-            .map(|s| format!("{base_url}/studies/{s}"));
-        body.insert(
-            "00081190".into(),
-            dicom_json::attribute(dicom_core::VR::UR, retrieve_url.map(|u| vec![json!(u)])),
-        );
-        if !self.failed.is_empty() {
-            let items: Vec<Json> = self
-                .failed
-                .iter()
-                .map(|f| {
-                    json!({
-                        "00081150": uid(&f.sop_class_uid),
-                        "00081155": uid(&f.sop_instance_uid),
-                        "00081197": {"vr": "US", "Value": [f.reason]},
-                    })
-                })
-                .collect();
-            body.insert("00081198".into(), json!({"vr": "SQ", "Value": items}));
-        }
-        if !self.referenced.is_empty() {
-            let items: Vec<Json> = self
-                .referenced
-                .iter()
-                .map(|r| {
-                    json!({
-                        "00081150": uid(&r.sop_class_uid),
-                        "00081155": uid(&r.sop_instance_uid),
-                        "00081190": {"vr": "UR", "Value": [format!(
-                            "{base_url}/studies/{}/series/{}/instances/{}",
-                            r.study_uid, r.series_uid, r.sop_instance_uid
-                        )]},
-                    })
-                })
-                .collect();
-            body.insert("00081199".into(), json!({"vr": "SQ", "Value": items}));
-        }
-        Json::Object(body)
-    }
-}
-
-fn uid(value: &str) -> Json {
-    dicom_json::attribute(
-        dicom_core::VR::UI,
-        (!value.is_empty()).then(|| vec![json!(value)]),
-    )
-}
-
 struct Pending {
     part: usize,
     record: NewInstance,
@@ -195,6 +63,8 @@ pub struct StowSession {
     failed: Vec<Failure>,
     /// Blobs written by this session and not (yet) referenced by the index.
     uncommitted: Vec<BlobKey>,
+    /// Uploads of finished parts still being made durable.
+    completions: durable::Completions,
     /// Parts begun so far (the next part's number).
     parts: usize,
     /// Bulk data parts of a request with DICOM JSON metadata.
@@ -213,6 +83,7 @@ impl StowSession {
             pending: Vec::new(),
             failed: Vec::new(),
             uncommitted: Vec::new(),
+            completions: durable::Completions::default(),
             parts: 0,
             bulk: json::BulkParts::default(),
         }
@@ -262,12 +133,12 @@ impl StowSession {
         let key = writer.key().clone();
         metrics::stow_stage("receive", part.started.elapsed());
         metrics::stow_stage("encrypt_write", part.writing);
-        let finishing = Instant::now();
-        let size = writer
-            .finish()
-            .instrument(tracing::info_span!("stow.finish"))
+        // Made durable beside what follows; `commit` waits for it.
+        let size = writer.bytes_written();
+        let limit = self.services.settings.upload_completions;
+        self.completions
+            .start(&self.services.store, writer, limit)
             .await?;
-        metrics::stow_stage("finish", finishing.elapsed());
         let parsing = Instant::now();
         let parse_span = tracing::info_span!("stow.parse").entered();
         let parsed = part.parse(size).and_then(|parsed| {
@@ -345,6 +216,7 @@ impl StowSession {
                 tracing::info!(%error, "STOW part rejected");
                 let known = part.known_uids();
                 self.forget(key.clone());
+                self.settle(&key).await;
                 self.services.store.delete(&key).await?;
                 self.failed.push(Failure {
                     part: part.part,
@@ -362,8 +234,18 @@ impl StowSession {
         self.uncommitted.retain(|k| k != &key);
     }
 
+    /// Waits until `key`'s upload is no longer being completed, so that
+    /// deleting it is final; whether the completion failed does not matter to
+    /// a blob being deleted.
+    async fn settle(&mut self, key: &BlobKey) {
+        if let Err(error) = self.completions.settle(key).await {
+            tracing::debug!(blob = %key, %error, "a rejected part's upload did not complete");
+        }
+    }
+
     async fn fail(&mut self, key: BlobKey, failure: Failure) {
         self.forget(key.clone());
+        self.settle(&key).await;
         if let Err(error) = self.services.store.delete(&key).await {
             tracing::warn!(blob = %key, %error, "could not remove a rejected blob");
         }
@@ -372,6 +254,9 @@ impl StowSession {
 
     /// Indexes every accepted instance in one transaction.
     pub async fn commit(mut self) -> Result<StowOutcome, ServiceError> {
+        // Every blob is durable before a row refers to it (on an error the
+        // drop deletes them all, none still being completed).
+        self.completions.wait_all().await?;
         let pending = std::mem::take(&mut self.pending);
         // From here the blobs are no longer the drop guard's: if this future is
         // dropped while the transaction runs, the transaction may still commit and
@@ -489,9 +374,22 @@ impl StowSession {
 
 impl Drop for StowSession {
     fn drop(&mut self) {
-        self.services
-            .store
-            .delete_detached(std::mem::take(&mut self.uncommitted));
+        let uncommitted = std::mem::take(&mut self.uncommitted);
+        let running = self.completions.take_running();
+        let runtime = tokio::runtime::Handle::try_current();
+        let (false, Ok(runtime)) = (running.is_empty(), runtime) else {
+            self.services.store.delete_detached(uncommitted);
+            return;
+        };
+        // A completion ending after the deletion would rename its blob back
+        // into place: delete once they ended (shutdown waits for the guard).
+        let store = self.services.store.clone();
+        let guard = store.upload_guard();
+        runtime.spawn(async move {
+            futures_util::future::join_all(running).await;
+            store.delete_detached(uncommitted);
+            drop(guard);
+        });
     }
 }
 

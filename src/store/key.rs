@@ -79,6 +79,12 @@ impl BlobKey {
         }
     }
 
+    /// An instance's object (not a derived one).
+    pub fn is_instance(&self) -> bool {
+        self.object_path()
+            .starts_with(&format!("{}/", BlobKind::Instance.prefix()))
+    }
+
     /// The named store the object is in; None for the primary store.
     pub fn store(&self) -> Option<&str> {
         let (first, rest) = self.0.split_once('/')?;

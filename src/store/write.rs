@@ -38,7 +38,13 @@ impl BlobStore {
             .await?;
         let mut upload = WriteMultipart::new_with_chunk_size(upload, self.options.part_bytes);
         upload.put(Bytes::from(header));
+        // object_store's file backend writes and renames but never syncs.
+        let synced_file = match (&self.local_dir, key.store(), key.is_instance()) {
+            (Some(dir), None, true) => Some(dir.join(key.path().as_ref())),
+            _ => None,
+        };
         Ok(BlobWriter {
+            synced_file,
             _span: span,
             timer,
             upload: Some(upload),
@@ -141,6 +147,11 @@ pub struct BlobWriter {
     concurrency: usize,
     key: BlobKey,
     written: u64,
+    /// Where an instance written to the file store lands: synced (its data,
+    /// then its directory's entry) before `finish` returns, so that an
+    /// acknowledged instance survives a power cut, not only a crash of the
+    /// process. Derived objects are not: they are rebuilt when missing.
+    synced_file: Option<std::path::PathBuf>,
 }
 
 impl BlobWriter {
@@ -187,6 +198,11 @@ impl BlobWriter {
             upload.put(piece);
         }
         upload.finish().await?;
+        if let Some(path) = self.synced_file.take() {
+            tokio::task::spawn_blocking(move || sync_file_and_entry(&path))
+                .await
+                .map_err(std::io::Error::other)??;
+        }
         Ok(self.written)
     }
 
@@ -197,6 +213,16 @@ impl BlobWriter {
             }
         }
     }
+}
+
+/// Makes a renamed file durable: its data, then the directory entry the rename
+/// made (without the latter a power cut can undo the rename).
+fn sync_file_and_entry(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl Drop for BlobWriter {
