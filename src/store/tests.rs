@@ -541,3 +541,48 @@ async fn a_range_of_an_object_read_before_is_one_request_even_after_a_rewrap() {
         &data[200_000..200_100]
     );
 }
+
+/// The objects synced after object_store's file backend wrote them are found
+/// where that backend put them, in the primary store and in a named one, and
+/// nothing is looked for on a store that is not a file one.
+#[tokio::test]
+async fn objects_of_file_stores_are_synced_where_they_lie() {
+    let primary = tempfile::tempdir().unwrap();
+    let cold = tempfile::tempdir().unwrap();
+    let store = BlobStore::from_url(
+        &format!("file://{}", primary.path().display()),
+        &[],
+        options(),
+        retries(),
+        keyring(),
+        "default",
+    )
+    .unwrap()
+    .with_named_store(
+        "cold",
+        &format!("file://{}", cold.path().display()),
+        &[],
+        None,
+        None,
+        retries(),
+    )
+    .unwrap();
+    let key = BlobKey::new(BlobKind::Instance);
+    let mut writer = store.writer(key.clone()).await.unwrap();
+    writer.write(Bytes::from_static(b"kept")).await.unwrap();
+    writer.finish().await.unwrap();
+    let file = store.local_file(&key).unwrap();
+    assert!(
+        file.starts_with(primary.path()) && file.is_file(),
+        "{file:?}"
+    );
+    let moved = key.in_store(Some("cold"));
+    store.copy_object(&key, &moved).await.unwrap();
+    let file = store.local_file(&moved).unwrap();
+    assert!(file.starts_with(cold.path()) && file.is_file(), "{file:?}");
+    store.sync_local(&moved).await.unwrap();
+    assert!(store.rewrap(&key).await.is_ok());
+    let (memory, _) = memory_store();
+    assert_eq!(memory.local_file(&key), None);
+    memory.sync_local(&key).await.unwrap();
+}

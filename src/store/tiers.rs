@@ -41,6 +41,7 @@ impl BlobStore {
             }
         }
         upload.finish().await?;
+        self.sync_local(to).await?;
         Ok(copied)
     }
 

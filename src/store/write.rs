@@ -39,9 +39,10 @@ impl BlobStore {
         let mut upload = WriteMultipart::new_with_chunk_size(upload, self.options.part_bytes);
         upload.put(Bytes::from(header));
         // object_store's file backend writes and renames but never syncs.
-        let synced_file = match (&self.local_dir, key.store(), key.is_instance()) {
-            (Some(dir), None, true) => Some(dir.join(key.path().as_ref())),
-            _ => None,
+        let synced_file = if key.is_instance() {
+            self.local_file(&key)
+        } else {
+            None
         };
         Ok(BlobWriter {
             synced_file,
@@ -112,6 +113,7 @@ impl BlobStore {
             }
         }
         upload.finish().await?;
+        self.sync_local(key).await?;
         self.headers.forget(key);
         Ok(true)
     }
@@ -212,6 +214,31 @@ impl BlobWriter {
                 tracing::warn!(blob = %self.key, %error, "aborting an upload failed");
             }
         }
+    }
+}
+
+impl BlobStore {
+    /// Where `key`'s object lies when its store is a `file://` one.
+    pub(super) fn local_file(&self, key: &BlobKey) -> Option<std::path::PathBuf> {
+        let dir = match key.store() {
+            None => self.local_dir.clone()?,
+            Some(store) => {
+                std::path::PathBuf::from(self.named.get(store)?.place.strip_prefix("file://")?)
+            }
+        };
+        Some(dir.join(key.path().as_ref()))
+    }
+
+    /// Syncs `key`'s object and its directory entry when it is a file: after
+    /// object_store's file backend wrote it (it renames without syncing).
+    pub(super) async fn sync_local(&self, key: &BlobKey) -> Result<(), StoreError> {
+        let Some(path) = self.local_file(key) else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || sync_file_and_entry(&path))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(())
     }
 }
 
