@@ -256,19 +256,7 @@ fn a_request_cut_off_after_many_parts_leaves_no_blob() {
     // Cut in a small last part, right after the others ended: their
     // completions are still running when the server sees the end.
     parts.push(vec![0u8; 4096]);
-    let (content_type, body) = multipart(&parts);
-    {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        write!(
-            stream,
-            "POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        stream.write_all(&body[..body.len() - 2048]).unwrap();
-        stream.flush().unwrap();
-        stream.shutdown(std::net::Shutdown::Both).unwrap();
-    } // connection dropped
+    post_cut_off(&server, &parts, 2048, Duration::ZERO);
     wait_until("the cut-off request's blobs are removed", || {
         server.blob_files().is_empty()
     });
@@ -286,20 +274,9 @@ fn a_request_cut_off_after_many_parts_leaves_no_blob() {
 fn an_aborted_upload_leaves_no_blob_and_no_row() {
     let server = Server::start();
     let spec = Spec::new("1.2.8.1", "1.2.8.1.1", "1.2.8.1.1.1");
-    let (content_type, body) = multipart(&[dicom_file(&spec), vec![0u8; 6 * 1024 * 1024]]);
-    {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-        write!(
-            stream,
-            "POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        // The first part complete, the second cut off in the middle.
-        stream.write_all(&body[..body.len() - 1024 * 1024]).unwrap();
-        stream.flush().unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-    } // connection dropped
+    // The first part complete, the second cut off in the middle.
+    let parts = [dicom_file(&spec), vec![0u8; 6 * 1024 * 1024]];
+    post_cut_off(&server, &parts, 1024 * 1024, Duration::from_millis(500));
     wait_until("the aborted request's blobs are removed", || {
         server.blob_files().is_empty()
     });
@@ -400,4 +377,21 @@ fn overwrite_can_be_enabled() {
     wait_until("the replaced blob is removed", || {
         server.blob_files().len() == 1
     });
+}
+
+/// POSTs a STOW of `parts` whose body stops `missing` bytes before its end,
+/// waits `pause`, then drops the connection.
+fn post_cut_off(server: &Server, parts: &[Vec<u8>], missing: usize, pause: Duration) {
+    let (content_type, body) = multipart(parts);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        stream,
+        "POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body[..body.len() - missing]).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(pause);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }

@@ -201,9 +201,7 @@ impl BlobWriter {
         }
         upload.finish().await?;
         if let Some(path) = self.synced_file.take() {
-            tokio::task::spawn_blocking(move || sync_file_and_entry(&path))
-                .await
-                .map_err(std::io::Error::other)??;
+            sync_file_and_entry(path).await?;
         }
         Ok(self.written)
     }
@@ -232,23 +230,26 @@ impl BlobStore {
     /// Syncs `key`'s object and its directory entry when it is a file: after
     /// object_store's file backend wrote it (it renames without syncing).
     pub(super) async fn sync_local(&self, key: &BlobKey) -> Result<(), StoreError> {
-        let Some(path) = self.local_file(key) else {
-            return Ok(());
-        };
-        tokio::task::spawn_blocking(move || sync_file_and_entry(&path))
-            .await
-            .map_err(std::io::Error::other)??;
-        Ok(())
+        match self.local_file(key) {
+            Some(path) => sync_file_and_entry(path).await,
+            None => Ok(()),
+        }
     }
 }
 
 /// Makes a renamed file durable: its data, then the directory entry the rename
 /// made (without the latter a power cut can undo the rename).
-fn sync_file_and_entry(path: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(path)?.sync_all()?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
+/// Blocking calls, on the blocking pool.
+async fn sync_file_and_entry(path: std::path::PathBuf) -> Result<(), StoreError> {
+    tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&path)?.sync_all()?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await
+    .map_err(std::io::Error::other)??;
     Ok(())
 }
 
