@@ -51,7 +51,7 @@ WADO_ACCEPT = load.WADO_ACCEPT
 # per request by "9182736450" + an 8-digit request number (same length).
 MARKER = "918273645000000000"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PHASES = ("qido", "wado", "metadata", "metadata_1c", "stow")
+PHASES = ("qido", "wado", "wado_instance", "metadata", "metadata_1c", "stow")
 
 
 # --------------------------------------------------------------------------
@@ -256,6 +256,14 @@ def preflight(base: str, studies: list[StudyInfo], queries, timeout: float) -> t
         closes = closes or r.headers.get("Connection", "").lower() == "close"
         if r.status_code != 200 or parts != n:
             problems.append(f"WADO study {st.uid}: HTTP {r.status_code}, {parts} parts, expected {n}")
+        for se in st.series:
+            for uid in se.instances:
+                r = s.get(f"{base}/studies/{st.uid}/series/{se.uid}/instances/{uid}",
+                          headers={"Accept": WADO_ACCEPT}, timeout=timeout)
+                b = r.headers.get("Content-Type", "").partition("boundary=")[2].split(";")[0].strip('"')
+                parts = r.content.count(b"--" + b.encode() + b"\r\n") if b else 0
+                if r.status_code != 200 or parts != 1:
+                    problems.append(f"WADO instance {uid}: HTTP {r.status_code}, {parts} parts")
         r = s.get(f"{base}/studies/{st.uid}/metadata", headers={"Accept": DICOM_JSON},
                   timeout=timeout)
         got = len(r.json()) if r.status_code == 200 else None
@@ -336,6 +344,10 @@ def run_server(args, name: str, server, root: str, studies, files, queries, temp
     paths = {
         "qido": [root + rel for _, rel, _ in queries],
         "wado": [f"{root}/studies/{st.uid}" for st in studies],
+        # Every instance of the corpus once, each alone (a viewer's or an AI
+        # service's single-instance fetch), multipart as in the study phase.
+        "wado_instance": [f"{root}/studies/{st.uid}/series/{se.uid}/instances/{uid}"
+                          for st in studies for se in st.series for uid in se.instances],
         "metadata": [f"{root}/studies/{st.uid}/metadata" for st in studies],
     }
     for kind, lines in paths.items():
@@ -372,10 +384,10 @@ def run_server(args, name: str, server, root: str, studies, files, queries, temp
                                 f"instances in {c['ok_responses']} good ones; {res['notes']}")
         else:
             kind = "metadata" if phase == "metadata_1c" else phase
-            accept = WADO_ACCEPT if kind == "wado" else DICOM_JSON
+            accept = WADO_ACCEPT if kind.startswith("wado") else DICOM_JSON
             res = run_wrk(args, server.pid, server.base, "get.lua",
                           [os.path.join(work, f"{name}-{kind}.txt"), accept], conns, threads,
-                          closes=kind == "wado" and wado_closes)
+                          closes=kind.startswith("wado") and wado_closes)
         if res.get("problem"):
             problems.append(f"{phase}: {res['problem']}")
         out["phases"][phase] = res
@@ -470,6 +482,12 @@ def markdown(results: dict) -> str:
         row("WADO-RS study p50 ms", "wado", "latency_ms", "p50", ratio=True),
         row("WADO-RS server CPU ms / study", "wado", "server_cpu_ms_per_request", ratio=True),
         row("WADO-RS wrk CPU ms / study", "wado", "client_cpu_ms_per_request"),
+        row("WADO-RS single instance req/s", "wado_instance", "requests_per_s", ratio=True),
+        row("WADO-RS instance p50 ms", "wado_instance", "latency_ms", "p50", ratio=True),
+        row("WADO-RS instance p99 ms", "wado_instance", "latency_ms", "p99", ratio=True),
+        row("WADO-RS server CPU ms / instance", "wado_instance", "server_cpu_ms_per_request",
+            ratio=True),
+        row("WADO-RS wrk CPU ms / instance", "wado_instance", "client_cpu_ms_per_request"),
         row(f"study metadata p50 ms ({results['args']['connections']} conns)", "metadata",
             "latency_ms", "p50", ratio=True),
         row("study metadata p99 ms", "metadata", "latency_ms", "p99", ratio=True),

@@ -169,7 +169,8 @@ impl Index {
         ));
         push_scope_condition(&mut sql, scope);
         sql.push(" ORDER BY se.series_pk, i.instance_number, i.instance_pk");
-        Ok(with_conn!(self, conn => conn.load::<StoredInstance>(sql.sql(), sql.binds())?))
+        // Three shapes (study, series, instance), asked on every retrieval.
+        Ok(with_conn!(self, conn => conn.load_prepared::<StoredInstance>(sql.sql(), sql.binds())?))
     }
 
     /// The Study Instance UID of every study in the index.

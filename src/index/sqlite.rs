@@ -163,6 +163,13 @@ impl IndexConn for SqliteSession {
         IndexConn::load(&mut *self.conn, sql, binds)
     }
 
+    fn load_prepared<T>(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<Vec<T>>
+    where
+        T: QueryableByName<Sqlite> + QueryableByName<diesel::pg::Pg> + 'static,
+    {
+        IndexConn::load_prepared(&mut *self.conn, sql, binds)
+    }
+
     fn run(&mut self, sql: &str, binds: &[Bind]) -> QueryResult<usize> {
         IndexConn::run(&mut *self.conn, sql, binds)
     }

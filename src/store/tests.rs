@@ -586,3 +586,59 @@ async fn objects_of_file_stores_are_synced_where_they_lie() {
     assert_eq!(memory.local_file(&key), None);
     memory.sync_local(&key).await.unwrap();
 }
+
+/// Objects of a file store are read in large chunks by Kastell itself (not
+/// object_store's 8 KiB reads): whole and in order at every size around the
+/// chunk's, a missing file is NotFound, and a file cut short or modified after
+/// it was written is an integrity error.
+#[tokio::test]
+async fn file_store_objects_read_in_chunks_whole_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let store = BlobStore::from_url(&url, &[], options(), retries(), keyring(), "default").unwrap();
+    let segment = crate::crypto::format::SEGMENT_SIZE as usize;
+    for size in [
+        0,
+        1,
+        9_000,
+        4 * segment - 1,
+        4 * segment,
+        4 * segment + 1,
+        1_000_003,
+    ] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let key = put(&store, &data).await;
+        let mut chunks = 0;
+        let mut read = Vec::new();
+        let mut stream = store.read_stream(&key).await.unwrap();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            read.extend_from_slice(&chunk.unwrap());
+            chunks += 1;
+        }
+        assert!(read == data, "{size} bytes read back differ");
+        assert_eq!(chunks, size.div_ceil(segment).max(1), "{size} bytes");
+        assert_eq!(store.read_all(&key).await.unwrap().len(), size);
+    }
+    let data = vec![5u8; 600_000];
+    let key = put(&store, &data).await;
+    let file = store.local_file(&key).unwrap();
+    let length = std::fs::metadata(&file).unwrap().len();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[length as usize - 100] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    assert!(matches!(
+        store.read_all(&key).await,
+        Err(StoreError::Integrity(_))
+    ));
+    bytes[length as usize - 100] ^= 1;
+    std::fs::write(&file, &bytes[..length as usize - 10]).unwrap();
+    assert!(matches!(
+        store.read_all(&key).await,
+        Err(StoreError::Integrity(_))
+    ));
+    std::fs::remove_file(&file).unwrap();
+    assert!(matches!(
+        store.read_stream(&key).await.err(),
+        Some(StoreError::NotFound)
+    ));
+}
