@@ -517,3 +517,77 @@ fn metadata_comes_from_the_index_copy_and_matches_the_blobs() {
         "without the copy, metadata reads the blob"
     );
 }
+
+/// A study of many small instances with a large one among them comes back
+/// whole and in order (the small ones read several at a time, the large one
+/// streamed on its own), and when the objects after the first are gone the
+/// answer ends early — it never skips an instance and goes on.
+#[test]
+fn a_study_of_small_and_large_instances_comes_back_whole_and_in_order() {
+    let server = Server::start();
+    let files: Vec<Vec<u8>> = (1..=40)
+        .map(|n| {
+            let series = if n <= 25 { "8.1.1" } else { "8.1.2" };
+            let mut spec = Spec::new("8.1", series, &format!("{series}.{n}"));
+            spec.series_number = if n <= 25 { 1 } else { 2 };
+            spec.instance_number = n;
+            if n == 37 {
+                // 512 KiB of pixel data: larger than a batch; the 35 small
+                // ones before it fill one batch (32 at most) and part of the next.
+                spec.size = 512;
+            }
+            dicom_file(&spec)
+        })
+        .collect();
+    // The first alone, before the others: its blob is the oldest file.
+    assert_eq!(store(&server, "/studies", &files[..1]).0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for chunk in files[1..].chunks(13) {
+        assert_eq!(store(&server, "/studies", chunk).0, 200);
+    }
+    let get = || {
+        client()
+            .get(server.url("/studies/8.1"))
+            .header(
+                "Accept",
+                "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
+            )
+            .send()
+            .unwrap()
+    };
+    let response = get();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let parts = split_multipart(&content_type, &response.bytes().unwrap());
+    assert_eq!(parts.len(), files.len());
+    for (n, (part, file)) in parts.iter().zip(&files).enumerate() {
+        assert!(
+            part.1 == *file,
+            "part {n} is not instance {} as stored",
+            n + 1
+        );
+    }
+
+    let dir = server.data_dir.join("blobs/instances");
+    let mut blobs: Vec<(std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            (std::fs::metadata(&path).unwrap().modified().unwrap(), path)
+        })
+        .collect();
+    assert_eq!(blobs.len(), files.len());
+    blobs.sort();
+    for (_, path) in &blobs[1..] {
+        std::fs::remove_file(path).unwrap();
+    }
+    let response = get();
+    assert_eq!(response.status().as_u16(), 200, "the first part opens");
+    assert!(
+        response.bytes().is_err(),
+        "an answer missing instances must end broken, not complete"
+    );
+}

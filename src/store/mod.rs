@@ -34,6 +34,7 @@ pub use backend::{backend_from_url, environment_settings, Retries};
 pub use error::StoreError;
 pub use key::{valid_store_name, BlobKey, BlobKind, PRIMARY_STORE};
 pub use maintenance::{usage, BlobUsage};
+pub use read::SMALL_PLAINTEXT;
 pub use write::{BlobWriter, WriteOptions};
 
 /// Asks the key ring on the blocking pool when it would re-read the tenant's

@@ -147,7 +147,71 @@ impl BlobStore {
         key: &BlobKey,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         let _timer = StoreTimer::start("read_stream", &self.description);
-        let (total, mut body) = self.ciphertext_stream(key).await?;
+        let (total, body) = self.ciphertext_stream(key).await?;
+        self.decrypted(key, total, body).await
+    }
+
+    /// Whether [`BlobStore::read_small_objects`] reads `key`'s object together
+    /// with others (it lies in a `file://` store); elsewhere each is one
+    /// request anyway, and a caller opens them one by one.
+    pub fn reads_together(&self, key: &BlobKey) -> bool {
+        self.local_file(key).is_some()
+    }
+
+    /// Several objects whole, in order, for a caller that knows them small
+    /// (the instances of a study, from their sizes in the index): the objects
+    /// of `file://` stores are read in one blocking call — one hand-off to the
+    /// blocking pool for all of them, not one each — and held until their
+    /// streams are read; a file larger than [`SMALL_OBJECT`] (its size was not
+    /// what the caller thought) is streamed as by [`BlobStore::read_stream`].
+    /// Objects elsewhere are opened one request each, concurrently.
+    #[tracing::instrument(name = "store.read_small_objects", skip_all)]
+    pub async fn read_small_objects(
+        &self,
+        keys: &[BlobKey],
+    ) -> Vec<Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError>> {
+        let _timer = StoreTimer::start("read_small_objects", &self.description);
+        let paths: Option<Vec<std::path::PathBuf>> =
+            keys.iter().map(|key| self.local_file(key)).collect();
+        let Some(paths) = paths else {
+            return futures_util::future::join_all(keys.iter().map(|key| self.read_stream(key)))
+                .await;
+        };
+        let files = tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .map(|path| read_small_file(path))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(files) = files else {
+            let failed = || StoreError::Io(std::io::Error::other("the blocking read failed"));
+            return keys.iter().map(|_| Err(failed())).collect();
+        };
+        let mut opened = Vec::with_capacity(keys.len());
+        for (key, file) in keys.iter().zip(files) {
+            opened.push(match file {
+                Ok(Some(bytes)) => {
+                    let total = bytes.len() as u64;
+                    let body = futures_util::stream::once(async move { Ok(bytes) }).boxed();
+                    self.decrypted(key, total, body).await
+                }
+                Ok(None) => self.read_stream(key).await,
+                Err(error) => Err(error),
+            });
+        }
+        opened
+    }
+
+    /// The plaintext of an object from its stored bytes (`total` of them, in
+    /// `body`): the header is checked and its data key unwrapped first, then
+    /// each segment is decrypted as the stream is read.
+    async fn decrypted(
+        &self,
+        key: &BlobKey,
+        total: u64,
+        mut body: BoxStream<'static, Result<Bytes, StoreError>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         let mut buffer = BytesMut::new();
         let header = loop {
             if let Some(header) = Header::decode(&buffer)? {
@@ -335,6 +399,33 @@ async fn local_chunks(
     });
     let first = futures_util::stream::once(async move { Ok(first) });
     Ok((total, first.chain(rest).boxed()))
+}
+
+/// The largest object [`BlobStore::read_small_objects`] holds whole (as stored,
+/// header and tags included); a caller groups instances whose plaintext is at
+/// most [`SMALL_PLAINTEXT`].
+const SMALL_OBJECT: u64 = 2 * LOCAL_READ_CHUNK as u64;
+
+/// The largest plaintext a caller of [`BlobStore::read_small_objects`] should
+/// take for small: its object stays well under [`SMALL_OBJECT`].
+pub const SMALL_PLAINTEXT: u64 = LOCAL_READ_CHUNK as u64;
+
+/// A whole file when it is at most [`SMALL_OBJECT`] long, `None` when longer.
+fn read_small_file(path: &std::path::Path) -> Result<Option<Bytes>, StoreError> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StoreError::NotFound)
+        }
+        opened => opened?,
+    };
+    let length = file.metadata()?.len();
+    if length > SMALL_OBJECT {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(length as usize);
+    file.by_ref().take(length).read_to_end(&mut bytes)?;
+    Ok(Some(Bytes::from(bytes)))
 }
 
 /// The next chunk of a file with `left` bytes still to read; a file shorter

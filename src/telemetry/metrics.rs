@@ -33,9 +33,9 @@ pub const HTTP_SENT: &str = "kastell.http.sent";
 /// (`stored`, `replaced`, `already_stored`: the same bytes sent again).
 pub const INSTANCES_STORED: &str = "kastell.instances.stored";
 /// Duration of one blob store call (a whole upload for `write`). Unit `s`; labels
-/// `operation` (`write`, `read_range`, `read_stream`, `read_all`, `size`,
-/// `key_id_of`, `rewrap`, `delete`, `list`, `probe`), `backend` (`file`, `s3`,
-/// `az`, `gs`, `memory`).
+/// `operation` (`write`, `read_range`, `read_stream`, `read_small_objects`,
+/// `read_all`, `size`, `key_id_of`, `rewrap`, `delete`, `list`, `probe`),
+/// `backend` (`file`, `s3`, `az`, `gs`, `memory`).
 pub const STORE_DURATION: &str = "kastell.store.duration";
 /// Duration of one index call, waiting for a pooled connection included. Unit
 /// `s`; labels `operation` (the `Index` method: `search`, `store_instances`,

@@ -20,9 +20,6 @@ use crate::service::wado::{self, log_stream_failure, BulkBody, Frames, Represent
 use crate::service::ServiceError;
 use crate::service::{Scope, StoredInstance};
 
-/// Instances of a multipart retrieval opened ahead of the one being sent.
-const OPEN_AHEAD: usize = 4;
-
 /// Retrieve a study, series or instance (PS3.18 §10.4.1.1.1).
 pub async fn retrieve(
     state: web::ReqData<AppState>,
@@ -91,29 +88,12 @@ pub async fn retrieve(
     };
     let first_body = wado::instance_body(&services, &first, first_representation).await?;
     let first_part = part(&first, first_representation, &base_url, first_body);
-    // The next instances are opened while one streams (their first segment
-    // fetched and decrypted), in order: on object storage each open is a round
-    // trip. Only when every part goes out as stored: re-encoding holds a whole
-    // instance in memory, and opening several ahead would take the decoding
-    // budget from the very request that waits for them.
-    let plan: Vec<(StoredInstance, Representation)> = plan.collect();
-    let open_ahead = if plan.iter().all(|(i, r)| wado::is_passthrough(i, *r)) {
-        OPEN_AHEAD
-    } else {
-        1
-    };
-    let rest = stream::iter(plan)
-        .map(move |(instance, representation)| {
-            let services = services.clone();
-            let base_url = base_url.clone();
-            async move {
-                let body = wado::instance_body(&services, &instance, representation)
-                    .await
-                    .map_err(log_stream_failure)?;
-                Ok(part(&instance, representation, &base_url, body))
-            }
-        })
-        .buffered(open_ahead);
+    // The next instances are opened while one streams, in order (small ones
+    // read several at a time): see `service/wado/ahead.rs`.
+    let rest = wado::bodies_ahead(services, plan.collect()).map(move |opened| {
+        let (instance, representation, body) = opened.map_err(log_stream_failure)?;
+        Ok(part(&instance, representation, &base_url, body))
+    });
     let parts: BoxStream<'static, Result<OutgoingPart, ServiceError>> =
         stream::once(async move { Ok(first_part) })
             .chain(rest)

@@ -2,10 +2,12 @@
 //! the stored encoding may not go on the wire). Their metadata, bulk data and
 //! frames are in the files beside this one.
 
+mod ahead;
 mod bulk;
 mod frames;
 mod metadata;
 
+pub use ahead::{bodies_ahead, Opened, Planned};
 pub use bulk::{bulkdata, is_native_pixel_data_path, parse_bulk_path, pixel_data_range, BulkBody};
 pub use frames::{decode_frames, frames, parse_frame_list, Frames, InvalidFrame};
 pub use metadata::{
